@@ -1,0 +1,130 @@
+"""Recurrent cores: cuDNN modules and pure-PyTorch time loops with the same math.
+
+A *core* maps an input sequence (B, T, I) to the hidden sequence of its top layer
+(B, T, H) and a final state. ``LoopCore`` computes exactly what ``nn.RNN``,
+``nn.GRU`` and ``nn.LSTM`` compute (PyTorch's gate order and bias layout), and
+keeps its parameters under the same names (``rnn.weight_ih_l0`` …), so a state
+dict moves between the cuDNN and the loop version of a cell unchanged. The loop
+version is the base that normalized cells extend, and the reference that fast
+paths are tested against.
+
+Per-sequence work is done once outside the time loop: the input projection
+``x W_ih^T + b_ih`` for all steps is one matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+State = Any  # Tensor (L, B, H) for rnn/gru; tuple (h, c) for lstm
+
+
+class CudnnCore(nn.Module):
+    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (cuDNN on CUDA), batch-first."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh") -> None:
+        super().__init__()
+        self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
+        kw = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                  batch_first=True)
+        if cell == "rnn":
+            self.rnn = nn.RNN(nonlinearity=nonlinearity, **kw)
+        else:
+            self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](**kw)
+
+    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None
+                ) -> tuple[Tensor, State]:
+        if perturb is not None:
+            raise ValueError("cuDNN cores cannot inject per-step perturbations; use the loop twin")
+        return self.rnn(x, state)
+
+
+class LoopCore(nn.Module):
+    """The same cells as ``CudnnCore``, as an explicit loop over time steps.
+
+    ``perturb`` (B, T, H), if given, is added to the top layer's h_t right after
+    the cell computes it, before h_t feeds the next step and the head. Passing
+    zeros with ``requires_grad`` gives the total derivative ∂L/∂h_t for every t,
+    the gradient-flow profile (Cooijmans et al. 2017, "Recurrent Batch
+    Normalization", the gradient-flow figure).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh") -> None:
+        super().__init__()
+        if cell not in GATES:
+            raise ValueError(f"unknown cell {cell!r}")
+        self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
+        self.nonlinearity = nonlinearity
+        self.act = torch.tanh if nonlinearity == "tanh" else torch.relu
+        g = GATES[cell] * hidden_size
+        self.rnn = nn.Module()  # holds parameters under nn.RNN's names
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else hidden_size
+            for name, shape in ((f"weight_ih_l{layer}", (g, in_size)), (f"weight_hh_l{layer}", (g, hidden_size)),
+                                (f"bias_ih_l{layer}", (g,)), (f"bias_hh_l{layer}", (g,))):
+                self.rnn.register_parameter(name, nn.Parameter(torch.empty(shape)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's RNN init: U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.rnn.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r = self.rnn
+        return (getattr(r, f"weight_ih_l{layer}"), getattr(r, f"weight_hh_l{layer}"),
+                getattr(r, f"bias_ih_l{layer}"), getattr(r, f"bias_hh_l{layer}"))
+
+    def init_state(self, x: Tensor) -> State:
+        h = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)
+        return (h, h.clone()) if self.cell == "lstm" else h
+
+    def step(self, xw: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor
+             ) -> tuple[Tensor, Tensor | None]:
+        """One time step given the precomputed input term ``xw`` = W_ih x_t + b_ih."""
+        hw = torch.addmm(b_hh, h, w_hh.t())
+        if self.cell == "rnn":
+            return self.act(xw + hw), None
+        if self.cell == "gru":
+            xr, xz, xn = xw.chunk(3, -1)
+            hr, hz, hn = hw.chunk(3, -1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            return (1 - z) * n + z * h, None
+        i, f, g, o = (xw + hw).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None
+                ) -> tuple[Tensor, State]:
+        if state is None:
+            state = self.init_state(x)
+        h0, c0 = state if self.cell == "lstm" else (state, None)
+        hs, cs = [], []
+        seq = x
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self.weights(layer)
+            xw_all = torch.nn.functional.linear(seq, w_ih, b_ih)  # (B, T, G*H) in one op
+            h = h0[layer]
+            c = c0[layer] if c0 is not None else None
+            outs = []
+            top = layer == self.num_layers - 1
+            for t in range(seq.shape[1]):
+                h, c = self.step(xw_all[:, t], h, c, w_hh, b_hh)
+                if top and perturb is not None:
+                    h = h + perturb[:, t]
+                outs.append(h)
+            seq = torch.stack(outs, dim=1)
+            hs.append(h)
+            cs.append(c)
+        h_n = torch.stack(hs)
+        return seq, ((h_n, torch.stack(cs)) if self.cell == "lstm" else h_n)

@@ -1,0 +1,567 @@
+"""Statistics for comparing recurrent models over seeds and tasks.
+
+Why this module exists: a benchmark of recurrent nets is run with a handful of
+seeds per (task, model), and the differences between models are often smaller
+than the spread between seeds. A table of means alone invites reading noise as
+signal, so every number the reports print goes through these functions:
+
+* one (task, model) cell: :func:`summarize` -- mean, median, std and a
+  bootstrap confidence interval over seeds;
+* two models on one task: :func:`welch_t`, :func:`mann_whitney` (named tests),
+  :func:`prob_improvement` and :func:`cliffs_delta` (effect sizes), and
+  :func:`holm` to correct for the many pairs in :func:`pairwise_table`;
+* many models over many tasks: :func:`friedman` (with the Iman--Davenport F),
+  :func:`nemenyi_cd` and :func:`cd_groups` for a critical-difference diagram
+  (Demsar, "Statistical Comparisons of Classifiers over Multiple Data Sets",
+  JMLR 7, 2006);
+* a gradient-flow profile ||dL/dh_t|| over t: :func:`slope_loglinear`, its
+  decay in decades per time step.
+
+Conventions (restated in each docstring):
+
+* ``values``, ``a``, ``b``: 1-D arrays of one scalar per run (seed),
+  shape ``(n_runs,)``. NaN entries are dropped (``nan_policy='omit'``), so a
+  diverged run recorded as NaN reduces ``n``; record divergence separately.
+* ``scores``: shape ``(n_datasets, n_methods)``, one aggregate score per task
+  (row) and method (column). Rank 1 is the best method of a row.
+* ``higher_is_better`` says which direction of a score is an improvement
+  (accuracy: True; loss, bits per character, steps to solve: False).
+
+Everything is a pure function of numpy arrays; scipy.stats does the work where
+it has the test. Results are plain floats, dicts, small frozen dataclasses or a
+pandas DataFrame, and randomness (the bootstrap only) is fixed by ``seed``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from scipy import stats
+
+__all__ = [
+    "Summary",
+    "FriedmanResult",
+    "summarize",
+    "welch_t",
+    "mann_whitney",
+    "prob_improvement",
+    "cliffs_delta",
+    "holm",
+    "friedman_from_ranks",
+    "friedman",
+    "nemenyi_cd",
+    "cd_groups",
+    "pairwise_table",
+    "PAIRWISE_COLUMNS",
+    "slope_loglinear",
+]
+
+NAN = float("nan")
+
+
+def _clean(values: ArrayLike) -> np.ndarray:
+    """1-D float array of ``values`` with NaN entries removed."""
+    x = np.asarray(values, dtype=float).ravel()
+    return x[~np.isnan(x)]
+
+
+# --------------------------------------------------------------------------
+# One (task, model) cell
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary of one sample of runs; see :func:`summarize`."""
+
+    n: int
+    mean: float
+    median: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+def summarize(
+    values: ArrayLike,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    method: str = "percentile",
+) -> Summary:
+    """Mean, median, std and a bootstrap confidence interval of the mean.
+
+    Args:
+        values: shape ``(n_runs,)``, one score per seed. NaN entries are
+            dropped and not counted in ``n``.
+        confidence: confidence level of the interval.
+        n_resamples: bootstrap resamples (``scipy.stats.bootstrap``).
+        seed: seed of the resampling; equal seeds give equal intervals.
+        method: ``"percentile"`` (default; what rliable uses, and well
+            behaved for a handful of seeds), ``"basic"`` or ``"BCa"``.
+
+    Returns:
+        ``Summary(n, mean, median, std, ci_low, ci_high)``; ``std`` uses
+        ``ddof=1``. Edge cases: ``n == 0`` gives NaN everywhere; ``n == 1``
+        gives the point as mean and median and NaN for std and both CI ends
+        (one run says nothing about the spread); constant values give the
+        degenerate interval ``(value, value)``.
+
+    Example:
+        >>> s = summarize([1.0, 2.0, 3.0, 4.0, 10.0], n_resamples=1000)
+        >>> s.n, s.mean, s.median
+        (5, 4.0, 3.0)
+        >>> s.ci_low <= s.mean <= s.ci_high
+        True
+        >>> summarize([7.0]).ci_low
+        nan
+    """
+    x = _clean(values)
+    n = int(x.size)
+    if n == 0:
+        return Summary(0, NAN, NAN, NAN, NAN, NAN)
+    mean, median = float(np.mean(x)), float(np.median(x))
+    if n == 1:
+        return Summary(1, mean, median, NAN, NAN, NAN)
+    std = float(np.std(x, ddof=1))
+    if np.all(x == x[0]):  # every resample is the same; BCa would give NaN
+        return Summary(n, mean, median, std, mean, mean)
+    res = stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method=method,
+        rng=np.random.default_rng(seed),
+    )
+    ci = res.confidence_interval
+    return Summary(n, mean, median, std, float(ci.low), float(ci.high))
+
+
+# --------------------------------------------------------------------------
+# Two models on one task
+# --------------------------------------------------------------------------
+
+
+def welch_t(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
+    """Welch's unequal-variance t-test, two-sided.
+
+    Args:
+        a, b: shapes ``(n_a,)`` and ``(n_b,)``, one score per seed; NaN dropped.
+
+    Returns:
+        ``(t, pvalue)`` from ``scipy.stats.ttest_ind(a, b, equal_var=False)``;
+        ``t > 0`` when ``mean(a) > mean(b)``. ``(nan, nan)`` when either
+        sample has fewer than 2 runs. Both samples constant: ``(0.0, 1.0)``
+        when the constants are equal (no difference is observed at all),
+        ``(+-inf, 0.0)`` when they differ (scipy's answer).
+
+    Example:
+        >>> t, p = welch_t([1.0, 2.0], [3.0, 4.0])
+        >>> round(t, 4), round(p, 4)
+        (-2.8284, 0.1056)
+        >>> welch_t([1.0, 1.0], [1.0, 1.0])
+        (0.0, 1.0)
+        >>> welch_t([1.0], [2.0, 3.0])
+        (nan, nan)
+    """
+    x, y = _clean(a), _clean(b)
+    if x.size < 2 or y.size < 2:
+        return NAN, NAN
+    if np.ptp(x) == 0 and np.ptp(y) == 0 and x[0] == y[0]:
+        return 0.0, 1.0
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_ind(x, y, equal_var=False)
+    return float(res.statistic), float(res.pvalue)
+
+
+def mann_whitney(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
+    """Mann--Whitney U test, two-sided, scipy's defaults.
+
+    Args:
+        a, b: shapes ``(n_a,)`` and ``(n_b,)``, one score per seed; NaN dropped.
+
+    Returns:
+        ``(U, pvalue)`` from ``scipy.stats.mannwhitneyu(a, b)``. ``U`` is the
+        statistic of ``a``: the number of pairs with ``a > b`` plus half the
+        ties, so ``U / (n_a * n_b)`` is :func:`prob_improvement`. scipy uses
+        the exact distribution for small samples without ties and the normal
+        approximation otherwise; a single run per side still has a valid
+        (large) exact p-value. ``(nan, nan)`` when a sample is empty;
+        identical constant samples give ``p = 1``.
+
+    Example:
+        >>> mann_whitney([1.0, 2.0], [3.0, 4.0])
+        (0.0, 0.3333333333333333)
+        >>> mann_whitney([], [1.0])
+        (nan, nan)
+    """
+    x, y = _clean(a), _clean(b)
+    if x.size == 0 or y.size == 0:
+        return NAN, NAN
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.mannwhitneyu(x, y, alternative="two-sided")
+    p = float(res.pvalue)
+    if np.isnan(p) and np.ptp(np.concatenate([x, y])) == 0:
+        p = 1.0  # all values tied: no evidence of any difference
+    return float(res.statistic), p
+
+
+def prob_improvement(a: ArrayLike, b: ArrayLike, higher_is_better: bool = True) -> float:
+    """Probability that a run of ``a`` beats a run of ``b``.
+
+    ``P(X_a > X_b) + 0.5 * P(X_a == X_b)`` over all ``n_a * n_b`` pairs (the
+    "probability of improvement" of rliable; equal to ``U / (n_a * n_b)`` of
+    the Mann--Whitney test). With ``higher_is_better=False`` "beats" means
+    "is lower". 0.5 means no tendency either way.
+
+    Args:
+        a, b: shapes ``(n_a,)`` and ``(n_b,)``, one score per seed; NaN dropped.
+        higher_is_better: direction of improvement.
+
+    Returns:
+        A float in ``[0, 1]``; NaN when a sample is empty.
+
+    Example:
+        >>> prob_improvement([1, 2], [0, 3])
+        0.5
+        >>> prob_improvement([2, 2], [1, 2])  # ties count half
+        0.75
+        >>> prob_improvement([2, 2], [1, 2], higher_is_better=False)
+        0.25
+    """
+    d = cliffs_delta(a, b, higher_is_better)
+    return (d + 1.0) / 2.0
+
+
+def cliffs_delta(a: ArrayLike, b: ArrayLike, higher_is_better: bool = True) -> float:
+    """Cliff's delta: ``P(a better) - P(b better)`` = ``2 * prob_improvement - 1``.
+
+    Args:
+        a, b: shapes ``(n_a,)`` and ``(n_b,)``, one score per seed; NaN dropped.
+        higher_is_better: direction of improvement; positive delta means ``a``
+            tends to be better.
+
+    Returns:
+        A float in ``[-1, 1]``; NaN when a sample is empty.
+
+    Example:
+        >>> cliffs_delta([3, 4], [1, 2])
+        1.0
+        >>> cliffs_delta([3, 4], [1, 2], higher_is_better=False)
+        -1.0
+    """
+    x, y = _clean(a), _clean(b)
+    if x.size == 0 or y.size == 0:
+        return NAN
+    delta = float(np.mean(np.sign(x[:, None] - y[None, :])))
+    return delta if higher_is_better else -delta
+
+
+def holm(pvalues: ArrayLike) -> np.ndarray:
+    """Holm--Bonferroni step-down adjusted p-values.
+
+    The i-th smallest of m p-values is multiplied by ``m - i + 1`` (i from 1),
+    made monotone by a running maximum and capped at 1; reject where the
+    adjusted p-value is below alpha. Controls the family-wise error rate
+    under any dependence. (``scipy.stats.false_discovery_control`` is
+    Benjamini--Hochberg, a different, FDR-controlling procedure.)
+
+    Args:
+        pvalues: any shape; NaN entries stay NaN and do not count toward m.
+
+    Returns:
+        Adjusted p-values, same shape as ``pvalues``.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03, 0.005]).tolist()
+        [0.03, 0.06, 0.06, 0.02]
+        >>> holm([0.01, float("nan"), 0.02]).tolist()
+        [0.02, nan, 0.02]
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p-values must lie in [0, 1]")
+    flat, out = p.ravel(), np.full(p.size, NAN)
+    idx = np.flatnonzero(~np.isnan(flat))
+    order = idx[np.argsort(flat[idx], kind="stable")]
+    m = order.size
+    stepped = (m - np.arange(m)) * flat[order]
+    out[order] = np.minimum(np.maximum.accumulate(stepped), 1.0)
+    return out.reshape(p.shape)
+
+
+# --------------------------------------------------------------------------
+# Many models over many tasks
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FriedmanResult:
+    """Friedman test over tasks; see :func:`friedman`.
+
+    ``avg_ranks`` has shape ``(n_methods,)`` (1 = best). ``chi2``/``pvalue``
+    are Friedman's statistic (df ``k-1``); ``f_stat``/``f_pvalue`` are the
+    Iman--Davenport F (df ``k-1`` and ``(k-1)(N-1)``), which Demsar (2006)
+    recommends as less conservative.
+    """
+
+    avg_ranks: np.ndarray
+    chi2: float
+    pvalue: float
+    f_stat: float
+    f_pvalue: float
+    n_datasets: int
+    n_methods: int
+
+
+def friedman_from_ranks(
+    avg_ranks: ArrayLike, n_datasets: int, tie_correction: float = 1.0
+) -> FriedmanResult:
+    """Friedman and Iman--Davenport statistics from average ranks.
+
+    Demsar (2006), eqs. in section 3.2.2, with k methods and N data sets:
+    ``chi2_F = 12N / (k(k+1)) * (sum_j R_j^2 - k(k+1)^2 / 4)`` and
+    ``F_F = (N-1) chi2_F / (N(k-1) - chi2_F)``. Lets a published table of
+    average ranks be checked without the raw scores.
+
+    Args:
+        avg_ranks: shape ``(n_methods,)``, average rank of each method (1 = best).
+        n_datasets: N, the number of data sets (tasks) the ranks average over.
+        tie_correction: divisor of chi2 for tied ranks,
+            ``1 - sum(t^3 - t) / (N k (k^2 - 1))``; 1 means no ties.
+            :func:`friedman` computes it from the raw ranks.
+
+    Returns:
+        :class:`FriedmanResult`. Statistics are NaN when ``k < 2``, ``N < 2``
+        or every row is fully tied; ``F_F`` is ``inf`` (p = 0) when all data
+        sets rank the methods identically.
+
+    Example (Demsar 2006, section 3.2.4: four C4.5 variants on 14 data sets):
+        >>> r = friedman_from_ranks([3.143, 2.000, 2.893, 1.964], 14)
+        >>> round(r.chi2, 2), round(r.f_stat, 2)
+        (9.28, 3.69)
+    """
+    ranks = np.asarray(avg_ranks, dtype=float).ravel()
+    k, n = int(ranks.size), int(n_datasets)
+    if k < 2 or n < 2 or tie_correction <= 0:
+        return FriedmanResult(ranks, NAN, NAN, NAN, NAN, n, k)
+    chi2 = 12.0 * n / (k * (k + 1)) * (np.sum(ranks**2) - k * (k + 1) ** 2 / 4.0)
+    chi2 = max(float(chi2), 0.0) / tie_correction
+    pvalue = float(stats.chi2.sf(chi2, k - 1))
+    denom = n * (k - 1) - chi2
+    df1, df2 = k - 1, (k - 1) * (n - 1)
+    if denom <= 1e-12 * n * (k - 1):  # perfect agreement between data sets
+        f_stat, f_pvalue = float("inf"), 0.0
+    else:
+        f_stat = (n - 1) * chi2 / denom
+        f_pvalue = float(stats.f.sf(f_stat, df1, df2))
+    return FriedmanResult(ranks, chi2, pvalue, float(f_stat), f_pvalue, n, k)
+
+
+def friedman(scores: ArrayLike, higher_is_better: bool = True) -> FriedmanResult:
+    """Friedman test of k methods over N data sets, with average ranks.
+
+    Each row is ranked with ``scipy.stats.rankdata`` (rank 1 = best, ties get
+    the average rank), ranks are averaged per method and passed to
+    :func:`friedman_from_ranks` with scipy's tie correction, so for k >= 3
+    ``chi2``/``pvalue`` equal ``scipy.stats.friedmanchisquare`` on the columns.
+    Two methods (which scipy refuses) work too: then chi2 is the sign-test
+    statistic ``(wins - losses)^2 / N`` on untied rows.
+
+    Args:
+        scores: shape ``(n_datasets, n_methods)``. Rows containing NaN are
+            dropped (N counts complete rows only).
+        higher_is_better: direction of improvement of the scores.
+
+    Returns:
+        :class:`FriedmanResult` with ``avg_ranks`` of shape ``(n_methods,)``.
+
+    Example:
+        >>> scores = [[0.9, 0.8, 0.7], [0.8, 0.9, 0.6], [0.95, 0.7, 0.5]]
+        >>> r = friedman(scores)
+        >>> r.avg_ranks.tolist(), round(r.chi2, 4)
+        ([1.3333333333333333, 1.6666666666666667, 3.0], 4.6667)
+    """
+    s = np.asarray(scores, dtype=float)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (n_datasets, n_methods), got shape {s.shape}")
+    s = s[~np.isnan(s).any(axis=1)]
+    n, k = s.shape
+    if n == 0 or k == 0:
+        return FriedmanResult(np.full(k, NAN), NAN, NAN, NAN, NAN, n, k)
+    ranks = stats.rankdata(-s if higher_is_better else s, axis=1)
+    # scipy.stats.tiecorrect on one row is 1 - T_i / (k^3 - k); Friedman's
+    # correction 1 - sum_i T_i / (N (k^3 - k)) is therefore their mean.
+    correction = float(np.mean([stats.tiecorrect(row) for row in ranks])) if k > 1 else 1.0
+    return friedman_from_ranks(ranks.mean(axis=0), n, tie_correction=correction)
+
+
+@lru_cache(maxsize=None)
+def _nemenyi_q(n_methods: int, alpha: float) -> float:
+    """Demsar's q_alpha: studentized range quantile (df = inf) over sqrt(2)."""
+    return float(stats.studentized_range.ppf(1.0 - alpha, n_methods, np.inf) / np.sqrt(2.0))
+
+
+def nemenyi_cd(n_methods: int, n_datasets: int, alpha: float = 0.05) -> float:
+    """Critical difference of average ranks for the Nemenyi post-hoc test.
+
+    ``CD = q_alpha * sqrt(k (k + 1) / (6 N))`` with
+    ``q_alpha = studentized_range.ppf(1 - alpha, k, inf) / sqrt(2)``
+    (Demsar 2006, section 3.2.2 and table 5). Two methods whose average ranks
+    differ by at least CD are significantly different.
+
+    Args:
+        n_methods: k >= 2.
+        n_datasets: N >= 1.
+        alpha: family-wise significance level.
+
+    Returns:
+        The critical difference, in rank units.
+
+    Example (Demsar 2006: 4 methods, 14 data sets):
+        >>> round(nemenyi_cd(4, 14), 2)
+        1.25
+    """
+    if n_methods < 2 or n_datasets < 1 or not 0 < alpha < 1:
+        raise ValueError("nemenyi_cd needs n_methods >= 2, n_datasets >= 1, 0 < alpha < 1")
+    k = int(n_methods)
+    return _nemenyi_q(k, float(alpha)) * float(np.sqrt(k * (k + 1) / (6.0 * n_datasets)))
+
+
+def cd_groups(avg_ranks: ArrayLike, cd: float, min_size: int = 2) -> list[list[int]]:
+    """Groups of methods not significantly different: the bars of a CD diagram.
+
+    Methods are sorted by average rank; a group is a run of consecutive
+    methods whose ranks span less than ``cd`` (a difference of at least ``cd``
+    is significant). Only maximal groups are returned (none is contained in
+    another).
+
+    Args:
+        avg_ranks: shape ``(n_methods,)``, 1 = best; NaN entries are ignored.
+        cd: critical difference, e.g. from :func:`nemenyi_cd`.
+        min_size: smallest group returned; the default 2 drops methods that
+            differ from all others (they get no bar); 1 keeps them.
+
+    Returns:
+        Lists of indices into ``avg_ranks``. Inside a group indices are in
+        order of rank (ties by index); groups are ordered by their best rank.
+
+    Example:
+        >>> cd_groups([1.0, 1.5, 3.0, 3.2], cd=1.0)
+        [[0, 1], [2, 3]]
+        >>> cd_groups([1.0, 1.5, 4.0], cd=1.0, min_size=1)
+        [[0, 1], [2]]
+        >>> cd_groups([1.0, 1.8, 2.6], cd=1.0)
+        [[0, 1], [1, 2]]
+    """
+    r = np.asarray(avg_ranks, dtype=float).ravel()
+    order = [int(i) for i in np.argsort(r, kind="stable") if not np.isnan(r[i])]
+    groups: list[list[int]] = []
+    last_end = -1
+    for start in range(len(order)):
+        end = start
+        while end + 1 < len(order) and r[order[end + 1]] - r[order[start]] < cd:
+            end += 1
+        if end > last_end:  # not contained in the previous (maximal) group
+            groups.append(order[start : end + 1])
+            last_end = end
+    return [g for g in groups if len(g) >= min_size]
+
+
+# --------------------------------------------------------------------------
+# Report tables and curves
+# --------------------------------------------------------------------------
+
+PAIRWISE_COLUMNS = [
+    "a", "b", "n_a", "n_b", "mean_a", "mean_b",
+    "welch_t", "welch_p", "mwu_u", "mwu_p",
+    "prob_improvement", "cliffs_delta",
+    "welch_p_holm", "mwu_p_holm", "significant",
+]  # fmt: skip
+
+
+def pairwise_table(
+    groups: Mapping[str, ArrayLike],
+    higher_is_better: bool = True,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """All pairwise comparisons of methods on one task, Holm-corrected.
+
+    Args:
+        groups: method name -> shape ``(n_runs,)`` scores (one per seed; NaN
+            dropped).
+        higher_is_better: direction of improvement, for the effect sizes.
+        alpha: family-wise level for ``significant``.
+
+    Returns:
+        One row per unordered pair ``(a, b)``, names in sorted order, columns
+        ``a, b, n_a, n_b, mean_a, mean_b, welch_t, welch_p, mwu_u, mwu_p,
+        prob_improvement, cliffs_delta, welch_p_holm, mwu_p_holm,
+        significant``. ``prob_improvement`` and ``cliffs_delta`` are of ``a``
+        over ``b``. The Holm correction runs over the rows of this table;
+        ``significant`` is ``welch_p_holm < alpha`` (False where NaN).
+
+    Example:
+        >>> t = pairwise_table({"lstm": [0.9, 0.8, 0.85], "gru": [0.7, 0.6, 0.65]})
+        >>> t[["a", "b", "prob_improvement", "cliffs_delta"]].to_dict("records")
+        [{'a': 'gru', 'b': 'lstm', 'prob_improvement': 0.0, 'cliffs_delta': -1.0}]
+    """
+    rows = []
+    for name_a, name_b in itertools.combinations(sorted(groups), 2):
+        x, y = _clean(groups[name_a]), _clean(groups[name_b])
+        t, tp = welch_t(x, y)
+        u, up = mann_whitney(x, y)
+        rows.append({
+            "a": name_a, "b": name_b, "n_a": int(x.size), "n_b": int(y.size),
+            "mean_a": float(np.mean(x)) if x.size else NAN,
+            "mean_b": float(np.mean(y)) if y.size else NAN,
+            "welch_t": t, "welch_p": tp, "mwu_u": u, "mwu_p": up,
+            "prob_improvement": prob_improvement(x, y, higher_is_better),
+            "cliffs_delta": cliffs_delta(x, y, higher_is_better),
+        })  # fmt: skip
+    table = pd.DataFrame(rows, columns=PAIRWISE_COLUMNS[:12])
+    table["welch_p_holm"] = holm(table["welch_p"].to_numpy(dtype=float))
+    table["mwu_p_holm"] = holm(table["mwu_p"].to_numpy(dtype=float))
+    table["significant"] = (table["welch_p_holm"] < alpha).astype(bool)
+    return table[PAIRWISE_COLUMNS]
+
+
+def slope_loglinear(t: ArrayLike, values: ArrayLike) -> float:
+    """Least-squares slope of ``log10(values)`` against ``t``.
+
+    Summarizes a gradient-flow profile ``||dL/dh_t||`` by its decay: the
+    slope is decades per time step (negative: gradients vanish going back in
+    time; ``10**slope`` is the per-step factor). Uses
+    ``scipy.stats.linregress``.
+
+    Args:
+        t: shape ``(T,)``, time steps (or any abscissa).
+        values: shape ``(T,)``; points with a non-positive or non-finite value
+            (or non-finite ``t``) are ignored.
+
+    Returns:
+        The slope; NaN with fewer than 2 usable points or a constant ``t``.
+
+    Example:
+        >>> slope_loglinear([0, 1, 2, 3], [1.0, 0.1, 0.01, 0.0])
+        -1.0
+    """
+    x, y = np.asarray(t, dtype=float).ravel(), np.asarray(values, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"t and values differ in shape: {x.shape} vs {y.shape}")
+    with np.errstate(all="ignore"):
+        keep = np.isfinite(x) & np.isfinite(y) & (y > 0)
+    x, y = x[keep], y[keep]
+    if x.size < 2 or np.ptp(x) == 0:
+        return NAN
+    return float(stats.linregress(x, np.log10(y)).slope)

@@ -1,0 +1,187 @@
+"""The ``rnnbench`` command line.
+
+User mistakes (``UserError``) print one line and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from suite.errors import UserError
+
+DEFAULT_STORE = "results/rnnbench.sqlite"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import baselines
+    import tasks
+    from suite.profiles import profile_names
+
+    if args.what == "tasks":
+        for name in tasks.names(args.pattern or "*"):
+            desc, params = tasks.describe(name)
+            print(f"{name:<16} {desc}")
+            if args.verbose or args.pattern:
+                for pname, tp, default, help_ in params:
+                    print(f"    {pname}: {tp} = {default!r}  {help_}")
+    elif args.what == "models":
+        for name in baselines.names(args.pattern or "*"):
+            desc, values, params = baselines.describe(name)
+            sw = ", ".join(f"{k}={v}" for k, v in values.items())
+            print(f"{name:<16} {desc}  [{sw}]")
+            if args.verbose or args.pattern:
+                for pname, tp, default, help_ in params:
+                    print(f"    {pname}: {tp} = {values.get(pname, default)!r}  {help_}")
+    else:
+        for name in profile_names():
+            from suite.profiles import load_profile
+            print(f"{name:<16} {load_profile(name).get('description', '')}")
+    return 0
+
+
+def _specs_from_args(args: argparse.Namespace):
+    from suite.profiles import build_specs, parse_assignments, parse_sets
+
+    return build_specs(
+        profile=args.profile, task=args.task, model=args.model,
+        task_args=parse_assignments(args.task_arg, "--task-arg"),
+        model_args=parse_assignments(args.model_arg, "--model-arg"),
+        train=parse_assignments(args.train, "--train"),
+        sets=parse_sets(args.set), seeds=args.seeds, device=args.device)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from suite.executors import run_local
+    from suite.store import Store
+
+    specs = _specs_from_args(args)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs} must be >= 1")
+    store = Store(args.store)
+    added = store.add_runs(specs)
+    done = {r for r, in store.db.execute("SELECT run_id FROM runs WHERE status='done'")}
+    todo = [s for s in specs if s.run_id not in done]
+    store.close()
+    print(f"{len(specs)} runs in grid ({added} new), {len(specs) - len(todo)} already done, "
+          f"{len(todo)} to run -> {args.store}", file=sys.stderr)
+    if args.dry_run:
+        for s in todo:
+            print(f"{s.run_id}  {s.label()}")
+        return 0
+    counts: dict[str, int] = {}
+    with tqdm(total=len(todo), unit="run", disable=args.quiet) as bar:
+        def progress(spec, status, summary):
+            counts[status] = counts.get(status, 0) + 1
+            key = next((k for k in summary if k.startswith("test_") and k != "test_loss"), None)
+            bar.set_postfix_str(f"{spec.model} {spec.task} s{spec.seed}: {status}"
+                                + (f" {key}={summary[key]:.4g}" if key else ""))
+            bar.update(1)
+
+        run_local(todo, args.store, jobs=args.jobs, retry_failed=args.retry_failed, progress=progress)
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to run", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from suite.store import Store
+
+    store = Store(args.store, create=False)
+    counts = store.status_counts()
+    print("  ".join(f"{k}: {v}" for k, v in counts.items()))
+    if args.verbose:
+        df = store.runs()
+        for _, r in df.iterrows():
+            print(f"{r.run_id}  {r.status:<9} {r.task:<12} {r.model:<12} seed={r.seed}"
+                  + (f"  ({r.reason})" if r.reason else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from suite.store import Store
+
+    store = Store(args.store, create=False)
+    frame = {"metrics": store.metrics, "summary": store.summaries,
+             "diagnostics": store.diagnostics, "runs": store.runs}[args.what]()
+    out = Path(args.out or f"results/{args.what}.{args.format}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.what == "runs":
+        frame = frame.astype({c: str for c in ("task_args", "model_args", "train", "env", "summary")
+                              if c in frame})
+    if args.format == "csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    print(f"wrote {len(frame)} rows to {out}")
+    return 0
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="profile name in suite/profiles or a .toml path")
+    p.add_argument("--task", action="append", help="task name (repeatable); filters a profile")
+    p.add_argument("--model", action="append", help="model name or pattern (repeatable)")
+    p.add_argument("--task-arg", action="append", metavar="K=V", help="task parameter")
+    p.add_argument("--model-arg", action="append", metavar="K=V", help="model switch")
+    p.add_argument("--train", action="append", metavar="K=V", help="training setting")
+    p.add_argument("--set", action="append", metavar="SECTION.K=V",
+                   help="override for every run: train.K, model.K or task.K (lists sweep)")
+    p.add_argument("--seeds", help="e.g. 0-4 or 0,3,7")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rnnbench", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="list tasks, models or profiles")
+    p.add_argument("what", choices=("tasks", "models", "profiles"))
+    p.add_argument("pattern", nargs="?", help="wildcard filter; shows parameters")
+    p.add_argument("-v", "--verbose", action="store_true", help="show parameters")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run a profile or a grid given by flags (resumes)")
+    _add_spec_args(p)
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (worker processes)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun failed and diverged runs")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="runs by state")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write tidy long-form data for pandas users")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--what", choices=("metrics", "summary", "diagnostics", "runs"), default="metrics")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--out", help="output file (default results/WHAT.FORMAT)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"rnnbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnbench: interrupted; runs in flight were released, rerun to finish", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""``train_one(spec)``: one run, top to bottom, in one readable function.
+
+Setup (seeds, precision, task, model, optimizer) -> a loop of fresh training
+batches -> validation every ``eval_every`` steps with best-checkpoint selection ->
+test metrics of the best-validation checkpoint. Step metrics stay on the device
+as tensors and are read back at each evaluation (one host sync per interval, not
+per step), where divergence is detected too. Metric rows go to ``sink`` in
+batches; the store writes each batch in one transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import baselines
+import tasks
+from suite import diagnostics
+from suite.env import environment
+from suite.spec import RunSpec, TrainConfig
+
+Sink = Callable[[list[tuple], list[tuple]], None]
+
+
+@dataclass
+class RunResult:
+    status: str  # done | diverged
+    summary: dict[str, Any]
+    reason: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA generators as well
+
+
+def set_precision(precision: str) -> None:
+    """fp32 means true fp32: TF32 off for matmuls and cuDNN (PyTorch enables it for cuDNN)."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build(spec: RunSpec, device: torch.device) -> tuple[tasks.Task, torch.nn.Module]:
+    """The task and the freshly initialised model of a spec (model init seeded by the spec)."""
+    task = tasks.create(spec.task, **spec.task_args)
+    seed_everything(spec.seed)
+    model = baselines.create(spec.model, output_size=task.output_size, input_size=task.input_size,
+                             vocab_size=task.vocab_size, target=task.target, **spec.model_args)
+    return task, model.to(device)
+
+
+def _better(task: tasks.Task, new: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(new)
+    return new > best if task.higher_is_better else new < best
+
+
+def _solved(task: tasks.Task, value: float) -> bool:
+    if task.solved is None or math.isnan(value):
+        return False
+    return value >= task.solved if task.higher_is_better else value <= task.solved
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
+    """Train and evaluate one run; metric rows go to ``sink(metrics, diagnostics)``."""
+    sink = sink or (lambda m, d: None)
+    cfg = spec.train_config
+    device = torch.device(spec.device)
+    set_precision(cfg.precision)
+    task, model = build(spec, device)
+    opt = make_optimizer(cfg, model.parameters())
+    gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    clip = cfg.clip if cfg.clip is not None else float("inf")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    probe = next(task.eval_batches("val", min(cfg.batch_size, 64), device))
+
+    def evaluate(split: str) -> dict[str, float]:
+        model.eval()
+        with amp:
+            out = task.evaluate(model, split, device, cfg.eval_batch_size)
+        model.train()
+        return out
+
+    def probe_flow(step: int) -> list[tuple]:
+        flow = diagnostics.gradient_flow(model, task, probe).cpu().tolist()
+        return [(step, "grad_flow", t, v) for t, v in enumerate(flow)]
+
+    summary: dict[str, Any] = {"n_params": sum(p.numel() for p in model.parameters()),
+                               "seq_len": task.seq_len}
+    model.train()
+    sink([], probe_flow(0))
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+    best_val, best_step, best_state = None, 0, None
+    solved_step = solved_time = None
+    train_time, step = 0.0, 0
+    status, reason = "done", None
+    t0 = time.perf_counter()
+    while step < cfg.max_steps:
+        step += 1
+        batch = task.train_batch(cfg.batch_size, gen, device)
+        with amp:
+            out = model(batch.x, batch.lengths)
+            loss = task.loss(out, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        groups = diagnostics.group_norms(model) if step % cfg.log_every == 0 else {}
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if step % cfg.log_every == 0:
+            pending.append((step, loss.detach(), gnorm.detach(), groups))
+        at_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
+        over_budget = cfg.time_budget_s is not None and train_time + time.perf_counter() - t0 > cfg.time_budget_s
+        if not (at_eval or over_budget):
+            continue
+        _sync(device)
+        train_time += time.perf_counter() - t0
+        rows, bad_step = _drain(pending, clip)
+        pending = []
+        if bad_step is not None:
+            sink(rows, [])
+            status, reason = "diverged", f"non-finite loss or gradient at step {bad_step}"
+            summary["diverged_step"] = bad_step
+            break
+        val = evaluate("val")
+        rows += [(step, "val", k, v) for k, v in val.items()]
+        rows.append((step, "train", "wall_time", train_time))
+        diag = probe_flow(step) if cfg.probe_every and step % cfg.probe_every == 0 else []
+        sink(rows, diag)
+        primary = val.get(task.primary, float("nan"))
+        if _better(task, primary, best_val):
+            best_val, best_step = primary, step
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if solved_step is None and _solved(task, primary):
+            solved_step, solved_time = step, train_time
+        if (cfg.early_stop and solved_step is not None) or over_budget:
+            break
+        t0 = time.perf_counter()
+
+    steps_done = step
+    summary.update(steps=steps_done, train_time_s=train_time,
+                   samples_per_s=steps_done * cfg.batch_size / train_time if train_time > 0 else None,
+                   step_ms=1000.0 * train_time / steps_done if steps_done else None)
+    summary["timesteps_per_s"] = (summary["samples_per_s"] or 0.0) * task.seq_len or None
+    summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
+                              if device.type == "cuda" else None)
+    if status == "done":
+        sink([], probe_flow(steps_done))  # end-of-training profile, before reloading the best state
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        test = evaluate("test")
+        sink([(best_step, "test", k, v) for k, v in test.items()], [])
+        summary.update({f"test_{k}": v for k, v in test.items()})
+        summary.update(best_val=best_val, best_step=best_step, solved_step=solved_step,
+                       solved_time_s=solved_time, solved=solved_step is not None)
+    return RunResult(status, summary, reason, environment(spec.device))
+
+
+def _drain(pending: list, clip: float) -> tuple[list[tuple], int | None]:
+    """Turn buffered per-step tensors into metric rows; report the first non-finite step."""
+    if not pending:
+        return [], None
+    losses = torch.stack([p[1].float() for p in pending]).cpu().tolist()
+    norms = torch.stack([p[2].float() for p in pending]).cpu().tolist()
+    rows, bad = [], None
+    for (step, _, _, groups), loss, gn in zip(pending, losses, norms):
+        rows += [(step, "train", "loss", loss), (step, "train", "grad_norm", gn),
+                 (step, "train", "clipped", float(gn > clip))]
+        rows += [(step, "train", f"grad_norm/{g}", v.item()) for g, v in groups.items()]
+        if bad is None and not (math.isfinite(loss) and math.isfinite(gn)):
+            bad = step
+    return rows, bad
