@@ -1,0 +1,131 @@
+"""The command line: listing, bad input as one line with exit code 2, resume, export."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from suite.cli import main
+from suite.profiles import build_specs, parse_value
+from suite.spec import parse_seeds
+from suite.errors import UserError
+
+TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--task-arg", "n_test=50",
+        "--train", "max_steps=6", "--train", "eval_every=3", "--train", "batch_size=8",
+        "--set", "model.hidden_size=4", "--device", "cpu", "-q"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--task", "nope", "--model", "lstm"], "unknown task 'nope'; choose from:"),
+    (["run", "--task", "adding", "--model", "lstmm"], "unknown model 'lstmm'; choose from:"),
+    (["run", "--task", "adding", "--model", "lstm", "--task-arg", "T=0"], "T=0 is out of range"),
+    (["run", "--task", "adding", "--model", "lstm", "--set", "model.hidden_size=0"], "hidden_size=0 is out of range"),
+    (["run", "--task", "adding", "--model", "lstm", "--seeds", "3-1"], "seeds '3-1'"),
+    (["run", "--task", "adding", "--model", "lstm", "--set", "model.bogus=1"], "has no parameter 'bogus'"),
+    (["run", "--task", "adding", "--model", "lstm", "--set", "optim.lr=1"], "unknown --set key 'optim.lr'"),
+    (["run", "--task", "adding", "--model", "lstm", "--train", "optimizer=adagrad"], "choose from: adam, rmsprop, sgd"),
+    (["run", "--task", "adding", "--model", "lstm", "--train", "lr=-1"], "lr=-1.0 is out of range; it must be > 0"),
+    (["run", "--profile", "nosuch"], "unknown profile 'nosuch'; choose from:"),
+    (["run", "--task", "adding", "--model", "*nomatch*"], "matches no model"),
+    (["run", "--task", "adding", "--model", "lstm", "--device", "tpu"], "device 'tpu' is not valid"),
+    (["status", "--store", "/nonexistent/dir/x.sqlite"], "does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("rnnbench: error: ") and needle in err, err
+    assert "Traceback" not in err
+
+
+def test_malformed_profile(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seeds = [0\n[[runs]]\n")
+    code, _, err = run_cli(capsys, "run", "--profile", str(bad))
+    assert code == 2 and "is not valid TOML" in err and err.count("\n") == 1
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('sedes = "0"\n[[runs]]\ntask = "adding"\nmodels = ["lstm"]\n')
+    code, _, err = run_cli(capsys, "run", "--profile", str(unknown))
+    assert code == 2 and "unknown key 'sedes'" in err
+
+
+def test_corrupt_store_is_one_line(tmp_path, capsys):
+    store = tmp_path / "garbage.sqlite"
+    store.write_bytes(b"this is not a database" * 100)
+    code, _, err = run_cli(capsys, "status", "--store", str(store))
+    assert code == 2 and "not a usable rnnbench store" in err and err.count("\n") == 1
+
+
+def test_argparse_errors_are_one_line():
+    p = subprocess.run([sys.executable, "-m", "suite.cli", "run", "--jobs", "x"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "invalid int value" in p.stderr
+
+
+def test_run_resume_status_export(tmp_path, capsys):
+    store = str(tmp_path / "s.sqlite")
+    code, _, err = run_cli(capsys, "run", *TINY, "--model", "rnn", "--model", "gru", "--seeds", "0-1",
+                           "--store", store)
+    assert code == 0 and "4 to run" in err and "done=4" in err
+    # the same grid again trains nothing
+    code, _, err = run_cli(capsys, "run", *TINY, "--model", "rnn", "--model", "gru", "--seeds", "0-1",
+                           "--store", store)
+    assert code == 0 and "4 already done, 0 to run" in err
+    # a larger grid runs only the new runs
+    code, _, err = run_cli(capsys, "run", *TINY, "--model", "rnn", "--model", "gru", "--seeds", "0-2",
+                           "--store", store)
+    assert "4 already done, 2 to run" in err
+    code, out, _ = run_cli(capsys, "status", "--store", store)
+    assert "done: 6" in out and "failed: 0" in out
+    for fmt in ("csv", "parquet"):
+        path = tmp_path / f"m.{fmt}"
+        assert run_cli(capsys, "export", "--format", fmt, "--store", store, "--out", str(path))[0] == 0
+        df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        assert {"run_id", "step", "split", "name", "value", "task", "model", "seed"} <= set(df.columns)
+        assert set(df["model"]) == {"rnn", "gru"} and len(df["run_id"].unique()) == 6
+    path = tmp_path / "summary.csv"
+    run_cli(capsys, "export", "--what", "summary", "--store", store, "--out", str(path))
+    summary = pd.read_csv(path)
+    assert len(summary) == 6 and summary["test_mse"].notna().all()
+
+
+def test_list(capsys):
+    code, out, _ = run_cli(capsys, "list", "tasks")
+    assert code == 0 and "adding" in out and "copy" in out
+    code, out, _ = run_cli(capsys, "list", "models", "lstm")
+    assert "forget_bias" in out and "hidden_size" in out
+    code, out, _ = run_cli(capsys, "list", "profiles")
+    assert "smoke" in out
+
+
+def test_seeds_and_values():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("5,1,1") == [1, 5]
+    assert parse_seeds(3) == [3]
+    with pytest.raises(UserError):
+        parse_seeds("a-b")
+    assert parse_value("1e-3") == 1e-3 and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("none") is None and parse_value("adam") == "adam" and parse_value("true") is True
+
+
+def test_grid_sweeps_and_identity():
+    specs = build_specs(task=["adding"], model=["rnn", "gru"], sets={"task_args": {"T": [5, 10]}},
+                        seeds="0-1", device="cpu")
+    assert len(specs) == 8 and len({s.run_id for s in specs}) == 8
+    again = build_specs(task=["adding"], model=["rnn", "gru"], sets={"task_args": {"T": [5, 10]}},
+                        seeds="0-1", device="cpu")
+    assert [s.run_id for s in specs] == [s.run_id for s in again]
+    # every default is resolved into the spec, so its identity covers it
+    assert specs[0].model_args["hidden_size"] == 128 and specs[0].train["optimizer"] == "adam"
+
+
+def test_smoke_profile_expands():
+    specs = build_specs(profile="smoke", device="cpu")
+    tasks_models = {(s.task, s.model) for s in specs}
+    assert {("adding", "lstm"), ("copy", "gru")} <= tasks_models
+    assert all(len([s for s in specs if (s.task, s.model) == tm]) == 3 for tm in tasks_models)

@@ -1,0 +1,99 @@
+"""The training runner: determinism, learning, early stop, best checkpoint, divergence."""
+
+import math
+
+import pytest
+import torch
+
+from suite.profiles import build_specs
+from suite.runner import train_one
+
+
+def _spec(**train):
+    base = dict(max_steps=30, eval_every=10, batch_size=16, eval_batch_size=200, lr=1e-2)
+    base.update(train)
+    (spec,) = build_specs(task=["adding"], model=["gru"], task_args={"T": 8, "n_val": 100, "n_test": 100},
+                          model_args={"hidden_size": 8}, train=base, seeds="0", device="cpu")
+    return spec
+
+
+def _collect(spec):
+    rows, diags = [], []
+    res = train_one(spec, lambda m, d: (rows.extend(m), diags.extend(d)))
+    return res, rows, diags
+
+
+def test_same_spec_on_cpu_is_bit_identical():
+    spec = _spec()
+    a, rows_a, diag_a = _collect(spec)
+    b, rows_b, diag_b = _collect(spec)
+    strip = lambda rows: [r for r in rows if r[2] != "wall_time"]
+    assert strip(rows_a) == strip(rows_b)
+    assert diag_a == diag_b
+    keys = [k for k in a.summary if k.startswith("test_") or k in ("best_val", "best_step")]
+    assert {k: a.summary[k] for k in keys} == {k: b.summary[k] for k in keys}
+
+
+def test_different_seeds_differ():
+    s0 = _spec()
+    s1 = s0.__class__(**{**s0.__dict__, "seed": 1})
+    a, _, _ = _collect(s0)
+    b, _, _ = _collect(s1)
+    assert a.summary["test_mse"] != b.summary["test_mse"]
+
+
+def test_metrics_recorded_and_test_uses_best_validation_checkpoint():
+    res, rows, diags = _collect(_spec(early_stop=False))
+    assert res.status == "done"
+    train_loss = [r for r in rows if r[1] == "train" and r[2] == "loss"]
+    assert [r[0] for r in train_loss] == list(range(1, 31))
+    names = {r[2] for r in rows if r[1] == "train"}
+    assert {"loss", "grad_norm", "clipped", "wall_time", "grad_norm/recurrent", "grad_norm/head"} <= names
+    val = {r[0]: r[3] for r in rows if r[1] == "val" and r[2] == "mse"}
+    assert sorted(val) == [10, 20, 30]
+    best_step = min(val, key=val.get)
+    assert res.summary["best_step"] == best_step and res.summary["best_val"] == val[best_step]
+    test_rows = [r for r in rows if r[1] == "test"]
+    assert test_rows and all(r[0] == best_step for r in test_rows)
+    # gradient-flow profiles at the start and the end, one value per time step
+    steps = sorted({d[0] for d in diags if d[1] == "grad_flow"})
+    assert steps == [0, 30] and sum(1 for d in diags if d[0] == 0) == 8
+    assert res.summary["samples_per_s"] > 0 and res.summary["timesteps_per_s"] == pytest.approx(
+        res.summary["samples_per_s"] * 8)
+    assert res.env["device"] == "cpu" and res.env["torch"] == torch.__version__
+
+
+def test_clipping_and_grad_norm_is_before_clipping():
+    res, rows, _ = _collect(_spec(clip=1e-4, max_steps=5, eval_every=5))
+    norms = [r[3] for r in rows if r[2] == "grad_norm"]
+    clipped = [r[3] for r in rows if r[2] == "clipped"]
+    assert all(n > 1e-4 for n in norms) and all(c == 1.0 for c in clipped)
+
+
+def test_divergence_ends_run_as_diverged():
+    (spec,) = build_specs(task=["adding"], model=["irnn"], task_args={"T": 20, "n_val": 50, "n_test": 50},
+                          model_args={"hidden_size": 8},
+                          train={"optimizer": "sgd", "lr": 1e12, "clip": None, "max_steps": 50,
+                                 "eval_every": 25, "batch_size": 8}, seeds="0", device="cpu")
+    res, rows, _ = _collect(spec)
+    assert res.status == "diverged"
+    step = res.summary["diverged_step"]
+    assert 1 <= step <= 25 and "step" in res.reason
+    bad = [r for r in rows if r[0] == step and r[2] in ("loss", "grad_norm")]
+    assert any(not math.isfinite(r[3]) for r in bad)
+
+
+def test_early_stop_when_solved():
+    (spec,) = build_specs(task=["adding"], model=["lstm"], task_args={"T": 4, "n_val": 200, "n_test": 200},
+                          model_args={"hidden_size": 16},
+                          train={"max_steps": 3000, "eval_every": 50, "lr": 1e-2, "batch_size": 32},
+                          seeds="0", device="cpu")
+    res, _, _ = _collect(spec)
+    assert res.summary["solved"] and res.summary["steps"] < 3000
+    assert res.summary["solved_step"] == res.summary["steps"] and res.summary["best_val"] <= 0.01
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_precisions_run_on_cpu(precision):
+    res, _, _ = _collect(_spec(precision=precision, max_steps=10))
+    assert res.status == "done" and math.isfinite(res.summary["test_mse"])

@@ -1,0 +1,122 @@
+"""The adding and copy-memory tasks match their definitions in ANCHORS.md exactly."""
+
+import math
+
+import pytest
+import torch
+
+import tasks
+from suite.errors import UserError
+from tasks.synthetic import BLANK, DELIM
+
+
+@pytest.mark.parametrize("T", [2, 7, 50, 101])
+def test_adding_shapes_mask_and_target(T, gen):
+    task = tasks.create("adding", T=T)
+    b = task.train_batch(256, gen, torch.device("cpu"))
+    assert b.x.shape == (256, T, 2) and b.y.shape == (256, 1)
+    values, mask = b.x[..., 0], b.x[..., 1]
+    assert ((values >= 0) & (values <= 1)).all()
+    assert (mask.sum(1) == 2).all() and set(mask.unique().tolist()) <= {0.0, 1.0}
+    pos = mask.nonzero()[:, 1].view(256, 2)
+    half = T // 2
+    assert (pos[:, 0] < half).all() and (pos[:, 1] >= half).all()
+    expected = values.gather(1, pos).sum(1, keepdim=True)
+    torch.testing.assert_close(b.y, expected)
+
+
+def test_adding_declarations():
+    task = tasks.create("adding", T=50)
+    assert task.input_size == 2 and task.output_size == 1 and task.seq_len == 50
+    assert task.target == "last" and task.primary == "mse" and not task.higher_is_better
+    assert task.chance == pytest.approx(1 / 6) and task.solved == 0.01
+
+
+def test_adding_chance_level_is_mse_of_predicting_one(gen):
+    """Predicting 1.0 always gives MSE = Var(U1 + U2) = 1/6."""
+    task = tasks.create("adding", T=20, n_test=20000)
+    const = lambda x, lengths=None: torch.ones(x.shape[0], 1)
+    mse = task.evaluate(const, "test", torch.device("cpu"))["mse"]
+    assert mse == pytest.approx(task.chance, rel=0.03)
+
+
+def test_eval_sets_fixed_and_disjoint_across_splits():
+    task = tasks.create("adding", T=10, n_val=30, n_test=40)
+    cpu = torch.device("cpu")
+    val1 = torch.cat([b.x for b in task.eval_batches("val", 7, cpu)])
+    val2 = torch.cat([b.x for b in task.eval_batches("val", 30, cpu)])
+    test = torch.cat([b.x for b in task.eval_batches("test", 100, cpu)])
+    assert val1.shape[0] == 30 and test.shape[0] == 40
+    assert not torch.equal(val1[:5], test[:5])
+    # the same samples whatever the batch size? generation is sequential per batch,
+    # so compare the whole set made in one batch with itself made again
+    again = torch.cat([b.x for b in tasks.create("adding", T=10, n_val=30).eval_batches("val", 30, cpu)])
+    assert torch.equal(val2, again)
+    other = torch.cat([b.x for b in tasks.create("adding", T=10, n_val=30, data_seed=1).eval_batches("val", 30, cpu)])
+    assert not torch.equal(val2, other)
+
+
+@pytest.mark.parametrize("T,n", [(1, 1), (5, 3), (100, 10)])
+def test_copy_layout(T, n, gen):
+    task = tasks.create("copy", T=T, n_copy=n)
+    b = task.train_batch(64, gen, torch.device("cpu"))
+    L = T + 2 * n
+    assert task.seq_len == L and b.x.shape == (64, L) and b.y.shape == (64, L)
+    data = b.x[:, :n]
+    assert (data < 8).all()
+    assert (b.x[:, n:n + T - 1] == BLANK).all()
+    assert (b.x[:, n + T - 1] == DELIM).all()
+    assert (b.x[:, n + T:] == BLANK).all()
+    assert (b.y[:, :T + n] == BLANK).all()
+    assert torch.equal(b.y[:, T + n:], data)
+
+
+def test_copy_standard_form_is_T_plus_20():
+    task = tasks.create("copy", T=100)
+    assert task.seq_len == 120 and task.vocab_size == 10 and task.output_size == 9
+    assert task.baseline_loss == pytest.approx(10 * math.log(8) / 120)
+    assert task.chance == pytest.approx(1 / 8) and task.higher_is_better
+
+
+def test_copy_variable_delay(gen):
+    T, n = 30, 4
+    task = tasks.create("copy", T=T, n_copy=n, variable_delay=True)
+    b = task.train_batch(500, gen, torch.device("cpu"))
+    delim = (b.x == DELIM).float().argmax(1)
+    delays = delim - n + 1
+    assert delays.min() >= 1 and delays.max() <= T and len(delays.unique()) > 10
+    for i in range(20):
+        d = int(delim[i])
+        assert torch.equal(b.y[i, d + 1:d + 1 + n], b.x[i, :n])
+        assert (b.y[i, :d + 1] == BLANK).all() and (b.y[i, d + 1 + n:] == BLANK).all()
+        assert (b.x[i, n:d] == BLANK).all() and (b.x[i, d + 1:] == BLANK).all()
+
+
+def test_copy_memoryless_baseline_loss_and_chance():
+    """Blank everywhere, uniform over the 8 data symbols at recall: loss = baseline."""
+    task = tasks.create("copy", T=20, n_copy=10, n_test=2000)
+
+    def memoryless(x, lengths=None):
+        B, L = x.shape
+        logits = torch.full((B, L, 9), -1e9)
+        logits[:, :L - 10, BLANK] = 0.0
+        logits[:, L - 10:, :8] = 0.0
+        return logits
+
+    m = task.evaluate(memoryless, "test", torch.device("cpu"))
+    assert m["loss"] == pytest.approx(task.baseline_loss, rel=1e-5)
+    assert m["loss_ratio"] == pytest.approx(1.0, rel=1e-5)
+    assert m["acc"] == pytest.approx(1 / 8, abs=0.02)  # argmax picks symbol 0: 1/8 of targets
+
+
+@pytest.mark.parametrize("name,args,needle", [
+    ("adding", {"T": 0}, "T=0 is out of range"),
+    ("adding", {"T": -5}, "must be >= 2"),
+    ("copy", {"n_copy": 0}, "n_copy"),
+    ("adding", {"lenght": 5}, "has no parameter 'lenght'; allowed: T"),
+    ("adding", {"T": "long"}, "must be int"),
+    ("nope", {}, "unknown task 'nope'; choose from: adding, copy"),
+])
+def test_bad_task_parameters(name, args, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(")):
+        tasks.create(name, **args)
