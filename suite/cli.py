@@ -125,6 +125,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import baselines
+    from suite.bench import SHAPES, bench, format_table
+    from suite.spec import resolve_device
+
+    device = resolve_device(args.device)
+    shapes = args.shapes.split(",") if args.shapes else (["small"] if device == "cpu" else
+                                                         ["seq-mnist", "adding", "char-lm"])
+    bad = [s for s in shapes if s not in SHAPES]
+    if bad:
+        raise UserError(f"unknown shape '{bad[0]}'; choose from: {', '.join(SHAPES)}")
+    models = baselines.names(args.models.split(",") if args.models else "*")
+    if not models:
+        raise UserError(f"--models '{args.models}' matches no model; see 'rnnbench list models'")
+    rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="profile name in suite/profiles or a .toml path")
     p.add_argument("--task", action="append", help="task name (repeatable); filters a profile")
@@ -161,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("-v", "--verbose", action="store_true", help="one line per run")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("bench", help="ms per training step per model and shape, ratio to lstm")
+    p.add_argument("--models", help="comma-separated names or patterns (default: all)")
+    p.add_argument("--shapes", help="comma-separated: seq-mnist, adding, char-lm, small "
+                   "(default: small on CPU, the three others on CUDA)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--reference", action="store_true", help="time the eager reference step (no CUDA graph)")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="write tidy long-form data for pandas users")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv")

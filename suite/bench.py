@@ -1,0 +1,158 @@
+"""Training-step speed of every model at fixed shapes, as a ratio to cuDNN LSTM.
+
+One training step is forward + backward + gradient clipping + Adam update on a
+random batch, through the same ``make_train_step`` the runner uses (so the CUDA
+graph fast path is what gets timed on CUDA). Times are medians over repeats after
+warm-up; on CUDA each repeat is timed with CUDA events. The ratio column is
+throughput relative to ``lstm`` (cuDNN on CUDA, ``nn.LSTM`` on CPU) on the same
+shape and device: ``lstm_ms / model_ms`` (above 1 is faster than cuDNN LSTM).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import baselines
+from suite.env import device_name
+from suite.fastpath import make_train_step
+from tasks.base import Batch
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    T: int
+    B: int
+    H: int
+    input_size: int | None  # real-valued inputs
+    vocab: int | None  # token inputs
+    output_size: int
+    target: str  # last | every
+
+
+SHAPES = {
+    "seq-mnist": Shape("seq-mnist", 784, 100, 100, 1, None, 10, "last"),
+    "adding": Shape("adding", 1000, 128, 128, 2, None, 1, "last"),
+    "char-lm": Shape("char-lm", 100, 64, 1000, None, 50, 50, "every"),
+    "small": Shape("small", 50, 32, 64, 2, None, 1, "last"),
+    "tiny": Shape("tiny", 6, 4, 8, 2, None, 1, "last"),  # for tests: checks that every model runs
+}
+
+
+def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> Batch:
+    g = torch.Generator(device=device).manual_seed(seed)
+    if shape.vocab is not None:
+        x = torch.randint(0, shape.vocab, (shape.B, shape.T), generator=g, device=device)
+    else:
+        x = torch.rand(shape.B, shape.T, shape.input_size, generator=g, device=device)
+    if shape.target == "every":
+        y = torch.randint(0, shape.output_size, (shape.B, shape.T), generator=g, device=device)
+    elif shape.output_size == 1:
+        y = torch.rand(shape.B, 1, generator=g, device=device)
+    else:
+        y = torch.randint(0, shape.output_size, (shape.B,), generator=g, device=device)
+    return Batch(x, y)
+
+
+def loss_for(shape: Shape):
+    if shape.output_size == 1:
+        return lambda out, b: F.mse_loss(out, b.y)
+    return lambda out, b: F.cross_entropy(out.reshape(-1, out.shape[-1]), b.y.reshape(-1))
+
+
+def build_step(model_name: str, shape: Shape, device: torch.device, *, fast_path: bool = True,
+               **overrides: Any):
+    """A ready training step (model, Adam, clip 1.0) for ``model_name`` at ``shape``."""
+    torch.manual_seed(0)
+    model = baselines.create(model_name, output_size=shape.output_size, input_size=shape.input_size,
+                             vocab_size=shape.vocab, target=shape.target, hidden_size=shape.H,
+                             **overrides).to(device)
+    model.train()
+    graphs = fast_path and device.type == "cuda"
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=graphs)
+    return make_train_step(model, loss_for(shape), opt, 1.0, device=device, graphs=graphs)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step, batch: Batch, device: torch.device, *, warmup: int = 5, repeats: int = 5,
+              steps_per_repeat: int = 3) -> list[float]:
+    """Milliseconds per step for each repeat (after ``warmup`` steps)."""
+    for _ in range(warmup):
+        step(batch)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(steps_per_repeat):
+                step(batch)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / steps_per_repeat)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(steps_per_repeat):
+                step(batch)
+            times.append(1000 * (time.perf_counter() - t0) / steps_per_repeat)
+    return times
+
+
+def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_path: bool = True,
+          warmup: int = 5, repeats: int = 5, steps_per_repeat: int = 3) -> list[dict[str, Any]]:
+    """One row per (model, shape): ms per step (median), peak memory, ratio to lstm."""
+    dev = torch.device(device)
+    rows = []
+    names = list(dict.fromkeys(["lstm", *models]))  # the reference is always measured
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        batch = make_batch(shape, dev)
+        ref_ms = None
+        for name in names:
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(dev)
+            step = build_step(name, shape, dev, fast_path=fast_path)
+            times = time_step(step, batch, dev, warmup=warmup, repeats=repeats,
+                              steps_per_repeat=steps_per_repeat)
+            ms = statistics.median(times)
+            if name == "lstm":
+                ref_ms = ms
+            rows.append({
+                "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H,
+                "ms": ms, "ms_min": min(times), "ms_max": max(times),
+                "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+                "path": step.path, "device": device, "device_name": device_name(device),
+                "torch": torch.__version__,
+            })
+            del step
+        for r in rows:
+            if r["shape"] == shape_name:
+                r["ratio_to_lstm"] = ref_ms / r["ms"] if ref_ms else None
+    return [r for r in rows if r["model"] in models or r["model"] == "lstm"]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'model':<16}{'shape':<11}{'ms/step':>10}{'min':>9}{'max':>9}{'peak MB':>9}{'x lstm':>8}  path"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        lines.append(f"{r['model']:<16}{r['shape']:<11}{r['ms']:>10.2f}{r['ms_min']:>9.2f}{r['ms_max']:>9.2f}"
+                     f"{mem:>9}{r['ratio_to_lstm']:>8.3f}  {r['path']}")
+    if rows:
+        lines.append(f"device: {rows[0]['device_name']} ({rows[0]['device']}), torch {rows[0]['torch']}; "
+                     "x lstm = throughput relative to lstm (cuDNN/nn.LSTM) on the same shape")
+    return "\n".join(lines)
+
+
+__all__ = ["SHAPES", "Shape", "bench", "build_step", "format_table", "make_batch", "time_step", "asdict"]

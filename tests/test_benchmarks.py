@@ -1,0 +1,51 @@
+"""Every asv benchmark runs once, in-process, at the tiny shape (asv itself spawns a
+process per benchmark, too slow for the test suite; .ci/run also runs `asv check`)."""
+
+import importlib
+import os
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bm():
+    os.environ["RNNBENCH_ASV_SHAPES"] = "tiny"
+    sys.modules.pop("benchmarks.benchmarks", None)
+    mod = importlib.import_module("benchmarks.benchmarks")
+    yield mod
+    del os.environ["RNNBENCH_ASV_SHAPES"]
+    sys.modules.pop("benchmarks.benchmarks", None)
+
+
+def test_every_registered_model_is_benchmarked(bm):
+    import baselines
+
+    assert bm.TrainStep.params[0] == baselines.names()
+    assert bm.Ratio.params[0] == baselines.names()
+
+
+def test_train_step_benchmarks_run(bm):
+    for model in bm.MODELS:
+        b = bm.TrainStep()
+        b.setup(model, "tiny")
+        b.time_train_step(model, "tiny")
+        assert b.step.path in ("eager", "cuda_graph")
+
+
+def test_ratio_and_learning_tracks(bm):
+    r = bm.Ratio().track_ratio_to_lstm("gru", "tiny")
+    assert r > 0
+    assert bm.Ratio().track_ratio_to_lstm("lstm", "tiny") == 1.0
+    mse = bm.Learning().track_adding_test_mse()
+    assert 0 < mse < 10
+
+
+def test_bench_table():
+    from suite.bench import bench, format_table
+
+    rows = bench(["rnn", "lstm-loop"], ["tiny"], "cpu", repeats=2, warmup=1, steps_per_repeat=1)
+    assert {r["model"] for r in rows} == {"rnn", "lstm-loop", "lstm"}
+    assert all(r["ms"] > 0 and r["ms_min"] <= r["ms"] <= r["ms_max"] for r in rows)
+    table = format_table(rows)
+    assert "x lstm" in table and "lstm-loop" in table
