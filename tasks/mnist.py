@@ -49,7 +49,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     then each dimension as a big-endian uint32; the data follow.
     """
     raw = read_bytes(path)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
+    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
         raise UserError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimensions")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
