@@ -6,6 +6,7 @@ User mistakes (``UserError``) print one line and exit with code 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,6 +51,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _specs_from_args(args: argparse.Namespace):
     from suite.profiles import build_specs, parse_assignments, parse_sets
 
+    if getattr(args, "data_dir", None):  # read by tasks/data.py, inherited by worker processes
+        os.environ["RNNBENCH_DATA"] = str(Path(args.data_dir).expanduser().resolve())
     return build_specs(
         profile=args.profile, task=args.task, model=args.model,
         task_args=parse_assignments(args.task_arg, "--task-arg"),
@@ -160,6 +163,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="override for every run: train.K, model.K or task.K (lists sweep)")
     p.add_argument("--seeds", help="e.g. 0-4 or 0,3,7")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--data-dir", help="folder with local data files (MNIST IDX, text, tables); "
+                   "sets RNNBENCH_DATA (see README, Local data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
