@@ -52,6 +52,8 @@ def _specs_from_args(args: argparse.Namespace):
     from suite.profiles import build_specs, parse_assignments, parse_sets
 
     if getattr(args, "data_dir", None):  # read by tasks/data.py, inherited by worker processes
+        if not Path(args.data_dir).expanduser().is_dir():
+            raise UserError(f"--data-dir {args.data_dir} does not exist or is not a folder")
         os.environ["RNNBENCH_DATA"] = str(Path(args.data_dir).expanduser().resolve())
     return build_specs(
         profile=args.profile, task=args.task, model=args.model,
