@@ -34,7 +34,7 @@ CPU = torch.device("cpu")
 def offline(monkeypatch, tmp_path):
     """Fresh cache folder, no data directory, and a ``datasets`` stub that acts offline."""
     monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.delenv(data.ENV_DATA, raising=False)
+    monkeypatch.setenv(data.ENV_DATA, "")  # empty means unset; teardown restores the real value
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(data, "_memo", {})
@@ -219,6 +219,9 @@ def test_data_dir_flag_sets_the_environment(monkeypatch, tmp_path):
                                       "--data-dir", str(tmp_path)])
     _specs_from_args(args)
     assert data.data_dir() == tmp_path.resolve()
+    args.data_dir = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="nowhere does not exist"):
+        _specs_from_args(args)
 
 
 # -- seq-digits --------------------------------------------------------------------
