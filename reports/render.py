@@ -1,0 +1,72 @@
+"""Write sections as one self-contained HTML file and as Markdown with figure files.
+
+``index.html`` embeds every figure as a base64 PNG and its style inline: it opens
+from a mail attachment or a CI artifact with no network. ``README.md`` holds the
+same blocks in the same order, its figures as PNG files in ``figures/``.
+Both come from jinja2 templates in ``reports/templates``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Sequence
+
+import jinja2
+
+from reports.blocks import Figure, Section, Table
+
+TEMPLATES = Path(__file__).parent / "templates"
+FIGURES = "figures"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "figure"
+
+
+def name_figures(sections: Sequence[Section]) -> None:
+    """Give every figure a unique, file-safe name (in place), in document order."""
+    seen: dict[str, int] = {}
+    for sec in sections:
+        for b in sec.blocks:
+            if isinstance(b, Figure):
+                base = _slug(b.name)
+                seen[base] = seen.get(base, 0) + 1
+                b.name = base if seen[base] == 1 else f"{base}_{seen[base]}"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(
+        enabled_extensions=("html", "html.j2")), keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined)
+    env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
+    env.filters["md_cell"] = _md_cell
+    env.tests["table"] = lambda b: isinstance(b, Table)
+    env.tests["figure"] = lambda b: isinstance(b, Figure)
+    return env
+
+
+def write(sections: Sequence[Section], out: str | Path, title: str, subtitle: str) -> tuple[Path, Path]:
+    """Render ``sections`` into ``out/index.html`` and ``out/README.md`` (+ ``out/figures``)."""
+    out = Path(out)
+    figdir = out / FIGURES
+    figdir.mkdir(parents=True, exist_ok=True)
+    for old in figdir.glob("*.png"):  # figures of an earlier report of another store
+        old.unlink()
+    name_figures(sections)
+    env = _env()
+    ctx = dict(sections=sections, title=title, subtitle=subtitle, figdir=FIGURES)
+    html = out / "index.html"
+    html.write_text(env.get_template("report.html.j2").render(**ctx), encoding="utf-8")
+    md = out / "README.md"
+    md.write_text(env.get_template("report.md.j2").render(**ctx), encoding="utf-8")
+    for sec in sections:
+        for b in sec.blocks:
+            if isinstance(b, Figure):
+                (figdir / f"{b.name}.png").write_bytes(b.png)
+    return html, md

@@ -1,0 +1,253 @@
+"""`rnnbench report`: a report rendered from a store made by a real short suite run,
+checked against the store's numbers; determinism; partial stores; baseline flags."""
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports import figures
+from reports.blocks import Table, Text, fmt_ci, fmt_p
+from reports.build import build_report
+from reports.claims import bn_pairs, claims_section, verdict
+from reports.cost import baseline_section, compare
+from reports.data import load
+from reports.literature import PUBLISHED, differences, matches
+from reports.quality import friedman_scores
+from reports.stats import Summary, friedman, pairwise_table, summarize
+from suite.cli import main
+from suite.errors import UserError
+from suite.store import Store
+from test_report_helpers import add_failed, copy_store, edit_summaries, real_store, specs
+
+SECTIONS = ["Summary", "Significance", "Learning curves", "Gradient flow", "Ablations", "Cost",
+            "Against the literature", "The seed's claims", "Environment"]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    return real_store(tmp_path_factory.mktemp("store") / "rnnbench.sqlite")
+
+
+@pytest.fixture(scope="session")
+def report(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    build_report(store, out)
+    return out
+
+
+def _readme(out: Path) -> str:
+    return (out / "README.md").read_text()
+
+
+def test_html_is_one_self_contained_file_with_every_section(report):
+    html = (report / "index.html").read_text()
+    titles = re.findall(r"<h2>\d+\. ([^<]+)</h2>", html)
+    assert [t.replace("&#39;", "'") for t in titles] == SECTIONS
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 8  # CD diagram, 2 tasks x (curves, flow, norms), cost
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r"(src|href)=\"(https?:)?//", html), "the report must not load anything from the network"
+
+
+def test_markdown_has_the_same_sections_and_the_same_figures_as_files(report):
+    md, html = _readme(report), (report / "index.html").read_text()
+    assert re.findall(r"^## \d+\. (.+)$", md, flags=re.M) == SECTIONS
+    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    inline = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    assert len(links) == len(inline)
+    for link, b64 in zip(links, inline):
+        assert (report / link).read_bytes() == base64.b64decode(b64)
+
+
+def test_leaderboard_numbers_are_the_store_numbers(store, report):
+    md = _readme(report)
+    summ = Store(store, create=False).summaries()
+    for task, metric in (("adding", "test_mse"), ("copy", "test_acc")):
+        for model in ("rnn", "lstm"):
+            vals = summ[(summ.task == task) & (summ.model == model)][metric]
+            assert len(vals) == 3
+            row = f"| {model} | 3 | {fmt_ci(summarize(vals))} |"
+            assert row in md, row
+
+
+def test_significance_table_is_the_pairwise_table_of_the_store(store, report):
+    summ = Store(store, create=False).summaries()
+    groups = {m: summ[(summ.task == "adding") & (summ.model == m)]["test_mse"] for m in ("lstm", "rnn")}
+    r = pairwise_table(groups, higher_is_better=False).iloc[0]
+    md = _readme(report)
+    assert f"| lstm | rnn | 3/3 |" in md and f"| {fmt_p(r.welch_p_holm)} |" in md
+    verdict_line = ("significantly better" if r.significant else "no difference is significant")
+    assert verdict_line in md.split("### adding", 2)[2].split("###")[0]
+
+
+def test_friedman_ranks_respect_each_tasks_direction(store):
+    data = load(store)
+    scores = friedman_scores(data)  # signed so that higher is better on every task
+    assert list(scores.index) == ["adding", "copy"]
+    means = data.done().groupby(["task_label", "variant"])["primary"].mean()
+    assert scores.loc["adding"].idxmax() == means["adding"].idxmin()  # MSE: lower is better
+    assert scores.loc["copy"].idxmax() == means["copy"].idxmax()  # accuracy: higher is better
+    ranks = friedman(scores.to_numpy()).avg_ranks
+    assert ranks.sum() == pytest.approx(3.0)  # two models: ranks 1 and 2 on each task
+
+
+def test_every_figure_has_a_table_or_sentence_beside_it(report):
+    html = (report / "index.html").read_text()
+    blocks = re.findall(r'<figure>|<div class="table-wrap">|<p class="(?:text|note|alert)">|<h[23]', html)
+    for i, b in enumerate(blocks):
+        if b == "<figure>":
+            near = blocks[i - 1:i] + blocks[i + 1:i + 2]
+            assert any(n.startswith(("<div", "<p")) for n in near), f"figure {i} stands alone"
+    assert len(re.findall(r"<figcaption>[^<]{20,}</figcaption>", html)) == blocks.count("<figure>")
+
+
+def test_same_store_gives_a_byte_identical_report(store, report, tmp_path):
+    build_report(store, tmp_path)
+    for name in ("index.html", "README.md"):
+        assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
+    figs = sorted(p.name for p in (report / "figures").iterdir())
+    assert figs == sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert all((tmp_path / "figures" / f).read_bytes() == (report / "figures" / f).read_bytes() for f in figs)
+
+
+def test_empty_store_renders_with_a_note(tmp_path):
+    Store(tmp_path / "empty.sqlite").close()
+    html, md = build_report(tmp_path / "empty.sqlite", tmp_path / "out")
+    assert "has no finished runs" in md.read_text() and "has no finished runs" in html.read_text()
+    assert "not enough evidence" in md.read_text()
+
+
+def test_partial_store_failed_run_one_seed_and_missing_task(tmp_path):
+    path = real_store(tmp_path / "s.sqlite", seeds="0", tasks=(("adding", {"T": 8, "n_val": 64, "n_test": 64}),),
+                      train={"max_steps": 20})
+    (gru,) = specs(models=("gru",), seeds="0", tasks=(("adding", {"T": 8, "n_val": 64, "n_test": 64}),),
+                   train={"max_steps": 20})
+    add_failed(path, gru, "RuntimeError: CUDA out of memory")
+    _, md_path = build_report(path, tmp_path / "out", tasks=["adding", "copy"])
+    md = md_path.read_text()
+    assert "RuntimeError: CUDA out of memory" in md and "1 run(s) failed" in md
+    assert "Only one finished seed" in md and "(one run, no CI)" in md
+    assert "Task 'copy' was asked for but the store has no runs of it" in md
+    assert "| gru | 0 | – |" in md  # the failed model keeps its row, with nothing to average
+
+
+def test_bad_filters_and_missing_store_are_user_errors(store, tmp_path):
+    with pytest.raises(UserError, match="--tasks 'nope' matches no task"):
+        build_report(store, tmp_path, tasks=["nope"])
+    with pytest.raises(UserError, match="--models 'x\\*' matches no model"):
+        build_report(store, tmp_path, models=["x*"])
+    with pytest.raises(UserError, match="--since 'last week' is not a date"):
+        build_report(store, tmp_path, since="last week")
+    with pytest.raises(UserError, match="does not exist"):
+        build_report(tmp_path / "missing.sqlite", tmp_path)
+
+
+def test_since_filters_by_creation_date(store):
+    assert load(store, since="2000-01-01").runs.shape[0] == 12
+    assert load(store, since="2999-01-01").empty
+
+
+def test_cli_report_with_filters(store, tmp_path, capsys):
+    assert main(["report", "--store", str(store), "--out", str(tmp_path), "--tasks", "adding",
+                 "--models", "lstm"]) == 0
+    md = (tmp_path / "README.md").read_text()
+    assert "### adding" in md and "### copy" not in md and "| rnn |" not in md
+    assert main(["report", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# -- baseline ----------------------------------------------------------------------
+
+
+def test_compare_needs_non_overlapping_intervals():
+    s = lambda lo, hi, n=3: Summary(n, (lo + hi) / 2, (lo + hi) / 2, 1.0, lo, hi)  # noqa: E731
+    assert compare(s(0.3, 0.4), s(0.1, 0.2), higher_is_better=False) == "regressed"
+    assert compare(s(0.3, 0.4), s(0.1, 0.2), higher_is_better=True) == "improved"
+    assert compare(s(0.15, 0.4), s(0.1, 0.2), higher_is_better=False) == "within CI"
+    one = Summary(1, 0.5, 0.5, float("nan"), float("nan"), float("nan"))
+    assert compare(one, s(0.1, 0.2), higher_is_better=False) == "no CI"
+
+
+def test_baseline_flags_exactly_the_regressed_metric_and_throughput(store, tmp_path):
+    current = copy_store(store, tmp_path / "now.sqlite")
+    assert edit_summaries(current, "task='adding' AND model='lstm'", test_mse=3.0, samples_per_s=0.2) == 3
+    sec = baseline_section(load(current), load(store), "last-night.sqlite")
+    (tab,) = [b for b in sec.blocks if isinstance(b, Table)]
+    verdicts = {(r[0], r[1], r[3]): r[-1] for r in tab.rows}
+    assert verdicts[("adding", "lstm", "test mse")] == "REGRESSED"
+    assert verdicts[("adding", "lstm", "samples/s")] == "REGRESSED"
+    assert sum(v == "REGRESSED" for v in verdicts.values()) == 2
+    assert len(verdicts) == 8  # 2 tasks x 2 models x (metric, throughput)
+    alerts = [b.text for b in sec.blocks if isinstance(b, Text) and b.kind == "alert"]
+    assert alerts and "2 regression(s)" in alerts[0]
+
+
+def test_report_with_baseline_has_the_section(store, tmp_path):
+    _, md = build_report(store, tmp_path, baseline=store, models=["rnn"], tasks=["adding"])
+    text = md.read_text()
+    assert "## 2. Against the baseline" in text
+    assert "No metric or throughput regressed beyond its confidence interval." in text
+
+
+# -- claims and literature ----------------------------------------------------------
+
+
+def test_claims_without_bn_models_say_not_enough_evidence(store):
+    sec = claims_section(load(store))
+    (tab,) = [b for b in sec.blocks if isinstance(b, Table)]
+    assert [r[1] for r in tab.rows] == ["not enough evidence"] * 3
+
+
+def test_verdict_rules():
+    row = lambda p, fav: {"p_holm": p, "favours bn": fav}  # noqa: E731
+    assert verdict([]) == "not enough evidence"
+    assert verdict([row(0.01, 1), row(0.5, -1)]) == "supported"
+    assert verdict([row(0.01, -1)]) == "contradicted"
+    assert verdict([row(0.01, 1), row(0.02, -1)]) == "mixed"
+    assert verdict([row(0.2, 1), row(0.01, 0)]) == "not shown"
+
+
+def test_claims_compare_bn_rnn_with_rnn(tmp_path):
+    path = real_store(tmp_path / "bn.sqlite", models=("rnn", "bn-rnn"), seeds="0-1",
+                      tasks=(("adding", {"T": 8, "n_val": 64, "n_test": 64}),), train={"max_steps": 20})
+    data = load(path)
+    assert bn_pairs(data) == [("adding", "bn-rnn", "rnn")]
+    sec = claims_section(data)
+    tables = [b for b in sec.blocks if isinstance(b, Table)]
+    evidence = [r for t in tables[1:] for r in t.rows]
+    measures = {r[3] for r in evidence}
+    assert {"diverged runs", "std of test mse over seeds", "gradient-flow slope at end (decades/step back)"} <= measures
+
+
+def test_literature_matching_and_comparability():
+    lstm_mnist = next(e for e in PUBLISHED if e.task == "pixel-mnist" and e.paper_model == "LSTM")
+    full = {"pixels_per_step": 1, "n_train": 0, "n_test": 0}
+    assert matches(lstm_mnist, "pixel-mnist", "lstm", full) and not matches(lstm_mnist, "pixel-mnist", "gru", full)
+    assert differences(lstm_mnist, full) == []
+    assert differences(lstm_mnist, {**full, "n_train": 1000}) == ["n_train=1000 (paper: 0)"]
+    ptb = [e for e in PUBLISHED if e.task == "char-lm" and e.when == {"corpus": "ptb"}]
+    assert sorted(e.value for e in ptb) == [1.32, 1.38]
+    copy100 = next(e for e in PUBLISHED if e.task == "copy" and e.when == {"T": 100})
+    assert copy100.check(0.5) and not copy100.check(1.0)
+
+
+# -- figures ----------------------------------------------------------------------
+
+
+def test_band_is_a_bootstrap_interval_around_the_mean():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(5, 7))
+    m[0, 3] = np.nan
+    mean, lo, hi = figures.band(m)
+    np.testing.assert_allclose(mean, np.nanmean(m, axis=0))
+    assert np.all(lo <= mean) and np.all(mean <= hi)
+    gmean, glo, ghi = figures.band(np.exp(m), geometric=True)
+    np.testing.assert_allclose(np.log10(gmean), np.nanmean(np.log10(np.exp(m)), axis=0))
+    assert np.all(glo > 0) and np.all(glo <= gmean) and np.all(gmean <= ghi)
+    one = figures.band(m[:1])
+    np.testing.assert_allclose(one[1], one[0])
