@@ -154,6 +154,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.build import build_report
+
+    html, md = build_report(args.store, args.out, tasks=args.tasks, models=args.models, since=args.since,
+                            baseline=args.baseline)
+    print(f"wrote {html} and {md}")
+    return 0
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="profile name in suite/profiles or a .toml path")
     p.add_argument("--task", action="append", help="task name (repeatable); filters a profile")
@@ -209,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--out", help="output file (default results/WHAT.FORMAT)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="statistical report: results/report/index.html and README.md")
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--out", default="results/report", help="output folder (default results/report)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks (names or patterns)")
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="only these models (names or patterns)")
+    p.add_argument("--since", metavar="DATE", help="only runs created on or after DATE (YYYY-MM-DD, UTC)")
+    p.add_argument("--baseline", metavar="PATH", help="a previous store: flag regressions beyond the CI")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

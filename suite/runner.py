@@ -105,6 +105,10 @@ def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
         model.train()
         return out
 
+    def probe_due(step: int) -> bool:
+        """Scheduled probes: every ``probe_every`` steps before the last (which the end probe covers)."""
+        return bool(cfg.probe_every) and step % cfg.probe_every == 0 and step < cfg.max_steps
+
     def probe_flow(step: int) -> list[tuple]:
         flow = diagnostics.gradient_flow(model, task, probe).cpu().tolist()
         return [(step, "grad_flow", t, v) for t, v in enumerate(flow)]
@@ -132,6 +136,11 @@ def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
         opt.step()
         if step % cfg.log_every == 0:
             pending.append((step, loss.detach(), gnorm.detach(), groups))
+        if probe_due(step):  # on its own schedule, not only at evaluations; not training time
+            _sync(device)
+            paused = time.perf_counter()
+            sink([], probe_flow(step))
+            t0 += time.perf_counter() - paused
         at_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
         over_budget = cfg.time_budget_s is not None and train_time + time.perf_counter() - t0 > cfg.time_budget_s
         if not (at_eval or over_budget):
@@ -148,8 +157,7 @@ def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
         val = evaluate("val")
         rows += [(step, "val", k, v) for k, v in val.items()]
         rows.append((step, "train", "wall_time", train_time))
-        diag = probe_flow(step) if cfg.probe_every and step % cfg.probe_every == 0 else []
-        sink(rows, diag)
+        sink(rows, [])
         primary = val.get(task.primary, float("nan"))
         if _better(task, primary, best_val):
             best_val, best_step = primary, step
@@ -168,7 +176,8 @@ def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
     summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
                               if device.type == "cuda" else None)
     if status == "done":
-        sink([], probe_flow(steps_done))  # end-of-training profile, before reloading the best state
+        if not probe_due(steps_done):  # end-of-training profile, before reloading the best state
+            sink([], probe_flow(steps_done))
         if best_state is not None:
             model.load_state_dict(best_state)
         test = evaluate("test")
