@@ -39,7 +39,7 @@ def test_every_parameter_of_every_model_has_its_group(name):
 
 def test_group_norms_add_up_to_the_global_norm_and_match_each_group(adding):
     task, batch = adding
-    model = _model("bn-lstm")
+    model = _model("lstm")
     task.loss(model(batch.x), batch).backward()
     norms = diagnostics.group_norms(model)
     total = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import baselines
+
 from reports import figures
 from reports.blocks import Table, Text, fmt_ci, fmt_p
 from reports.build import build_report
@@ -213,6 +215,8 @@ def test_verdict_rules():
 
 
 def test_claims_compare_bn_rnn_with_rnn(tmp_path):
+    if "bn-rnn" not in baselines.names():
+        pytest.skip("no bn-rnn model registered")
     path = real_store(tmp_path / "bn.sqlite", models=("rnn", "bn-rnn"), seeds="0-1",
                       tasks=(("adding", {"T": 8, "n_val": 64, "n_test": 64}),), train={"max_steps": 20})
     data = load(path)

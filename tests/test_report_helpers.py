@@ -33,7 +33,11 @@ def specs(models=("rnn", "lstm"), seeds="0-2", tasks=TASKS, train=None, model_ar
 
 def real_store(path: Path, **kw: Any) -> Path:
     """A store filled by the real runner: adding T=10 and copy T=5, rnn and lstm, 3 seeds."""
-    run_local(specs(**kw), path)
+    todo = specs(**kw)
+    store = Store(path)
+    store.add_runs(todo)  # registered as pending first, as `rnnbench run` does
+    store.close()
+    run_local(todo, path)
     return path
 
 
