@@ -147,8 +147,12 @@ def cached(tag: str, key: dict[str, Any], build: Callable[[], dict[str, Any]]) -
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
-        torch.save({"key": text, "data": data}, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save({"key": text, "data": data}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     _memo[path] = data
     return data
 

@@ -49,16 +49,26 @@ LABEL_WORDS = {"negative": 0, "positive": 1, "neg": 0, "pos": 1}
 Raw = dict[str, tuple[list[str], list[int]]]  # split -> (texts, labels)
 
 
-def find_tables(folder: Path) -> dict[str, Path]:
-    """``{split: file}`` for the tables in ``folder`` named after their split."""
+def find_tables(folder: Path) -> dict[str, list[Path]]:
+    """``{split: files}`` for the tables in ``folder`` named after their split (shards in name order)."""
     found = {}
     for split, names in SPLIT_NAMES.items():
         for name in names:
             hits = sorted(p for p in folder.glob(f"{name}*") if p.suffix in EXTS and p.is_file())
             if hits:
-                found[split] = hits[0]
+                found[split] = hits
                 break
     return found
+
+
+def read_tables(paths: list[Path]) -> tuple[list[str], list[int]]:
+    texts: list[str] = []
+    labels: list[int] = []
+    for p in paths:
+        t, y = read_table(p)
+        texts += t
+        labels += y
+    return texts, labels
 
 
 def read_table(path: Path) -> tuple[list[str], list[int]]:
@@ -154,7 +164,7 @@ class Sentiment(PaddedTokens):
             folder = root / self.dataset if root is not None else None
             what, hub_id = f"the {self.dataset} data set", HUB[self.dataset]
         tables = find_tables(folder) if folder is not None and folder.is_dir() else {}
-        local = [tables[s] for s in SPLIT_NAMES if s in tables] if {"train", "test"} <= set(tables) else None
+        local = [p for s in SPLIT_NAMES for p in tables.get(s, [])] if {"train", "test"} <= set(tables) else None
         if self.dataset == "local" and local is None:
             raise UserError(f"task 'sentiment': folder {folder} needs train* and test* tables ({', '.join(EXTS)})")
         options = {k: getattr(self, k) for k in ("dataset", "tokens", "lowercase", "max_len", "max_vocab",
@@ -162,7 +172,7 @@ class Sentiment(PaddedTokens):
         accepted = f"{self.dataset}/train*, {self.dataset}/test* (optional {self.dataset}/validation*) " \
                    f"as {'/'.join(e[1:] for e in EXTS)} tables with text and label columns"
         return fetch("sentiment", what, options={**options, "format": 1}, local=local,
-                     read_local=lambda ps: self.process({s: read_table(tables[s]) for s in tables}),
+                     read_local=lambda ps: self.process({s: read_tables(tables[s]) for s in tables}),
                      hub_id=hub_id, read_hub=lambda ds: self.process(raw_from_hub(ds)), accepted=accepted)
 
     def process(self, raw: Raw) -> dict[str, Any]:

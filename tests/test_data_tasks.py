@@ -368,7 +368,8 @@ def test_sentiment_local_tables_splits_and_vocab(data_dir):
     train = reviews(60, 0)
     test = reviews(20, 1)
     test.loc[0, "text"] = "zebra good"  # a word never seen in training
-    train.to_parquet(folder / "train.parquet")
+    train[:35].to_parquet(folder / "train-00000-of-00002.parquet")  # shards, as on the hub
+    train[35:].to_parquet(folder / "train-00001-of-00002.parquet")
     test.to_csv(folder / "test.csv", index=False)
     task = tasks.create("sentiment", n_val=15, max_len=10)
     s = task.token_splits()
