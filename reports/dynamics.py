@@ -75,8 +75,9 @@ def learning_curves_section(data: ReportData) -> Section:
         sec.add(figure(figures.learning_curves(steps, wall, data.colors, info.primary, log, info.chance, info.solved),
                        f"curves_{label}",
                        f"Validation {info.primary} on {label} against training steps (left) and training wall "
-                       f"time (right, evaluation excluded): mean over seeds with a 95% bootstrap band. Runs that "
-                       f"stopped early after solving keep their last value; dashed: chance, dotted: solved."))
+                       f"time (right, evaluation excluded): mean over seeds with a 95% bootstrap band. A run that "
+                       f"has finished (solved early, or simply faster) keeps its last value; dashed: chance, "
+                       f"dotted: solved (drawn when near the curves)."))
         rows = []
         for variant, g in steps.groupby("variant", sort=True):
             last_step = g["step"].max()

@@ -92,12 +92,14 @@ class Browser:
             os.dup2(high[0], 3)
             os.dup2(high[1], 4)
 
+        self.log_path = Path(profile_dir) / "chromium.log"
+        self._log = open(self.log_path, "wb")  # a file, not a pipe: a full pipe would stall chromium
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
              f"--user-data-dir={profile_dir}", "--remote-debugging-pipe", "--enable-logging=stderr", "--v=0",
              "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
             preexec_fn=fds, close_fds=False)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -152,6 +154,8 @@ class Browser:
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
             self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1,
+                                                         "mobile": False})
         self.send("Page.navigate", {"url": url})
         self.wait_event("Page.loadEventFired")
 
@@ -190,18 +194,22 @@ class Browser:
                     out.append(f"network request: {url}")
         return out
 
-    def close(self) -> str:
-        """Stop chromium; returns its stderr (where --enable-logging writes console messages)."""
+    def console_log(self) -> list[str]:
+        """Console messages chromium wrote to its log (``--enable-logging=stderr``)."""
+        return [line for line in self.log_path.read_text(errors="replace").splitlines() if ":CONSOLE" in line]
+
+    def close(self) -> None:
+        """Stop chromium (its log stays in ``log_path``)."""
         self.session = None  # Browser.close is a browser-level command
         try:
             self.send("Browser.close", timeout=5)
         except (RuntimeError, TimeoutError, OSError):
             pass
         try:
-            _, err = self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
+            self.proc.wait()
+        self._log.close()
         os.close(self._to_chrome)
         os.close(self._from_chrome)
-        return err.decode(errors="replace")
