@@ -135,21 +135,23 @@ class ListOps(PaddedTokens):
     def make_split(self, split: str) -> dict[str, Any]:
         """Generate ``split`` (seeded by data_seed and the split name): padded ids, lengths, labels."""
         rng = random.Random(split_seed(self.data_seed, split))
-        n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
         exprs = [generate(rng, min_length=self.min_length, max_length=self.max_length,
-                          max_depth=self.max_depth, max_args=self.max_args) for _ in range(n)]
+                          max_depth=self.max_depth, max_args=self.max_args) for _ in range(self.sizes[split])]
         ids, lengths = pad([[ID[t] for t in e] for e in exprs], PAD)
         labels = torch.tensor([evaluate_tokens(e) for e in exprs], dtype=torch.long)
         return {"ids": ids.to(torch.uint8), "lengths": lengths, "labels": labels}
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
+
     def token_splits(self) -> dict[str, Padded]:
-        n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}
         shape = {k: getattr(self, k) for k in ("max_length", "min_length", "max_depth", "max_args", "data_seed")}
 
         def build() -> dict[str, Padded]:
             out = {}
             for split in ("train", "val", "test"):
-                key = {"generator": 1, "split": split, "n": n[split], **shape}
+                key = {"generator": 1, "split": split, "n": self.sizes[split], **shape}
                 d = cached("listops", key, lambda: self.make_split(split))
                 out[split] = (d["ids"], d["lengths"], d["labels"])
             return out
