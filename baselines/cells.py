@@ -10,6 +10,13 @@ paths are tested against.
 
 Per-sequence work is done once outside the time loop: the input projection
 ``x W_ih^T + b_ih`` for all steps is one matrix product.
+
+The loop calls three hooks, ``input_term`` (all steps at once), ``recurrent_term``
+and ``cell_out`` (one step each), which normalized cells override
+(``baselines.normalized.NormLoopCore``); the gate arithmetic stays in one place.
+Both cores take ``lengths`` (B,) for padded batches: the plain cells ignore it
+(each sequence's valid outputs never depend on its padding), cells with batch
+statistics use it to leave padded steps out of them.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from baselines.norm import step_mask
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 State = Any  # Tensor (L, B, H) for rnn/gru; tuple (h, c) for lstm
@@ -38,8 +48,8 @@ class CudnnCore(nn.Module):
         else:
             self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](**kw)
 
-    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None
-                ) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, State]:
         if perturb is not None:
             raise ValueError("cuDNN cores cannot inject per-step perturbations; use the loop twin")
         return self.rnn(x, state)
@@ -90,7 +100,15 @@ class LoopCore(nn.Module):
     def step(self, xw: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor
              ) -> tuple[Tensor, Tensor | None]:
         """One time step given the precomputed input term ``xw`` = W_ih x_t + b_ih."""
-        hw = torch.addmm(b_hh, h, w_hh.t())
+        return self.gates(xw, torch.addmm(b_hh, h, w_hh.t()), h, c)
+
+    def gates(self, xw: Tensor, hw: Tensor, h: Tensor, c: Tensor | None,
+              cell_out=torch.tanh) -> tuple[Tensor, Tensor | None]:
+        """The cell update from the input term ``xw`` and the recurrent term ``hw``.
+
+        ``cell_out`` maps the LSTM's c_t to what its output gate multiplies (tanh,
+        or tanh of normalized c_t); the recurrent c_t itself is never changed.
+        """
         if self.cell == "rnn":
             return self.act(xw + hw), None
         if self.cell == "gru":
@@ -102,24 +120,45 @@ class LoopCore(nn.Module):
             return (1 - z) * n + z * h, None
         i, f, g, o = (xw + hw).chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        return torch.sigmoid(o) * cell_out(c), c
 
-    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None
-                ) -> tuple[Tensor, State]:
+    # -- hooks that normalized cells override --------------------------------
+    def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
+        """W_ih x_t + b_ih for every step at once, (B, T, G*H)."""
+        w_ih, _, b_ih, _ = self.weights(layer)
+        return F.linear(seq, w_ih, b_ih)
+
+    def recurrent_term(self, layer: int, t: int, h: Tensor, mask_t: Tensor | None) -> Tensor:
+        """W_hh h_{t-1} + b_hh, (B, G*H)."""
+        _, w_hh, _, b_hh = self.weights(layer)
+        return torch.addmm(b_hh, h, w_hh.t())
+
+    def cell_out(self, layer: int, t: int, c: Tensor, mask_t: Tensor | None) -> Tensor:
+        """What the LSTM output gate multiplies: tanh(c_t)."""
+        return torch.tanh(c)
+
+    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, State]:
         if state is None:
             state = self.init_state(x)
         h0, c0 = state if self.cell == "lstm" else (state, None)
+        T = x.shape[1]
+        mask = step_mask(lengths, T, x.device)
         hs, cs = [], []
         seq = x
         for layer in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = self.weights(layer)
-            xw_all = torch.nn.functional.linear(seq, w_ih, b_ih)  # (B, T, G*H) in one op
+            # (B, T, G*H) in one op; unbind, not xw_all[:, t]: the backward of T
+            # selects would write T full-size zero tensors, unbind's is one stack.
+            xw_steps = self.input_term(layer, seq, mask).unbind(1)
             h = h0[layer]
             c = c0[layer] if c0 is not None else None
             outs = []
             top = layer == self.num_layers - 1
-            for t in range(seq.shape[1]):
-                h, c = self.step(xw_all[:, t], h, c, w_hh, b_hh)
+            for t in range(T):
+                mask_t = None if mask is None else mask[:, t]
+                hw = self.recurrent_term(layer, t, h, mask_t)
+                h, c = self.gates(xw_steps[t], hw, h, c,
+                                  lambda c_t: self.cell_out(layer, t, c_t, mask_t))  # noqa: B023
                 if top and perturb is not None:
                     h = h + perturb[:, t]
                 outs.append(h)

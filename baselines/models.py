@@ -75,7 +75,7 @@ class RecurrentModel(nn.Module):
     def init_recurrent(self, cfg: ModelConfig) -> None:
         """Apply the preset's initialisation on top of PyTorch's default."""
         H = cfg.hidden_size
-        for name, p in self.core.named_parameters():
+        for name, p in self.core.rnn.named_parameters():  # the cell's own weights, not norm layers
             if "weight_hh" in name and cfg.init != "default":
                 for k in range(p.shape[0] // H):  # one H×H block per gate
                     block = p[k * H:(k + 1) * H]
@@ -91,17 +91,29 @@ class RecurrentModel(nn.Module):
                 # The two bias vectors add up; put the whole forget bias in b_ih.
                 p[H:2 * H] = cfg.forget_bias if "bias_ih" in name else 0.0
 
+    def initial_state(self, x: Tensor) -> State:
+        """The state the core starts from when none is given (None: zeros)."""
+        return None
+
+    def features(self, hidden: Tensor, lengths: Tensor | None) -> Tensor:
+        """What the head reads from the top layer's (B, T, H) outputs (here: them)."""
+        return hidden
+
     def run(self, x: Tensor, lengths: Tensor | None = None, state: State = None,
             perturb: Tensor | None = None) -> ModelOutput:
-        hidden, state = self.core(self.encoder(x), state, perturb=perturb)
+        inp = self.encoder(x)
+        if state is None:
+            state = self.initial_state(inp)
+        hidden, state = self.core(inp, state, perturb=perturb, lengths=lengths)
+        feats = self.features(hidden, lengths)
         if self.target == "every":
-            y = self.head(hidden)
+            y = self.head(feats)
         else:
             if lengths is None:
-                last = hidden[:, -1]
+                last = feats[:, -1]
             else:
-                idx = (lengths.to(hidden.device).long() - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-                last = hidden.gather(1, idx).squeeze(1)
+                idx = (lengths.to(feats.device).long() - 1).view(-1, 1, 1).expand(-1, 1, feats.shape[-1])
+                last = feats.gather(1, idx).squeeze(1)
             y = self.head(last)
         return ModelOutput(y, hidden, state)
 

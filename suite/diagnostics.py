@@ -24,13 +24,17 @@ GROUPS = ("encoder", "input", "recurrent", "norm", "head")
 
 
 def param_group(name: str) -> str:
-    """Which group a parameter belongs to, from its name."""
+    """Which group a parameter belongs to, from its name.
+
+    Norm gains and biases are "norm" wherever they sit (in the cell or in the
+    output stack ``head_stack``); the rest of ``head_stack`` belongs to the head.
+    """
     if name.startswith("encoder."):
         return "encoder"
-    if name.startswith("head."):
-        return "head"
     if "norm" in name or ".bn" in name or ".ln" in name:
         return "norm"
+    if name.startswith(("head.", "head_stack.")):
+        return "head"
     if "weight_hh" in name or "bias_hh" in name:
         return "recurrent"
     return "input"

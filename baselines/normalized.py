@@ -1,0 +1,219 @@
+"""Normalized recurrent models: one config of switches, one core, one model class.
+
+Every normalized variant in ``baselines/zoo.py`` is a preset over ``NormConfig``,
+so an ablation is an override (``--set model.norm_stats=shared``):
+
+- ``norm``: batch | layer | none. ``none`` turns every normalization off (in the
+  cell, on c_t and in the output stack) and leaves exactly the plain cell.
+- ``norm_at``: which terms are normalized. ``input``: W_x x_t only (Laurent et al.
+  2016, "Batch Normalized Recurrent Neural Networks"); ``recurrent``: W_h h_{t-1}
+  only; ``both``: each separately (Cooijmans et al. 2017, "Recurrent Batch
+  Normalization"); ``output``: nothing inside the recurrence, the top layer's
+  output sequence before the head (where the seed document puts it).
+- ``norm_cell``: LSTM only, normalize c_t before the output tanh,
+  h_t = σ(o) ⊙ tanh(N(c_t)); the c_t carried to the next step is not normalized.
+- ``norm_stats`` per_step | shared, ``norm_eval`` population | batch,
+  ``norm_gamma``, ``norm_eps``, ``norm_momentum``: see ``baselines/norm.py``.
+- ``h0_noise``: std of Gaussian noise added to h_0 in training (Cooijmans et al.
+  add it on sequential MNIST, whose constant first pixels otherwise give the
+  recurrent term zero batch variance and exploding gradients). Their code also
+  adds it at evaluation; here evaluation stays deterministic, since population
+  statistics already avoid the zero-variance problem there.
+- ``out_stack`` and ``relu_in_affine``: the seed document's post-RNN stack
+  norm → ReLU → linear → norm → ReLU before the head, and its formula variant
+  γ·ReLU(ẑ) + β (instead of ReLU(γ·ẑ + β)).
+
+The normalized W_x x and W_h h terms have no β of their own: the cell's bias
+b_ih + b_hh is the one shared bias of Cooijmans et al. (kept as PyTorch's two
+vectors, so a state dict moves between plain and normalized cells; for the GRU,
+b_hn stays inside the reset gate's product as in ``nn.GRU``). Layer norm follows
+the same layout (Ba et al. 2016, "Layer Normalization", give those two terms
+their own β, which the shared bias makes redundant); its c_t norm has β.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from baselines.cells import GATES, LoopCore, State
+from baselines.models import ModelConfig, RecurrentModel
+from baselines.norm import EVAL_STATS, STATS, SeqNorm, step_mask
+from suite.errors import UserError
+from suite.registry import param
+
+NormFactory = Callable[[int, bool], SeqNorm]  # (features, with β) -> norm layer
+PLACES = ("input", "recurrent", "both", "output")
+
+
+@dataclass
+class NormConfig(ModelConfig):
+    """``ModelConfig`` plus the normalization switches (module docstring)."""
+
+    impl: str = param("loop", "implementation: explicit time loop, or cuDNN when the recurrence "
+                      "has no norm (norm=none, or norm_at=output without norm_cell)",
+                      choices=("cudnn", "loop"))
+    norm: str = param("none", "normalization kind (none: the plain cell)", choices=("batch", "layer", "none"))
+    norm_at: str = param("both", "what is normalized: W_x x (input), W_h h (recurrent), both, "
+                         "or the output sequence before the head (output)", choices=PLACES)
+    norm_cell: bool = param(False, "LSTM: normalize c_t before the output tanh (not the recurrent c_t)")
+    norm_stats: str = param("per_step", "batch statistics per time step, or shared over time", choices=STATS)
+    norm_eval: str = param("population", "statistics at evaluation: population (running average) "
+                           "or the evaluation batch's own", choices=EVAL_STATS)
+    norm_gamma: float = param(1.0, "initial norm gain γ (Cooijmans et al.: 0.1)", min=0.0)
+    norm_eps: float = param(1e-5, "epsilon added to the variance", min=0.0, min_exclusive=True)
+    norm_momentum: float = param(0.1, "weight of the newest batch in the running statistics",
+                                 min=0.0, max=1.0, min_exclusive=True)
+    h0_noise: float = param(0.0, "std of Gaussian noise on h_0 during training", min=0.0)
+    out_stack: bool = param(False, "seed stack before the head: norm, ReLU, linear, norm, ReLU")
+    relu_in_affine: bool = param(False, "seed formula γ·ReLU(ẑ)+β in the output stack "
+                                 "instead of ReLU(γ·ẑ+β)")
+
+    def __post_init__(self) -> None:
+        if self.norm_cell and self.cell != "lstm":
+            raise UserError(f"norm_cell=true needs cell=lstm (cell={self.cell} has no c_t)")
+        if self.relu_in_affine and not self.out_stack:
+            raise UserError("relu_in_affine=true changes the output stack; it needs out_stack=true")
+        if self.impl == "cudnn" and self.norm_in_cell:
+            raise UserError("impl=cudnn cannot normalize inside the recurrence; use impl=loop "
+                            "(or norm=none, or norm_at=output without norm_cell)")
+
+    @property
+    def norm_in_cell(self) -> bool:
+        return self.norm != "none" and (self.norm_at != "output" or self.norm_cell)
+
+    @property
+    def has_output_norm(self) -> bool:
+        return self.norm != "none" and self.norm_at == "output"
+
+    def norm_factory(self) -> NormFactory | None:
+        if self.norm == "none":
+            return None
+
+        def make(features: int, beta: bool) -> SeqNorm:
+            return SeqNorm(features, self.norm, stats=self.norm_stats, eval_stats=self.norm_eval,
+                           gamma=self.norm_gamma, beta=beta, eps=self.norm_eps,
+                           momentum=self.norm_momentum)
+
+        return make
+
+
+class NormLoopCore(LoopCore):
+    """``LoopCore`` with normalized input/recurrent terms and c_t (per layer).
+
+    Parameters keep ``LoopCore``'s names (``rnn.weight_ih_l0`` …); the norms are
+    ``norm_ih``, ``norm_hh`` and ``norm_c`` (one per layer). With no norm at all it
+    computes exactly what ``LoopCore`` computes.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", *, make_norm: NormFactory | None = None,
+                 norm_at: str = "both", norm_cell: bool = False) -> None:
+        super().__init__(cell, input_size, hidden_size, num_layers, nonlinearity)
+        gates = GATES[cell] * hidden_size
+
+        def per_layer(on: bool, features: int, beta: bool) -> nn.ModuleList | None:
+            if not on or make_norm is None:
+                return None
+            return nn.ModuleList(make_norm(features, beta) for _ in range(num_layers))
+
+        self.norm_ih = per_layer(norm_at in ("input", "both"), gates, False)
+        self.norm_hh = per_layer(norm_at in ("recurrent", "both"), gates, False)
+        self.norm_c = per_layer(norm_cell and cell == "lstm", hidden_size, True)
+        self._norms = [m for m in self.modules() if isinstance(m, SeqNorm)]
+
+    def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
+        if self.norm_ih is None:
+            return super().input_term(layer, seq, mask)
+        w_ih, _, b_ih, _ = self.weights(layer)
+        return self.norm_ih[layer].seq(seq @ w_ih.t(), mask) + b_ih  # all steps at once
+
+    def recurrent_term(self, layer: int, t: int, h: Tensor, mask_t: Tensor | None) -> Tensor:
+        if self.norm_hh is None:
+            return super().recurrent_term(layer, t, h, mask_t)
+        _, w_hh, _, b_hh = self.weights(layer)
+        return self.norm_hh[layer].step(h @ w_hh.t(), t, mask_t) + b_hh
+
+    def cell_out(self, layer: int, t: int, c: Tensor, mask_t: Tensor | None) -> Tensor:
+        if self.norm_c is None:
+            return super().cell_out(layer, t, c, mask_t)
+        return torch.tanh(self.norm_c[layer].step(c, t, mask_t))
+
+    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        for norm in self._norms:
+            norm.reset()
+        out = super().forward(x, state, perturb=perturb, lengths=lengths)
+        for norm in self._norms:  # one running-statistics update per forward pass
+            norm.flush()
+        return out
+
+
+class OutputStack(nn.Module):
+    """Normalization of the top layer's output sequence, optionally in the seed stack.
+
+    ``stack=False``: N(h_t). ``stack=True``: ReLU(N(W ReLU(N(h_t)) + b)), the seed
+    document's "batch norm → ReLU → linear → batch norm → ReLU" applied to the whole
+    (B, T, H) sequence (its sketch calls BatchNorm1d on a tuple and on (B, T, H)
+    tensors, which normalizes the wrong axis); with ``relu_in_affine`` each
+    norm-ReLU pair is γ·ReLU(ẑ) + β, the formula of the seed document. Without
+    norms (``make_norm=None``) the stack is ReLU → linear → ReLU.
+    """
+
+    def __init__(self, hidden_size: int, make_norm: NormFactory | None, *, stack: bool,
+                 relu_in_affine: bool = False) -> None:
+        super().__init__()
+        self.stack, self.relu_in_affine = stack, relu_in_affine
+        self.norm_in = make_norm(hidden_size, True) if make_norm else None
+        self.linear = nn.Linear(hidden_size, hidden_size) if stack else None
+        self.norm_mid = make_norm(hidden_size, True) if make_norm and stack else None
+
+    def _block(self, norm: SeqNorm | None, z: Tensor, mask: Tensor | None) -> Tensor:
+        if norm is None:
+            return torch.relu(z) if self.stack else z
+        if not self.stack:
+            return norm.seq(z, mask)
+        if self.relu_in_affine:
+            return norm.apply_affine(torch.relu(norm.seq(z, mask, affine=False)))
+        return torch.relu(norm.seq(z, mask))
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        z = self._block(self.norm_in, hidden, mask)
+        if self.linear is None:
+            return z
+        return self._block(self.norm_mid, self.linear(z), mask)
+
+
+class NormModel(RecurrentModel):
+    """``RecurrentModel`` built from a ``NormConfig``: normalized core, h_0 noise, output stack."""
+
+    cfg: NormConfig
+
+    def __init__(self, cfg: NormConfig, **kwargs) -> None:
+        super().__init__(cfg, **kwargs)
+        make_norm = cfg.norm_factory() if cfg.has_output_norm else None
+        self.head_stack = (OutputStack(cfg.hidden_size, make_norm, stack=cfg.out_stack,
+                                       relu_in_affine=cfg.relu_in_affine)
+                           if cfg.out_stack or make_norm else None)
+
+    @staticmethod
+    def make_core(cfg: NormConfig, input_size: int) -> nn.Module:  # type: ignore[override]
+        if cfg.impl == "cudnn":
+            return RecurrentModel.make_core(cfg, input_size)
+        return NormLoopCore(cfg.cell, input_size, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity,
+                            make_norm=cfg.norm_factory(), norm_at=cfg.norm_at, norm_cell=cfg.norm_cell)
+
+    def initial_state(self, x: Tensor) -> State:
+        if not (self.training and self.cfg.h0_noise > 0):
+            return None
+        shape = (self.cfg.num_layers, x.shape[0], self.cfg.hidden_size)
+        h0 = torch.randn(shape, dtype=x.dtype, device=x.device) * self.cfg.h0_noise
+        return (h0, torch.zeros_like(h0)) if self.cfg.cell == "lstm" else h0
+
+    def features(self, hidden: Tensor, lengths: Tensor | None) -> Tensor:
+        if self.head_stack is None:
+            return hidden
+        return self.head_stack(hidden, step_mask(lengths, hidden.shape[1], hidden.device))

@@ -1,0 +1,450 @@
+"""Normalized recurrent cells (baselines/norm.py, baselines/normalized.py).
+
+Each variant is checked against its definition: with norm off it is the plain loop
+cell; batch statistics are per time step, update only in training and are replaced
+by population statistics at evaluation (or kept, when switched); steps past the
+training length reuse the last row; padding never changes a result; gradients
+pass gradcheck in float64; every registered model runs on a real-valued and a
+token task.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import baselines
+import tasks
+from baselines.norm import SeqNorm
+from baselines.normalized import OutputStack
+from suite import diagnostics
+from suite.errors import UserError
+
+NORM_MODELS = baselines.names(["bn-*", "ln-*"])
+BN_MODELS = baselines.names("bn-*")
+PLAIN_LOOP = {"rnn": "rnn-loop", "gru": "gru-loop", "lstm": "lstm-loop"}
+
+
+def make(name: str, **overrides) -> torch.nn.Module:
+    return baselines.create(name, input_size=2, output_size=1, **{"hidden_size": 5, **overrides})
+
+
+def norms(model: torch.nn.Module) -> list[SeqNorm]:
+    return [m for m in model.modules() if isinstance(m, SeqNorm)]
+
+
+def rand_x(B=6, T=5, seed=0, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, T, 2, generator=g, dtype=dtype)
+
+
+def test_registry_has_the_family():
+    expected = {"bn-rnn", "bn-rnn-input", "bn-rnn-seed", "bn-lstm", "bn-gru", "ln-rnn", "ln-gru", "ln-lstm"}
+    assert expected <= set(NORM_MODELS)
+
+
+@pytest.mark.parametrize("name", NORM_MODELS)
+def test_norm_off_equals_plain_loop_cell(name):
+    torch.manual_seed(0)
+    m = make(name, norm="none", out_stack=False, impl="loop")
+    assert not norms(m)
+    plain = make(PLAIN_LOOP[m.cfg.cell])
+    m.load_state_dict(plain.state_dict())  # strict: the same parameter names
+    x = rand_x()
+    y, y_plain = m(x), plain(x)
+    assert torch.equal(y, y_plain)
+    for g, g_plain in zip(torch.autograd.grad(y.sum(), list(m.parameters())),
+                          torch.autograd.grad(y_plain.sum(), list(plain.parameters()))):
+        assert torch.equal(g, g_plain)
+
+
+@pytest.mark.parametrize("name", NORM_MODELS)
+def test_norm_parameters_are_in_the_norm_group(name):
+    m = make(name)
+    groups = {n: diagnostics.param_group(n) for n, _ in m.named_parameters()}
+    assert any(g == "norm" for g in groups.values())
+    for n, g in groups.items():
+        assert (g == "norm") == ("norm" in n), n
+        if "weight_hh" in n:
+            assert g == "recurrent"
+
+
+def test_gamma_init_and_forget_bias():
+    for name in NORM_MODELS:
+        m = make(name)
+        gamma = {"bn-rnn-input": 1.0, "bn-rnn-seed": 1.0}.get(name, 0.1 if name.startswith("bn-") else 1.0)
+        for norm in norms(m):
+            torch.testing.assert_close(norm.weight.detach(), torch.full_like(norm.weight, gamma))
+            if norm.bias is not None:
+                assert (norm.bias == 0).all()
+        core = m.core
+        if hasattr(core, "norm_ih") and core.norm_ih is not None:  # no own β on W_x x, W_h h
+            assert core.norm_ih[0].bias is None
+        if hasattr(core, "norm_hh") and core.norm_hh is not None:
+            assert core.norm_hh[0].bias is None
+        if m.cfg.cell == "lstm":
+            b = core.rnn.bias_ih_l0 + core.rnn.bias_hh_l0
+            torch.testing.assert_close(b[5:10], torch.ones(5))
+            assert core.norm_c is not None and core.norm_c[0].bias is not None  # BN/LN(c_t) has β
+    bn = make("bn-lstm")
+    assert bn.cfg.norm_eps == 1e-5 and bn.cfg.norm_stats == "per_step" and bn.cfg.norm_eval == "population"
+
+
+def test_ablation_switches_are_overrides_and_validated():
+    spec = baselines.resolve("bn-lstm", norm_gamma=1.0, norm_stats="shared")
+    assert spec["norm_gamma"] == 1.0 and spec["norm_stats"] == "shared" and spec["norm"] == "batch"
+    m = make("bn-lstm", norm_at="input", norm_cell=False)
+    assert m.core.norm_hh is None and m.core.norm_c is None and m.core.norm_ih is not None
+    bad = [dict(norm_at="everywhere"), dict(norm="group"), dict(norm_gamma=-1.0), dict(impl="cudnn"),
+           dict(cell="gru"),  # bn-lstm normalizes c_t, which a GRU does not have
+           dict(relu_in_affine=True), dict(norm_eps=0.0), dict(norm_momentum=0.0)]
+    for overrides in bad:
+        with pytest.raises(UserError) as e:
+            baselines.resolve("bn-lstm", **overrides)
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="no parameter 'norm'"):
+        baselines.resolve("lstm", norm="batch")  # plain cells have no norm switches
+
+
+# -- batch statistics ---------------------------------------------------------------
+
+def test_per_step_statistics_differ_per_step_and_update_only_in_training():
+    torch.manual_seed(0)
+    m = make("bn-lstm")
+    T = 5
+    x = rand_x(B=16, T=T) * torch.arange(1, T + 1).view(1, T, 1)  # a different distribution per step
+    m.train()
+    m(x)
+    nih, nhh, nc = m.core.norm_ih[0], m.core.norm_hh[0], m.core.norm_c[0]
+    for norm in (nih, nhh, nc):
+        assert norm.running_mean.shape == (T, norm.features)
+        assert not torch.allclose(norm.running_mean[1:], norm.running_mean[:1].expand(T - 1, -1))
+    # the input term's rows are exactly the EMA of its per-step batch statistics (from 0 and 1)
+    a = x @ m.core.rnn.weight_ih_l0.detach().t()
+    torch.testing.assert_close(nih.running_mean, 0.1 * a.mean(0))
+    torch.testing.assert_close(nih.running_var, 0.9 + 0.1 * a.var(0, unbiased=True))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.eval()
+    m(x)
+    m(rand_x(B=3, T=9, seed=1))
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    m.train()
+    m(x)
+    assert not torch.equal(nih.running_mean, before["core.norm_ih.0.running_mean"])
+
+
+def test_population_statistics_make_samples_independent_at_eval():
+    torch.manual_seed(0)
+    for name in BN_MODELS:
+        m = make(name)
+        m.train()
+        for s in range(3):
+            m(rand_x(B=8, seed=s))
+        m.eval()
+        x = rand_x(B=4, seed=10)
+        y = m(x)
+        alone = torch.cat([m(x[i:i + 1]) for i in range(4)])
+        torch.testing.assert_close(y, alone, rtol=1e-5, atol=1e-6, msg=name)
+        # with evaluation batch statistics, a sample's output depends on its batch, as in training
+        m.cfg.norm_eval = "batch"
+        for norm in norms(m):
+            norm.eval_stats = "batch"
+        m.eval()
+        y_eval = m(x)
+        m.train()
+        y_train = m(x)
+        torch.testing.assert_close(y_eval, y_train, msg=name)
+        assert not torch.allclose(y_eval, y, atol=1e-4), name
+
+
+def test_eval_batch_switch_builds_batch_statistics_norms():
+    m = make("bn-gru", norm_eval="batch")
+    assert all(n.eval_stats == "batch" for n in norms(m))
+    m.eval()
+    x = rand_x(B=8)
+    y = m(x)
+    assert all(n.running_mean.shape[0] == 0 for n in norms(m))  # eval never updates
+    m.train()
+    torch.testing.assert_close(m(x), y)
+
+
+def test_seqnorm_population_rows_and_reuse_past_training_length():
+    torch.manual_seed(0)
+    norm = SeqNorm(3, stats="per_step", gamma=0.5, beta=True)
+    with torch.no_grad():
+        norm.bias.fill_(0.2)
+    norm.train()
+    norm.seq(torch.randn(10, 4, 3) * torch.arange(1, 5).view(1, 4, 1))
+    rm, rv = norm.running_mean.clone(), norm.running_var.clone()
+    assert rm.shape == (4, 3)
+    norm.eval()
+    a = torch.randn(2, 7, 3)
+    rows = torch.tensor([0, 1, 2, 3, 3, 3, 3])  # steps 4..6 reuse the last trained step
+    expected = (a - rm[rows]) / torch.sqrt(rv[rows] + 1e-5) * 0.5 + 0.2
+    torch.testing.assert_close(norm.seq(a), expected)
+    for t in range(7):  # the in-loop path agrees
+        torch.testing.assert_close(norm.step(a[:, t], t), expected[:, t])
+
+
+def test_model_steps_past_training_length_reuse_last_statistics():
+    torch.manual_seed(0)
+    m = make("bn-lstm")
+    m.train()
+    m(rand_x(B=8, T=5))
+    long_x = rand_x(B=3, T=9, seed=4)
+    m.eval()
+    y = m(long_x)
+    padded = copy.deepcopy(m)  # the same model with rows 5..8 copied from row 4
+    for norm in norms(padded):
+        idx = torch.arange(9).clamp(max=4)
+        norm.running_mean, norm.running_var = norm.running_mean[idx], norm.running_var[idx]
+    torch.testing.assert_close(padded(long_x), y, rtol=0, atol=0)
+    untrained_rows = copy.deepcopy(padded)
+    for norm in norms(untrained_rows):
+        norm.running_mean[5:] = 0.0
+        norm.running_var[5:] = 1.0
+    assert not torch.allclose(untrained_rows(long_x), y)
+
+
+def test_shared_statistics():
+    torch.manual_seed(0)
+    a = torch.randn(6, 4, 3) * torch.arange(1, 5).view(1, 4, 1)
+    seq_norm = SeqNorm(3, stats="shared")
+    seq_norm.train()
+    out = seq_norm.seq(a)
+    torch.testing.assert_close(out.mean((0, 1)), torch.zeros(3), atol=1e-6, rtol=0)
+    assert seq_norm.running_mean.shape == (1, 3)
+    expected_mean, expected_var = 0.1 * a.mean((0, 1)), 0.9 + 0.1 * a.reshape(-1, 3).var(0)
+    torch.testing.assert_close(seq_norm.running_mean[0], expected_mean)
+    torch.testing.assert_close(seq_norm.running_var[0], expected_var)
+    # a recurrent term sees one step at a time: per-step batch statistics, but its
+    # population statistics pool all steps into the same single row
+    step_norm = SeqNorm(3, stats="shared")
+    step_norm.train()
+    for t in range(4):
+        z = step_norm.step(a[:, t], t)
+        torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-6, rtol=0)
+    step_norm.flush()
+    torch.testing.assert_close(step_norm.running_mean, seq_norm.running_mean)
+    torch.testing.assert_close(step_norm.running_var, seq_norm.running_var)
+
+
+def test_state_dict_with_other_row_count_loads():
+    torch.manual_seed(0)
+    a, b = make("bn-rnn"), make("bn-rnn")
+    a.train()
+    a(rand_x(T=7))
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = rand_x(B=2, T=9, seed=3)
+    torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+    assert norms(b)[0].running_mean.shape[0] == 7
+
+
+# -- layer norm ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", baselines.names("ln-*"))
+def test_layer_norm_has_no_running_stats_and_is_the_same_in_train_and_eval(name):
+    torch.manual_seed(0)
+    m = make(name)
+    assert len(list(m.buffers())) == 0
+    x = rand_x()
+    y_train = m.train()(x)
+    torch.testing.assert_close(m.eval()(x), y_train, rtol=0, atol=0)
+    torch.testing.assert_close(m(x[:1]), y_train[:1])  # per sample: no batch dependence
+
+
+def test_layer_norm_normalizes_each_sample_over_features():
+    norm = SeqNorm(4, kind="layer", gamma=1.0)
+    z = norm.step(torch.randn(3, 4) * 5 + 2, 0)
+    torch.testing.assert_close(z.mean(-1), torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z.var(-1, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+
+
+# -- padding ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NORM_MODELS)
+def test_padding_never_changes_a_result(name):
+    torch.manual_seed(0)
+    base = make(name)
+    lengths = torch.tensor([6, 4, 3, 6, 5])
+    x = rand_x(B=5, T=6, seed=1)
+    short = x.clone()
+    long = torch.cat([x, torch.full((5, 4, 2), 7.0)], dim=1)  # 4 more steps of padding
+    for i, n in enumerate(lengths.tolist()):  # different garbage in the padded steps
+        short[i, n:] = -3.0
+        long[i, n:6] = 11.0
+    for mode in ("train", "eval"):
+        a, b = copy.deepcopy(base), copy.deepcopy(base)
+        a.train(mode == "train"), b.train(mode == "train")
+        if mode == "eval":  # population statistics from a padded training batch
+            a.train()(short, lengths)
+            b.train()(long, lengths)
+            a.eval(), b.eval()
+        out_a, out_b = a.run(short, lengths), b.run(long, lengths)
+        torch.testing.assert_close(out_a.y, out_b.y, msg=f"{name} {mode}")
+        for i, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(out_a.hidden[i, :n], out_b.hidden[i, :n])
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(va, vb, msg=f"{name} {mode} {k}")
+
+
+@pytest.mark.parametrize("stats", ["per_step", "shared"])
+def test_masked_and_fused_paths_agree(stats):
+    """An all-valid mask takes the masked (composite) path; no mask the fused one."""
+    torch.manual_seed(0)
+    a = torch.randn(5, 4, 3) * torch.arange(1, 5).view(1, 4, 1) + 2
+    full = torch.ones(5, 4, dtype=torch.bool)
+    fused, masked = SeqNorm(3, stats=stats, gamma=0.7), SeqNorm(3, stats=stats, gamma=0.7)
+    for norm in (fused, masked):
+        norm.train()
+    torch.testing.assert_close(masked.seq(a, full), fused.seq(a))
+    torch.testing.assert_close(masked.running_mean, fused.running_mean)
+    torch.testing.assert_close(masked.running_var, fused.running_var)
+    step_fused, step_masked = SeqNorm(3, stats=stats), SeqNorm(3, stats=stats)
+    for norm in (step_fused, step_masked):
+        norm.train()
+    for t in range(4):
+        torch.testing.assert_close(step_masked.step(a[:, t], t, full[:, t]), step_fused.step(a[:, t], t))
+    step_fused.flush(), step_masked.flush()
+    torch.testing.assert_close(step_masked.running_mean, step_fused.running_mean)
+    torch.testing.assert_close(step_masked.running_var, step_fused.running_var)
+    if stats == "per_step":  # what the recurrent term's steps gather equals the whole-sequence update
+        torch.testing.assert_close(step_fused.running_mean, fused.running_mean)
+        torch.testing.assert_close(step_fused.running_var, fused.running_var)
+
+
+def test_batch_of_one_in_training_is_finite():
+    norm = SeqNorm(3)
+    norm.train()
+    out = norm.seq(torch.randn(1, 4, 3))
+    assert torch.isfinite(out).all() and (out == 0).all()  # no spread to normalize
+    torch.testing.assert_close(norm.running_var, torch.ones(4, 3))  # nothing to estimate
+
+
+def test_padded_steps_are_left_out_of_batch_statistics():
+    norm = SeqNorm(2, stats="per_step")
+    norm.train()
+    a = torch.randn(4, 3, 2)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    out = norm.seq(a, mask)
+    for t in range(3):
+        valid = a[mask[:, t], t]
+        expected = (valid - valid.mean(0)) / torch.sqrt(valid.var(0, unbiased=False) + 1e-5)
+        torch.testing.assert_close(out[mask[:, t], t], expected)
+    # step 2 has one valid sample: no variance to estimate, so its row keeps its initial value
+    assert norm.running_mean.shape == (3, 2)
+    torch.testing.assert_close(norm.running_var[2], torch.ones(2))
+
+
+# -- the seed document's stack ------------------------------------------------------
+
+def test_seed_stack_normalizes_features_over_batch_and_time_and_its_formula():
+    torch.manual_seed(0)
+    m = make("bn-rnn-seed")
+    assert m.cfg.impl == "cudnn" and m.head_stack is not None and m.head_stack.linear is not None
+    h = torch.randn(4, 6, 5) * 3 + 1
+    stack = m.head_stack
+    stack.train()
+    z = stack.norm_in.seq(h)  # per feature over batch and time (not over features or time only)
+    torch.testing.assert_close(z.mean((0, 1)), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var((0, 1), unbiased=False), torch.ones(5), atol=1e-3, rtol=0)
+
+    norm = lambda v: (v - v.mean((0, 1))) / torch.sqrt(v.var((0, 1), unbiased=False) + 1e-5)  # noqa: E731
+    gamma, beta = torch.full((5,), 2.0), torch.full((5,), -0.5)
+    for relu_in_affine in (False, True):
+        s = OutputStack(5, m.cfg.norm_factory(), stack=True, relu_in_affine=relu_in_affine)
+        s.load_state_dict(stack.state_dict())
+        with torch.no_grad():
+            for n in (s.norm_in, s.norm_mid):
+                n.weight.copy_(gamma), n.bias.copy_(beta)
+        if relu_in_affine:  # γ·ReLU(ẑ) + β
+            block = lambda v: gamma * torch.relu(norm(v)) + beta  # noqa: E731
+        else:  # ReLU(γ·ẑ + β)
+            block = lambda v: torch.relu(gamma * norm(v) + beta)  # noqa: E731
+        expected = block(s.linear(block(h)))
+        torch.testing.assert_close(s(h), expected)
+        assert (expected.min() < 0) == relu_in_affine
+
+
+def test_seed_stack_without_norm_is_relu_linear_relu():
+    torch.manual_seed(0)
+    m = make("bn-rnn-seed", norm="none")
+    assert not norms(m) and m.head_stack is not None
+    h = torch.randn(2, 3, 5)
+    expected = torch.relu(m.head_stack.linear(torch.relu(h)))
+    torch.testing.assert_close(m.head_stack(h), expected)
+
+
+# -- h0 noise -------------------------------------------------------------------------
+
+def test_h0_noise_only_in_training():
+    torch.manual_seed(0)
+    m = make("bn-lstm", h0_noise=0.1)
+    x = rand_x()
+    m.train()
+    assert not torch.equal(m(x), m(x))
+    quiet = make("bn-lstm")
+    quiet.load_state_dict(m.state_dict())  # the same weights and running statistics
+    m.eval(), quiet.eval()
+    torch.testing.assert_close(m(x), quiet(x), rtol=0, atol=0)
+
+
+# -- gradients ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", NORM_MODELS)
+def test_gradcheck(name, mode):
+    torch.manual_seed(0)
+    m = make(name, hidden_size=3).double()
+    x = rand_x(B=4, T=3, dtype=torch.float64)
+    if mode == "eval":  # population statistics from a few training batches
+        for s in range(2):
+            m(rand_x(B=4, T=3, seed=s + 1, dtype=torch.float64))
+        m.eval()
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x.requires_grad_()
+
+    def f(inp, *ps):
+        return functional_call(m, dict(zip(names, ps)), (inp,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
+
+
+def test_gradient_flow_probe_runs_on_every_norm_model():
+    task = tasks.create("adding", T=6, n_val=8, n_test=8)
+    batch = next(task.eval_batches("val", 8, torch.device("cpu")))
+    for name in NORM_MODELS:
+        torch.manual_seed(0)
+        m = make(name)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        flow = diagnostics.gradient_flow(m, task, batch)
+        assert flow.shape == (6,) and torch.isfinite(flow).all() and (flow > 0).all(), name
+        for k, v in m.state_dict().items():  # the probe runs on a copy
+            assert torch.equal(v, before[k]), (name, k)
+
+
+# -- every registered model ---------------------------------------------------------
+
+@pytest.mark.parametrize("task_name,args", [("adding", dict(T=6)), ("copy", dict(T=3, n_copy=2))])
+@pytest.mark.parametrize("name", baselines.names())
+def test_every_registered_model_trains_a_step(name, task_name, args):
+    torch.manual_seed(0)
+    task = tasks.create(task_name, n_val=4, n_test=4, **args)
+    model = baselines.create(name, output_size=task.output_size, input_size=task.input_size,
+                             vocab_size=task.vocab_size, target=task.target, hidden_size=4)
+    model.train()
+    batch = task.train_batch(5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    out = model(batch.x, batch.lengths)
+    assert torch.isfinite(out).all()
+    loss = task.loss(out, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(batch.x, batch.lengths)).all()
