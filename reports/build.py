@@ -78,8 +78,8 @@ def build_report(store: str | Path, out: str | Path = DEFAULT_OUT, *, tasks: lis
     """
     from reports import render
 
-    data = load(store, tasks_=tasks, models=models, since=since)
-    base = load(baseline, tasks_=tasks, models=models) if baseline is not None else None
+    data = load(store, tasks=tasks, models=models, since=since)
+    base = load(baseline, tasks=tasks, models=models) if baseline is not None else None
     filters = [f"tasks {' '.join(tasks)}" if tasks else "", f"models {' '.join(models)}" if models else "",
                f"runs created since {since}" if since else ""]
     subtitle = f"Store: {store}" + "".join(f"; {f}" for f in filters if f) + "."

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import pandas as pd
 import seaborn as sns
 
-import tasks
+import tasks as task_registry
 from suite.errors import UserError
 from suite.store import Store
 
@@ -141,11 +141,11 @@ def short_key(key: str) -> str:
     return name if section in ("model", "task") else key
 
 
-def _label(name: str, cfg: dict[str, Any], keys: list[str], brackets: str) -> str:
+def _label(name: str, cfg: dict[str, Any], keys: list[str], template: str) -> str:
+    """``name`` alone, or ``template`` filled with the name and ``key=value`` of ``keys``."""
     if not keys:
         return name
-    inner = ", ".join(f"{short_key(k)}={cfg.get(k)}" for k in keys)
-    return f"{name}{brackets[0]}{inner}{brackets[1]}"
+    return template.format(name=name, args=", ".join(f"{short_key(k)}={cfg.get(k)}" for k in keys))
 
 
 def task_info(name: str, label: str, args: dict) -> TaskInfo:
@@ -156,13 +156,13 @@ def task_info(name: str, label: str, args: dict) -> TaskInfo:
     report must stay a function of the store).
     """
     try:
-        cls = tasks.get(name)
+        cls = task_registry.get(name)
     except UserError:
         return TaskInfo(name, label, args, "loss", False,
                         note=f"task '{name}' is not registered in this rnnbench; ranking by test loss")
     levels: dict[str, float | None] = {}
     try:
-        inst = tasks.create(name, **args)
+        inst = task_registry.create(name, **args)
     except UserError as e:
         inst, levels["note"] = None, f"task arguments no longer valid ({e}); chance and solved levels unknown"
     for attr in ("chance", "solved"):
@@ -186,7 +186,7 @@ def _matches(name: str, patterns: list[str] | None) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def load(store: str | Path | Store, *, tasks_: list[str] | None = None, models: list[str] | None = None,
+def load(store: str | Path | Store, *, tasks: list[str] | None = None, models: list[str] | None = None,
          since: str | None = None) -> ReportData:
     """Read and label the runs of ``store``; see the module docstring."""
     import baselines
@@ -194,18 +194,18 @@ def load(store: str | Path | Store, *, tasks_: list[str] | None = None, models: 
     db = store if isinstance(store, Store) else Store(store, create=False)
     runs = db.runs()
     notes: list[str] = []
-    all_tasks = set(tasks.names()) | (set(runs["task"]) if not runs.empty else set())
+    all_tasks = set(task_registry.names()) | (set(runs["task"]) if not runs.empty else set())
     all_models = set(baselines.names()) | (set(runs["model"]) if not runs.empty else set())
-    _check_filter("tasks", tasks_, all_tasks)
+    _check_filter("tasks", tasks, all_tasks)
     _check_filter("models", models, all_models)
     t_since = parse_since(since)
     if runs.empty:
         return _empty(notes)
-    keep = runs["task"].map(lambda t: _matches(t, tasks_)) & runs["model"].map(lambda m: _matches(m, models))
+    keep = runs["task"].map(lambda t: _matches(t, tasks)) & runs["model"].map(lambda m: _matches(m, models))
     if t_since is not None:
         keep &= runs["created"] >= t_since
     runs = runs[keep]
-    for pat in tasks_ or []:
+    for pat in tasks or []:
         if not any(fnmatch.fnmatchcase(t, pat) for t in runs["task"]):
             notes.append(f"Task '{pat}' was asked for but the store has no runs of it"
                          + (f" since {since}" if since else "") + ".")
@@ -223,10 +223,11 @@ def load(store: str | Path | Store, *, tasks_: list[str] | None = None, models: 
     runs["primary"] = [runs.at[i, infos[t].metric] if infos[t].metric in runs else float("nan")
                        for i, t in zip(runs.index, runs["task_label"])]
     runs["primary"] = pd.to_numeric(runs["primary"], errors="coerce")
-    ids = runs["run_id"].tolist()
     cols = ["run_id", "task_label", "variant"]
-    metrics = db.metrics(ids).merge(runs[cols], on="run_id")
-    diags = db.diagnostics(ids).merge(runs[cols], on="run_id")
+    # Read everything and keep the selected runs by joining: a list of run ids in the
+    # query would hit SQLite's limit on bound variables in a large store.
+    metrics = db.metrics().merge(runs[cols], on="run_id")
+    diags = db.diagnostics().merge(runs[cols], on="run_id")
     # One value per (run, step, kind, index): an end-of-training probe may repeat a scheduled one.
     diags = diags.drop_duplicates(["run_id", "step", "kind", "idx"], keep="last")
     variants = sorted(runs["variant"].unique())
@@ -246,13 +247,13 @@ def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:
         idx = list(idx)
         task_keys = [k for k in varying(cfgs[i] for i in idx) if k.startswith("task.")]
         for i in idx:
-            task_labels[i] = _label(runs.at[i, "task"], cfgs[i], task_keys, "()")
+            task_labels[i] = _label(runs.at[i, "task"], cfgs[i], task_keys, "{name}({args})")
         for _, sub in runs.loc[idx].groupby("model").groups.items():
             sub = list(sub)
             keys = varying(cfgs[i] for i in sub)
             for i in sub:
                 model_keys = [k for k in keys if not k.startswith("task.")]
-                variants[i] = _label(runs.at[i, "model"], cfgs[i], model_keys, "[]").replace("[", " [", 1)
+                variants[i] = _label(runs.at[i, "model"], cfgs[i], model_keys, "{name} [{args}]")
                 axes[i] = keys
     runs["task_label"], runs["variant"], runs["axes"] = task_labels, variants, axes
     return runs

@@ -64,6 +64,20 @@ def band(matrix: np.ndarray, geometric: bool = False, n_boot: int = N_BOOT, seed
     return mean, low, high
 
 
+def _finish(ax: plt.Axes, xlabel: str, ylabel: str, xscale: str | None = None,
+            yscale: str | None = None) -> plt.Figure:
+    """Labels, scales, a small legend and a tight layout; returns the axes' figure."""
+    if xscale:
+        ax.set_xscale(xscale)
+    if yscale:
+        ax.set_yscale(yscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="best")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
 def ci95(values: Any) -> tuple[float, float]:
     """95% bootstrap interval of the mean of one group of runs, for seaborn's ``errorbar``
     (the same resampling as :func:`band`, without seaborn's slower per-point loop)."""
@@ -153,12 +167,7 @@ def grad_norms(x: np.ndarray, matrices: Mapping[str, np.ndarray], colors: Mappin
     curve_bands(ax, x, matrices, colors)
     if clip is not None:
         ax.axhline(clip, color="0.3", ls="--", lw=1, label=f"clip = {clip:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("‖∇θ L‖ before clipping")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(ax, "training step", "‖∇θ L‖ before clipping", yscale="log")
 
 
 def cd_diagram(names: Sequence[str], ranks: Sequence[float], cd: float,
@@ -199,19 +208,14 @@ def cd_diagram(names: Sequence[str], ranks: Sequence[float], cd: float,
     return fig
 
 
-def pointplot(frame: pd.DataFrame, x: str, y: str, hue: str, colors: Mapping[str, Any], ylabel: str,
-              log: bool, order: Sequence[str]) -> plt.Figure:
+def pointplot(frame: pd.DataFrame, x: str, y: str, hue: str, colors: Mapping[str, Any], xlabel: str,
+              ylabel: str, log: bool, order: Sequence[str]) -> plt.Figure:
     """Mean and 95% CI of ``y`` per value of an ablation axis ``x``, one line per ``hue``."""
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     palette = {h: colors.get(h, "0.3") for h in frame[hue].unique()}
     sns.pointplot(data=frame, x=x, y=y, hue=hue, order=list(order), palette=palette, ax=ax,
                   errorbar=ci95, dodge=0.2 if frame[hue].nunique() > 1 else False, markersize=4, linewidth=1.2)
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(ax, xlabel, ylabel, yscale="log" if log else None)
 
 
 def cost_points(frame: pd.DataFrame, colors: Mapping[str, Any]) -> plt.Figure:
@@ -224,9 +228,4 @@ def cost_points(frame: pd.DataFrame, colors: Mapping[str, Any]) -> plt.Figure:
                   palette={v: colors.get(v, "0.3") for v in frame["variant"].unique()},
                   errorbar=ci95, orient="h", dodge=0.4 if frame["variant"].nunique() > 1 else False,
                   linestyle="none", markersize=5)
-    ax.set_xscale("log")
-    ax.set_xlabel("training samples per second (log scale)")
-    ax.set_ylabel("")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(ax, "training samples per second (log scale)", "", xscale="log")

@@ -284,8 +284,8 @@ def _one_axis(data: ReportData, task_name: str, axis: str, sub: pd.DataFrame, in
     colors = dict(zip(sorted(sub["line"].unique()), figures.sns.color_palette("tab10", sub["line"].nunique())))
     if not done.empty and done["primary"].notna().any():
         log = not info.higher_is_better and bool((done["primary"] > 0).all())
-        out.append(figure(figures.pointplot(done, "value", "primary", "line", colors, f"test {info.primary}", log,
-                                            order),
+        out.append(figure(figures.pointplot(done, "value", "primary", "line", colors, name, f"test {info.primary}",
+                                            log, order),
                           f"ablation_{task_name}_{name}",
                           f"Test {info.primary} on {task_name} against {name}: mean over seeds and 95% "
                           f"bootstrap CI per model."))
