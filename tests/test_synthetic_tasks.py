@@ -115,7 +115,7 @@ def test_copy_memoryless_baseline_loss_and_chance():
     ("copy", {"n_copy": 0}, "n_copy"),
     ("adding", {"lenght": 5}, "has no parameter 'lenght'; allowed: T"),
     ("adding", {"T": "long"}, "must be int"),
-    ("nope", {}, "unknown task 'nope'; choose from: adding, copy"),
+    ("nope", {}, "unknown task 'nope'; choose from: adding, .*copy"),  # more tasks may sit between
 ])
 def test_bad_task_parameters(name, args, needle):
     with pytest.raises(UserError, match=needle.replace("(", r"\(")):
