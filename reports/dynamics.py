@@ -39,8 +39,8 @@ def _val_curves(data: ReportData, label: str, info: TaskInfo) -> tuple[pd.DataFr
     wall = m[(m["split"] == "train") & (m["name"] == "wall_time")][["run_id", "step", "value"]]
     status = data.runs.set_index("run_id")["status"]
     steps_out, wall_out = [], []
+    all_steps = np.sort(val["step"].unique())  # every evaluation step of the task, all models
     for variant, g in val.groupby("variant", sort=True):
-        all_steps = np.sort(g["step"].unique())
         walls = wall[wall["run_id"].isin(g["run_id"])]
         grid = np.linspace(0.0, walls["value"].max(), GRID) if not walls.empty else None
         for run_id, r in g.groupby("run_id", sort=True):
@@ -78,10 +78,9 @@ def learning_curves_section(data: ReportData) -> Section:
                        f"time (right, evaluation excluded): mean over seeds with a 95% bootstrap band. A run that "
                        f"has finished (solved early, or simply faster) keeps its last value; dashed: chance, "
                        f"dotted: solved (drawn when near the curves)."))
-        rows = []
+        rows, last_step = [], int(steps["step"].max())
+        runs = data.of_task(label)
         for variant, g in steps.groupby("variant", sort=True):
-            last_step = g["step"].max()
-            runs = data.of_task(label)
             best = summarize(runs[runs["variant"] == variant].get("best_val", pd.Series(dtype=float)))
             rows.append({"model": variant, "runs": g["run_id"].nunique(),
                          "first eval": fmt(g[g["step"] == g["step"].min()]["value"].mean()),
