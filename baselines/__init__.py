@@ -18,7 +18,8 @@ from baselines.registry import MODELS, Preset, register_preset
 from suite.errors import UserError
 from suite.registry import build_config, describe_params
 
-__all__ = ["ModelConfig", "RecurrentModel", "create", "resolve", "names", "get", "register_preset"]
+__all__ = ["ModelConfig", "RecurrentModel", "create", "resolve", "names", "get", "register_preset",
+           "set_fast_path", "recurrence_path"]
 
 _loaded = False
 
@@ -62,6 +63,18 @@ def create(name: str, *, output_size: int, input_size: int | None = None,
     builder = preset.builder or RecurrentModel
     return builder(cfg, output_size=output_size, input_size=input_size,
                    vocab_size=vocab_size, target=target)
+
+
+def set_fast_path(model: nn.Module, enabled: bool) -> None:
+    """Use (or, with False, bypass for the reference loop) the fused recurrence kernels."""
+    for m in model.modules():
+        if hasattr(m, "fast"):
+            m.fast = enabled
+
+
+def recurrence_path(model: nn.Module) -> str:
+    """How the recurrent cores ran in the last forward pass: cudnn, fused, loop (or a mix)."""
+    return "+".join(sorted({m.last_path for m in model.modules() if hasattr(m, "last_path")})) or "none"
 
 
 def describe(name: str) -> tuple[str, dict[str, Any], list]:

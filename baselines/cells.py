@@ -37,6 +37,8 @@ State = Any  # Tensor (L, B, H) for rnn/gru; tuple (h, c) for lstm
 class CudnnCore(nn.Module):
     """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (cuDNN on CUDA), batch-first."""
 
+    last_path = "cudnn"
+
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh") -> None:
         super().__init__()
@@ -122,6 +124,52 @@ class LoopCore(nn.Module):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * cell_out(c), c
 
+    def loop_recurrence(self, layer: int, xw_all: Tensor, h: Tensor, c: Tensor | None,
+                        mask: Tensor | None, perturb: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The reference: one layer's recurrence, one time step at a time."""
+        # unbind, not xw_all[:, t]: the backward of T selects would write T
+        # full-size zero tensors, unbind's is one stack.
+        xw_steps = xw_all.unbind(1)
+        outs = []
+        for t in range(len(xw_steps)):
+            mask_t = None if mask is None else mask[:, t]
+            hw = self.recurrent_term(layer, t, h, mask_t)
+            h, c = self.gates(xw_steps[t], hw, h, c,
+                              lambda c_t: self.cell_out(layer, t, c_t, mask_t))  # noqa: B023
+            if perturb is not None:
+                h = h + perturb[:, t]
+            outs.append(h)
+        return torch.stack(outs, dim=1), h, c
+
+    # -- the fused fast path -------------------------------------------------
+    fast = True  # False forces the reference loop (TrainConfig.fast_path=false)
+    last_path = "loop"  # what the last forward pass used: "fused" or "loop"
+
+    def recurrent_norm_args(self, layer: int) -> dict | None:
+        """How the fused kernel normalizes W_hh h of ``layer`` (None: it cannot)."""
+        return {"norm": None}
+
+    def record_recurrent_stats(self, layer: int, mean: Tensor, var: Tensor, batch: int) -> None:
+        """Receive the fused kernel's per-step batch statistics (running averages)."""
+
+    def fused_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor) -> Tensor | None:
+        """The whole recurrence of one layer in one Triton kernel (baselines/fused.py),
+        or None where it does not apply (cell, shape, device, dtype, autocast)."""
+        if not self.fast or self.cell != "rnn" or xw_all.dtype != torch.float32 \
+                or torch.is_autocast_enabled(xw_all.device.type):
+            return None
+        from baselines import fused
+
+        args = self.recurrent_norm_args(layer)
+        if args is None or not fused.available(xw_all.device, xw_all.shape[0], self.hidden_size):
+            return None
+        _, w_hh, _, b_hh = self.weights(layer)
+        out, mean, var = fused.fused_rnn(xw_all + b_hh, h0, w_hh, act=self.nonlinearity,
+                                         tf32=torch.backends.cuda.matmul.allow_tf32, **args)
+        if args["norm"] == "batch" and args.get("batch_stats", True):
+            self.record_recurrent_stats(layer, mean, var, xw_all.shape[0])
+        return out
+
     # -- hooks that normalized cells override --------------------------------
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
         """W_ih x_t + b_ih for every step at once, (B, T, G*H)."""
@@ -147,22 +195,17 @@ class LoopCore(nn.Module):
         hs, cs = [], []
         seq = x
         for layer in range(self.num_layers):
-            # (B, T, G*H) in one op; unbind, not xw_all[:, t]: the backward of T
-            # selects would write T full-size zero tensors, unbind's is one stack.
-            xw_steps = self.input_term(layer, seq, mask).unbind(1)
-            h = h0[layer]
-            c = c0[layer] if c0 is not None else None
-            outs = []
-            top = layer == self.num_layers - 1
-            for t in range(T):
-                mask_t = None if mask is None else mask[:, t]
-                hw = self.recurrent_term(layer, t, h, mask_t)
-                h, c = self.gates(xw_steps[t], hw, h, c,
-                                  lambda c_t: self.cell_out(layer, t, c_t, mask_t))  # noqa: B023
-                if top and perturb is not None:
-                    h = h + perturb[:, t]
-                outs.append(h)
-            seq = torch.stack(outs, dim=1)
+            top_perturb = perturb if layer == self.num_layers - 1 else None
+            xw_all = self.input_term(layer, seq, mask)  # (B, T, G*H) in one op
+            h, c = h0[layer], (c0[layer] if c0 is not None else None)
+            fused = None
+            if mask is None and top_perturb is None:
+                fused = self.fused_recurrence(layer, xw_all, h)
+            self.last_path = "loop" if fused is None else "fused"
+            if fused is None:
+                seq, h, c = self.loop_recurrence(layer, xw_all, h, c, mask, top_perturb)
+            else:
+                seq, h = fused, fused[:, -1]
             hs.append(h)
             cs.append(c)
         h_n = torch.stack(hs)

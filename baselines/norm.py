@@ -158,6 +158,20 @@ class SeqNorm(nn.Module):
             mean, var = self._population(t, 1)
         return self._affine((a - mean) * torch.rsqrt(var + self.eps), True)
 
+    def uses_batch_stats(self) -> bool:
+        """Whether this pass normalizes with batch statistics (training, or norm_eval=batch)."""
+        return self.kind == "batch" and self._batch_stats()
+
+    def population(self, steps: int) -> tuple[Tensor, Tensor]:
+        """Population mean and variance (steps, F) for steps 0..steps-1 (see ``_population``)."""
+        return self._population(0, steps)
+
+    def add_step_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """Per-step batch statistics (T, F) computed elsewhere (the fused kernel), folded
+        into the running statistics at the next ``flush`` like those of ``step``."""
+        if self.training:
+            self._pending.append((mean.detach(), var.detach(), mean.new_full((mean.shape[0], 1), float(count))))
+
     def apply_affine(self, z: Tensor) -> Tensor:
         """γ·z + β on an already normalized ``z`` (for the seed formula γ·ReLU(ẑ) + β)."""
         return self._affine(z, True)

@@ -142,6 +142,25 @@ class NormLoopCore(LoopCore):
             return super().cell_out(layer, t, c, mask_t)
         return torch.tanh(self.norm_c[layer].step(c, t, mask_t))
 
+    def recurrent_norm_args(self, layer: int) -> dict | None:
+        if self.norm_c is not None:
+            return None
+        if self.norm_hh is None:
+            return {"norm": None}
+        n = self.norm_hh[layer]
+        args = {"norm": n.kind, "gamma": n.weight, "eps": n.eps}
+        if n.kind == "batch":
+            args["batch_stats"] = n.uses_batch_stats()
+            if not args["batch_stats"]:
+                # one row per step; no step is past the table then (the kernel clamps too)
+                rows = max(n.running_mean.shape[0], 1)
+                args["pop_mean"], args["pop_var"] = n.population(rows)
+        return args
+
+    def record_recurrent_stats(self, layer: int, mean: Tensor, var: Tensor, batch: int) -> None:
+        assert self.norm_hh is not None
+        self.norm_hh[layer].add_step_stats(mean, var, batch)
+
     def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor, State]:
         for norm in self._norms:
