@@ -34,7 +34,7 @@ their own β, which the shared bias makes redundant); its c_t norm has β.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -231,6 +231,36 @@ class NormModel(RecurrentModel):
         shape = (self.cfg.num_layers, x.shape[0], self.cfg.hidden_size)
         h0 = torch.randn(shape, dtype=x.dtype, device=x.device) * self.cfg.h0_noise
         return (h0, torch.zeros_like(h0)) if self.cfg.cell == "lstm" else h0
+
+    @torch.no_grad()
+    def recalibrate(self, batches: Iterable[tuple[Tensor, Tensor | None]]) -> int:
+        """Re-estimate the population statistics with the current, frozen weights.
+
+        The running averages gathered in training mix statistics of older weights.
+        Cooijmans et al. therefore recomputed population statistics after training
+        for their test results (their ``nowwithpopulationstatistics.py``: the plain
+        average of batch statistics over the training data with frozen weights).
+        Here every batch-norm row becomes the plain average of the batch statistics
+        of ``batches`` ((x, lengths) pairs); nothing else changes (no h_0 noise, no
+        gradient). Returns the number of batches used.
+        """
+        norms = [n for n in self.modules() if isinstance(n, SeqNorm) and n.kind == "batch"]
+        was_training, momenta = self.training, [n.momentum for n in norms]
+        count = 0
+        self.eval()
+        for n in norms:
+            n.train()  # batch statistics and running updates inside the norms only
+        try:
+            for x, lengths in batches:
+                count += 1
+                for n in norms:
+                    n.momentum = 1.0 / count  # a cumulative average, not an EMA
+                self.run(x, lengths)
+        finally:
+            for n, momentum in zip(norms, momenta):
+                n.momentum = momentum
+            self.train(was_training)
+        return count
 
     def features(self, hidden: Tensor, lengths: Tensor | None) -> Tensor:
         if self.head_stack is None:

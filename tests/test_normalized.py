@@ -170,6 +170,30 @@ def test_eval_batch_switch_builds_batch_statistics_norms():
     torch.testing.assert_close(m(x), y)
 
 
+def test_recalibrate_replaces_running_averages_with_current_weight_statistics():
+    torch.manual_seed(0)
+    m = make("bn-lstm", h0_noise=0.5)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    for s in range(3):  # running averages now mix statistics of three sets of weights
+        m(rand_x(B=8, seed=s)).pow(2).mean().backward()
+        opt.step(), opt.zero_grad()
+    x1, x2 = rand_x(B=8, seed=10), rand_x(B=8, seed=11)
+    assert m.recalibrate([(x1, None), (x2, None)]) == 2
+    assert m.training  # mode restored
+    nih = m.core.norm_ih[0]
+    a1, a2 = (x @ m.core.rnn.weight_ih_l0.detach().t() for x in (x1, x2))
+    torch.testing.assert_close(nih.running_mean, (a1.mean(0) + a2.mean(0)) / 2)
+    torch.testing.assert_close(nih.running_var, (a1.var(0) + a2.var(0)) / 2)
+    assert nih.momentum == 0.1
+    # the recurrent terms were computed without h0 noise: recalibrating again gives the same rows
+    rows = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+    m.eval()
+    m.recalibrate([(x1, None), (x2, None)])
+    assert not m.training
+    for k, v in rows.items():
+        torch.testing.assert_close(m.state_dict()[k], v, rtol=0, atol=0)
+
+
 def test_seqnorm_population_rows_and_reuse_past_training_length():
     torch.manual_seed(0)
     norm = SeqNorm(3, stats="per_step", gamma=0.5, beta=True)
