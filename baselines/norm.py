@@ -9,9 +9,10 @@ literature varies:
   **shared** over time (Laurent et al. 2016, "Batch Normalized Recurrent Neural
   Networks", sequence-wise normalization: one mean/variance over batch and time);
 - at evaluation, **population** statistics (an exponential moving average of the
-  training batch statistics, as in Cooijmans et al.'s code) or the evaluation
-  batch's own statistics; steps beyond the longest training length reuse the last
-  step's population statistics;
+  training batch statistics, as Cooijmans et al.'s code keeps during training; for
+  their test numbers they re-estimated them with frozen weights, which
+  ``NormModel.recalibrate`` does) or the evaluation batch's own statistics; steps
+  beyond the longest training length reuse the last step's population statistics;
 - layer norm (Ba et al. 2016, "Layer Normalization") normalizes every sample over
   its features: no batch statistics, the same at training and evaluation.
 
@@ -25,8 +26,11 @@ means and variances over valid entries only, so padding never changes a result.
 
 Terms outside the recurrence (the input term, the output sequence) are normalized
 for all steps at once with ``seq``. The recurrent term and c_t exist one step at a
-time, so ``step`` normalizes them inside the loop and keeps that step's batch
-statistics until ``flush`` folds them into the running statistics in one update.
+time, so ``step`` normalizes them inside the loop. The common case (no padding,
+per-step statistics, batch of two or more) is one fused ``F.batch_norm`` call that
+also updates that step's row of running statistics in place; the general case
+(padding, shared statistics) is computed from masked moments, and its step
+statistics wait in a list until ``flush`` folds them in with one update.
 A recurrent term cannot see future steps, so with ``stats="shared"`` its training
 batch statistics remain per step; what is shared is its population statistics
 (one average over all steps: the time-averaged population statistics Cooijmans et

@@ -44,12 +44,13 @@ def test_registry_has_the_family():
     assert expected <= set(NORM_MODELS)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("name", NORM_MODELS)
-def test_norm_off_equals_plain_loop_cell(name):
+def test_norm_off_equals_plain_loop_cell(name, layers):
     torch.manual_seed(0)
-    m = make(name, norm="none", out_stack=False, impl="loop")
+    m = make(name, norm="none", out_stack=False, impl="loop", num_layers=layers)
     assert not norms(m)
-    plain = make(PLAIN_LOOP[m.cfg.cell])
+    plain = make(PLAIN_LOOP[m.cfg.cell], num_layers=layers)
     m.load_state_dict(plain.state_dict())  # strict: the same parameter names
     x = rand_x()
     y, y_plain = m(x), plain(x)
@@ -68,6 +69,14 @@ def test_norm_parameters_are_in_the_norm_group(name):
         assert (g == "norm") == ("norm" in n), n
         if "weight_hh" in n:
             assert g == "recurrent"
+
+
+def test_every_layer_is_normalized():
+    m = make("bn-lstm", num_layers=2)
+    assert len(m.core.norm_ih) == len(m.core.norm_hh) == len(m.core.norm_c) == 2
+    assert m.core.norm_ih[1].features == 4 * 5  # layer 2 normalizes W_x h^(1), 4H gates
+    m(rand_x())
+    assert all(n.running_mean.shape[0] == 5 for n in norms(m))
 
 
 def test_gamma_init_and_forget_bias():
@@ -472,3 +481,19 @@ def test_every_registered_model_trains_a_step(name, task_name, args):
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(batch.x, batch.lengths)).all()
+
+
+def test_bn_profile_sweeps_every_variant_and_the_ablation_axes():
+    from suite.profiles import build_specs
+
+    specs = build_specs(profile="bn", device="cpu")
+    models = {s.model for s in specs}
+    assert set(NORM_MODELS) | {"rnn", "gru", "lstm"} <= models
+    swept = {k: {s.model_args[k] for s in specs if k in s.model_args}
+             for k in ("norm_at", "norm_stats", "norm_gamma", "norm_eval", "relu_in_affine")}
+    assert swept["norm_at"] >= {"input", "recurrent", "both", "output"}
+    assert swept["norm_stats"] == {"per_step", "shared"}
+    assert swept["norm_gamma"] >= {0.1, 1.0}
+    assert swept["norm_eval"] == {"population", "batch"}
+    assert swept["relu_in_affine"] == {False, True}
+    assert len({s.run_id for s in specs}) == len(specs)
