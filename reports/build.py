@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reports.blocks import Section, Text, note, table
 from reports.claims import claims_section, literature_section
-from reports.cost import baseline_section, cost_section, environment_section
+from reports.cost import Comparison, baseline_section, compare_to_baseline, cost_section, environment_section
 from reports.data import ReportData, load
 from reports.dynamics import gradient_section, learning_curves_section
 from reports.quality import ablation_section, significance_section, summary_section
@@ -55,22 +55,30 @@ def overview(data: ReportData, store: str) -> list[Any]:
 
 
 def sections(data: ReportData, store: str, baseline: ReportData | None = None,
-             baseline_path: str | None = None) -> list[Section]:
+             baseline_path: str | None = None, comparison: Comparison | None = None) -> list[Section]:
     summary = summary_section(data)
     summary.blocks[:0] = overview(data, store)
     out = [summary]
     if baseline is not None:
-        out.append(baseline_section(data, baseline, baseline_path or "baseline"))
+        comparison = comparison or compare_to_baseline(data, baseline)
+        out.append(baseline_section(data, baseline, baseline_path or "baseline", comparison))
     out += [significance_section(data), learning_curves_section(data), gradient_section(data),
             ablation_section(data), cost_section(data), literature_section(data), claims_section(data),
             environment_section(data)]
     return out
 
 
+class Rendered(NamedTuple):
+    html: Path
+    markdown: Path
+    regressions: list[str]  # against the baseline, in words (empty without one)
+
+
 def build_report(store: str | Path, out: str | Path = DEFAULT_OUT, *, tasks: list[str] | None = None,
                  models: list[str] | None = None, since: str | None = None,
-                 baseline: str | Path | None = None) -> tuple[Path, Path]:
-    """Render the report of ``store`` into ``out``; returns the HTML and Markdown paths.
+                 baseline: str | Path | None = None) -> Rendered:
+    """Render the report of ``store`` into ``out``; returns the HTML and Markdown paths
+    and the regressions against ``baseline``.
 
     ``tasks``/``models`` are names or wildcard patterns; ``since`` a date
     (YYYY-MM-DD, UTC); ``baseline`` another store whose runs of the same
@@ -83,5 +91,7 @@ def build_report(store: str | Path, out: str | Path = DEFAULT_OUT, *, tasks: lis
     filters = [f"tasks {' '.join(tasks)}" if tasks else "", f"models {' '.join(models)}" if models else "",
                f"runs created since {since}" if since else ""]
     subtitle = f"Store: {store}" + "".join(f"; {f}" for f in filters if f) + "."
-    return render.write(sections(data, str(store), base, str(baseline) if baseline else None), out,
-                        "rnnbench report", subtitle)
+    comparison = compare_to_baseline(data, base) if base is not None else Comparison()
+    html, md = render.write(sections(data, str(store), base, str(baseline) if baseline else None, comparison),
+                            out, "rnnbench report", subtitle)
+    return Rendered(html, md, comparison.regressions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -135,11 +136,22 @@ def compare(cur: Summary, base: Summary, higher_is_better: bool) -> str:
     return "within CI"
 
 
-def baseline_section(data: ReportData, base: ReportData, base_path: str) -> Section:
-    sec = Section("baseline", "Against the baseline")
+@dataclass
+class Comparison:
+    """This store against a baseline: one row per (configuration, metric), the
+    regressions among them in words, and how many configurations are new or gone."""
+
+    rows: list[dict] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)
+    new: int = 0
+    gone: int = 0
+
+
+def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
+    """Primary test metric and training throughput of every configuration in both stores."""
+    out = Comparison()
     if data.empty or base.empty:
-        return sec.add(note(f"Nothing to compare: {'this store' if data.empty else base_path} has no finished runs."))
-    rows, flagged = [], []
+        return out
     base_keys = set(base.runs["config_key"])
     for key, g in data.runs.groupby("config_key", sort=True):
         if key not in base_keys:
@@ -155,23 +167,32 @@ def baseline_section(data: ReportData, base: ReportData, base_path: str) -> Sect
                 continue
             verdict = compare(cur, old, hib)
             change = (cur.mean - old.mean) / abs(old.mean) * 100 if old.mean else float("nan")
-            rows.append({"task": first["task_label"], "model": first["variant"], "device": first["device"],
-                         "metric": name, "now [95% CI]": fmt_ci(cur), "baseline [95% CI]": fmt_ci(old),
-                         "change %": fmt(change, 3), "verdict": verdict.upper() if verdict == "regressed" else verdict})
+            out.rows.append({"task": first["task_label"], "model": first["variant"], "device": first["device"],
+                             "metric": name, "now [95% CI]": fmt_ci(cur), "baseline [95% CI]": fmt_ci(old),
+                             "change %": fmt(change, 3), "verdict": verdict.upper() if verdict == "regressed" else verdict})
             if verdict == "regressed":
-                flagged.append(f"{name} of {first['variant']} on {first['task_label']} ({first['device']}): "
-                               f"{fmt(cur.mean)} now vs {fmt(old.mean)}")
-    new = len(set(data.runs["config_key"]) - base_keys)
-    gone = len(base_keys - set(data.runs["config_key"]))
-    if not rows:
+                out.regressions.append(f"{name} of {first['variant']} on {first['task_label']} ({first['device']}): "
+                                       f"{fmt(cur.mean)} now vs {fmt(old.mean)}")
+    out.new = len(set(data.runs["config_key"]) - base_keys)
+    out.gone = len(base_keys - set(data.runs["config_key"]))
+    return out
+
+
+def baseline_section(data: ReportData, base: ReportData, base_path: str, comparison: Comparison) -> Section:
+    sec = Section("baseline", "Against the baseline")
+    if data.empty or base.empty:
+        return sec.add(note(f"Nothing to compare: {'this store' if data.empty else base_path} has no finished runs."))
+    if not comparison.rows:
         return sec.add(note(f"No configuration of this store is in the baseline {base_path}."))
     sec.add(Text(f"Baseline: {base_path}. Configurations are matched by their full spec without seed and "
                  "code version; a change is flagged when the two 95% bootstrap intervals do not overlap."))
+    flagged = comparison.regressions
     if flagged:
         sec.add(Text(f"{len(flagged)} regression(s) beyond the CI: " + "; ".join(flagged) + ".", "alert"))
     else:
         sec.add(Text("No metric or throughput regressed beyond its confidence interval."))
-    sec.add(table(rows, "Primary test metric and training throughput, now and in the baseline."))
-    if new or gone:
-        sec.add(note(f"{new} configuration(s) are new in this store and {gone} of the baseline are absent."))
+    sec.add(table(comparison.rows, "Primary test metric and training throughput, now and in the baseline."))
+    if comparison.new or comparison.gone:
+        sec.add(note(f"{comparison.new} configuration(s) are new in this store and {comparison.gone} "
+                     "of the baseline are absent."))
     return sec

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,11 +68,13 @@ def loss_for(shape: Shape):
 
 def build_step(model_name: str, shape: Shape, device: torch.device, *, fast_path: bool = True,
                **overrides: Any):
-    """A ready training step (model, Adam, clip 1.0) for ``model_name`` at ``shape``."""
+    """A ready training step (model, Adam, clip 1.0) for ``model_name`` at ``shape``;
+    ``fast_path=False`` times the reference: the explicit loop, eager."""
     torch.manual_seed(0)
     model = baselines.create(model_name, output_size=shape.output_size, input_size=shape.input_size,
                              vocab_size=shape.vocab, target=shape.target, hidden_size=shape.H,
                              **overrides).to(device)
+    baselines.set_fast_path(model, fast_path)
     model.train()
     graphs = fast_path and device.type == "cuda"
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=graphs)
@@ -109,14 +111,22 @@ def time_step(step, batch: Batch, device: torch.device, *, warmup: int = 5, repe
 
 
 def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_path: bool = True,
-          warmup: int = 5, repeats: int = 5, steps_per_repeat: int = 3) -> list[dict[str, Any]]:
-    """One row per (model, shape): ms per step (median), peak memory, ratio to lstm."""
+          warmup: int = 5, repeats: int = 5, steps_per_repeat: int = 3,
+          on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """One row per (model, shape): ms per step (median), peak memory, ratio to lstm.
+
+    ``lstm`` is measured first on each shape (it is the reference of the ratio);
+    ``on_row`` receives each row as soon as it is measured.
+    """
     dev = torch.device(device)
     rows = []
-    names = list(dict.fromkeys(["lstm", *models]))  # the reference is always measured
+    names = list(dict.fromkeys(["lstm", *models]))
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         batch = make_batch(shape, dev)
+        # One untimed pass first: library initialisation must not land on the reference.
+        time_step(build_step("lstm", shape, dev, fast_path=fast_path), batch, dev,
+                  warmup=warmup, repeats=1, steps_per_repeat=1)
         ref_ms = None
         for name in names:
             if dev.type == "cuda":
@@ -126,33 +136,39 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
             times = time_step(step, batch, dev, warmup=warmup, repeats=repeats,
                               steps_per_repeat=steps_per_repeat)
             ms = statistics.median(times)
-            if name == "lstm":
-                ref_ms = ms
-            rows.append({
+            ref_ms = ref_ms or ms  # lstm comes first
+            row = {
                 "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H,
-                "ms": ms, "ms_min": min(times), "ms_max": max(times),
+                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms / ms,
                 "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
-                "path": step.path, "device": device, "device_name": device_name(device),
-                "torch": torch.__version__,
-            })
+                "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,
+                "device_name": device_name(device), "torch": torch.__version__,
+            }
             del step
-        for r in rows:
-            if r["shape"] == shape_name:
-                r["ratio_to_lstm"] = ref_ms / r["ms"] if ref_ms else None
-    return [r for r in rows if r["model"] in models or r["model"] == "lstm"]
+            if name in models or name == "lstm":
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    return rows
+
+
+HEADER = f"{'model':<14}{'shape':<10}{'ms/step':>9}{'min':>9}{'max':>9}{'peak MB':>8}{'x lstm':>8}  path"
+
+
+def format_row(r: dict[str, Any]) -> str:
+    mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+    return (f"{r['model']:<14}{r['shape']:<10}{r['ms']:>9.2f}{r['ms_min']:>9.2f}{r['ms_max']:>9.2f}"
+            f"{mem:>8}{r['ratio_to_lstm']:>8.3f}  {r['path']}")
+
+
+def footer(r: dict[str, Any]) -> str:
+    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}; x lstm = throughput "
+            "relative to lstm (cuDNN/nn.LSTM) on the same shape; path = training step/recurrence")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<16}{'shape':<11}{'ms/step':>10}{'min':>9}{'max':>9}{'peak MB':>9}{'x lstm':>8}  path"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
-        lines.append(f"{r['model']:<16}{r['shape']:<11}{r['ms']:>10.2f}{r['ms_min']:>9.2f}{r['ms_max']:>9.2f}"
-                     f"{mem:>9}{r['ratio_to_lstm']:>8.3f}  {r['path']}")
-    if rows:
-        lines.append(f"device: {rows[0]['device_name']} ({rows[0]['device']}), torch {rows[0]['torch']}; "
-                     "x lstm = throughput relative to lstm (cuDNN/nn.LSTM) on the same shape")
-    return "\n".join(lines)
+    lines = [HEADER, "-" * len(HEADER), *map(format_row, rows)]
+    return "\n".join(lines + ([footer(rows[0])] if rows else []))
 
 
-__all__ = ["SHAPES", "Shape", "bench", "build_step", "format_table", "make_batch", "time_step", "asdict"]
+__all__ = ["SHAPES", "Shape", "bench", "build_step", "format_table", "make_batch", "time_step"]

@@ -14,7 +14,7 @@ from reports import figures
 from reports.blocks import Table, Text, fmt_ci, fmt_p
 from reports.build import build_report
 from reports.claims import bn_pairs, claims_section, verdict
-from reports.cost import baseline_section, compare
+from reports.cost import baseline_section, compare, compare_to_baseline
 from reports.data import load
 from reports.literature import PUBLISHED, differences, matches
 from reports.quality import friedman_scores
@@ -119,7 +119,7 @@ def test_same_store_gives_a_byte_identical_report(store, report, tmp_path):
 
 def test_empty_store_renders_with_a_note(tmp_path):
     Store(tmp_path / "empty.sqlite").close()
-    html, md = build_report(tmp_path / "empty.sqlite", tmp_path / "out")
+    html, md, _ = build_report(tmp_path / "empty.sqlite", tmp_path / "out")
     assert "has no finished runs" in md.read_text() and "has no finished runs" in html.read_text()
     assert "not enough evidence" in md.read_text()
 
@@ -130,7 +130,7 @@ def test_partial_store_failed_run_one_seed_and_missing_task(tmp_path):
     (gru,) = specs(models=("gru",), seeds="0", tasks=(("adding", {"T": 8, "n_val": 64, "n_test": 64}),),
                    train={"max_steps": 20})
     add_failed(path, gru, "RuntimeError: CUDA out of memory")
-    _, md_path = build_report(path, tmp_path / "out", tasks=["adding", "copy"])
+    _, md_path, _ = build_report(path, tmp_path / "out", tasks=["adding", "copy"])
     md = md_path.read_text()
     assert "RuntimeError: CUDA out of memory" in md and "1 run(s) failed" in md
     assert "Only one finished seed" in md and "(one run, no CI)" in md
@@ -178,7 +178,10 @@ def test_compare_needs_non_overlapping_intervals():
 def test_baseline_flags_exactly_the_regressed_metric_and_throughput(store, tmp_path):
     current = copy_store(store, tmp_path / "now.sqlite")
     assert edit_summaries(current, "task='adding' AND model='lstm'", test_mse=3.0, samples_per_s=0.2) == 3
-    sec = baseline_section(load(current), load(store), "last-night.sqlite")
+    now, base = load(current), load(store)
+    comparison = compare_to_baseline(now, base)
+    assert len(comparison.regressions) == 2 and all("lstm" in r for r in comparison.regressions)
+    sec = baseline_section(now, base, "last-night.sqlite", comparison)
     (tab,) = [b for b in sec.blocks if isinstance(b, Table)]
     verdicts = {(r[0], r[1], r[3]): r[-1] for r in tab.rows}
     assert verdicts[("adding", "lstm", "test mse")] == "REGRESSED"
@@ -190,10 +193,11 @@ def test_baseline_flags_exactly_the_regressed_metric_and_throughput(store, tmp_p
 
 
 def test_report_with_baseline_has_the_section(store, tmp_path):
-    _, md = build_report(store, tmp_path, baseline=store, models=["rnn"], tasks=["adding"])
+    _, md, regressions = build_report(store, tmp_path, baseline=store, models=["rnn"], tasks=["adding"])
     text = md.read_text()
     assert "## 2. Against the baseline" in text
     assert "No metric or throughput regressed beyond its confidence interval." in text
+    assert regressions == []
 
 
 # -- claims and literature ----------------------------------------------------------
