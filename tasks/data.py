@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -175,12 +176,11 @@ def load_hub(hub_id: str, *, revision: str | None = None, data_dir: str | None =
         raise HubUnavailable(_hub_failures[key])
     try:
         import datasets
-        import huggingface_hub
 
         # The hub client logs each retry of a failed request as a warning; the one
         # line the user needs comes from the caller (``missing``) instead.
-        huggingface_hub.utils.logging.set_verbosity_error()
-        datasets.logging.set_verbosity_error()
+        for name in ("huggingface_hub", "datasets"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         return datasets.load_dataset(hub_id, name, revision=revision, data_dir=data_dir)
     except Exception as e:  # network, auth, unknown id: all mean "not available from the hub"
         first = (str(e).strip().splitlines() or [""])[0][:160]
