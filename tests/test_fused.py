@@ -5,9 +5,14 @@ On a machine without CUDA the kernels run in Triton's interpreter
 tests/test_gpu.py runs the compiled kernels against the reference loop.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+
+import baselines
+from baselines.norm import SeqNorm, pool
 
 fused = pytest.importorskip("baselines.fused")
 if fused.triton is None:
@@ -16,28 +21,35 @@ if not fused.interpreting():
     pytest.skip("the interpreter tests run where CUDA is absent (TRITON_INTERPRET=1)", allow_module_level=True)
 
 
+def norm_step(a, kind, gamma, beta, batch_stats, pm, pv, t, stats, eps=1e-5):
+    """N(a) of one step as SeqNorm.step computes it; appends the batch statistics it used."""
+    if kind is None:
+        return a
+    if kind == "batch":
+        if batch_stats:
+            var, mean = torch.var_mean(a, 0, correction=0)
+            stats.append((mean, var))
+        else:
+            r = min(t, pm.shape[0] - 1)
+            mean, var = pm[r], pv[r]
+        out = (a - mean) / torch.sqrt(var + eps) * gamma
+    else:
+        out = F.layer_norm(a, (a.shape[-1],), eps=eps) * gamma
+    return out if beta is None else out + beta
+
+
+def stacked(stats):
+    return (torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])) if stats else None
+
+
 def reference(u, h0, w, g, norm, batch_stats, pm, pv, act, eps=1e-5):
     """The recurrence written plainly, one step at a time (float64 in the tests)."""
-    h, outs, means, variances = h0, [], [], []
+    h, outs, stats = h0, [], []
     for t in range(u.shape[1]):
-        z = h @ w.t()
-        if norm == "batch":
-            if batch_stats:
-                var, mean = torch.var_mean(z, 0, correction=0)
-                means.append(mean)
-                variances.append(var)
-            else:
-                r = min(t, pm.shape[0] - 1)
-                mean, var = pm[r], pv[r]
-            n = (z - mean) / torch.sqrt(var + eps) * g
-        elif norm == "layer":
-            n = F.layer_norm(z, (z.shape[-1],), eps=eps) * g
-        else:
-            n = z
+        n = norm_step(h @ w.t(), norm, g, None, batch_stats, pm, pv, t, stats, eps)
         h = torch.tanh(n + u[:, t]) if act == "tanh" else torch.relu(n + u[:, t])
         outs.append(h)
-    stats = (torch.stack(means), torch.stack(variances)) if means else None
-    return torch.stack(outs, 1), stats
+    return torch.stack(outs, 1), stacked(stats)
 
 
 def rel_err(a, b):
@@ -95,3 +107,233 @@ def test_population_rows_past_training_length_reuse_last():
 def test_shapes_beyond_one_tile_are_not_fused():
     assert not fused.available(torch.device("cuda"), 100, 1000)
     assert not fused.available(torch.device("cpu"), 4, 8)  # interpreter only when a test allows it
+
+
+# -- LSTM and GRU ----------------------------------------------------------------------
+
+def lstm_reference(u, h0, c0, w, g, gc, bc, pm, pv, cpm, cpv, *, norm, cell_norm, batch_stats):
+    """The LSTM of LoopCore.gates with NormLoopCore's norms, plainly, one step at a time."""
+    h, c, outs, hh_stats, c_stats = h0, c0, [], [], []
+    for t in range(u.shape[1]):
+        i, f, gg, o = (u[:, t] + norm_step(h @ w.t(), norm, g, None, batch_stats, pm, pv, t, hh_stats)).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = torch.sigmoid(o) * torch.tanh(norm_step(c, cell_norm, gc, bc, batch_stats, cpm, cpv, t, c_stats))
+        outs.append(h)
+    stats = {"hh": stacked(hh_stats), "c": stacked(c_stats)}
+    return (torch.stack(outs, 1), c), {k: v for k, v in stats.items() if v is not None}
+
+
+def gru_reference(u, h0, w, b_hn, g, pm, pv, *, norm, batch_stats):
+    """nn.GRU's cell with N on W_hh h and b_hn inside the reset gate's product."""
+    h, outs, stats = h0, [], []
+    for t in range(u.shape[1]):
+        ar, az, an = norm_step(h @ w.t(), norm, g, None, batch_stats, pm, pv, t, stats).chunk(3, -1)
+        ur, uz, un = u[:, t].chunk(3, -1)
+        r, z = torch.sigmoid(ur + ar), torch.sigmoid(uz + az)
+        h = (1 - z) * torch.tanh(un + r * (an + b_hn)) + z * h
+        outs.append(h)
+    return (torch.stack(outs, 1),), ({"hh": stacked(stats)} if stats else {})
+
+
+def assert_matches(run_fused, run_ref, leaves: dict):
+    """Outputs, batch statistics and the gradients of every leaf: the kernel in float32
+    against the reference in float64, for one random cotangent on every output."""
+    ref_in = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+    f_in = {k: v.detach().float().requires_grad_() for k, v in leaves.items()}
+    ref_out, ref_stats = run_ref(**ref_in)
+    f_out, f_stats = run_fused(**f_in)
+    for a, b in zip(f_out, ref_out, strict=True):
+        assert rel_err(a, b) < 1e-5
+    assert f_stats.keys() == ref_stats.keys()
+    for k, (mean, var) in f_stats.items():
+        assert not mean.requires_grad and not var.requires_grad
+        torch.testing.assert_close(mean.double(), ref_stats[k][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(var.double(), ref_stats[k][1], rtol=1e-4, atol=1e-5)
+    cot = [torch.randn_like(o) for o in ref_out]
+    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref_out, cot)), list(ref_in.values()))
+    g_f = torch.autograd.grad(sum((o * c.float()).sum() for o, c in zip(f_out, cot)), list(f_in.values()))
+    for name, a, b in zip(leaves, g_f, g_ref):
+        assert rel_err(a, b) < 1e-4, f"grad {name}: relative error {rel_err(a, b):.2e}"
+
+
+def gate_leaves(B, T, H, gates, norm, seed):
+    torch.manual_seed(seed)
+    d = dict(dtype=torch.float64)
+    leaves = dict(u=torch.randn(B, T, gates * H, **d), h0=torch.randn(B, H, **d),
+                  w=torch.randn(gates * H, H, **d) / H ** 0.5)
+    if norm:
+        leaves["g"] = torch.rand(gates * H, **d) + 0.5
+    # population rows: fewer than T, so later steps reuse the last row
+    pops = (torch.randn(3, gates * H, **d) * 0.3, torch.rand(3, gates * H, **d) + 0.5)
+    return leaves, pops
+
+
+# (recurrent norm, cell norm, batch statistics): every recurrent norm {none, batch with
+# batch statistics, batch with population statistics, layer} with every cell norm.
+LSTM_CASES = [(n, c, bs) for n, bs0 in ((None, True), ("batch", True), ("batch", False), ("layer", False))
+              for c in (None, "batch", "layer") for bs in [bs0 if n == "batch" or c == "batch" else True]]
+SHAPES = [(5, 6, 16), (7, 4, 9)]
+
+
+def run_lstm_case(B, T, H, norm, cell_norm, batch_stats):
+    leaves, (pm, pv) = gate_leaves(B, T, H, 4, norm, B * 100 + H)
+    leaves["c0"] = torch.randn(B, H, dtype=torch.float64)
+    if cell_norm:
+        leaves["gc"] = torch.rand(H, dtype=torch.float64) + 0.5
+        leaves["bc"] = torch.randn(H, dtype=torch.float64) * 0.1
+    cpm, cpv = torch.randn(2, H, dtype=torch.float64), torch.rand(2, H, dtype=torch.float64) + 0.5
+    kw = dict(norm=norm, cell_norm=cell_norm, batch_stats=batch_stats)
+
+    def run_ref(u, h0, c0, w, g=None, gc=None, bc=None):
+        return lstm_reference(u, h0, c0, w, g, gc, bc, pm, pv, cpm, cpv, **kw)
+
+    def run_fused(u, h0, c0, w, g=None, gc=None, bc=None):
+        h, c, stats = fused.fused_lstm(u, h0, c0, w, g, pop_mean=pm.float(), pop_var=pv.float(), gamma_c=gc,
+                                       beta_c=bc, cell_pop_mean=cpm.float(), cell_pop_var=cpv.float(), **kw)
+        return (h, c), stats
+
+    assert_matches(run_fused, run_ref, leaves)
+
+
+@pytest.mark.parametrize("norm,cell_norm,batch_stats", LSTM_CASES)
+@pytest.mark.parametrize("B,T,H", SHAPES)
+def test_fused_lstm_matches_reference(norm, cell_norm, batch_stats, B, T, H):
+    run_lstm_case(B, T, H, norm, cell_norm, batch_stats)
+
+
+def run_gru_case(B, T, H, norm, batch_stats):
+    leaves, (pm, pv) = gate_leaves(B, T, H, 3, norm, B * 100 + H + 1)
+    leaves["b_hn"] = torch.randn(H, dtype=torch.float64) * 0.5
+    kw = dict(norm=norm, batch_stats=batch_stats)
+
+    def run_ref(u, h0, w, b_hn, g=None):
+        return gru_reference(u, h0, w, b_hn, g, pm, pv, **kw)
+
+    def run_fused(u, h0, w, b_hn, g=None):
+        h, stats = fused.fused_gru(u, h0, w, b_hn, g, pop_mean=pm.float(), pop_var=pv.float(), **kw)
+        return (h,), stats
+
+    assert_matches(run_fused, run_ref, leaves)
+
+
+@pytest.mark.parametrize("norm,batch_stats", [(None, True), ("batch", True), ("batch", False), ("layer", True)])
+@pytest.mark.parametrize("B,T,H", SHAPES)
+def test_fused_gru_matches_reference(norm, batch_stats, B, T, H):
+    run_gru_case(B, T, H, norm, batch_stats)
+
+
+def test_weights_loaded_every_step_give_the_same_result(monkeypatch):
+    """Large tiles reload W_hh each step instead of holding it; that path computes the same."""
+    monkeypatch.setattr(fused, "HOIST_LIMIT", 0)
+    run_lstm_case(5, 4, 16, "layer", "batch", True)
+    run_gru_case(5, 4, 16, "batch", True)
+
+
+def test_gated_cells_reject_bad_arguments():
+    u, h0, w = torch.zeros(2, 3, 8), torch.zeros(2, 2), torch.zeros(8, 2)
+    with pytest.raises(ValueError, match="population statistics needed"):
+        fused.fused_lstm(u, h0, h0, w, norm="batch", batch_stats=False)
+    with pytest.raises(ValueError, match="unknown norm"):
+        fused.fused_lstm(u, h0, h0, w, cell_norm="group")
+    with pytest.raises(ValueError, match="3-gate cell"):
+        fused.fused_gru(u, h0, w, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"w_hh must be \(8, 2\)"):
+        fused.fused_lstm(u, h0, h0, w.t())
+    with pytest.raises(ValueError, match="gamma_c must be"):
+        fused.fused_lstm(u, h0, h0, w, cell_norm="layer", gamma_c=torch.ones(8))
+
+
+# -- against the real cores: the contract the fast path is wired by -----------------------
+
+def fused_core(core, x, h0, c0=None):
+    """``core(x, state)``'s hidden sequence through the kernels, computed as a wiring of the
+    fast path would: the input term as NormLoopCore.input_term, b_hh folded into u (for the
+    GRU without b_hn), the norms' own parameters, and the returned batch statistics folded
+    into the running ones with one update (pooled over steps with shared statistics), as
+    SeqNorm.flush does."""
+    _, w_hh, _, b_hh = core.weights(0)
+    H = core.hidden_size
+    u = core.input_term(0, x, None)
+    n_hh = getattr(core, "norm_hh", None)
+    n_hh = n_hh[0] if n_hh is not None else None
+    n_c = getattr(core, "norm_c", None)
+    n_c = n_c[0] if n_c is not None else None
+    norms = [n for n in (n_hh, n_c) if n is not None]
+    kw = dict(batch_stats=core.training or any(n.eval_stats == "batch" for n in norms),
+              eps=norms[0].eps if norms else 1e-5, **norm_args(n_hh, "", "pop_"))
+    if core.cell == "lstm":
+        h, c, stats = fused.fused_lstm(u + b_hh, h0, c0, w_hh, **kw, **norm_args(n_c, "cell_", "cell_pop_"))
+    else:
+        b_rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
+        h, stats = fused.fused_gru(u + b_rz, h0, w_hh, b_hh[2 * H:], **kw)
+        c = None
+    for name, n in (("hh", n_hh), ("c", n_c)):
+        if name in stats and core.training:
+            mean, var = stats[name]
+            count = mean.new_full((mean.shape[0], 1), float(x.shape[0]))
+            if n.stats == "shared":  # one population row: the steps' moments pooled
+                mean, var, count = pool(mean, var, count)
+            n._update(mean, var, count)
+    return h, c
+
+
+def norm_args(n, prefix, pop_prefix):
+    """Keyword arguments of the fused functions for one SeqNorm (or none)."""
+    if n is None:
+        return {}
+    gamma = "gamma_hh" if prefix == "" else "gamma_c"
+    kw = {prefix + "norm": n.kind, gamma: n.weight}
+    if n.bias is not None:
+        kw["beta_c"] = n.bias
+    if n.kind == "batch":
+        kw[pop_prefix + "mean"], kw[pop_prefix + "var"] = n.running_mean, n.running_var
+    return kw
+
+
+MODULE_CASES = [("bn-lstm", {}), ("ln-lstm", {}), ("lstm-loop", {}), ("bn-gru", {}), ("ln-gru", {}),
+                ("gru-loop", {}), ("bn-lstm", {"norm_stats": "shared"}), ("bn-gru", {"norm_eval": "batch"})]
+
+
+@pytest.mark.parametrize("name,overrides", MODULE_CASES)
+def test_fused_equals_model_core(name, overrides):
+    """Train mode (outputs, every parameter's gradient, running statistics over two
+    batches) and eval mode (before any training: identity population statistics; after:
+    population rows, with evaluation longer than training) against model.core."""
+    torch.manual_seed(3)
+    B, T, H = 6, 4, 16
+    ref = baselines.create(name, input_size=3, output_size=2, hidden_size=16, **overrides).core
+    lstm = ref.cell == "lstm"
+    with torch.no_grad():  # γ and β away from their init, so that a mix-up would show
+        for n in ref.modules():
+            if isinstance(n, SeqNorm):
+                n.weight.uniform_(0.3, 1.5)
+                if n.bias is not None:
+                    n.bias.uniform_(-0.3, 0.3)
+    fast = copy.deepcopy(ref)
+
+    def both(x, h0, c0):
+        want, state = ref(x, (h0[None], c0[None]) if lstm else h0[None])
+        got, c_last = fused_core(fast, x, h0, c0)
+        assert rel_err(got, want.detach().double()) < 1e-5
+        if lstm:
+            assert rel_err(c_last, state[1][0].detach().double()) < 1e-5
+        return want, got, state, c_last
+
+    ref.eval(), fast.eval()
+    x = torch.randn(B, T, 3)
+    with torch.no_grad():
+        both(x, torch.randn(B, H), torch.randn(B, H))
+    ref.train(), fast.train()
+    for step in range(2):
+        x, h0, c0 = torch.randn(B, T, 3), torch.randn(B, H), torch.randn(B, H)
+        want, got, state, c_last = both(x, h0, c0)
+    dy, dc = torch.randn(B, T, H), torch.randn(B, H)
+    ((want * dy).sum() + ((state[1][0] * dc).sum() if lstm else 0)).backward()
+    ((got * dy).sum() + ((c_last * dc).sum() if lstm else 0)).backward()
+    for (k, p), q in zip(ref.named_parameters(), fast.parameters(), strict=True):
+        assert rel_err(q.grad, p.grad.double()) < 1e-4, k
+    for (k, a), b in zip(ref.named_buffers(), fast.buffers(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+    ref.eval(), fast.eval()
+    with torch.no_grad():
+        both(torch.randn(B, T + 2, 3), torch.randn(B, H), torch.randn(B, H))
