@@ -1,7 +1,8 @@
 # Two entry points (see README): `make smoke` runs the smoke profile and renders the
 # report; `make test` runs the tests. Both set up .venv first. torch is installed
 # first and pinned: on these machines torch==2.13.0 is a local CPU build, while a
-# bare requirement would pull a multi-GB CUDA build.
+# bare requirement would pull a multi-GB CUDA build. The ray extra is installed so the
+# Ray executor's tests run too (they skip where Ray is missing).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ $(BIN)/rnnbench: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	touch $@
 
 setup: $(BIN)/rnnbench

@@ -1,87 +1,200 @@
-"""Executors: how runs are scheduled. ``local`` runs in this process (or N worker
-processes with ``jobs > 1``); every worker claims a run in the store before
-training it, so several suite processes can share one store safely.
+"""Executors: how runs are scheduled. ``local`` runs in this process, or with
+``jobs > 1`` in N worker processes; ``ray`` (suite/ray_executor.py) runs each as
+a Ray task on a cluster.
+
+Locally every worker claims a run in the store before training it and writes its
+rows itself, so several suite processes can share one store safely. Each worker
+process is its own single-process pool: when one dies (killed by the OOM killer,
+a crash in native code) only the run it held is marked failed, with the reason,
+and a fresh worker takes its place. A worker exits by itself when the suite
+process that started it dies (even by SIGKILL), so a restarted suite finds the
+runs it held reclaimable instead of still owned by an orphan.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import multiprocessing as mp
+import os
+import threading
+import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable
 
-from suite.runner import RunResult, train_one
+from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
+from suite.env import environment
+from suite.runner import RunResult, Sink, train_one
 from suite.spec import RunSpec
-from suite.store import Store, owner_id
+from suite.store import FINISHED, ClaimLost, Store, owner_id
 
 Progress = Callable[[RunSpec, str, dict], None]
 
 
-def _reason(exc: BaseException) -> str:
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How runs execute, as opposed to what they compute: none of this is part of a
+    run's identity (a resumed run gives the same numbers as an uninterrupted one)."""
+
+    retry_failed: bool = False
+    checkpoint: CheckpointPolicy = CheckpointPolicy()
+    checkpoint_dir: str | None = None  # None: checkpoints/ beside the store
+
+    def checkpoints_for(self, store_path: str | os.PathLike) -> str:
+        return str(Path(self.checkpoint_dir or Path(store_path).resolve().parent / "checkpoints"))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The last line of an exception, as stored in a failed run's ``reason``."""
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     return last[:500]
 
 
-def execute(spec: RunSpec, store: Store, *, retry_failed: bool = False) -> str | None:
+def train_checkpointed(spec: RunSpec, sink: Sink, directory: str, policy: CheckpointPolicy,
+                       device: str | None = None) -> RunResult:
+    """``train_one`` resuming from and saving to the run's checkpoint file.
+
+    The checkpoint is deleted once the run has a result (done or diverged), before
+    the caller records it: a kill in between costs a restart from step 0, never a
+    wrong result. A run that raises keeps its checkpoint for ``--retry-failed``.
+    ``device`` overrides where it trains (a Ray worker's GPU) without changing its identity.
+    """
+    ckpt = Checkpointer(checkpoint_path(directory, spec.run_id), spec.to_json(), policy)
+    run = spec if device is None else dataclasses.replace(spec, device=device)
+    result = train_one(run, sink, ckpt)
+    ckpt.delete()
+    return result
+
+
+def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> str | None:
     """Claim, train and record one run. Returns its final status, or None when it was
-    not ours to run (done already, or running in another live process)."""
-    if not store.claim(spec.run_id, owner_id(), retry_failed=retry_failed):
+    not ours to run (done already, running in another live process, or taken over)."""
+    owner = owner_id()
+    if not store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
         return None
     try:
-        result: RunResult = train_one(spec, lambda m, d: store.write(spec.run_id, m, d))
+        result = train_checkpointed(spec, lambda m, d: store.write(spec.run_id, m, d, owner=owner),
+                                    options.checkpoints_for(store.path), options.checkpoint)
+        store.write(spec.run_id, env=result.env, owner=owner)
+        store.finish(spec.run_id, result.status, result.summary, result.reason, owner=owner)
+        return result.status
+    except ClaimLost:
+        return None
     except KeyboardInterrupt:
-        store.release(spec.run_id)
+        store.release(spec.run_id, owner)
         raise
     except Exception as exc:  # a failing run is recorded and the suite goes on
-        store.finish(spec.run_id, "failed", None, _reason(exc))
+        try:
+            store.write(spec.run_id, env=environment(spec.device), owner=owner)
+            store.finish(spec.run_id, "failed", None, failure_reason(exc), owner=owner)
+        except ClaimLost:
+            return None
         return "failed"
-    store.write(spec.run_id, env=result.env)
-    store.finish(spec.run_id, result.status, result.summary, result.reason)
-    return result.status
 
 
-def _worker(spec_json: str, store_path: str, retry_failed: bool) -> tuple[str, str | None]:
+# -- worker processes ---------------------------------------------------------
+def _exit_with_parent(parent: int) -> None:
+    """Worker-process initializer: quit when the suite process dies (SIGKILL included),
+    so no orphan keeps training and holding runs that a restarted suite should take."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(parent: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # N workers share the cores instead of oversubscribing them
+    _exit_with_parent(parent)
+
+
+def _worker(spec_json: str, store_path: str, options: RunOptions) -> str | None:
     spec = RunSpec.from_json(spec_json)
     store = Store(store_path)
     try:
-        return spec.run_id, execute(spec, store, retry_failed=retry_failed)
+        return execute(spec, store, options)
     finally:
         store.close()
 
 
+def _fail_dead_worker_run(store: Store, run_id: str, wait_s: float = 10.0) -> None:
+    """Mark the run of a worker that just died failed. Its pool reports the death as
+    the process closes its files, a moment before the kernel shows it as exited, so
+    wait for the store's liveness check to agree."""
+    deadline = time.monotonic() + wait_s
+    while not store.fail_orphan(run_id, "worker process died while running (killed, e.g. by "
+                                        "the out-of-memory killer, or crashed)"):
+        if store.status_of(run_id) != "running" or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def _new_slot(threads: int) -> ProcessPoolExecutor:
+    # Spawned (not forked) so CUDA initialises cleanly in each worker.
+    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(), threads))
+
+
 def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1,
-              retry_failed: bool = False, progress: Progress | None = None) -> dict[str, str | None]:
-    """Run ``specs`` here; returns run_id -> final status (None: skipped)."""
+              options: RunOptions = RunOptions(), progress: Progress | None = None) -> dict[str, str | None]:
+    """Run ``specs`` here; returns run_id -> final status (None: skipped: done already,
+    failed without ``retry_failed``, or running in another live process)."""
     specs = list(specs)
-    by_id = {s.run_id: s for s in specs}
     results: dict[str, str | None] = {}
     report = progress or (lambda s, st, info: None)
-    if jobs <= 1:
-        store = Store(store_path)
-        try:
+    store = Store(store_path)
+    store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
+    try:
+        if jobs <= 1:
             for spec in specs:
-                results[spec.run_id] = status = execute(spec, store, retry_failed=retry_failed)
-                report(spec, status or "skipped", _summary(store, spec.run_id))
-        finally:
-            store.close()
-        return results
-    # Worker processes are spawned (not forked) so CUDA initialises cleanly in each.
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_worker, s.to_json(), str(store_path), retry_failed) for s in specs]
-        store = Store(store_path)
+                results[spec.run_id] = status = execute(spec, store, options)
+                report(spec, status or "skipped", store.summary_of(spec.run_id))
+            return results
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        slots = [_new_slot(threads) for _ in range(min(jobs, len(specs)))]
+        queue = list(reversed(specs))
+        running: dict[Future, tuple[int, RunSpec]] = {}
+        requeued: set[str] = set()
+
+        def submit(i: int, spec: RunSpec) -> None:
+            try:
+                fut = slots[i].submit(_worker, spec.to_json(), str(store_path), options)
+            except BrokenProcessPool:  # its worker died while idle: replace it
+                slots[i] = _new_slot(threads)
+                fut = slots[i].submit(_worker, spec.to_json(), str(store_path), options)
+            running[fut] = (i, spec)
+
         try:
-            for fut in as_completed(futures):
-                run_id, status = fut.result()
-                results[run_id] = status
-                report(by_id[run_id], status or "skipped", _summary(store, run_id))
+            while queue or running:
+                busy = {i for i, _ in running.values()}
+                for i in range(len(slots)):
+                    if i not in busy and queue:
+                        submit(i, queue.pop())
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i, spec = running.pop(fut)
+                    try:
+                        status = fut.result()
+                    except BrokenProcessPool:  # the worker died: only its run fails
+                        slots[i].shutdown(wait=False)
+                        slots[i] = _new_slot(threads)
+                        _fail_dead_worker_run(store, spec.run_id)
+                        status = store.status_of(spec.run_id)
+                        if status == "pending" and spec.run_id not in requeued:
+                            requeued.add(spec.run_id)  # it died before taking the run: not its fault
+                            queue.append(spec)
+                            continue
+                        status = status if status in FINISHED else None
+                    results[spec.run_id] = status
+                    report(spec, status or "skipped", store.summary_of(spec.run_id))
         finally:
-            store.close()
-    return results
-
-
-def _summary(store: Store, run_id: str) -> dict:
-    row = store.db.execute("SELECT summary FROM runs WHERE run_id=?", (run_id,)).fetchone()
-    return json.loads(row[0]) if row and row[0] else {}
+            for slot in slots:
+                slot.shutdown(wait=True, cancel_futures=True)
+        return results
+    finally:
+        store.close()

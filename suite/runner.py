@@ -22,6 +22,7 @@ import torch
 import baselines
 import tasks
 from suite import diagnostics
+from suite.checkpoint import Checkpointer, LoopState
 from suite.env import environment
 from suite.spec import RunSpec, TrainConfig
 
@@ -83,9 +84,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
-    """Train and evaluate one run; metric rows go to ``sink(metrics, diagnostics)``."""
-    sink = sink or (lambda m, d: None)
+def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer | None = None) -> RunResult:
+    """Train and evaluate one run; metric rows go to ``sink(metrics, diagnostics)``.
+
+    With ``checkpoint``, the run resumes from its saved state if there is one and
+    saves it between steps as its policy says (suite/checkpoint.py).
+    """
+    ckpt = checkpoint or Checkpointer(None)
+    sink = ckpt.record(sink or (lambda m, d: None))
     cfg = spec.train_config
     device = torch.device(spec.device)
     set_precision(cfg.precision)
@@ -116,14 +122,20 @@ def train_one(spec: RunSpec, sink: Sink | None = None) -> RunResult:
     summary: dict[str, Any] = {"n_params": sum(p.numel() for p in model.parameters()),
                                "seq_len": task.seq_len}
     model.train()
-    sink([], probe_flow(0))
-    pending: list[tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
-    best_val, best_step, best_state = None, 0, None
-    solved_step = solved_time = None
-    train_time, step = 0.0, 0
+    resumed = ckpt.resume(model, opt, gen)
+    if resumed is None:
+        sink([], probe_flow(0))
+    # pending: (step, loss, grad norm, group norms) tensors not yet read back to the host
+    step, pending, best_val, best_step, best_state, solved_step, solved_time, train_time = (
+        resumed or LoopState.fresh())
     status, reason = "done", None
     t0 = time.perf_counter()
     while step < cfg.max_steps:
+        if ckpt.due(step):  # between steps: everything of step `step` is done or buffered
+            train_time += time.perf_counter() - t0
+            ckpt.save(model, opt, gen, LoopState(step, pending, best_val, best_step, best_state,
+                                                 solved_step, solved_time, train_time))
+            t0 = time.perf_counter()
         step += 1
         batch = task.train_batch(cfg.batch_size, gen, device)
         with amp:

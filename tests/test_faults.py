@@ -1,0 +1,174 @@
+"""Faults: resume from checkpoints bit for bit, a failing or dying run fails alone,
+and a suite SIGKILLed at random moments finishes every run exactly once on restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import suite.executors as executors
+from suite.checkpoint import OFF, CheckpointPolicy, Checkpointer, parse_policy
+from suite.errors import UserError
+from suite.executors import RunOptions, run_local
+from suite.runner import train_one
+from suite.store import Store
+from suite_helpers import TIMING, kill_loop, result_values, tiny_specs, wait_for
+
+STEPS_15 = CheckpointPolicy(every_steps=15, every_s=0.0)
+
+
+class Killed(Exception):
+    """Stands in for the process dying in the middle of a run."""
+
+
+def _collect(spec, checkpoint=None, die_at=None):
+    metrics, diags = [], []
+
+    def sink(m, d):
+        if die_at is not None and any(r[0] == die_at and r[1] == "val" for r in m):
+            raise Killed
+        metrics.extend(m)
+        diags.extend(d)
+
+    return train_one(spec, sink, checkpoint), metrics, diags
+
+
+def _strip(rows):
+    return [r for r in rows if r[2] not in TIMING]
+
+
+def test_resume_from_checkpoint_is_bit_identical(tmp_path):
+    (spec,) = tiny_specs(models=("gru",), seeds="0")
+    ref, ref_m, ref_d = _collect(spec)
+    path = tmp_path / "run.pt"
+    # Checkpoint every 15 steps while evaluating every 10: the state saved after step 15
+    # holds steps 11-15 still buffered on the device. Die while flushing step 30.
+    with pytest.raises(Killed):
+        _collect(spec, Checkpointer(path, spec.to_json(), STEPS_15), die_at=30)
+    saved = torch.load(path, weights_only=True)
+    assert saved["loop"]["step"] == 15 and [p[0] for p in saved["loop"]["pending"]] == [11, 12, 13, 14, 15]
+    res, metrics, diags = _collect(spec, Checkpointer(path, spec.to_json(), STEPS_15))
+    assert _strip(metrics) == _strip(ref_m) and diags == ref_d
+    assert result_values(res.summary) == result_values(ref.summary)
+    assert res.summary["steps"] == 40
+
+
+@pytest.mark.parametrize("content", ["other-run", "garbage"])
+def test_checkpoint_of_another_run_or_damaged_is_ignored(tmp_path, content):
+    spec0, spec1 = tiny_specs(models=("gru",), seeds="0-1")
+    ref, ref_m, _ = _collect(spec0)
+    path = tmp_path / "run.pt"
+    if content == "other-run":
+        with pytest.raises(Killed):
+            _collect(spec1, Checkpointer(path, spec1.to_json(), STEPS_15), die_at=30)
+    else:
+        path.write_bytes(b"\x00garbage" * 50)
+    with pytest.warns(UserWarning, match="ignoring checkpoint"):
+        res, metrics, _ = _collect(spec0, Checkpointer(path, spec0.to_json(), STEPS_15))
+    assert _strip(metrics) == _strip(ref_m)
+    assert result_values(res.summary) == result_values(ref.summary)
+
+
+def test_checkpoint_policy_parsing():
+    assert parse_policy("500") == CheckpointPolicy(every_steps=500, every_s=0.0)
+    assert parse_policy("10m") == CheckpointPolicy(every_steps=0, every_s=600.0)
+    assert parse_policy("1.5h").every_s == 5400.0 and parse_policy("30s").every_s == 30.0
+    assert parse_policy("0") == OFF and not OFF.enabled
+    for bad in ("abc", "1.5", "-3", "10d"):
+        with pytest.raises(UserError, match="--checkpoint-every"):
+            parse_policy(bad)
+
+
+def test_checkpoints_are_deleted_when_runs_finish(tmp_path, monkeypatch):
+    specs = tiny_specs(models=("rnn",), seeds="0-1")
+    seen: list[int] = []
+    real = executors.train_one
+
+    def spying(spec, sink, ckpt):  # count files while runs are in flight
+        out = real(spec, sink, ckpt)
+        seen.append(len(list((tmp_path / "checkpoints").glob("*.pt"))))
+        return out
+
+    monkeypatch.setattr(executors, "train_one", spying)
+    run_local(specs, tmp_path / "s.sqlite", options=RunOptions(checkpoint=STEPS_15))
+    assert seen == [1, 1]  # saved while running ...
+    assert not list((tmp_path / "checkpoints").glob("*"))  # ... and gone once recorded
+
+
+def test_failing_and_diverging_runs_fail_alone_and_retry(tmp_path, monkeypatch):
+    store_path = tmp_path / "s.sqlite"
+    specs = tiny_specs(models=("rnn", "gru"), seeds="0")
+    bad = tiny_specs(models=("irnn",), seeds="0", optimizer="sgd", lr=1e12, clip=None)
+    oom_id = specs[1].run_id
+    real = executors.train_one
+
+    def flaky(spec, sink, ckpt):
+        if spec.run_id == oom_id:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(spec, sink, ckpt)
+
+    monkeypatch.setattr(executors, "train_one", flaky)
+    statuses = run_local(specs + bad, store_path)
+    assert statuses == {specs[0].run_id: "done", oom_id: "failed", bad[0].run_id: "diverged"}
+    runs = Store(store_path).runs().set_index("run_id")
+    assert "OutOfMemoryError: CUDA out of memory" in runs.loc[oom_id, "reason"]
+    assert runs.loc[oom_id, "env"]["host"]  # where it failed
+    assert "non-finite" in runs.loc[bad[0].run_id, "reason"]
+    monkeypatch.setattr(executors, "train_one", real)
+    assert run_local(specs + bad, store_path) == dict.fromkeys(statuses)  # nothing to do without the flag
+    again = run_local(specs + bad, store_path, options=RunOptions(retry_failed=True))
+    assert again == {specs[0].run_id: None, oom_id: "done", bad[0].run_id: "diverged"}
+    assert Store(store_path).runs().set_index("run_id").loc[oom_id, "attempts"] == 2
+
+
+def _owners_with_rows(path: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(str(path), timeout=30)
+    try:
+        return db.execute("SELECT run_id, owner FROM runs r WHERE status='running' AND EXISTS "
+                          "(SELECT 1 FROM metrics m WHERE m.run_id=r.run_id)").fetchall()
+    except sqlite3.OperationalError:  # the store is not created yet
+        return []
+    finally:
+        db.close()
+
+
+def test_a_killed_worker_fails_only_its_run(tmp_path):
+    store_path = tmp_path / "s.sqlite"
+    specs = tiny_specs(models=("rnn", "gru"), seeds="0", max_steps=300)
+    victims: list[str] = []
+
+    def kill_one() -> None:  # what the kernel's out-of-memory killer would do
+        wait_for(lambda: _owners_with_rows(store_path), 120, "a run in progress")
+        run_id, owner = _owners_with_rows(store_path)[0]
+        victims.append(run_id)
+        os.kill(int(owner.split(":")[1]), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    statuses = run_local(specs, store_path, jobs=2)
+    killer.join()
+    (victim,) = victims
+    assert statuses.pop(victim) == "failed" and set(statuses.values()) == {"done"}
+    reason = Store(store_path).runs().set_index("run_id").loc[victim, "reason"]
+    assert reason.startswith("worker process died")
+    retried = run_local(specs, store_path, options=RunOptions(retry_failed=True))
+    assert retried == {**dict.fromkeys(statuses), victim: "done"}
+
+
+# -- SIGKILL at random moments ---------------------------------------------------
+def test_sigkill_at_random_moments_short(tmp_path):
+    stats = kill_loop(tmp_path, kills=2, seed=0, seeds="0-1", args=["--jobs", "1"])
+    assert stats["rerun"] >= 1  # at least one kill hit a run in flight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigkill_at_random_moments_long(tmp_path, jobs):
+    stats = kill_loop(tmp_path, kills=8, seed=jobs, seeds="0-2", args=["--jobs", str(jobs)])
+    assert stats["rerun"] >= 2 and stats["left_checkpoints"] >= 2  # resumed from checkpoints
