@@ -888,7 +888,7 @@ def fused_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor
     Differentiable in u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c. No padding mask
     (``lengths``) and no per-step perturbation: callers needing them use the loop.
     """
-    B, T, H = _check(u, h0, 4, (norm, cell_norm), c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
+    B, _, H = _check(u, h0, 4, (norm, cell_norm), c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
                      beta_c=beta_c)
     dev = u.device
     one = torch.ones(H, device=dev)
@@ -956,7 +956,7 @@ def fused_gru(u: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, gamma_hh: Tenso
     biased variance (T, 3H) when norm="batch" with batch_stats). Differentiable in
     u, h0, w_hh, b_hn, gamma_hh.
     """
-    B, T, H = _check(u, h0, 3, (norm,), w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh)
+    B, _, H = _check(u, h0, 3, (norm,), w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh)
     dev = u.device
     gamma_hh = gamma_hh if gamma_hh is not None else torch.ones(3 * H, device=dev)
     pops = _population(norm, batch_stats, pop_mean, pop_var, 3 * H, dev, "recurrent norm")
