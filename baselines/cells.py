@@ -145,30 +145,43 @@ class LoopCore(nn.Module):
     fast = True  # False forces the reference loop (TrainConfig.fast_path=false)
     last_path = "loop"  # what the last forward pass used: "fused" or "loop"
 
-    def recurrent_norm_args(self, layer: int) -> dict | None:
-        """How the fused kernel normalizes W_hh h of ``layer`` (None: it cannot)."""
-        return {"norm": None}
+    def fused_norm_args(self, layer: int) -> dict | None:
+        """How the fused kernel normalizes ``layer``: keyword arguments of
+        ``baselines.fused`` for W_hh h (norm, gamma_hh, batch_stats, pop_mean,
+        pop_var, eps) and, for the LSTM, c_t (cell_norm, gamma_c, ...). None: it cannot."""
+        return {}
 
-    def record_recurrent_stats(self, layer: int, mean: Tensor, var: Tensor, batch: int) -> None:
+    def record_fused_stats(self, layer: int, stats: dict, batch: int) -> None:
         """Receive the fused kernel's per-step batch statistics (running averages)."""
 
-    def fused_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor) -> Tensor | None:
-        """The whole recurrence of one layer in one Triton kernel (baselines/fused.py),
-        or None where it does not apply (cell, shape, device, dtype, autocast)."""
-        if not self.fast or self.cell != "rnn" or xw_all.dtype != torch.float32 \
-                or torch.is_autocast_enabled(xw_all.device.type):
+    def fused_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor, c0: Tensor | None
+                         ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """The whole recurrence of one layer in one Triton kernel (baselines/fused.py):
+        (h sequence, last h, last c), or None where it does not apply (shape, device,
+        dtype, autocast, or a norm the kernel lacks)."""
+        if not self.fast or xw_all.dtype != torch.float32 or torch.is_autocast_enabled(xw_all.device.type):
             return None
         from baselines import fused
 
-        args = self.recurrent_norm_args(layer)
+        args = self.fused_norm_args(layer)
         if args is None or not fused.available(xw_all.device, xw_all.shape[0], self.hidden_size):
             return None
         _, w_hh, _, b_hh = self.weights(layer)
-        out, mean, var = fused.fused_rnn(xw_all + b_hh, h0, w_hh, act=self.nonlinearity,
-                                         tf32=torch.backends.cuda.matmul.allow_tf32, **args)
-        if args["norm"] == "batch" and args.get("batch_stats", True):
-            self.record_recurrent_stats(layer, mean, var, xw_all.shape[0])
-        return out
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        c = None
+        if self.cell == "rnn":
+            rnn_args = {("gamma" if k == "gamma_hh" else k): v for k, v in args.items()}
+            out, mean, var = fused.fused_rnn(xw_all + b_hh, h0, w_hh, act=self.nonlinearity, tf32=tf32, **rnn_args)
+            batch_norm = args.get("norm") == "batch" and args.get("batch_stats", True)
+            stats = {"hh": (mean, var)} if batch_norm else {}
+        elif self.cell == "lstm":
+            out, c, stats = fused.fused_lstm(xw_all + b_hh, h0, c0, w_hh, tf32=tf32, **args)
+        else:  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
+            H = self.hidden_size
+            b_rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
+            out, stats = fused.fused_gru(xw_all + b_rz, h0, w_hh, b_hh[2 * H:], tf32=tf32, **args)
+        self.record_fused_stats(layer, stats, xw_all.shape[0])
+        return out, out[:, -1], c
 
     # -- hooks that normalized cells override --------------------------------
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
@@ -200,12 +213,12 @@ class LoopCore(nn.Module):
             h, c = h0[layer], (c0[layer] if c0 is not None else None)
             fused = None
             if mask is None and top_perturb is None:
-                fused = self.fused_recurrence(layer, xw_all, h)
+                fused = self.fused_recurrence(layer, xw_all, h, c)
             self.last_path = "loop" if fused is None else "fused"
             if fused is None:
                 seq, h, c = self.loop_recurrence(layer, xw_all, h, c, mask, top_perturb)
             else:
-                seq, h = fused, fused[:, -1]
+                seq, h, c = fused
             hs.append(h)
             cs.append(c)
         h_n = torch.stack(hs)

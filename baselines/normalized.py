@@ -142,24 +142,31 @@ class NormLoopCore(LoopCore):
             return super().cell_out(layer, t, c, mask_t)
         return torch.tanh(self.norm_c[layer].step(c, t, mask_t))
 
-    def recurrent_norm_args(self, layer: int) -> dict | None:
-        if self.norm_c is not None:
+    def fused_norm_args(self, layer: int) -> dict | None:
+        args: dict = {}
+        for prefix, norms in (("", self.norm_hh), ("cell_", self.norm_c)):
+            if norms is None:
+                continue
+            n = norms[layer]
+            suffix = "c" if prefix else "hh"
+            args[f"{prefix}norm"] = n.kind
+            args[f"gamma_{suffix}"] = n.weight
+            if n.bias is not None:
+                args[f"beta_{suffix}"] = n.bias
+            args["eps"] = n.eps
+            if n.kind == "batch":
+                args["batch_stats"] = n.uses_batch_stats()
+                if not args["batch_stats"]:
+                    # population rows; steps past the table reuse its last row (the kernel clamps)
+                    args[f"{prefix}pop_mean"], args[f"{prefix}pop_var"] = n.population(max(n.running_mean.shape[0], 1))
+        if "beta_hh" in args:  # the recurrent term's norm has no β: the cell's bias is the shared one
             return None
-        if self.norm_hh is None:
-            return {"norm": None}
-        n = self.norm_hh[layer]
-        args = {"norm": n.kind, "gamma": n.weight, "eps": n.eps}
-        if n.kind == "batch":
-            args["batch_stats"] = n.uses_batch_stats()
-            if not args["batch_stats"]:
-                # one row per step; no step is past the table then (the kernel clamps too)
-                rows = max(n.running_mean.shape[0], 1)
-                args["pop_mean"], args["pop_var"] = n.population(rows)
         return args
 
-    def record_recurrent_stats(self, layer: int, mean: Tensor, var: Tensor, batch: int) -> None:
-        assert self.norm_hh is not None
-        self.norm_hh[layer].add_step_stats(mean, var, batch)
+    def record_fused_stats(self, layer: int, stats: dict, batch: int) -> None:
+        for key, norms in (("hh", self.norm_hh), ("c", self.norm_c)):
+            if key in stats and norms is not None:
+                norms[layer].add_step_stats(*stats[key], batch)
 
     def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor, State]:

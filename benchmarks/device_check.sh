@@ -23,7 +23,7 @@ timeout 240 $PY -m suite.cli bench --device cuda --repeats 3 --json "$OUTDIR/ben
 
 stage "speed: the reference path (explicit loop, eager) of the custom cells"
 timeout 90 $PY -m suite.cli bench --device cuda --reference --repeats 3 --shapes seq-mnist,adding \
-  --models rnn-loop,bn-rnn,ln-rnn,lstm-loop,bn-lstm --json "$OUTDIR/bench_reference.json" 2>&1 | tee "$OUTDIR/bench_reference.txt"
+  --models rnn-loop,bn-rnn,lstm-loop,bn-lstm,bn-gru --json "$OUTDIR/bench_reference.json" 2>&1 | tee "$OUTDIR/bench_reference.txt"
 
 stage "smoke profile on CUDA"
 rm -f "$OUTDIR/smoke.sqlite"

@@ -68,9 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from suite.checkpoint import parse_policy
     from suite.executors import RunOptions, run_local
+    from suite.preflight import require_data
     from suite.store import Store
 
     specs = _specs_from_args(args)
+    require_data(specs)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs} must be >= 1")
     options = RunOptions(retry_failed=args.retry_failed, checkpoint=parse_policy(args.checkpoint_every),
@@ -142,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     import baselines
-    from suite.bench import SHAPES, bench, format_table
+    from suite.bench import HEADER, SHAPES, bench, footer, format_row
     from suite.spec import resolve_device
 
     device = resolve_device(args.device)
@@ -154,8 +156,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = baselines.names(args.models.split(",") if args.models else "*")
     if not models:
         raise UserError(f"--models '{args.models}' matches no model; see 'rnnbench list models'")
-    rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats)
-    print(format_table(rows))
+    print(HEADER, flush=True)
+    rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats,
+                 on_row=lambda r: print(format_row(r), flush=True))
+    if rows:
+        print(footer(rows[0]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -165,10 +170,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.build import build_report
 
-    html, md = build_report(args.store, args.out, tasks=args.tasks, models=args.models, since=args.since,
-                            baseline=args.baseline)
+    html, md, regressions = build_report(args.store, args.out, tasks=args.tasks, models=args.models,
+                                         since=args.since, baseline=args.baseline)
     print(f"wrote {html} and {md}")
+    for line in regressions:
+        print(f"regressed: {line}", file=sys.stderr)
     return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from suite.nightly import nightly
+
+    with tqdm(unit="run", disable=args.quiet) as bar:
+        def progress(spec, status, summary):
+            bar.set_postfix_str(f"{spec.model} {spec.task} s{spec.seed}: {status}")
+            bar.update(1)
+
+        result = nightly(root=Path(args.root), date=args.date, profile=args.profile, device=args.device,
+                         jobs=args.jobs, report_dir=Path(args.out) if args.out else None, asv=not args.no_asv,
+                         progress=progress)
+    for task, why in result.skipped_tasks.items():
+        print(f"left out {task}: {why}", file=sys.stderr)
+    print(f"store {result.store}; baseline {result.baseline or '(none: first night)'}", file=sys.stderr)
+    for line in result.report_regressions + result.asv_regressions:
+        print(f"regressed: {line}", file=sys.stderr)
+    return 1 if result.regressed else 0
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -229,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="time the eager reference step (no CUDA graph)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("nightly", help="nightly profile + report against last night + asv; exit 1 on regression")
+    p.add_argument("--profile", default="nightly")
+    p.add_argument("--root", default="results/nightly", help="folder of the nightly stores (one per date)")
+    p.add_argument("--date", help="night to run or resume, YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--device", help="auto | cpu | cuda (default: the profile's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (several small runs share a GPU)")
+    p.add_argument("--out", help="report folder (default ROOT/report)")
+    p.add_argument("--no-asv", action="store_true", help="skip the asv benchmarks")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_nightly)
 
     p = sub.add_parser("export", help="write tidy long-form data for pandas users")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv")

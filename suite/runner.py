@@ -24,6 +24,7 @@ import tasks
 from suite import diagnostics
 from suite.checkpoint import Checkpointer, LoopState
 from suite.env import environment
+from suite.fastpath import make_train_step
 from suite.spec import RunSpec, TrainConfig
 
 Sink = Callable[[list[tuple], list[tuple]], None]
@@ -50,11 +51,13 @@ def set_precision(precision: str) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, params, capturable: bool = False) -> torch.optim.Optimizer:
+    """``capturable`` keeps Adam/RMSprop step counters on the device (CUDA graphs)."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=capturable)
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                   capturable=capturable)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -64,7 +67,25 @@ def build(spec: RunSpec, device: torch.device) -> tuple[tasks.Task, torch.nn.Mod
     seed_everything(spec.seed)
     model = baselines.create(spec.model, output_size=task.output_size, input_size=task.input_size,
                              vocab_size=task.vocab_size, target=task.target, **spec.model_args)
+    baselines.set_fast_path(model, spec.train_config.fast_path)
     return task, model.to(device)
+
+
+def recalibrate(model: torch.nn.Module, task: tasks.Task, cfg: TrainConfig, seed: int,
+                device: torch.device) -> None:
+    """Re-estimate batch-norm population statistics with the current weights before
+    an evaluation (Cooijmans et al. 2017, "Recurrent Batch Normalization", report test
+    numbers this way): the running averages gathered in training mix statistics of
+    older weights. Uses ``cfg.recalibrate_batches`` training batches from a generator
+    of its own, so the training data stream is untouched and runs stay reproducible."""
+    mcfg = getattr(model, "cfg", None)
+    if not (cfg.recalibrate_batches and hasattr(model, "recalibrate") and getattr(mcfg, "norm", None) == "batch"
+            and getattr(mcfg, "norm_eval", "population") == "population"):
+        return
+    gen = torch.Generator(device=device).manual_seed(seed * 7919 + 29)
+    batches = (task.train_batch(cfg.batch_size, gen, device) for _ in range(cfg.recalibrate_batches))
+    with torch.no_grad():
+        model.recalibrate((b.x, b.lengths) for b in batches)
 
 
 def _better(task: tasks.Task, new: float, best: float | None) -> bool:
@@ -96,7 +117,10 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     device = torch.device(spec.device)
     set_precision(cfg.precision)
     task, model = build(spec, device)
-    opt = make_optimizer(cfg, model.parameters())
+    graphs = cfg.fast_path and device.type == "cuda"
+    opt = make_optimizer(cfg, model.parameters(), capturable=graphs)
+    train_step = make_train_step(model, task.loss, opt, cfg.clip if cfg.clip is not None else float("inf"),
+                                 device=device, bf16=cfg.precision == "bf16", graphs=graphs)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     clip = cfg.clip if cfg.clip is not None else float("inf")
@@ -105,6 +129,7 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     probe = next(task.eval_batches("val", min(cfg.batch_size, 64), device))
 
     def evaluate(split: str) -> dict[str, float]:
+        recalibrate(model, task, cfg, spec.seed, device)
         model.eval()
         with amp:
             out = task.evaluate(model, split, device, cfg.eval_batch_size)
@@ -138,16 +163,9 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
             t0 = time.perf_counter()
         step += 1
         batch = task.train_batch(cfg.batch_size, gen, device)
-        with amp:
-            out = model(batch.x, batch.lengths)
-            loss = task.loss(out, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        groups = diagnostics.group_norms(model) if step % cfg.log_every == 0 else {}
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        out = train_step(batch)
         if step % cfg.log_every == 0:
-            pending.append((step, loss.detach(), gnorm.detach(), groups))
+            pending.append((step, out.loss, out.grad_norm, out.groups))
         if probe_due(step):  # on its own schedule, not only at evaluations; not training time
             _sync(device)
             paused = time.perf_counter()
@@ -185,6 +203,9 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
                    samples_per_s=steps_done * cfg.batch_size / train_time if train_time > 0 else None,
                    step_ms=1000.0 * train_time / steps_done if steps_done else None)
     summary["timesteps_per_s"] = (summary["samples_per_s"] or 0.0) * task.seq_len or None
+    summary["path"] = f"{train_step.path}/{baselines.recurrence_path(model)}"  # e.g. cuda_graph/fused
+    if getattr(train_step, "failure", None):
+        summary["graph_failure"] = train_step.failure
     summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
                               if device.type == "cuda" else None)
     if status == "done":

@@ -129,3 +129,16 @@ def test_smoke_profile_expands():
     tasks_models = {(s.task, s.model) for s in specs}
     assert {("adding", "lstm"), ("copy", "gru")} <= tasks_models
     assert all(len([s for s in specs if (s.task, s.model) == tm]) == 3 for tm in tasks_models)
+
+
+def test_missing_data_stops_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("RNNBENCH_CACHE", str(tmp_path / "cache"))
+    store = tmp_path / "s.sqlite"
+    code, _, err = run_cli(capsys, "run", "--task", "pixel-mnist", "--model", "lstm", "--device", "cpu",
+                           "--data-dir", str(tmp_path), "--store", str(store))
+    assert code == 2 and err.count("\n") == 1
+    assert "task 'pixel-mnist' needs MNIST" in err and "ylecun/mnist" in err and "train-images-idx3-ubyte" in err
+    assert not store.exists()  # nothing was registered or trained

@@ -13,7 +13,8 @@ fused = pytest.importorskip("baselines.fused")
 if fused.triton is None or not fused.interpreting():
     pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1 on CPU-only machines)", allow_module_level=True)
 
-RNN_FAMILY = ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn"]
+CUSTOM = ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn", "lstm-loop", "bn-lstm", "ln-lstm",
+          "gru-loop", "bn-gru", "ln-gru"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +36,11 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
 
 
-@pytest.mark.parametrize("name", RNN_FAMILY)
-def test_fused_model_equals_reference(name):
+@pytest.mark.parametrize("name,overrides", [(n, {}) for n in CUSTOM] + [
+    ("bn-lstm", {"norm_stats": "shared"}), ("bn-gru", {"norm_eval": "batch"}), ("bn-rnn", {"norm_stats": "shared"})])
+def test_fused_model_equals_reference(name, overrides):
     torch.manual_seed(0)
-    ref = baselines.create(name, input_size=3, output_size=2, hidden_size=12, num_layers=2)
+    ref = baselines.create(name, input_size=3, output_size=2, hidden_size=12, num_layers=2, **overrides)
     fast = copy.deepcopy(ref)
     set_fast(ref, False)
     x = torch.randn(6, 9, 3)
@@ -68,5 +70,8 @@ def test_paths_that_stay_on_the_loop():
     m.double()(x.double())  # the kernel computes in float32
     assert paths(m) == {"loop"}
     lstm = baselines.create("bn-lstm", input_size=3, output_size=2, hidden_size=8)
-    lstm(x)
+    lstm(x, torch.tensor([5, 3, 5, 2]))
     assert paths(lstm) == {"loop"}
+    baselines.set_fast_path(lstm, False)  # the switch behind --set train.fast_path=false
+    lstm(x)
+    assert paths(lstm) == {"loop"} and baselines.recurrence_path(lstm) == "loop"

@@ -65,8 +65,9 @@ def test_runner_uses_and_records_fast_path():
     assert res.summary["peak_mem_mb"] > 0 and res.env["device_name"]
 
 
-@pytest.mark.parametrize("name", ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn"])
-@pytest.mark.parametrize("B,T,H", [(100, 60, 100), (128, 40, 128), (7, 5, 9)])
+@pytest.mark.parametrize("name", ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn", "lstm-loop",
+                                  "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"])
+@pytest.mark.parametrize("B,T,H", [(100, 30, 100), (128, 20, 128), (7, 5, 9)])
 def test_fused_kernel_equals_reference_loop_on_gpu(name, B, T, H):
     """Compiled Triton kernels (not the interpreter) at the benchmark tile sizes."""
     torch.backends.cuda.matmul.allow_tf32 = False

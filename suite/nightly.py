@@ -1,0 +1,138 @@
+"""``rnnbench nightly``: the whole nightly pipeline in one command a cron job can call.
+
+1. Run the ``nightly`` profile into tonight's store ``<root>/<date>.sqlite``
+   (rerunning the command the same night resumes it). Tasks whose data is not
+   available here are left out with a one-line note each.
+2. Render the report with the previous night's store as the baseline, which flags
+   metrics and throughputs that regressed beyond their confidence intervals.
+3. Run the asv benchmarks for the current commit (machine name includes the GPU
+   model), publish the asv site, and compare with the previous benchmarked commit.
+4. Exit 1 if anything regressed (report or asv), else 0.
+
+A fresh store per night is deliberate: run identities do not include the git
+commit, so a shared store would treat last night's runs as done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from suite.env import REPO, device_name
+from suite.errors import UserError
+from suite.preflight import with_data
+
+
+@dataclass
+class NightlyResult:
+    store: Path
+    baseline: Path | None
+    skipped_tasks: dict[str, str] = field(default_factory=dict)
+    report_regressions: list[str] = field(default_factory=list)
+    asv_regressions: list[str] = field(default_factory=list)
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.report_regressions or self.asv_regressions)
+
+
+def night_store(root: Path, date: str) -> Path:
+    return root / f"{date}.sqlite"
+
+
+def previous_store(root: Path, date: str) -> Path | None:
+    """The most recent store of a night before ``date`` (names sort by date)."""
+    older = sorted(p for p in root.glob("*.sqlite") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.stem) and p.stem < date)
+    return older[-1] if older else None
+
+
+def asv_machine_name(device: str) -> str:
+    """Host name plus the accelerator model, so results of different GPUs never mix."""
+    gpu = device_name(device) if device.startswith("cuda") else "cpu"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{socket.gethostname()}-{gpu}").strip("-")
+
+
+def _asv(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asv", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def _benchmarked_commits(machine: str) -> list[tuple[float, str]]:
+    """(date, commit) of every commit with asv results on ``machine``."""
+    out = []
+    for f in (REPO / ".asv" / "results" / machine).glob("*.json"):
+        if f.name == "machine.json":
+            continue
+        try:
+            data = json.loads(f.read_text())
+            out.append((float(data.get("date") or 0), data["commit_hash"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return sorted(out)
+
+
+def parse_asv_compare(text: str) -> list[str]:
+    """Benchmarks ``asv compare`` marks as worse: '+' in its Change column.
+
+    asv 0.6 prints a table (``| +  | 1.00ms | 1.50ms | 1.5 | name |``); older
+    versions print plain rows starting with '+'. Both are read.
+    """
+    worse = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") \
+            else [line.strip()[:1], line.strip()[1:].strip()]
+        if cells and cells[0] == "+":
+            worse.append(" ".join(c for c in cells[1:] if c))
+    return worse
+
+
+def run_asv(device: str, factor: float = 1.2) -> list[str]:
+    """Benchmark HEAD, publish, and return the regressions against the last benchmarked commit."""
+    machine = asv_machine_name(device)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    if not head:
+        raise UserError("asv needs a git checkout (no HEAD commit found); use --no-asv")
+    before = [c for _, c in _benchmarked_commits(machine) if c != head]
+    _asv("machine", "--machine", machine, "--yes")
+    run = _asv("run", "--python=same", "--machine", machine, "--set-commit-hash", head, "--launch-method", "spawn")
+    problems = [f"asv run failed: {line}" for line in run.stdout.splitlines() if "failed" in line.lower()]
+    _asv("publish")
+    if before:
+        cmp = _asv("compare", before[-1], head, "--machine", machine, "--factor", str(factor), "--split")
+        problems += parse_asv_compare(cmp.stdout)
+    return problems
+
+
+def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", device: str | None = None,
+            jobs: int = 1, report_dir: Path | None = None, asv: bool = True,
+            progress=None) -> NightlyResult:
+    from suite.executors import run_local
+    from suite.profiles import build_specs
+    from suite.store import Store
+
+    date = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise UserError(f"--date '{date}' is not a date; use YYYY-MM-DD")
+    root.mkdir(parents=True, exist_ok=True)
+    store_path, baseline = night_store(root, date), previous_store(root, date)
+    specs = build_specs(profile=profile, device=device)
+    specs, skipped = with_data(specs)
+    result = NightlyResult(store_path, baseline, skipped)
+    store = Store(store_path)
+    store.add_runs(specs)
+    store.close()
+    run_local(specs, store_path, jobs=jobs, progress=progress)
+    from reports.build import build_report
+
+    rendered = build_report(store_path, report_dir or root / "report", baseline=baseline)
+    result.report_regressions = rendered.regressions
+    if asv:
+        result.asv_regressions = run_asv(specs[0].device if specs else "cpu")
+    return result

@@ -1,0 +1,97 @@
+"""The nightly pipeline: one store per night, last night as the report's baseline,
+tasks without data left out with a note, asv regressions read, exit code."""
+
+from pathlib import Path
+
+import pytest
+
+from suite import nightly as nightly_mod
+from suite.cli import main
+from suite.errors import UserError
+from suite.nightly import NightlyResult, asv_machine_name, nightly, parse_asv_compare, previous_store
+
+PROFILE = """
+description = "tiny nightly for tests"
+seeds = "0-1"
+device = "cpu"
+[train]
+max_steps = 4
+eval_every = 2
+batch_size = 8
+eval_batch_size = 100
+[model]
+hidden_size = 4
+[[runs]]
+task = "adding"
+task_args = { T = 5, n_val = 40, n_test = 40 }
+models = ["rnn", "lstm"]
+[[runs]]
+task = "pixel-mnist"
+models = ["rnn"]
+"""
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("RNNBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RNNBENCH_DATA", raising=False)
+
+
+def test_two_nights(tmp_path, offline):
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(PROFILE)
+    root = tmp_path / "nightly"
+    first = nightly(root=root, date="2026-01-01", profile=str(profile), asv=False)
+    assert first.store == root / "2026-01-01.sqlite" and first.store.exists() and first.baseline is None
+    assert set(first.skipped_tasks) == {"pixel-mnist"} and "ylecun/mnist" in first.skipped_tasks["pixel-mnist"]
+    assert (root / "report" / "index.html").exists()
+    second = nightly(root=root, date="2026-01-02", profile=str(profile), asv=False, report_dir=tmp_path / "r2")
+    assert second.baseline == first.store
+    text = (tmp_path / "r2" / "README.md").read_text()
+    assert "Against the baseline" in text and "2026-01-01.sqlite" in text
+
+
+def test_previous_store_is_the_latest_earlier_night(tmp_path):
+    for name in ("2026-01-01", "2026-01-03", "2026-01-05", "notes"):
+        (tmp_path / f"{name}.sqlite").touch()
+    assert previous_store(tmp_path, "2026-01-05") == tmp_path / "2026-01-03.sqlite"
+    assert previous_store(tmp_path, "2026-01-01") is None
+
+
+def test_parse_asv_compare_both_formats():
+    table = """
+Benchmarks that have got worse:
+
+| Change   | Before [aaaa]   | After [bbbb]   |   Ratio | Benchmark (Parameter)                              |
+|----------|-----------------|----------------|---------|----------------------------------------------------|
+| +        | 10.0±0.1ms      | 15.0±0.2ms     |    1.5  | benchmarks.TrainStep.time_train_step('lstm', 'adding') |
+|          | 1.00±0ms        | 1.00±0ms       |    1    | benchmarks.TrainStep.time_train_step('rnn', 'adding') |
+| -        | 2.00±0ms        | 1.00±0ms       |    0.5  | benchmarks.TrainStep.time_train_step('gru', 'adding') |
+"""
+    worse = parse_asv_compare(table)
+    assert len(worse) == 1 and "'lstm', 'adding'" in worse[0]
+    plain = "+     10.0ms     15.0ms  1.5  benchmarks.X.time_a\n-   2ms 1ms 0.5 benchmarks.X.time_b\n"
+    assert parse_asv_compare(plain) == ["10.0ms     15.0ms  1.5  benchmarks.X.time_a"]
+
+
+def test_machine_name_carries_the_device():
+    name = asv_machine_name("cpu")
+    assert name.endswith("-cpu") and " " not in name
+
+
+def test_exit_code_follows_regressions(monkeypatch, capsys, tmp_path):
+    result = NightlyResult(Path("s"), None, report_regressions=["test mse of lstm on adding"])
+    monkeypatch.setattr(nightly_mod, "nightly", lambda **kw: result)
+    assert main(["nightly", "--root", str(tmp_path), "-q", "--no-asv"]) == 1
+    assert "regressed: test mse of lstm on adding" in capsys.readouterr().err
+    monkeypatch.setattr(nightly_mod, "nightly", lambda **kw: NightlyResult(Path("s"), None))
+    assert main(["nightly", "--root", str(tmp_path), "-q"]) == 0
+
+
+
+def test_bad_date_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="--date 'yesterday' is not a date"):
+        nightly(root=tmp_path, date="yesterday", asv=False)
