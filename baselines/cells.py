@@ -164,7 +164,8 @@ class LoopCore(nn.Module):
         from baselines import fused
 
         args = self.fused_norm_args(layer)
-        if args is None or not fused.available(xw_all.device, xw_all.shape[0], self.hidden_size):
+        if args is None or not fused.available(xw_all.device, xw_all.shape[0], self.hidden_size,
+                                               GATES[self.cell]):
             return None
         _, w_hh, _, b_hh = self.weights(layer)
         tf32 = torch.backends.cuda.matmul.allow_tf32

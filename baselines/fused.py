@@ -43,6 +43,10 @@ except ImportError:  # pragma: no cover - depends on the installation
 NORMS = {None: 0, "batch": 1, "layer": 2}
 ACTS = {"tanh": 0, "relu": 1}
 MAX_TILE = 128
+# Gated cells hold 3-4 gate blocks per step: at 128 x 128 their kernels spill heavily
+# and take minutes to compile, so they are fused up to 64 x 64 (seen on sm_90 with
+# Triton 3.9's ptxas: LSTM forward 97 s at 128, 8 s at 64).
+MAX_GATED_TILE = 64
 
 
 # On the CPU the kernel runs only in Triton's interpreter, for tests: far slower than
@@ -54,10 +58,10 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def available(device: torch.device, batch: int, hidden: int) -> bool:
+def available(device: torch.device, batch: int, hidden: int, gates: int = 1) -> bool:
     """Whether the fused kernels can run this shape on this device (``hidden``: H, the
-    size of one gate's block for the LSTM and GRU)."""
-    if triton is None or max(batch, hidden) > MAX_TILE:
+    size of one gate's block for the LSTM and GRU, which have ``gates`` > 1)."""
+    if triton is None or max(batch, hidden) > (MAX_TILE if gates == 1 else MAX_GATED_TILE):
         return False
     if device.type == "cuda":
         return not interpreting()
@@ -77,7 +81,7 @@ if triton is not None:
         return tl.maximum(a, 0.0)
 
     @triton.jit
-    def _rnn_fwd(U, H0, W, G, PM, PV, HOUT, MEAN, VAR, RSTD,
+    def _rnn_fwd(U, H0, W, G, PM, PV, HOUT, Z, MEAN, VAR, RSTD,
                  B, T, HN, ROWS, eps,
                  NORM: tl.constexpr, BATCH_STATS: tl.constexpr, ACT: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
@@ -93,6 +97,8 @@ if triton is not None:
         seq = rb[:, None] * (T * HN) + rh[None, :]
         for t in range(T):
             z = tl.dot(h, wt, input_precision=PREC)
+            if NORM != 0:  # the backward pass reads z_t instead of recomputing it
+                tl.store(Z + seq + t * HN, z, mask=m2)
             if NORM == 1:
                 if BATCH_STATS:
                     mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B
@@ -122,29 +128,26 @@ if triton is not None:
             tl.store(HOUT + seq + t * HN, h, mask=m2)
 
     @triton.jit
-    def _rnn_bwd(HOUT, H0, W, G, MEAN, RSTD, DY, DU, DW, DG, DH0,
+    def _rnn_bwd(HOUT, Z, W, G, MEAN, RSTD, DY, DU, DZ, DG, DH0,
                  B, T, HN,
                  NORM: tl.constexpr, BATCH_STATS: tl.constexpr, ACT: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+        # Only the sequential part runs here: dz_t and the carry dz_t W_hh. The
+        # weight gradient dW_hh = sum_t dz_t^T h_{t-1} is one matmul afterwards,
+        # which keeps one (B, H) x (H, H) product per step on chip.
         rb = tl.arange(0, BB)
         rh = tl.arange(0, BH)
         mb = rb < B
         mh = rh < HN
         m2 = mb[:, None] & mh[None, :]
-        mw = mh[:, None] & mh[None, :]
-        w = tl.load(W + rh[:, None] * HN + rh[None, :], mask=mw, other=0.0)  # w[j, k]
-        wt = tl.load(W + rh[None, :] * HN + rh[:, None], mask=mw, other=0.0)  # wt[k, j]
+        w = tl.load(W + rh[:, None] * HN + rh[None, :], mask=mh[:, None] & mh[None, :], other=0.0)  # w[j, k]
         g = tl.load(G + rh, mask=mh, other=0.0)
         seq = rb[:, None] * (T * HN) + rh[None, :]
-        h0 = tl.load(H0 + rb[:, None] * HN + rh[None, :], mask=m2, other=0.0)
         carry = tl.zeros((BB, BH), dtype=tl.float32)
-        dw = tl.zeros((BH, BH), dtype=tl.float32)
         dg = tl.zeros((BH,), dtype=tl.float32)
         for i in range(T):
             t = T - 1 - i
             h = tl.load(HOUT + seq + t * HN, mask=m2, other=0.0)
-            prev = tl.load(HOUT + seq + tl.maximum(t - 1, 0) * HN, mask=m2, other=0.0)
-            hp = tl.where(t > 0, prev, h0)
             grad = tl.load(DY + seq + t * HN, mask=m2, other=0.0) + carry
             if ACT == 0:
                 da = grad * (1.0 - h * h)
@@ -155,7 +158,7 @@ if triton is not None:
             if NORM == 0:
                 dz = da
             else:
-                z = tl.dot(hp, wt, input_precision=PREC)
+                z = tl.load(Z + seq + t * HN, mask=m2, other=0.0)
                 if NORM == 1:
                     mean = tl.load(MEAN + t * HN + rh, mask=mh, other=0.0)
                     rstd = tl.load(RSTD + t * HN + rh, mask=mh, other=0.0)
@@ -178,9 +181,8 @@ if triton is not None:
                     s2 = tl.sum(dzh * zhat, axis=1) / HN
                     dz = rstd[:, None] * (dzh - s1[:, None] - zhat * s2[:, None])
                 dz = tl.where(m2, dz, 0.0)
-            dw += tl.dot(tl.trans(dz), hp, input_precision=PREC)
+            tl.store(DZ + seq + t * HN, dz, mask=m2)
             carry = tl.dot(dz, w, input_precision=PREC)
-        tl.store(DW + rh[:, None] * HN + rh[None, :], dw, mask=mw)
         tl.store(DG + rh, dg, mask=mh)
         tl.store(DH0 + rb[:, None] * HN + rh[None, :], carry, mask=m2)
 
@@ -205,6 +207,7 @@ class FusedRNN(torch.autograd.Function):
         u, h0, w, g = (t.contiguous().float() for t in (u, h0, w, g))
         hout = torch.empty_like(u)
         k = NORMS[norm]
+        z = torch.empty_like(u) if k else hout  # pre-norm W_hh h_{t-1}, for the backward pass
         stat_shape = (T, B) if k == 2 else (T, H)
         mean = torch.zeros(stat_shape, device=dev)
         var = torch.zeros(stat_shape, device=dev)
@@ -214,24 +217,26 @@ class FusedRNN(torch.autograd.Function):
         pv_ = pv.contiguous().float() if pv is not None else var
         bb, bh = _tile(B), _tile(H)
         prec = "tf32" if tf32 else "ieee"
-        _rnn_fwd[(1,)](u, h0, w, g, pm_, pv_, hout, mean, var, rstd, B, T, H, rows, float(eps),
+        _rnn_fwd[(1,)](u, h0, w, g, pm_, pv_, hout, z, mean, var, rstd, B, T, H, rows, float(eps),
                        NORM=k, BATCH_STATS=bool(batch_stats), ACT=ACTS[act], BB=bb, BH=bh, PREC=prec,
-                       num_warps=_warps(bb, bh))
-        ctx.save_for_backward(hout, h0, w, g, mean, rstd)
+                       num_warps=_warps(bb, bh), num_stages=1)
+        ctx.save_for_backward(hout, z, h0, w, g, mean, rstd)
         ctx.cfg = (k, bool(batch_stats), ACTS[act], bb, bh, prec)
         ctx.mark_non_differentiable(mean, var)
         return hout, mean, var
 
     @staticmethod
     def backward(ctx, dhout: Tensor, _dmean, _dvar):
-        hout, h0, w, g, mean, rstd = ctx.saved_tensors
+        hout, z, h0, w, g, mean, rstd = ctx.saved_tensors
         k, batch_stats, act, bb, bh, prec = ctx.cfg
         B, T, H = hout.shape
         dy = dhout.contiguous().float() if dhout is not None else torch.zeros_like(hout)
-        du, dw, dg, dh0 = torch.empty_like(hout), torch.empty_like(w), torch.empty_like(g), torch.empty_like(h0)
-        _rnn_bwd[(1,)](hout, h0, w, g, mean, rstd, dy, du, dw, dg, dh0, B, T, H,
+        du, dz, dg, dh0 = torch.empty_like(hout), torch.empty_like(hout), torch.empty_like(g), torch.empty_like(h0)
+        _rnn_bwd[(1,)](hout, z, w, g, mean, rstd, dy, du, dz, dg, dh0, B, T, H,
                        NORM=k, BATCH_STATS=batch_stats, ACT=act, BB=bb, BH=bh, PREC=prec,
-                       num_warps=_warps(bb, bh))
+                       num_warps=_warps(bb, bh), num_stages=1)  # pipelining would need > 227 KB of shared memory
+        h_prev = torch.cat([h0.unsqueeze(1), hout[:, :-1]], dim=1)
+        dw = dz.reshape(-1, H).t() @ h_prev.reshape(-1, H)
         return du, dh0, dw, (dg if k else None), None, None, None, None, None, None, None
 
 

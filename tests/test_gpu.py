@@ -13,9 +13,11 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
 DEV = torch.device("cuda")
+# fused tiles 64 x 64 for every cell: compiled once, shared with the fused tests
+bench.SHAPES["graph-test"] = bench.Shape("graph-test", 20, 64, 64, 2, None, 1, "last")
 
 
-def _train(model_name, graphed, steps=8, shape="small"):
+def _train(model_name, graphed, steps=8, shape="graph-test"):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     sh = bench.SHAPES[shape]
@@ -65,9 +67,14 @@ def test_runner_uses_and_records_fast_path():
     assert res.summary["peak_mem_mb"] > 0 and res.env["device_name"]
 
 
-@pytest.mark.parametrize("name", ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn", "lstm-loop",
-                                  "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"])
-@pytest.mark.parametrize("B,T,H", [(100, 30, 100), (128, 20, 128), (7, 5, 9)])
+# One tile size per cell family (each new size is a compile of a few seconds):
+# the RNN family at the benchmark shapes' 128 x 128 tile, gated cells at 64 x 64.
+RNN_FAMILY = ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn"]
+GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
+
+
+@pytest.mark.parametrize("name,B,T,H", [(n, 100, 30, 100) for n in RNN_FAMILY] + [(n, 64, 20, 50) for n in GATED]
+                         + [("bn-rnn", 128, 20, 128)])
 def test_fused_kernel_equals_reference_loop_on_gpu(name, B, T, H):
     """Compiled Triton kernels (not the interpreter) at the benchmark tile sizes."""
     torch.backends.cuda.matmul.allow_tf32 = False
