@@ -52,6 +52,11 @@ MAX_GATED_TILE = 64
 # On the CPU the kernel runs only in Triton's interpreter, for tests: far slower than
 # the reference loop, so it is used there only when a test switches this on.
 ALLOW_INTERPRETER = False
+# Opt-in on CUDA (RNNBENCH_FUSED=1): measured on an H200 (benchmarks/device_check.sh),
+# the one-program kernels are correct but slower than the CUDA-graphed loop (bn-rnn at
+# T=784 B=100 H=100: 490 ms per training step fused, 184 ms for the eager loop), since
+# one program does all the arithmetic of a step on one multiprocessor.
+ENABLED = os.environ.get("RNNBENCH_FUSED") == "1"
 
 
 def interpreting() -> bool:
@@ -64,7 +69,7 @@ def available(device: torch.device, batch: int, hidden: int, gates: int = 1) -> 
     if triton is None or max(batch, hidden) > (MAX_TILE if gates == 1 else MAX_GATED_TILE):
         return False
     if device.type == "cuda":
-        return not interpreting()
+        return ENABLED and not interpreting()
     return device.type == "cpu" and interpreting() and ALLOW_INTERPRETER
 
 

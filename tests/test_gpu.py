@@ -63,7 +63,7 @@ def test_runner_uses_and_records_fast_path():
                           model_args={"hidden_size": 16}, train={"max_steps": 20, "eval_every": 10},
                           seeds="0", device="cuda")
     res = train_one(spec)
-    assert res.status == "done" and res.summary["path"] == "cuda_graph"
+    assert res.status == "done" and res.summary["path"] == "cuda_graph/loop"
     assert res.summary["peak_mem_mb"] > 0 and res.env["device_name"]
 
 
@@ -75,8 +75,11 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
 
 @pytest.mark.parametrize("name,B,T,H", [(n, 100, 30, 100) for n in RNN_FAMILY] + [(n, 64, 20, 50) for n in GATED]
                          + [("bn-rnn", 128, 20, 128)])
-def test_fused_kernel_equals_reference_loop_on_gpu(name, B, T, H):
+def test_fused_kernel_equals_reference_loop_on_gpu(name, B, T, H, monkeypatch):
     """Compiled Triton kernels (not the interpreter) at the benchmark tile sizes."""
+    from baselines import fused
+
+    monkeypatch.setattr(fused, "ENABLED", True)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
