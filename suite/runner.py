@@ -118,12 +118,12 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     set_precision(cfg.precision)
     task, model = build(spec, device)
     graphs = cfg.fast_path and device.type == "cuda"
+    clip = cfg.clip if cfg.clip is not None else float("inf")
     opt = make_optimizer(cfg, model.parameters(), capturable=graphs)
-    train_step = make_train_step(model, task.loss, opt, cfg.clip if cfg.clip is not None else float("inf"),
-                                 device=device, bf16=cfg.precision == "bf16", graphs=graphs)
+    train_step = make_train_step(model, task.loss, opt, clip, device=device, bf16=cfg.precision == "bf16",
+                                 graphs=graphs)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    clip = cfg.clip if cfg.clip is not None else float("inf")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     probe = next(task.eval_batches("val", min(cfg.batch_size, 64), device))
