@@ -37,7 +37,7 @@ State = Any  # Tensor (L, B, H) for rnn/gru; tuple (h, c) for lstm
 class CudnnCore(nn.Module):
     """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (cuDNN on CUDA), batch-first."""
 
-    last_path = "cudnn"
+    last_path = "cudnn"  # "native" after a forward pass on the CPU (nn.LSTM's own kernels)
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh") -> None:
@@ -54,6 +54,7 @@ class CudnnCore(nn.Module):
                 lengths: Tensor | None = None) -> tuple[Tensor, State]:
         if perturb is not None:
             raise ValueError("cuDNN cores cannot inject per-step perturbations; use the loop twin")
+        self.last_path = "cudnn" if x.is_cuda else "native"
         return self.rnn(x, state)
 
 
