@@ -118,7 +118,10 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
     ``lstm`` is measured first on each shape (it is the reference of the ratio);
     ``on_row`` receives each row as soon as it is measured.
     """
+    from suite.runner import set_precision
+
     dev = torch.device(device)
+    set_precision("fp32")  # the cuDNN reference too: PyTorch enables TF32 for cuDNN by default
     rows = []
     names = list(dict.fromkeys(["lstm", *models]))
     for shape_name in shapes:

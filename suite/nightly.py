@@ -78,18 +78,30 @@ def _benchmarked_commits(machine: str) -> list[tuple[float, str]]:
     return sorted(out)
 
 
-def parse_asv_compare(text: str) -> list[str]:
-    """Benchmarks ``asv compare`` marks as worse: '+' in its Change column.
+# asv counts a larger value as worse; these track numbers where larger is better.
+HIGHER_IS_BETTER = ("track_ratio_to_lstm",)
 
+
+def parse_asv_compare(text: str) -> list[str]:
+    """Benchmarks ``asv compare`` shows as worse or newly failing.
+
+    asv marks a larger value '+' and a smaller one '-', and a new failure '!'. For
+    the higher-is-better tracks (``HIGHER_IS_BETTER``) a '-' is the regression.
     asv 0.6 prints a table (``| +  | 1.00ms | 1.50ms | 1.5 | name |``); older
-    versions print plain rows starting with '+'. Both are read.
+    versions print plain rows starting with the mark. Both are read.
     """
     worse = []
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") \
-            else [line.strip()[:1], line.strip()[1:].strip()]
-        if cells and cells[0] == "+":
-            worse.append(" ".join(c for c in cells[1:] if c))
+        if line.lstrip().startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        else:
+            cells = [line.strip()[:1], line.strip()[1:].strip()]
+        if not cells or cells[0] not in ("+", "-", "!"):
+            continue
+        rest = " ".join(c for c in cells[1:] if c)
+        higher_better = any(name in rest for name in HIGHER_IS_BETTER)
+        if cells[0] == "!" or cells[0] == ("-" if higher_better else "+"):
+            worse.append(rest)
     return worse
 
 

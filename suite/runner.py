@@ -115,6 +115,8 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     sink = ckpt.record(sink or (lambda m, d: None))
     cfg = spec.train_config
     device = torch.device(spec.device)
+    if device.type == "cuda":  # streams and graphs bind to the current device: make it this run's
+        torch.cuda.set_device(device)
     set_precision(cfg.precision)
     task, model = build(spec, device)
     graphs = cfg.fast_path and device.type == "cuda"
@@ -189,6 +191,10 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
         rows.append((step, "train", "wall_time", train_time))
         sink(rows, [])
         primary = val.get(task.primary, float("nan"))
+        if not math.isfinite(primary):  # e.g. a blow-up between two logged steps
+            status, reason = "diverged", f"non-finite validation {task.primary} at step {step}"
+            summary["diverged_step"] = step
+            break
         if _better(task, primary, best_val):
             best_val, best_step = primary, step
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

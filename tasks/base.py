@@ -117,16 +117,23 @@ def split_seed(data_seed: int, split: str) -> int:
     return data_seed * 1000 + {"train": 1, "val": 2, "test": 3}[split]
 
 
+EVAL_CHUNK = 1000  # samples generated per draw of a fixed set, whatever the batch size
+
+
 def fixed_batches(make: Callable[[int, torch.Generator], Batch], n: int, seed: int,
                   batch_size: int, device: torch.device) -> Iterator[Batch]:
     """Yield a fixed set of ``n`` samples generated on the CPU from ``seed``.
 
     Generating on the CPU makes the evaluation sets identical on every device, so
-    CPU and GPU runs are scored on the same samples.
+    CPU and GPU runs are scored on the same samples. The samples are drawn in
+    chunks of ``EVAL_CHUNK`` and only then cut into batches, so the set does not
+    depend on the evaluation batch size either.
     """
     gen = torch.Generator().manual_seed(seed)
     done = 0
     while done < n:
-        b = min(batch_size, n - done)
-        yield make(b, gen).to(device)
-        done += b
+        chunk = make(min(EVAL_CHUNK, n - done), gen)
+        done += len(chunk)
+        for i in range(0, len(chunk), batch_size):
+            part = [t[i:i + batch_size] if t is not None else None for t in (chunk.x, chunk.y, chunk.lengths)]
+            yield Batch(*part).to(device)

@@ -142,3 +142,17 @@ def test_missing_data_stops_before_training(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1
     assert "task 'pixel-mnist' needs MNIST" in err and "ylecun/mnist" in err and "train-images-idx3-ubyte" in err
     assert not store.exists()  # nothing was registered or trained
+
+
+def test_preflight_is_per_task_configuration(tmp_path, monkeypatch):
+    from suite.preflight import with_data
+
+    monkeypatch.setenv("RNNBENCH_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    specs = build_specs(task=["char-lm"], model=["rnn"], seeds="0", device="cpu",
+                        task_args={"corpus": "local", "window": 20},
+                        sets={"task_args": {"path": [str(text), str(tmp_path / "missing.txt")]}})
+    kept, skipped = with_data(specs)
+    assert len(specs) == 2 and [s.task_args["path"] for s in kept] == [str(text)]
+    assert set(skipped) == {"char-lm"} and "missing.txt" in skipped["char-lm"]

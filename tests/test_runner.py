@@ -117,3 +117,13 @@ def test_batch_norm_recalibration_before_evaluation_is_reproducible():
     assert train_loss(rows_a) == train_loss(rows_b) and len(train_loss(rows_a)) == 20
     # ... but evaluated with other population statistics
     assert with_recal.summary["test_mse"] != running.summary["test_mse"]
+
+
+def test_divergence_between_logged_steps_is_caught_at_evaluation():
+    (spec,) = build_specs(task=["adding"], model=["irnn"], task_args={"T": 20, "n_val": 50, "n_test": 50},
+                          model_args={"hidden_size": 8},
+                          train={"optimizer": "sgd", "lr": 1e12, "clip": None, "max_steps": 50,
+                                 "eval_every": 25, "batch_size": 8, "log_every": 1000}, seeds="0", device="cpu")
+    res, rows, _ = _collect(spec)
+    assert not [r for r in rows if r[1:3] == ("train", "loss")]  # nothing logged between evaluations
+    assert res.status == "diverged" and "validation" in res.reason and res.summary["diverged_step"] == 25

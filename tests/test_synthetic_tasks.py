@@ -41,19 +41,19 @@ def test_adding_chance_level_is_mse_of_predicting_one(gen):
 
 
 def test_eval_sets_fixed_and_disjoint_across_splits():
-    task = tasks.create("adding", T=10, n_val=30, n_test=40)
+    task = tasks.create("adding", T=10, n_val=2500, n_test=40)
     cpu = torch.device("cpu")
-    val1 = torch.cat([b.x for b in task.eval_batches("val", 7, cpu)])
-    val2 = torch.cat([b.x for b in task.eval_batches("val", 30, cpu)])
+    sets = [torch.cat([b.x for b in task.eval_batches("val", bs, cpu)]) for bs in (7, 500, 1000, 4000)]
+    assert sets[0].shape[0] == 2500
+    for other in sets[1:]:  # the same samples whatever the evaluation batch size
+        assert torch.equal(sets[0], other)
+    assert max(len(b) for b in task.eval_batches("val", 7, cpu)) == 7
     test = torch.cat([b.x for b in task.eval_batches("test", 100, cpu)])
-    assert val1.shape[0] == 30 and test.shape[0] == 40
-    assert not torch.equal(val1[:5], test[:5])
-    # the same samples whatever the batch size? generation is sequential per batch,
-    # so compare the whole set made in one batch with itself made again
-    again = torch.cat([b.x for b in tasks.create("adding", T=10, n_val=30).eval_batches("val", 30, cpu)])
-    assert torch.equal(val2, again)
-    other = torch.cat([b.x for b in tasks.create("adding", T=10, n_val=30, data_seed=1).eval_batches("val", 30, cpu)])
-    assert not torch.equal(val2, other)
+    assert test.shape[0] == 40 and not torch.equal(sets[0][:5], test[:5])
+    again = torch.cat([b.x for b in tasks.create("adding", T=10, n_val=2500).eval_batches("val", 300, cpu)])
+    assert torch.equal(sets[0], again)
+    other = torch.cat([b.x for b in tasks.create("adding", T=10, n_val=2500, data_seed=1).eval_batches("val", 300, cpu)])
+    assert not torch.equal(sets[0], other)
 
 
 @pytest.mark.parametrize("T,n", [(1, 1), (5, 3), (100, 10)])
