@@ -77,8 +77,7 @@ def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> 
     try:
         result = train_checkpointed(spec, lambda m, d: store.write(spec.run_id, m, d, owner=owner),
                                     options.checkpoints_for(store.path), options.checkpoint)
-        store.write(spec.run_id, env=result.env, owner=owner)
-        store.finish(spec.run_id, result.status, result.summary, result.reason, owner=owner)
+        store.finish(spec.run_id, result.status, result.summary, result.reason, env=result.env, owner=owner)
         return result.status
     except ClaimLost:
         return None
@@ -87,8 +86,8 @@ def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> 
         raise
     except Exception as exc:  # a failing run is recorded and the suite goes on
         try:
-            store.write(spec.run_id, env=environment(spec.device), owner=owner)
-            store.finish(spec.run_id, "failed", None, failure_reason(exc), owner=owner)
+            store.finish(spec.run_id, "failed", None, failure_reason(exc), env=environment(spec.device),
+                         owner=owner)
         except ClaimLost:
             return None
         return "failed"

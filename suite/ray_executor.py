@@ -146,8 +146,7 @@ def _record(store: Store, run_id: str, item: tuple, owner: str) -> str | None:
         _, status, summary, reason, env = item
     else:
         (_, reason, env), status, summary = item, "failed", None
-    store.write(run_id, env=env, owner=owner)
-    store.finish(run_id, status, summary, reason, owner=owner)
+    store.finish(run_id, status, summary, reason, env=env, owner=owner)
     return status
 
 

@@ -252,7 +252,7 @@ class Store:
             return True
 
     def write(self, run_id: str, metrics: list[tuple] = (), diagnostics: list[tuple] = (),
-              env: dict | None = None, *, owner: str | None = None) -> None:
+              *, owner: str | None = None) -> None:
         """Append metric rows (step, split, name, value) and diagnostic rows
         (step, kind, idx, value) for a run, in one transaction, with a heartbeat.
         With ``owner``, raise ``ClaimLost`` (writing nothing) unless it still owns the run."""
@@ -264,8 +264,6 @@ class Store:
             if diagnostics:
                 db.executemany("INSERT INTO diagnostics VALUES (?, ?, ?, ?, ?)",
                                [(run_id, int(s), k, int(i), _num(v)) for s, k, i, v in diagnostics])
-            if env is not None:
-                db.execute("UPDATE runs SET env=? WHERE run_id=?", (json.dumps(env), run_id))
 
     def heartbeat(self, run_ids: Iterable[str], owner: str) -> None:
         """Mark runs this owner is still working on as alive (a driver waiting on remote runs)."""
@@ -283,12 +281,15 @@ class Store:
                 raise ClaimLost(f"run {run_id} is no longer owned by {owner}")
 
     def finish(self, run_id: str, status: str, summary: dict[str, Any] | None = None,
-               reason: str | None = None, *, owner: str | None = None) -> None:
-        """Record a run's final status. With ``owner``, raise ``ClaimLost`` unless it owns the run."""
+               reason: str | None = None, *, env: dict | None = None, owner: str | None = None) -> None:
+        """Record a run's final status (and the environment it ran in), in one transaction.
+        With ``owner``, raise ``ClaimLost`` unless it owns the run."""
         assert status in FINISHED or status == "pending", status
         with self.transaction() as db:
             if owner is not None:
                 self._touch(db, [run_id], owner)
+            if env is not None:
+                db.execute("UPDATE runs SET env=? WHERE run_id=?", (json.dumps(env), run_id))
             db.execute("UPDATE runs SET status=?, summary=?, reason=?, ended=?, owner=NULL WHERE run_id=?",
                        (status, json.dumps(summary) if summary is not None else None, reason,
                         time.time(), run_id))
