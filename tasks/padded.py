@@ -39,7 +39,8 @@ class PaddedTokens(Task):
     higher_is_better = True
 
     def token_splits(self) -> dict[str, Padded]:
-        raise NotImplementedError
+        """train / val / test token sequences; each subclass builds its own."""
+        raise NotImplementedError(f"{type(self).__name__}.token_splits")
 
     def _on(self, split: str, device: torch.device) -> Padded:
         return memo(self, (split, str(device)),

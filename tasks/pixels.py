@@ -61,8 +61,8 @@ class PixelSequence(Task):
         return torch.randperm(self.n_pixels, generator=torch.Generator().manual_seed(self.perm_seed))
 
     def raw(self) -> tuple[Split, Split | None]:
-        """(train pool, test set or None) as flattened uint8 images and labels."""
-        raise NotImplementedError
+        """(train pool, test set or None) as flattened uint8 images and labels; each subclass reads its own."""
+        raise NotImplementedError(f"{type(self).__name__}.raw")
 
     def splits(self) -> dict[str, Split]:
         """train / val / test on the CPU, permuted when the task is; built once."""
