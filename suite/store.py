@@ -175,12 +175,29 @@ class Store:
             check_file(self.path)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._retry_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self._init_schema()
+            self._retry_locked(self._init_schema)
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path} is not a usable rnnbench store ({e}); "
                             "pass --store with another path or move the file away") from None
+
+    @staticmethod
+    def _retry_locked(fn, seconds: float = 60.0) -> None:
+        """Run ``fn``, retrying while SQLite says "database is locked". Switching a new
+        file to WAL can fail at once without waiting on the busy timeout while another
+        process creates or recovers it (seen with six processes opening one new store)."""
+        deadline = time.monotonic() + seconds
+        delay = 0.005
+        while True:
+            try:
+                fn()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def _init_schema(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
