@@ -66,14 +66,15 @@ def create(name: str, *, output_size: int, input_size: int | None = None,
 
 
 def set_fast_path(model: nn.Module, enabled: bool) -> None:
-    """Use (or, with False, bypass for the reference loop) the fused recurrence kernels."""
+    """Use (or, with False, bypass for the reference loop) the fast recurrences (scan, fused)."""
     for m in model.modules():
         if hasattr(m, "fast"):
             m.fast = enabled
 
 
 def recurrence_path(model: nn.Module) -> str:
-    """How the recurrent cores ran in the last forward pass: cudnn, fused, loop (or a mix)."""
+    """How the recurrent cores ran in the last forward pass: cudnn, native (nn.LSTM & co. on
+    the CPU), scan, fused, loop (or a mix, joined by '+')."""
     return "+".join(sorted({m.last_path for m in model.modules() if hasattr(m, "last_path")})) or "none"
 
 

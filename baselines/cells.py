@@ -142,48 +142,53 @@ class LoopCore(nn.Module):
             outs.append(h)
         return torch.stack(outs, dim=1), h, c
 
-    # -- the fused fast path -------------------------------------------------
+    # -- the fast paths ------------------------------------------------------
     fast = True  # False forces the reference loop (TrainConfig.fast_path=false)
-    last_path = "loop"  # what the last forward pass used: "fused" or "loop"
+    last_path = "loop"  # what the last forward pass used: "fused", "scan" or "loop"
 
-    def fused_norm_args(self, layer: int) -> dict | None:
-        """How the fused kernel normalizes ``layer``: keyword arguments of
-        ``baselines.fused`` for W_hh h (norm, gamma_hh, batch_stats, pop_mean,
-        pop_var, eps) and, for the LSTM, c_t (cell_norm, gamma_c, ...). None: it cannot."""
+    def fast_norm_args(self, layer: int, masked: bool) -> dict | None:
+        """How the fast recurrence normalizes ``layer``: keyword arguments of
+        ``baselines.fused``/``baselines.scan`` for W_hh h (norm, gamma_hh, batch_stats,
+        pop_mean, pop_var, eps) and, for the LSTM, c_t (cell_norm, gamma_c, ...).
+        None: it cannot (``masked``: the batch is padded, which the plain cells ignore)."""
         return {}
 
-    def record_fused_stats(self, layer: int, stats: dict, batch: int) -> None:
-        """Receive the fused kernel's per-step batch statistics (running averages)."""
+    def record_fast_stats(self, layer: int, stats: dict, batch: int) -> None:
+        """Receive the fast recurrence's per-step batch statistics (running averages)."""
 
-    def fused_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor, c0: Tensor | None
-                         ) -> tuple[Tensor, Tensor, Tensor | None] | None:
-        """The whole recurrence of one layer in one Triton kernel (baselines/fused.py):
-        (h sequence, last h, last c), or None where it does not apply (shape, device,
-        dtype, autocast, or a norm the kernel lacks)."""
-        if not self.fast or xw_all.dtype != torch.float32 or torch.is_autocast_enabled(xw_all.device.type):
+    def fast_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor, c0: Tensor | None, masked: bool
+                        ) -> tuple[Tensor, Tensor, Tensor | None, str] | None:
+        """One layer's whole recurrence as one autograd op: (h sequence, last h, last c,
+        path), or None where only the reference loop applies (``fast`` off, autocast, or
+        a norm neither fast path has). The path is "fused" (one Triton kernel,
+        baselines/fused.py) where it is enabled and fits the shape, else "scan"
+        (PyTorch ops with a hand-written backward pass, baselines/scan.py)."""
+        if not self.fast or torch.is_autocast_enabled(xw_all.device.type):
             return None
-        from baselines import fused
+        args = self.fast_norm_args(layer, masked)
+        if args is None:
+            return None
+        from baselines import fused, scan
 
-        args = self.fused_norm_args(layer)
-        if args is None or not fused.available(xw_all.device, xw_all.shape[0], self.hidden_size,
-                                               GATES[self.cell]):
-            return None
+        B, H = xw_all.shape[0], self.hidden_size
+        kernel = xw_all.dtype == torch.float32 and fused.available(xw_all.device, B, H, GATES[self.cell])
+        rnn, lstm, gru = ((fused.fused_rnn, fused.fused_lstm, fused.fused_gru) if kernel
+                          else (scan.scan_rnn, scan.scan_lstm, scan.scan_gru))
         _, w_hh, _, b_hh = self.weights(layer)
         tf32 = torch.backends.cuda.matmul.allow_tf32
         c = None
         if self.cell == "rnn":
             rnn_args = {("gamma" if k == "gamma_hh" else k): v for k, v in args.items()}
-            out, mean, var = fused.fused_rnn(xw_all + b_hh, h0, w_hh, act=self.nonlinearity, tf32=tf32, **rnn_args)
+            out, mean, var = rnn(xw_all + b_hh, h0, w_hh, act=self.nonlinearity, tf32=tf32, **rnn_args)
             batch_norm = args.get("norm") == "batch" and args.get("batch_stats", True)
             stats = {"hh": (mean, var)} if batch_norm else {}
         elif self.cell == "lstm":
-            out, c, stats = fused.fused_lstm(xw_all + b_hh, h0, c0, w_hh, tf32=tf32, **args)
+            out, c, stats = lstm(xw_all + b_hh, h0, c0, w_hh, tf32=tf32, **args)
         else:  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
-            H = self.hidden_size
             b_rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-            out, stats = fused.fused_gru(xw_all + b_rz, h0, w_hh, b_hh[2 * H:], tf32=tf32, **args)
-        self.record_fused_stats(layer, stats, xw_all.shape[0])
-        return out, out[:, -1], c
+            out, stats = gru(xw_all + b_rz, h0, w_hh, b_hh[2 * H:], tf32=tf32, **args)
+        self.record_fast_stats(layer, stats, B)
+        return out, out[:, -1], c, ("fused" if kernel else "scan")
 
     # -- hooks that normalized cells override --------------------------------
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
@@ -213,14 +218,13 @@ class LoopCore(nn.Module):
             top_perturb = perturb if layer == self.num_layers - 1 else None
             xw_all = self.input_term(layer, seq, mask)  # (B, T, G*H) in one op
             h, c = h0[layer], (c0[layer] if c0 is not None else None)
-            fused = None
-            if mask is None and top_perturb is None:
-                fused = self.fused_recurrence(layer, xw_all, h, c)
-            self.last_path = "loop" if fused is None else "fused"
-            if fused is None:
+            fast = None if top_perturb is not None else self.fast_recurrence(layer, xw_all, h, c,
+                                                                                mask is not None)
+            if fast is None:
+                self.last_path = "loop"
                 seq, h, c = self.loop_recurrence(layer, xw_all, h, c, mask, top_perturb)
             else:
-                seq, h, c = fused
+                seq, h, c, self.last_path = fast
             hs.append(h)
             cs.append(c)
         h_n = torch.stack(hs)

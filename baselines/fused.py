@@ -20,7 +20,7 @@ one tile per gate and their own norms (see the section comment there).
 
 The whole batch and hidden state are one tile (at most 128 x 128 after padding to
 powers of two), which covers the seq-MNIST (B=100, H=100) and adding (B=128,
-H=128) shapes; larger shapes use the reference loop. Batch statistics need the
+H=128) shapes; larger shapes use the scan path (baselines/scan.py). Batch statistics need the
 whole batch in one program, which is why the batch is not split. The kernel is
 tested on the CPU in Triton's interpreter (``TRITON_INTERPRET=1``) against the
 reference loop, and on CUDA by tests/test_gpu.py.
@@ -34,13 +34,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from baselines import scan
+
 try:  # Triton is optional: without it (or without CUDA) the reference loop runs.
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
-NORMS = {None: 0, "batch": 1, "layer": 2}
+NORMS = {n: i for i, n in enumerate(scan.NORMS)}  # None: 0, batch: 1, layer: 2
 ACTS = {"tanh": 0, "relu": 1}
 MAX_TILE = 128
 # Gated cells hold 3-4 gate blocks per step: at 128 x 128 their kernels spill heavily
@@ -50,7 +52,7 @@ MAX_GATED_TILE = 64
 
 
 # On the CPU the kernel runs only in Triton's interpreter, for tests: far slower than
-# the reference loop, so it is used there only when a test switches this on.
+# the scan path, so it is used there only when a test switches this on.
 ALLOW_INTERPRETER = False
 # Opt-in on CUDA (RNNBENCH_FUSED=1): measured on an H200 (benchmarks/device_check.sh),
 # the one-program kernels are correct but slower than the CUDA-graphed loop (bn-rnn at
@@ -781,35 +783,16 @@ def _stat_buffers(kind: int, T: int, B: int, feats: int, dev: torch.device) -> t
 
 def _population(norm: str | None, batch_stats: bool, mean: Tensor | None, var: Tensor | None,
                 feats: int, dev: torch.device, what: str) -> tuple[Tensor, Tensor, int]:
-    """Population rows (R, feats) as the kernel reads them, and R. Like ``SeqNorm``, no rows
-    yet (a never-trained norm) means the identity statistics of a fresh BatchNorm."""
-    if norm != "batch" or batch_stats:
+    """Population rows (R, feats) as the kernel reads them (float32, contiguous), and R;
+    a one-row dummy when they are not used. Checked as ``scan.population`` checks them."""
+    pm, pv = scan.population(norm, batch_stats, mean, var, feats, torch.empty(0, device=dev), what)
+    if pm is None:
         dummy = torch.zeros(1, device=dev)
         return dummy, dummy, 1
-    if mean is None or var is None:
-        raise ValueError(f"{what}: population statistics needed when batch_stats=False")
-    if mean.shape != var.shape or mean.dim() != 2 or mean.shape[1] != feats:
-        raise ValueError(f"{what}: population statistics must be (rows, {feats}), got "
-                         f"{tuple(mean.shape)} and {tuple(var.shape)}")
-    if mean.shape[0] == 0:
-        return torch.zeros(1, feats, device=dev), torch.ones(1, feats, device=dev), 1
-    return mean.detach().contiguous().float(), var.detach().contiguous().float(), mean.shape[0]
+    return pm.contiguous(), pv.contiguous(), pm.shape[0]
 
 
-def _check(u: Tensor, h0: Tensor, gates: int, norms: tuple, **others: Tensor | None) -> tuple[int, int, int]:
-    """B, T, H of a ``gates``-gate cell's arguments; ValueError when a norm or a shape is wrong."""
-    for n in norms:
-        if n not in NORMS:
-            raise ValueError(f"unknown norm {n!r}; allowed: None, 'batch', 'layer'")
-    B, T, GH = u.shape
-    H = h0.shape[-1]
-    if GH != gates * H or h0.shape != (B, H):
-        raise ValueError(f"shapes do not fit a {gates}-gate cell: u {tuple(u.shape)}, h0 {tuple(h0.shape)}")
-    want = dict(c0=(B, H), w_hh=(GH, H), gamma_hh=(GH,), b_hn=(H,), gamma_c=(H,), beta_c=(H,))
-    for name, t in others.items():
-        if t is not None and t.shape != want[name]:
-            raise ValueError(f"{name} must be {want[name]}, got {tuple(t.shape)}")
-    return B, T, H
+_check = scan.check_args
 
 
 def _batch_stats_dict(**terms: tuple[int, bool, Tensor, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:

@@ -142,7 +142,9 @@ class NormLoopCore(LoopCore):
             return super().cell_out(layer, t, c, mask_t)
         return torch.tanh(self.norm_c[layer].step(c, t, mask_t))
 
-    def fused_norm_args(self, layer: int) -> dict | None:
+    def fast_norm_args(self, layer: int, masked: bool) -> dict | None:
+        if masked and any(n is not None and n[layer].kind == "batch" for n in (self.norm_hh, self.norm_c)):
+            return None  # batch statistics of a padded batch leave the padding out: the loop does that
         args: dict = {}
         for prefix, norms in (("", self.norm_hh), ("cell_", self.norm_c)):
             if norms is None:
@@ -163,7 +165,7 @@ class NormLoopCore(LoopCore):
             return None
         return args
 
-    def record_fused_stats(self, layer: int, stats: dict, batch: int) -> None:
+    def record_fast_stats(self, layer: int, stats: dict, batch: int) -> None:
         for key, norms in (("hh", self.norm_hh), ("c", self.norm_c)):
             if key in stats and norms is not None:
                 norms[layer].add_step_stats(*stats[key], batch)

@@ -47,8 +47,9 @@ class TrainConfig:
     log_every: int = param(1, "store training loss and gradient norm every N steps", min=1)
     recalibrate_batches: int = param(20, "batch norm: before each evaluation, re-estimate population "
                                      "statistics on N training batches (0: use the running averages)", min=0)
-    fast_path: bool = param(True, "on CUDA: fused recurrence kernels where a cell has one, and the "
-                            "training step captured in a CUDA graph (false: the reference loop, eager)")
+    fast_path: bool = param(True, "custom cells' recurrence as one op with a hand-written backward "
+                            "(baselines/scan.py; the Triton kernels where RNNBENCH_FUSED=1), and on CUDA "
+                            "the training step captured in a CUDA graph (false: the reference loop, eager)")
     probe_every: int = param(0, "gradient-flow probe every N steps (0: only at start and end)", min=0)
 
 

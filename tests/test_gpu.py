@@ -63,7 +63,7 @@ def test_runner_uses_and_records_fast_path():
                           model_args={"hidden_size": 16}, train={"max_steps": 20, "eval_every": 10},
                           seeds="0", device="cuda")
     res = train_one(spec)
-    assert res.status == "done" and res.summary["path"] == "cuda_graph/loop"
+    assert res.status == "done" and res.summary["path"] == "cuda_graph/scan"
     assert res.summary["peak_mem_mb"] > 0 and res.env["device_name"]
 
 
@@ -73,13 +73,14 @@ RNN_FAMILY = ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn"]
 GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
 
 
-@pytest.mark.parametrize("name,B,T,H", [(n, 100, 30, 100) for n in RNN_FAMILY] + [(n, 64, 20, 50) for n in GATED]
-                         + [("bn-rnn", 128, 20, 128)])
-def test_fused_kernel_equals_reference_loop_on_gpu(name, B, T, H, monkeypatch):
-    """Compiled Triton kernels (not the interpreter) at the benchmark tile sizes."""
+@pytest.mark.parametrize("path,name,B,T,H", [("fused", n, 100, 30, 100) for n in RNN_FAMILY]
+                         + [("fused", n, 64, 20, 50) for n in GATED] + [("fused", "bn-rnn", 128, 20, 128)]
+                         + [("scan", n, 100, 30, 100) for n in RNN_FAMILY + GATED])
+def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
+    """The scan path and the compiled Triton kernels (not the interpreter) on CUDA."""
     from baselines import fused
 
-    monkeypatch.setattr(fused, "ENABLED", True)
+    monkeypatch.setattr(fused, "ENABLED", path == "fused")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def test_fused_kernel_equals_reference_loop_on_gpu(name, B, T, H, monkeypatch):
     for step in range(3):
         x = torch.rand(B, T, 2, device=DEV)
         ya, yb = ref(x), fast(x)
-        assert baselines.recurrence_path(fast) == "fused" and baselines.recurrence_path(ref) == "loop"
+        assert baselines.recurrence_path(fast) == path and baselines.recurrence_path(ref) == "loop"
         assert torch.isfinite(yb).all() and rel(yb, ya) < 1e-4
         ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
         gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))

@@ -1,24 +1,45 @@
-"""The fused Triton recurrence equals the reference math, forward and backward.
+"""The fast recurrences equal the reference math, forward and backward.
 
-On a machine without CUDA the kernels run in Triton's interpreter
-(TRITON_INTERPRET=1, set in conftest.py before Triton is imported); on CUDA
-tests/test_gpu.py runs the compiled kernels against the reference loop.
+Both implementations of one layer's recurrence are checked against plain float64
+loops: ``scan`` (PyTorch ops with a hand-written backward pass) in float64, where
+only summation order differs, and the Triton kernels in float32. On a machine
+without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set in
+conftest.py before Triton is imported); on CUDA tests/test_gpu.py runs the
+compiled kernels against the reference loop.
 """
 
 import copy
+from typing import Callable, NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import baselines
+from baselines import fused, scan
 from baselines.norm import SeqNorm, pool
 
-fused = pytest.importorskip("baselines.fused")
-if fused.triton is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
-if not fused.interpreting():
-    pytest.skip("the interpreter tests run where CUDA is absent (TRITON_INTERPRET=1)", allow_module_level=True)
+KERNELS = fused.triton is not None and fused.interpreting()
+needs_kernels = pytest.mark.skipif(not KERNELS, reason="the kernel tests run in Triton's interpreter "
+                                   "(TRITON_INTERPRET=1, where CUDA is absent, with Triton installed)")
+
+
+class Impl(NamedTuple):
+    rnn: Callable
+    lstm: Callable
+    gru: Callable
+    dtype: torch.dtype  # what it computes in here
+    out_tol: float  # relative error bounds against the float64 reference
+    grad_tol: float
+
+
+IMPLS = {"scan": Impl(scan.scan_rnn, scan.scan_lstm, scan.scan_gru, torch.float64, 1e-12, 1e-10),
+         "fused": Impl(fused.fused_rnn, fused.fused_lstm, fused.fused_gru, torch.float32, 1e-5, 1e-4)}
+
+
+@pytest.fixture(params=["scan", pytest.param("fused", marks=needs_kernels)])
+def impl(request) -> Impl:
+    return IMPLS[request.param]
 
 
 def norm_step(a, kind, gamma, beta, batch_stats, pm, pv, t, stats, eps=1e-5):
@@ -53,7 +74,8 @@ def reference(u, h0, w, g, norm, batch_stats, pm, pv, act, eps=1e-5):
 
 
 def rel_err(a, b):
-    """‖a − b‖ / ‖b‖: float32 arithmetic lands far under 1e-4 against a float64 reference."""
+    """‖a − b‖ / ‖b‖: float32 arithmetic lands far under 1e-4 against a float64 reference,
+    float64 under 1e-12."""
     return ((a.double() - b).norm() / b.norm().clamp(min=1e-12)).item()
 
 
@@ -63,7 +85,7 @@ CASES = [(None, True, "tanh"), ("batch", True, "tanh"), ("batch", False, "tanh")
 
 @pytest.mark.parametrize("norm,batch_stats,act", CASES)
 @pytest.mark.parametrize("B,T,H", [(5, 7, 20), (17, 3, 9)])
-def test_fused_matches_reference(norm, batch_stats, act, B, T, H):
+def test_rnn_matches_reference(impl, norm, batch_stats, act, B, T, H):
     torch.manual_seed(B * 100 + H)
     u = torch.randn(B, T, H, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
@@ -71,26 +93,27 @@ def test_fused_matches_reference(norm, batch_stats, act, B, T, H):
     g = (torch.rand(H, dtype=torch.float64) + 0.5).requires_grad_()
     pm, pv = torch.randn(3, H, dtype=torch.float64), torch.rand(3, H, dtype=torch.float64) + 0.5
     h_ref, stats = reference(u, h0, w, g, norm, batch_stats, pm, pv, act)
-    # the kernel computes in float32; compare with the float64 reference
-    h_f, mean_f, var_f = fused.fused_rnn(u.float(), h0.float(), w.float(), g.float() if norm else None,
-                                         norm=norm, batch_stats=batch_stats, pop_mean=pm.float(),
-                                         pop_var=pv.float(), act=act)
-    assert rel_err(h_f, h_ref) < 1e-5
+    d = impl.dtype  # the kernel computes in float32; compare with the float64 reference
+    h_f, mean_f, var_f = impl.rnn(u.to(d), h0.to(d), w.to(d), g.to(d) if norm else None,
+                                  norm=norm, batch_stats=batch_stats, pop_mean=pm.to(d),
+                                  pop_var=pv.to(d), act=act)
+    assert rel_err(h_f, h_ref) < impl.out_tol
     if stats is not None:
         torch.testing.assert_close(mean_f.double(), stats[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(var_f.double(), stats[1], rtol=1e-4, atol=1e-5)
     dy = torch.randn_like(h_ref)
     params = [u, h0, w] + ([g] if norm else [])
     g_ref = torch.autograd.grad((h_ref * dy).sum(), params)
-    uf, h0f, wf, gf = (t.detach().float().requires_grad_() for t in (u, h0, w, g))
-    h_f, _, _ = fused.fused_rnn(uf, h0f, wf, gf if norm else None, norm=norm, batch_stats=batch_stats,
-                                pop_mean=pm.float(), pop_var=pv.float(), act=act)
-    g_f = torch.autograd.grad((h_f * dy.float()).sum(), [uf, h0f, wf] + ([gf] if norm else []))
+    uf, h0f, wf, gf = (t.detach().to(d).requires_grad_() for t in (u, h0, w, g))
+    h_f, _, _ = impl.rnn(uf, h0f, wf, gf if norm else None, norm=norm, batch_stats=batch_stats,
+                         pop_mean=pm.to(d), pop_var=pv.to(d), act=act)
+    g_f = torch.autograd.grad((h_f * dy.to(d)).sum(), [uf, h0f, wf] + ([gf] if norm else []))
     for name, a, b in zip(["u", "h0", "w_hh", "gamma"], g_f, g_ref):
-        assert rel_err(a, b) < 1e-4, f"grad {name}: relative error {rel_err(a, b):.2e}"
+        assert rel_err(a, b) < impl.grad_tol, f"grad {name}: relative error {rel_err(a, b):.2e}"
 
 
-def test_population_rows_past_training_length_reuse_last():
+@needs_kernels
+def test_kernel_population_rows_past_training_length_reuse_last():
     torch.manual_seed(0)
     B, T, H = 4, 6, 16
     u, h0, w, g = torch.randn(B, T, H), torch.randn(B, H), torch.randn(H, H) / 4, torch.ones(H)
@@ -135,15 +158,15 @@ def gru_reference(u, h0, w, b_hn, g, pm, pv, *, norm, batch_stats):
     return (torch.stack(outs, 1),), ({"hh": stacked(stats)} if stats else {})
 
 
-def assert_matches(run_fused, run_ref, leaves: dict):
-    """Outputs, batch statistics and the gradients of every leaf: the kernel in float32
-    against the reference in float64, for one random cotangent on every output."""
+def assert_matches(impl: Impl, run_fused, run_ref, leaves: dict):
+    """Outputs, batch statistics and the gradients of every leaf: the implementation in its
+    dtype against the reference in float64, for one random cotangent on every output."""
     ref_in = {k: v.clone().requires_grad_() for k, v in leaves.items()}
-    f_in = {k: v.detach().float().requires_grad_() for k, v in leaves.items()}
+    f_in = {k: v.detach().to(impl.dtype).requires_grad_() for k, v in leaves.items()}
     ref_out, ref_stats = run_ref(**ref_in)
     f_out, f_stats = run_fused(**f_in)
     for a, b in zip(f_out, ref_out, strict=True):
-        assert rel_err(a, b) < 1e-5
+        assert rel_err(a, b) < impl.out_tol
     assert f_stats.keys() == ref_stats.keys()
     for k, (mean, var) in f_stats.items():
         assert not mean.requires_grad and not var.requires_grad
@@ -151,9 +174,10 @@ def assert_matches(run_fused, run_ref, leaves: dict):
         torch.testing.assert_close(var.double(), ref_stats[k][1], rtol=1e-4, atol=1e-5)
     cot = [torch.randn_like(o) for o in ref_out]
     g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref_out, cot)), list(ref_in.values()))
-    g_f = torch.autograd.grad(sum((o * c.float()).sum() for o, c in zip(f_out, cot)), list(f_in.values()))
+    g_f = torch.autograd.grad(sum((o * c.to(impl.dtype)).sum() for o, c in zip(f_out, cot)),
+                              list(f_in.values()))
     for name, a, b in zip(leaves, g_f, g_ref):
-        assert rel_err(a, b) < 1e-4, f"grad {name}: relative error {rel_err(a, b):.2e}"
+        assert rel_err(a, b) < impl.grad_tol, f"grad {name}: relative error {rel_err(a, b):.2e}"
 
 
 def gate_leaves(B, T, H, gates, norm, seed):
@@ -175,7 +199,7 @@ LSTM_CASES = [(n, c, bs) for n, bs0 in ((None, True), ("batch", True), ("batch",
 SHAPES = [(5, 6, 16), (7, 4, 9)]
 
 
-def run_lstm_case(B, T, H, norm, cell_norm, batch_stats):
+def run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats):
     leaves, (pm, pv) = gate_leaves(B, T, H, 4, norm, B * 100 + H)
     leaves["c0"] = torch.randn(B, H, dtype=torch.float64)
     if cell_norm:
@@ -188,20 +212,21 @@ def run_lstm_case(B, T, H, norm, cell_norm, batch_stats):
         return lstm_reference(u, h0, c0, w, g, gc, bc, pm, pv, cpm, cpv, **kw)
 
     def run_fused(u, h0, c0, w, g=None, gc=None, bc=None):
-        h, c, stats = fused.fused_lstm(u, h0, c0, w, g, pop_mean=pm.float(), pop_var=pv.float(), gamma_c=gc,
-                                       beta_c=bc, cell_pop_mean=cpm.float(), cell_pop_var=cpv.float(), **kw)
+        d = impl.dtype
+        h, c, stats = impl.lstm(u, h0, c0, w, g, pop_mean=pm.to(d), pop_var=pv.to(d), gamma_c=gc,
+                                beta_c=bc, cell_pop_mean=cpm.to(d), cell_pop_var=cpv.to(d), **kw)
         return (h, c), stats
 
-    assert_matches(run_fused, run_ref, leaves)
+    assert_matches(impl, run_fused, run_ref, leaves)
 
 
 @pytest.mark.parametrize("norm,cell_norm,batch_stats", LSTM_CASES)
 @pytest.mark.parametrize("B,T,H", SHAPES)
-def test_fused_lstm_matches_reference(norm, cell_norm, batch_stats, B, T, H):
-    run_lstm_case(B, T, H, norm, cell_norm, batch_stats)
+def test_lstm_matches_reference(impl, norm, cell_norm, batch_stats, B, T, H):
+    run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
 
 
-def run_gru_case(B, T, H, norm, batch_stats):
+def run_gru_case(impl, B, T, H, norm, batch_stats):
     leaves, (pm, pv) = gate_leaves(B, T, H, 3, norm, B * 100 + H + 1)
     leaves["b_hn"] = torch.randn(H, dtype=torch.float64) * 0.5
     kw = dict(norm=norm, batch_stats=batch_stats)
@@ -210,42 +235,52 @@ def run_gru_case(B, T, H, norm, batch_stats):
         return gru_reference(u, h0, w, b_hn, g, pm, pv, **kw)
 
     def run_fused(u, h0, w, b_hn, g=None):
-        h, stats = fused.fused_gru(u, h0, w, b_hn, g, pop_mean=pm.float(), pop_var=pv.float(), **kw)
+        h, stats = impl.gru(u, h0, w, b_hn, g, pop_mean=pm.to(impl.dtype), pop_var=pv.to(impl.dtype), **kw)
         return (h,), stats
 
-    assert_matches(run_fused, run_ref, leaves)
+    assert_matches(impl, run_fused, run_ref, leaves)
 
 
 @pytest.mark.parametrize("norm,batch_stats", [(None, True), ("batch", True), ("batch", False), ("layer", True)])
 @pytest.mark.parametrize("B,T,H", SHAPES)
-def test_fused_gru_matches_reference(norm, batch_stats, B, T, H):
-    run_gru_case(B, T, H, norm, batch_stats)
+def test_gru_matches_reference(impl, norm, batch_stats, B, T, H):
+    run_gru_case(impl, B, T, H, norm, batch_stats)
 
 
+@needs_kernels
 def test_weights_loaded_every_step_give_the_same_result(monkeypatch):
     """Large tiles reload W_hh each step instead of holding it; that path computes the same."""
     monkeypatch.setattr(fused, "HOIST_LIMIT", 0)
-    run_lstm_case(5, 4, 16, "layer", "batch", True)
-    run_gru_case(5, 4, 16, "batch", True)
+    run_lstm_case(IMPLS["fused"], 5, 4, 16, "layer", "batch", True)
+    run_gru_case(IMPLS["fused"], 5, 4, 16, "batch", True)
 
 
-def test_gated_cells_reject_bad_arguments():
+def test_scan_at_a_batch_of_one_and_a_single_step():
+    """Edge shapes: T = 1 (no carried gradient) and B = 1 (batch statistics of one sample)."""
+    impl = IMPLS["scan"]
+    for B, T in ((3, 1), (1, 4)):
+        run_lstm_case(impl, B, T, 5, "layer", "layer", True)
+        run_gru_case(impl, B, T, 5, None, True)
+    run_lstm_case(impl, 3, 1, 5, "batch", "batch", True)
+
+
+def test_gated_cells_reject_bad_arguments(impl):
     u, h0, w = torch.zeros(2, 3, 8), torch.zeros(2, 2), torch.zeros(8, 2)
     with pytest.raises(ValueError, match="population statistics needed"):
-        fused.fused_lstm(u, h0, h0, w, norm="batch", batch_stats=False)
+        impl.lstm(u, h0, h0, w, norm="batch", batch_stats=False)
     with pytest.raises(ValueError, match="unknown norm"):
-        fused.fused_lstm(u, h0, h0, w, cell_norm="group")
+        impl.lstm(u, h0, h0, w, cell_norm="group")
     with pytest.raises(ValueError, match="3-gate cell"):
-        fused.fused_gru(u, h0, w, torch.zeros(2))
+        impl.gru(u, h0, w, torch.zeros(2))
     with pytest.raises(ValueError, match=r"w_hh must be \(8, 2\)"):
-        fused.fused_lstm(u, h0, h0, w.t())
+        impl.lstm(u, h0, h0, w.t())
     with pytest.raises(ValueError, match="gamma_c must be"):
-        fused.fused_lstm(u, h0, h0, w, cell_norm="layer", gamma_c=torch.ones(8))
+        impl.lstm(u, h0, h0, w, cell_norm="layer", gamma_c=torch.ones(8))
 
 
 # -- against the real cores: the contract the fast path is wired by -----------------------
 
-def fused_core(core, x, h0, c0=None):
+def fused_core(impl, core, x, h0, c0=None):
     """``core(x, state)``'s hidden sequence through the kernels, computed as a wiring of the
     fast path would: the input term as NormLoopCore.input_term, b_hh folded into u (for the
     GRU without b_hn), the norms' own parameters, and the returned batch statistics folded
@@ -262,10 +297,10 @@ def fused_core(core, x, h0, c0=None):
     kw = dict(batch_stats=core.training or any(n.eval_stats == "batch" for n in norms),
               eps=norms[0].eps if norms else 1e-5, **norm_args(n_hh, "", "pop_"))
     if core.cell == "lstm":
-        h, c, stats = fused.fused_lstm(u + b_hh, h0, c0, w_hh, **kw, **norm_args(n_c, "cell_", "cell_pop_"))
+        h, c, stats = impl.lstm(u + b_hh, h0, c0, w_hh, **kw, **norm_args(n_c, "cell_", "cell_pop_"))
     else:
         b_rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-        h, stats = fused.fused_gru(u + b_rz, h0, w_hh, b_hh[2 * H:], **kw)
+        h, stats = impl.gru(u + b_rz, h0, w_hh, b_hh[2 * H:], **kw)
         c = None
     for name, n in (("hh", n_hh), ("c", n_c)):
         if name in stats and core.training:
@@ -295,7 +330,7 @@ MODULE_CASES = [("bn-lstm", {}), ("ln-lstm", {}), ("lstm-loop", {}), ("bn-gru", 
 
 
 @pytest.mark.parametrize("name,overrides", MODULE_CASES)
-def test_fused_equals_model_core(name, overrides):
+def test_fast_equals_model_core(impl, name, overrides):
     """Train mode (outputs, every parameter's gradient, running statistics over two
     batches) and eval mode (before any training: identity population statistics; after:
     population rows, with evaluation longer than training) against model.core."""
@@ -313,7 +348,7 @@ def test_fused_equals_model_core(name, overrides):
 
     def both(x, h0, c0):
         want, state = ref(x, (h0[None], c0[None]) if lstm else h0[None])
-        got, c_last = fused_core(fast, x, h0, c0)
+        got, c_last = fused_core(impl, fast, x, h0, c0)
         assert rel_err(got, want.detach().double()) < 1e-5
         if lstm:
             assert rel_err(c_last, state[1][0].detach().double()) < 1e-5

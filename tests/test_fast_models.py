@@ -1,0 +1,122 @@
+"""Models on a fast path equal the same models on the reference loop: outputs,
+gradients and running statistics, in training and evaluation, for the scan path
+(what the suite uses by default) and the Triton kernels (in Triton's interpreter on
+CPU-only machines; tests/test_gpu.py repeats this with compiled kernels)."""
+
+import copy
+
+import pytest
+import torch
+
+import baselines
+from baselines import fused
+from suite.fastpath import EagerTrainStep
+from tasks.base import Batch
+
+KERNELS = fused.triton is not None and fused.interpreting()
+CUSTOM = ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn", "lstm-loop", "bn-lstm", "ln-lstm",
+          "gru-loop", "bn-gru", "ln-gru"]
+
+
+@pytest.fixture(params=["scan", pytest.param("fused", marks=pytest.mark.skipif(
+    not KERNELS, reason="needs Triton's interpreter (TRITON_INTERPRET=1 on CPU-only machines)"))])
+def path(request, monkeypatch):
+    monkeypatch.setattr(fused, "ALLOW_INTERPRETER", request.param == "fused")
+    return request.param
+
+
+def paths(model):
+    return {m.last_path for m in model.modules() if hasattr(m, "last_path")}
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+
+
+@pytest.mark.parametrize("name,overrides", [(n, {}) for n in CUSTOM] + [
+    ("bn-lstm", {"norm_stats": "shared"}), ("bn-gru", {"norm_eval": "batch"}), ("bn-rnn", {"norm_stats": "shared"})])
+def test_fast_model_equals_reference(path, name, overrides):
+    torch.manual_seed(0)
+    ref = baselines.create(name, input_size=3, output_size=2, hidden_size=12, num_layers=2, **overrides)
+    fast = copy.deepcopy(ref)
+    baselines.set_fast_path(ref, False)
+    x = torch.randn(6, 9, 3)
+    for step in range(2):  # training passes update running statistics
+        ya, yb = ref(x + step), fast(x + step)
+        assert paths(fast) == {path} and paths(ref) == {"loop"}
+        assert rel(yb, ya) < 1e-5
+        ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
+        gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
+        for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
+            assert rel(b, a) < 1e-4, n
+    for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        assert a.shape == b.shape and rel(b, a) < 1e-5, n
+    ref.eval(), fast.eval()
+    x_long = torch.randn(6, 14, 3)  # longer than training: population rows past the end
+    assert rel(fast(x_long), ref(x_long)) < 1e-5 and paths(fast) == {path}
+
+
+@pytest.mark.parametrize("name", ["bn-lstm", "ln-gru", "bn-rnn", "irnn-loop"])
+def test_scan_training_equals_reference_loop(name):
+    """Several Adam steps (with clipping) on the scan path and on the reference loop end
+    at the same weights and running statistics, and every step's loss agrees."""
+    torch.manual_seed(0)
+    ref = baselines.create(name, input_size=2, output_size=1, hidden_size=10).double()
+    fast = copy.deepcopy(ref)
+    baselines.set_fast_path(ref, False)
+    loss_fn = lambda out, b: torch.nn.functional.mse_loss(out, b.y)  # noqa: E731
+    steps = [EagerTrainStep(m, loss_fn, torch.optim.Adam(m.parameters(), lr=1e-2), 1.0) for m in (ref, fast)]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        batch = Batch(torch.rand(8, 12, 2, generator=g, dtype=torch.float64),
+                      torch.rand(8, 1, generator=g, dtype=torch.float64))
+        la, lb = (s(batch).loss for s in steps)
+        torch.testing.assert_close(lb, la, rtol=1e-10, atol=1e-12)
+    assert paths(fast) == {"scan"} and paths(ref) == {"loop"}
+    for (k, a), b in zip(ref.state_dict().items(), fast.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=k)
+
+
+def test_paths_that_stay_on_the_loop(monkeypatch):
+    torch.manual_seed(1)
+    monkeypatch.setattr(fused, "ALLOW_INTERPRETER", KERNELS)
+    kernel = "fused" if KERNELS else "scan"
+    m = baselines.create("bn-rnn", input_size=3, output_size=2, hidden_size=8)
+    x = torch.randn(4, 5, 3)
+    lengths = torch.tensor([5, 3, 5, 2])
+    m(x, lengths)  # padding: masked batch statistics live in the loop
+    assert paths(m) == {"loop"}
+    m(x)
+    assert paths(m) == {kernel}
+    m.double()(x.double())  # the kernel computes in float32; scan takes float64
+    assert paths(m) == {"scan"}
+    ln = baselines.create("ln-lstm", input_size=3, output_size=2, hidden_size=8)
+    ln(x, lengths)  # layer norm and plain cells never look at the padding: fast
+    assert paths(ln) == {kernel}
+    lstm = baselines.create("bn-lstm", input_size=3, output_size=2, hidden_size=8)
+    lstm(x, lengths)
+    assert paths(lstm) == {"loop"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lstm(x)
+    assert paths(lstm) == {"loop"}
+    baselines.set_fast_path(lstm, False)  # the switch behind --set train.fast_path=false
+    lstm(x)
+    assert paths(lstm) == {"loop"} and baselines.recurrence_path(lstm) == "loop"
+
+
+def test_padded_plain_and_layer_norm_cells_equal_the_loop():
+    """The fast path runs padded batches of cells without batch statistics; valid steps
+    (and the head's reading of each sequence's last valid step) match the loop."""
+    torch.manual_seed(2)
+    lengths = torch.tensor([7, 3, 7, 1])
+    x = torch.randn(4, 7, 3)
+    for name in ("gru-loop", "ln-lstm", "ln-rnn"):
+        ref = baselines.create(name, input_size=3, output_size=2, hidden_size=8)
+        fast = copy.deepcopy(ref)
+        baselines.set_fast_path(ref, False)
+        ya, yb = ref(x, lengths), fast(x, lengths)
+        assert paths(fast) == {"scan"} and rel(yb, ya) < 1e-6, name
+        ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
+        gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
+        for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
+            assert rel(b, a) < 1e-5, (name, n)
