@@ -12,7 +12,10 @@ on a side stream (they are real training steps, as capture requires warmed-up
 kernels and allocator), then the step is captured and every later step copies
 the fresh batch into static input buffers and replays the graph. A batch whose
 shapes differ from the captured ones, or a model that cannot be captured, runs
-eagerly; the run records which path it used.
+eagerly; the run records which path it used. A graph replays on the memory it was
+captured with, so if an eager step replaced a buffer (a batch norm's running
+statistics grow a row per new time step), the graph is captured again before its
+next replay rather than updating the old tensors.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class EagerTrainStep:
     """Forward, backward, clip and update on one batch; results stay on the device."""
 
     path = "eager"
+    # Steps whose time is start-up, not steady state (first-use allocation and kernel
+    # selection; for the graphed step also the eager warm-up and the capture): the run
+    # reports them apart from its throughput.
+    warmup_steps = 1
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Batch], Tensor],
                  opt: torch.optim.Optimizer, clip: float, *, bf16: bool = False) -> None:
@@ -66,6 +73,7 @@ class GraphedTrainStep(EagerTrainStep):
     """``EagerTrainStep`` captured in a CUDA graph after ``WARMUP`` eager steps."""
 
     path = "cuda_graph"
+    warmup_steps = WARMUP + 1  # the call after the warm-up captures the graph and replays it once
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -75,6 +83,11 @@ class GraphedTrainStep(EagerTrainStep):
         self.out: StepOut | None = None
         self.failure: str | None = None
         self.side = torch.cuda.Stream()
+        self.captures = 0
+        self._buffers: list[int] = []
+
+    def _buffer_ptrs(self) -> list[int]:
+        return [b.data_ptr() for b in self.model.buffers()]
 
     def _shapes(self, batch: Batch) -> tuple:
         return tuple((t.shape, t.dtype) if t is not None else None for t in (batch.x, batch.y, batch.lengths))
@@ -92,6 +105,8 @@ class GraphedTrainStep(EagerTrainStep):
             torch.cuda.synchronize()
             return
         self.graph = graph
+        self.captures += 1
+        self._buffers = self._buffer_ptrs()
 
     def __call__(self, batch: Batch) -> StepOut:
         self.calls += 1
@@ -110,6 +125,11 @@ class GraphedTrainStep(EagerTrainStep):
         assert self.static is not None and self.out is not None
         if self._shapes(batch) != self._shapes(self.static):
             return self.compute(batch)
+        if self._buffer_ptrs() != self._buffers:  # an eager step replaced a buffer: capture anew
+            self.graph = None
+            self._capture(batch)
+            if self.graph is None:
+                return self.compute(batch)
         for dst, src in zip((self.static.x, self.static.y, self.static.lengths), (batch.x, batch.y, batch.lengths)):
             if dst is not None:
                 dst.copy_(src, non_blocking=True)

@@ -117,3 +117,28 @@ def test_fused_kernel_writes_every_output():
     assert torch.isfinite(h).all() and torch.isfinite(mean).all() and (var >= 0).all()
     h2, _, _ = fused.fused_rnn(u, h0, w, g, norm="batch")  # same inputs, same result: no race
     assert torch.equal(h, h2)
+
+
+def test_graph_is_captured_anew_when_an_eager_step_replaces_a_buffer():
+    """A longer batch runs eagerly and grows the batch norms' running statistics (new
+    tensors); the next replay must update those, not the tensors captured before."""
+    import dataclasses
+
+    from baselines.norm import SeqNorm
+    from suite.fastpath import WARMUP
+
+    sh = bench.SHAPES["graph-test"]
+    torch.manual_seed(0)
+    model = baselines.create("bn-rnn", output_size=sh.output_size, input_size=sh.input_size,
+                             hidden_size=sh.H).to(DEV)
+    step = GraphedTrainStep(model, bench.loss_for(sh), torch.optim.Adam(model.parameters(), capturable=True), 1.0)
+    for i in range(WARMUP + 2):
+        step(bench.make_batch(sh, DEV, seed=i))
+    assert step.captures == 1
+    step(bench.make_batch(dataclasses.replace(sh, T=sh.T + 5), DEV, seed=50))
+    norm = next(m for m in model.modules() if isinstance(m, SeqNorm) and m.kind == "batch")
+    assert norm.running_mean.shape[0] == sh.T + 5
+    before = norm.running_mean.clone()
+    step(bench.make_batch(sh, DEV, seed=51))
+    assert step.captures == 2 and step.path == "cuda_graph"
+    assert not torch.equal(norm.running_mean[:sh.T], before[:sh.T])
