@@ -44,9 +44,10 @@ def cost_section(data: ReportData) -> Section:
     runs = data.runs[_num(data.runs, "samples_per_s").notna()] if not data.empty else data.runs
     if runs.empty:
         return sec.add(note("No run recorded its throughput."))
-    sec.add(Text("Training throughput excludes evaluation and gradient-flow probes. 'step time × lstm' is the "
-                 "mean step time divided by that of lstm (cuDNN) on the same task setting and device: "
-                 "above 1 is slower."))
+    sec.add(Text("Training throughput is the steady state: it excludes evaluation, gradient-flow probes and "
+                 "each run's start-up (its first step; with CUDA graphs also the eager warm-up steps and the "
+                 "capture), whose time is the 'start-up (s)' column. 'step time × lstm' is the mean step time "
+                 "divided by that of lstm (cuDNN) on the same task setting and device: above 1 is slower."))
     for device, dev_runs in runs.groupby("device", sort=True):
         sec.add(Text(f"device: {device}", "heading"))
         sec.add(figure(figures.cost_points(dev_runs.assign(samples_per_s=_num(dev_runs, "samples_per_s")), data.colors),
@@ -63,7 +64,8 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
     stats: dict[str, dict[str, Summary]] = {}
     paths: dict[str, str] = {}
     for variant, g in runs.groupby("variant", sort=True):
-        stats[variant] = {c: summarize(_num(g, c)) for c in ("samples_per_s", "timesteps_per_s", "step_ms", "peak_mem_mb")}
+        stats[variant] = {c: summarize(_num(g, c))
+                          for c in ("samples_per_s", "timesteps_per_s", "step_ms", "warmup_s", "peak_mem_mb")}
         paths[variant] = ", ".join(sorted(g["path"].dropna().astype(str).unique())) if "path" in g else "–"
     variants = list(stats)
     rows, slow = [], []
@@ -74,7 +76,7 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
         mem = s["peak_mem_mb"].mean / stats[ref]["peak_mem_mb"].mean if ref else float("nan")
         rows.append({"model": v, "runs": s["samples_per_s"].n, "samples/s [95% CI]": fmt_ci(s["samples_per_s"]),
                      "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"]),
-                     "step time × lstm": fmt(ratio, 3), "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
+                     "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm": fmt(ratio, 3), "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
                      "memory × lstm": fmt(mem, 3), "path": paths[v] or "–"})
         if math.isfinite(ratio) and v != ref:
             slow.append((ratio, v))

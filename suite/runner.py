@@ -156,6 +156,10 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     step, pending, best_val, best_step, best_state, solved_step, solved_time, train_time = (
         resumed or LoopState.fresh())
     status, reason = "done", None
+    # Start-up (train_step.warmup_steps) is timed apart from the steady state, from this
+    # process's first step: a resumed run warms up (and captures its graph) again.
+    warm = (step, train_time, step + train_step.warmup_steps)  # (start step, start time, end step)
+    warm_end: tuple[int, float] | None = None  # (step, train time) when start-up ended
     t0 = time.perf_counter()
     while step < cfg.max_steps:
         if ckpt.due(step):  # between steps: everything of step `step` is done or buffered
@@ -168,6 +172,9 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
         out = train_step(batch)
         if step % cfg.log_every == 0:
             pending.append((step, out.loss, out.grad_norm, out.groups))
+        if step == warm[2]:
+            _sync(device)
+            warm_end = (step, train_time + time.perf_counter() - t0)
         if probe_due(step):  # on its own schedule, not only at evaluations; not training time
             _sync(device)
             paused = time.perf_counter()
@@ -205,9 +212,8 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
         t0 = time.perf_counter()
 
     steps_done = step
-    summary.update(steps=steps_done, train_time_s=train_time,
-                   samples_per_s=steps_done * cfg.batch_size / train_time if train_time > 0 else None,
-                   step_ms=1000.0 * train_time / steps_done if steps_done else None)
+    summary.update(steps=steps_done, train_time_s=train_time, **throughput(
+        steps_done, train_time, warm[:2], warm_end, cfg.batch_size))
     summary["timesteps_per_s"] = (summary["samples_per_s"] or 0.0) * task.seq_len or None
     summary["path"] = f"{train_step.path}/{baselines.recurrence_path(model)}"  # e.g. cuda_graph/fused
     if getattr(train_step, "failure", None):
@@ -225,6 +231,22 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
         summary.update(best_val=best_val, best_step=best_step, solved_step=solved_step,
                        solved_time_s=solved_time, solved=solved_step is not None)
     return RunResult(status, summary, reason, environment(spec.device))
+
+
+def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end: tuple[int, float] | None,
+               batch_size: int) -> dict[str, Any]:
+    """Steady-state speed: ``samples_per_s`` and ``step_ms`` over the steps after start-up
+    (``warmup_steps`` steps taking ``warmup_s``, reported apart). ``start`` and ``warm_end``
+    are (step, training time) where this process began and where its start-up ended; a run
+    that ended within its start-up reports its whole time."""
+    if warm_end is None or steps <= warm_end[0] or train_time <= warm_end[1]:
+        n, t, warm_steps, warm_s = steps - start[0], train_time - start[1], steps - start[0], train_time - start[1]
+    else:
+        n, t = steps - warm_end[0], train_time - warm_end[1]
+        warm_steps, warm_s = warm_end[0] - start[0], warm_end[1] - start[1]
+    return {"samples_per_s": n * batch_size / t if n > 0 and t > 0 else None,
+            "step_ms": 1000.0 * t / n if n > 0 else None,
+            "warmup_steps": warm_steps, "warmup_s": warm_s}
 
 
 def _drain(pending: list, clip: float) -> tuple[list[tuple], int | None]:

@@ -60,6 +60,9 @@ def test_metrics_recorded_and_test_uses_best_validation_checkpoint():
     assert steps == [0, 30] and sum(1 for d in diags if d[0] == 0) == 8
     assert res.summary["samples_per_s"] > 0 and res.summary["timesteps_per_s"] == pytest.approx(
         res.summary["samples_per_s"] * 8)
+    s = res.summary  # the eager step's first call is start-up, timed apart from the steady rate
+    assert s["warmup_steps"] == 1 and 0 < s["warmup_s"] < s["train_time_s"]
+    assert s["step_ms"] == pytest.approx(1000 * (s["train_time_s"] - s["warmup_s"]) / 29)
     assert res.env["device"] == "cpu" and res.env["torch"] == torch.__version__
 
 
@@ -127,3 +130,20 @@ def test_divergence_between_logged_steps_is_caught_at_evaluation():
     res, rows, _ = _collect(spec)
     assert not [r for r in rows if r[1:3] == ("train", "loss")]  # nothing logged between evaluations
     assert res.status == "diverged" and "validation" in res.reason and res.summary["diverged_step"] == 25
+
+
+def test_throughput_leaves_start_up_out():
+    from suite.runner import throughput
+
+    # 100 steps of batch 10 in 14 s, the first 4 (warm-up and capture) took 5 s
+    t = throughput(100, 14.0, (0, 0.0), (4, 5.0), 10)
+    assert t == {"samples_per_s": pytest.approx(96 * 10 / 9.0), "step_ms": pytest.approx(9000 / 96),
+                 "warmup_steps": 4, "warmup_s": 5.0}
+    # resumed at step 50 after 7 s; start-up again for 4 steps (1.5 s)
+    t = throughput(100, 12.0, (50, 7.0), (54, 8.5), 10)
+    assert t["warmup_steps"] == 4 and t["warmup_s"] == pytest.approx(1.5)
+    assert t["step_ms"] == pytest.approx(1000 * 3.5 / 46)
+    # ended within its start-up: the whole time, all of it start-up
+    t = throughput(3, 2.0, (0, 0.0), None, 10)
+    assert t == {"samples_per_s": pytest.approx(15.0), "step_ms": pytest.approx(2000 / 3),
+                 "warmup_steps": 3, "warmup_s": 2.0}
