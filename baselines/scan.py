@@ -37,7 +37,7 @@ NORMS = (None, "batch", "layer")
 
 class NormSpec(NamedTuple):
     """How one term is normalized: kind (None, "batch", "layer"), whether batch norm
-    uses the batch's statistics, population rows (R, F) for when it does not, eps."""
+    uses the batch's statistics, population rows ([S,] R, F) for when it does not, eps."""
 
     kind: str | None
     batch_stats: bool
@@ -46,39 +46,102 @@ class NormSpec(NamedTuple):
     eps: float
 
 
+# -- seed batching ---------------------------------------------------------------------
+# With S > 0 seeds, the rows of every (S*B, F) step tensor are S groups of B (seed-major),
+# weights and norm parameters have a leading seed dimension, and each seed's matrix
+# products and batch statistics stay within its own rows (``stack.py``).
+
+def _mm_acc_(acc: Tensor, a: Tensor, b: Tensor, S: int) -> Tensor:
+    """acc += a @ b, per seed when S > 0 (a: (S*B, K), b: (S, K, N)), in place."""
+    if not S:
+        return acc.addmm_(a, b)
+    acc.view(S, -1, acc.shape[-1]).baddbmm_(a.view(S, -1, a.shape[-1]), b)
+    return acc
+
+
+def _mm(a: Tensor, b: Tensor, S: int, out: Tensor | None = None) -> Tensor:
+    """a @ b, per seed when S > 0 (see ``_mm_acc_``)."""
+    if not S:
+        return torch.mm(a, b, out=out)
+    res = torch.bmm(a.view(S, -1, a.shape[-1]), b, out=None if out is None else out.view(S, -1, out.shape[-1]))
+    return res.view(-1, res.shape[-1])
+
+
+def _seed_sum(x: Tensor, S: int) -> Tensor:
+    """Sum of a (T, [S*]B, F) tensor over steps and batch: (F,), or (S, F) per seed."""
+    if not S:
+        return x.sum((0, 1))
+    return x.view(x.shape[0], S, -1, x.shape[-1]).sum((0, 2))
+
+
+def _by_feature(x: Tensor, S: int) -> Tensor:
+    """(S*B, F) rows -> (1, S*F, B): batch norm's channels are then (seed, feature) pairs."""
+    return x.view(S, -1, x.shape[-1]).transpose(1, 2).reshape(1, -1, x.shape[0] // S)
+
+
+def _by_row(y: Tensor, S: int) -> Tensor:
+    """The inverse of ``_by_feature``: (1, S*F, B) -> (S*B, F)."""
+    return y.view(S, -1, y.shape[-1]).transpose(1, 2).reshape(-1, y.shape[1] // S)
+
+
 class _Norm:
     """N(x_t) = γ x̂_t (+ β) of one term, step by step, and its backward.
 
     ``mode``: None (no norm), "batch" (the step's batch statistics), "pop"
     (population rows: an affine map per step, precomputed for all steps), "layer".
+    ``S``: number of stacked seeds (0: one model).
     """
 
-    def __init__(self, spec: NormSpec, gamma: Tensor, beta: Tensor | None, T: int) -> None:
+    def __init__(self, spec: NormSpec, gamma: Tensor, beta: Tensor | None, T: int, S: int = 0) -> None:
         kind = spec.kind
         self.mode = None if kind is None else "layer" if kind == "layer" else "batch" if spec.batch_stats else "pop"
-        self.gamma, self.beta, self.eps = gamma, beta, spec.eps
+        self.gamma, self.beta, self.eps, self.S = gamma, beta, spec.eps, S
         self.means: list[Tensor] = []
         self.rstds: list[Tensor] = []
         if self.mode == "pop":  # step t uses row min(t, R-1)
-            idx = torch.arange(T, device=gamma.device).clamp(max=spec.pop_mean.shape[0] - 1)
-            self.mean = spec.pop_mean[idx].to(gamma.dtype)
-            self.rstd = torch.rsqrt(spec.pop_var[idx].to(gamma.dtype) + self.eps)
-            self.scale = gamma * self.rstd  # (T, F)
-            self.shift = -self.mean * self.scale + (beta if beta is not None else 0.0)
+            idx = torch.arange(T, device=gamma.device).clamp(max=spec.pop_mean.shape[-2] - 1)
+            mean = spec.pop_mean[..., idx, :].to(gamma.dtype)
+            rstd = torch.rsqrt(spec.pop_var[..., idx, :].to(gamma.dtype) + self.eps)
+            if S:  # (S, T, F) -> (T, S, 1, F), to broadcast over each seed's rows
+                mean, rstd = mean.transpose(0, 1).unsqueeze(2), rstd.transpose(0, 1).unsqueeze(2)
+                gamma, beta = gamma.unsqueeze(1), (beta.unsqueeze(1) if beta is not None else None)
+            self.mean, self.rstd = mean, rstd
+            self.scale = gamma * rstd  # (T, F) or (T, S, 1, F)
+            self.shift = -mean * self.scale + (beta if beta is not None else 0.0)
             self.scales, self.shifts = self.scale.unbind(0), self.shift.unbind(0)
 
+    def _sv(self, x: Tensor) -> Tensor:
+        """A (S*B, F) step as (S, B, F) when seeds are stacked."""
+        return x.view(self.S, -1, x.shape[-1]) if self.S else x
+
     def fold(self, add: Tensor) -> Tensor:
-        """The per-step term added after N, (T, B|1, F), with population statistics' shift in it."""
-        return add + self.shift.unsqueeze(1) if self.mode == "pop" else add
+        """The per-step term added after N, (T, [S*]B, F), with population statistics' shift in it."""
+        if self.mode != "pop":
+            return add
+        if not self.S:
+            return add + self.shift.unsqueeze(1)
+        T, rows, F = add.shape
+        return (add.view(T, self.S, -1, F) + self.shift).view(T, rows, F)
 
     def apply(self, x: Tensor, t: int) -> Tensor:
-        """N(x_t)."""
+        """N(x_t), shaped as x."""
+        S = self.S
         if self.mode == "pop":
-            return torch.addcmul(self.shifts[t], x, self.scales[t])
-        if self.mode == "batch":
+            return torch.addcmul(self.shifts[t], self._sv(x), self.scales[t]).view(x.shape)
+        if self.mode == "batch" and not S:
             y, mean, rstd = torch.native_batch_norm(x, self.gamma, self.beta, None, None, True, 0.0, self.eps)
-        else:
+        elif self.mode == "batch":
+            beta = self.beta.reshape(-1) if self.beta is not None else None
+            y, mean, rstd = torch.native_batch_norm(_by_feature(x, S), self.gamma.reshape(-1), beta, None, None,
+                                                    True, 0.0, self.eps)
+            y = _by_row(y, S)
+        elif not S:
             y, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), self.gamma, self.beta, self.eps)
+        else:  # per-seed γ, β: normalize, then scale each seed's rows
+            y, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), None, None, self.eps)
+            yv = self._sv(y).mul_(self.gamma.unsqueeze(1))
+            if self.beta is not None:
+                yv.add_(self.beta.unsqueeze(1))
         self.means.append(mean)
         self.rstds.append(rstd)
         return y
@@ -87,44 +150,65 @@ class _Norm:
         """acc += N(h W^T) in place (``acc`` holds the ``fold``-ed added term), keeping
         z = h W^T in ``z_out`` (step t's row of a buffer) for the backward pass."""
         if self.mode is None:
-            return acc.addmm_(h, w_t)
-        z = torch.mm(h, w_t, out=z_out)
+            return _mm_acc_(acc, h, w_t, self.S)
+        z = _mm(h, w_t, self.S, out=z_out)
         if self.mode == "pop":
-            return acc.addcmul_(z, self.scales[t])
+            self._sv(acc).addcmul_(self._sv(z), self.scales[t])
+            return acc
         return acc.add_(self.apply(z, t))
 
     def back(self, t: int, dy: Tensor, x: Tensor) -> Tensor:
         """∂L/∂x_t from ∂L/∂N(x_t) (γ and β get theirs from ``param_grads``)."""
+        S, mask = self.S, [True, False, False]
         if self.mode is None:
             return dy
         if self.mode == "pop":
-            return dy * self.scales[t]
-        if self.mode == "batch":
+            return (self._sv(dy) * self.scales[t]).view(dy.shape)
+        if self.mode == "batch" and not S:
             return torch.ops.aten.native_batch_norm_backward(
-                dy, x, self.gamma, None, None, self.means[t], self.rstds[t], True, self.eps,
-                [True, False, False])[0]
+                dy, x, self.gamma, None, None, self.means[t], self.rstds[t], True, self.eps, mask)[0]
+        if self.mode == "batch":
+            dx = torch.ops.aten.native_batch_norm_backward(
+                _by_feature(dy, S), _by_feature(x, S), self.gamma.reshape(-1), None, None, self.means[t],
+                self.rstds[t], True, self.eps, mask)[0]
+            return _by_row(dx, S)
+        gamma = self.gamma
+        if S:  # per-seed γ applied outside the layer norm
+            dy, gamma = (self._sv(dy) * self.gamma.unsqueeze(1)).view(dy.shape), None
         return torch.ops.aten.native_layer_norm_backward(
-            dy, x, (x.shape[-1],), self.means[t], self.rstds[t], self.gamma, None, [True, False, False])[0]
+            dy, x, (x.shape[-1],), self.means[t], self.rstds[t], gamma, None, mask)[0]
+
+    def _stats(self) -> tuple[Tensor, Tensor]:
+        """Mean and 1/std of every step, shaped to broadcast against (T, [S*]B, F), or
+        (T, S, B, F) for batch norm of stacked seeds."""
+        if self.mode == "pop":
+            return (self.mean, self.rstd) if self.S else (self.mean.unsqueeze(1), self.rstd.unsqueeze(1))
+        mean, rstd = torch.stack(self.means), torch.stack(self.rstds)  # (T, [S*]F) or layer norm (T, [S*]B, 1)
+        if self.mode == "batch":
+            shape = (mean.shape[0], self.S, 1, -1) if self.S else (mean.shape[0], 1, -1)
+            return mean.view(shape), rstd.view(shape)
+        return mean, rstd
+
+    def _seeded(self, x: Tensor) -> Tensor:
+        """x (T, S*B, F) as (T, S, B, F) where per-seed statistics broadcast against it."""
+        return x.view(x.shape[0], self.S, -1, x.shape[-1]) if self.S and self.mode != "layer" else x
 
     def param_grads(self, dy: Tensor, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """∂L/∂γ and ∂L/∂β over all steps at once, from dy and x (T, B, F)."""
+        """∂L/∂γ and ∂L/∂β over all steps at once, from dy and x (T, [S*]B, F)."""
         if self.mode is None:
             return None, None
-        if self.mode == "pop":
-            mean, rstd = self.mean.unsqueeze(1), self.rstd.unsqueeze(1)
-        elif self.mode == "batch":
-            mean, rstd = torch.stack(self.means).unsqueeze(1), torch.stack(self.rstds).unsqueeze(1)
-        else:
-            mean, rstd = torch.stack(self.means), torch.stack(self.rstds)  # (T, B, 1)
-        dgamma = (dy * (x - mean) * rstd).sum((0, 1))
-        return dgamma, (dy.sum((0, 1)) if self.beta is not None else None)
+        mean, rstd = self._stats()
+        xhat = ((self._seeded(x) - mean) * rstd).view(x.shape)
+        dgamma = _seed_sum(dy * xhat, self.S)
+        return dgamma, (_seed_sum(dy, self.S) if self.beta is not None else None)
 
     def batch_moments(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
-        """The per-step batch mean and biased variance (T, F) this pass used, detached."""
+        """The per-step batch mean and biased variance (T, [S,] F) this pass used, detached."""
         if self.mode != "batch":
             return None
-        mean = torch.stack(self.means)
-        return mean, (x - mean.unsqueeze(1)).square().mean(1)
+        mean, _ = self._stats()  # (T, [S,] 1, F)
+        var = (self._seeded(x) - mean).square().mean(-2)
+        return mean.squeeze(-2), var
 
 
 def _time_major(t: Tensor) -> Tensor:
@@ -142,14 +226,18 @@ def _steps(t: Tensor | None, T: int) -> list:
     return [None] * T if t is None else list(t.unbind(0))
 
 
-def _w_grad(dz: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
-    """dW_hh = Σ_t dz_t^T h_{t-1}: one matrix product over all steps (time-major)."""
+def _w_grad(dz: Tensor, h0: Tensor, hs: Tensor, S: int) -> Tensor:
+    """dW_hh = Σ_t dz_t^T h_{t-1}: one matrix product over all steps (time-major), per seed."""
     hprev = torch.cat([h0.unsqueeze(0), hs[:-1]])
-    return dz.reshape(-1, dz.shape[-1]).t() @ hprev.reshape(-1, hprev.shape[-1])
+    if not S:
+        return dz.reshape(-1, dz.shape[-1]).t() @ hprev.reshape(-1, hprev.shape[-1])
+    T = dz.shape[0]
+    dz_s = dz.view(T, S, -1, dz.shape[-1]).permute(1, 3, 0, 2).reshape(S, dz.shape[-1], -1)
+    return torch.bmm(dz_s, hprev.view(T, S, -1, hprev.shape[-1]).transpose(0, 1).reshape(S, -1, hprev.shape[-1]))
 
 
-def _no_stats(like: Tensor, T: int) -> tuple[Tensor, Tensor]:
-    z = like.new_zeros(T, like.shape[-1])
+def _no_stats(like: Tensor, T: int, S: int) -> tuple[Tensor, Tensor]:
+    z = like.new_zeros(T, *((S,) if S else ()), like.shape[-1])
     return z, z
 
 
@@ -159,18 +247,19 @@ class ScanRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str):
         B, T, H = u.shape
-        nh = _Norm(spec, gamma, None, T)
+        S = w.shape[0] if w.dim() == 3 else 0
+        nh = _Norm(spec, gamma, None, T, S)
         hs = nh.fold(_time_major(u))  # each step's row becomes h_t in place
         zs = u.new_empty(T, B, H) if nh.mode else None
         h_s, z_s = _steps(hs, T), _steps(zs, T)
-        w_t, h = w.t(), h0
+        w_t, h = w.transpose(-1, -2), h0
         for t in range(T):
             a = nh.term_(t, h, w_t, h_s[t], z_s[t])
             h = a.tanh_() if act == "tanh" else a.clamp_min_(0.0)
         moments = nh.batch_moments(zs)
         ctx.save_for_backward(h0, w, hs, zs)
         ctx.nh, ctx.act = nh, act
-        mean, var = moments if moments is not None else _no_stats(u, T)
+        mean, var = moments if moments is not None else _no_stats(u, T, S)
         ctx.mark_non_differentiable(mean, var)
         return hs.transpose(0, 1), mean, var
 
@@ -187,10 +276,10 @@ class ScanRNN(torch.autograd.Function):
             dz = nh.back(t, torch.mul(gh_s[t], dact[t], out=da_s[t]), z_s[t])
             dzs.append(dz)
             if t > 0:
-                gh_s[t - 1].addmm_(dz, w)
+                _mm_acc_(gh_s[t - 1], dz, w, nh.S)
         dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dgamma, _ = nh.param_grads(da, zs)
-        return da.transpose(0, 1), dzs[-1] @ w, _w_grad(dz_all, h0, hs), dgamma, None, None
+        return da.transpose(0, 1), _mm(dzs[-1], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None
 
 
 class ScanLSTM(torch.autograd.Function):
@@ -201,14 +290,15 @@ class ScanLSTM(torch.autograd.Function):
     def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec):
         B, T, GH = u.shape
         H = GH // 4
-        nh, nc = _Norm(spec, g, None, T), _Norm(cspec, gc, bc, T)
+        S = w.shape[0] if w.dim() == 3 else 0
+        nh, nc = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S)
         sig = nh.fold(_time_major(u))  # each step's row becomes σ of the gates in place (g unused)
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
         zs = u.new_empty(T, B, GH) if nh.mode else None
         sig_s, z_s = _steps(sig, T), _steps(zs, T)
         si, sf, so, a_g = (_steps(sig[..., k * H:(k + 1) * H], T) for k in (0, 1, 3, 2))
         tg_s, c_s, tc_s, h_s = (_steps(b, T) for b in (tg, cs, tc, hs))
-        w_t, h, c = w.t(), h0, c0
+        w_t, h, c = w.transpose(-1, -2), h0, c0
         for t in range(T):
             a = nh.term_(t, h, w_t, sig_s[t], z_s[t])
             torch.tanh(a_g[t], out=tg_s[t])  # before σ overwrites the g block
@@ -251,11 +341,11 @@ class ScanLSTM(torch.autograd.Function):
             dz = nh.back(t, da_s[t], z_s[t])
             dzs.append(dz)
             if t > 0:
-                gh_s[t - 1].addmm_(dz, w)
+                _mm_acc_(gh_s[t - 1], dz, w, nh.S)
         dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dg, _ = nh.param_grads(da, zs)
         dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
-        return (da.transpose(0, 1), dzs[-1] @ w, dc * sf_s[0], _w_grad(dz_all, h0, hs), dg, dgc, dbc,
+        return (da.transpose(0, 1), _mm(dzs[-1], w, nh.S), dc * sf_s[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc, dbc,
                 None, None)
 
 
@@ -267,16 +357,22 @@ class ScanGRU(torch.autograd.Function):
     def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec):
         B, T, GH = u.shape
         H = GH // 3
-        nh = _Norm(spec, g, None, T)
+        S = w.shape[0] if w.dim() == 3 else 0
+        nh = _Norm(spec, g, None, T, S)
         gates = _time_major(u)  # each step's row becomes (r, z, n) in place
+        b3 = torch.cat([torch.zeros_like(b_hn).repeat_interleave(2, -1), b_hn], -1)  # ([S,] 3H)
         hw = u.new_empty(T, B, GH)  # N(h W^T) + (0, 0, b_hn): b_hn stays after N
-        hw.copy_(nh.fold(torch.cat([b_hn.new_zeros(2 * H), b_hn]).expand(T, 1, GH)))
+        if S:
+            hw.view(T, S, -1, GH).copy_(b3.unsqueeze(1))
+        else:
+            hw.copy_(b3)
+        hw = nh.fold(hw)
         hs = u.new_empty(T, B, H)
         zs = u.new_empty(T, B, GH) if nh.mode else None
         hw_s, hw_rz, hw_n = _steps(hw, T), _steps(hw[..., :2 * H], T), _steps(hw[..., 2 * H:], T)
         rz_s, r_s, zg_s = _steps(gates[..., :2 * H], T), _steps(gates[..., :H], T), _steps(gates[..., H:2 * H], T)
         n_s, h_s, z_s = _steps(gates[..., 2 * H:], T), _steps(hs, T), _steps(zs, T)
-        w_t, h = w.t(), h0
+        w_t, h = w.transpose(-1, -2), h0
         for t in range(T):
             nh.term_(t, h, w_t, hw_s[t], z_s[t])
             rz_s[t].add_(hw_rz[t]).sigmoid_()
@@ -311,26 +407,36 @@ class ScanGRU(torch.autograd.Function):
             dz = nh.back(t, da_s[t], z_s[t])
             dzs.append(dz)
             if t > 0:
-                gh_s[t - 1].addcmul_(gh, zg_s[t]).addmm_(dz, w)
-        dh0 = torch.addmm(gh_s[0] * zg_s[0], dzs[-1], w)
+                _mm_acc_(gh_s[t - 1].addcmul_(gh, zg_s[t]), dz, w, nh.S)
+        dh0 = _mm_acc_(gh_s[0] * zg_s[0], dzs[-1], w, nh.S)
         du = (gh_all.unsqueeze(2) * torch.stack([k_r, k_z, k_n], 2)).view(T, B, 3 * H)
         dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dg, _ = nh.param_grads(da, zs)
-        return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs), da[..., 2 * H:].sum((0, 1)), dg, None)
+        return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None)
 
 
 # -- the functions: arguments and results as baselines/fused.py ------------------------
 
-def check_args(u: Tensor, h0: Tensor, gates: int, norms: tuple, **others: Tensor | None) -> tuple[int, int, int]:
-    """B, T, H of a ``gates``-gate cell's arguments; ValueError when a norm or a shape is wrong."""
+def seeds_of(w_hh: Tensor) -> int:
+    """Stacked seeds S of a call: W_hh is (S, G*H, H) for S seeds, (G*H, H) for one model (0)."""
+    return w_hh.shape[0] if w_hh.dim() == 3 else 0
+
+
+def check_args(u: Tensor, h0: Tensor, gates: int, norms: tuple, seeds: int = 0,
+               **others: Tensor | None) -> tuple[int, int, int]:
+    """B, T, H of a ``gates``-gate cell's arguments; ValueError when a norm or a shape is
+    wrong. With ``seeds`` S > 0, u and h0 hold S*B rows and the others lead with S."""
     for n in norms:
         if n not in NORMS:
             raise ValueError(f"unknown norm {n!r}; allowed: None, 'batch', 'layer'")
     B, T, GH = u.shape
     H = h0.shape[-1]
-    if GH != gates * H or h0.shape != (B, H):
-        raise ValueError(f"shapes do not fit a {gates}-gate cell: u {tuple(u.shape)}, h0 {tuple(h0.shape)}")
-    want = dict(c0=(B, H), w_hh=(GH, H), gamma_hh=(GH,), b_hn=(H,), gamma_c=(H,), beta_c=(H,))
+    if GH != gates * H or h0.shape != (B, H) or (seeds and B % seeds):
+        raise ValueError(f"shapes do not fit a {gates}-gate cell{f' of {seeds} seeds' if seeds else ''}: "
+                         f"u {tuple(u.shape)}, h0 {tuple(h0.shape)}")
+    lead = (seeds,) if seeds else ()
+    want = dict(c0=(B, H), w_hh=lead + (GH, H), gamma_hh=lead + (GH,), b_hn=lead + (H,), gamma_c=lead + (H,),
+                beta_c=lead + (H,))
     for name, t in others.items():
         if t is not None and t.shape != want[name]:
             raise ValueError(f"{name} must be {want[name]}, got {tuple(t.shape)}")
@@ -338,24 +444,26 @@ def check_args(u: Tensor, h0: Tensor, gates: int, norms: tuple, **others: Tensor
 
 
 def population(norm: str | None, batch_stats: bool, mean: Tensor | None, var: Tensor | None,
-               feats: int, like: Tensor, what: str) -> tuple[Tensor, Tensor] | tuple[None, None]:
-    """Population rows (R, feats), detached, in ``like``'s dtype and device; (None, None)
-    when they are not used. Like ``SeqNorm``, no rows yet (a never-trained norm) means
-    the identity statistics of a fresh BatchNorm."""
+               feats: int, like: Tensor, what: str, seeds: int = 0) -> tuple[Tensor, Tensor] | tuple[None, None]:
+    """Population rows ([S,] R, feats), detached, in ``like``'s dtype and device; (None,
+    None) when they are not used. Like ``SeqNorm``, no rows yet (a never-trained norm)
+    means the identity statistics of a fresh BatchNorm."""
     if norm != "batch" or batch_stats:
         return None, None
     if mean is None or var is None:
         raise ValueError(f"{what}: population statistics needed when batch_stats=False")
-    if mean.shape != var.shape or mean.dim() != 2 or mean.shape[1] != feats:
-        raise ValueError(f"{what}: population statistics must be (rows, {feats}), got "
-                         f"{tuple(mean.shape)} and {tuple(var.shape)}")
-    if mean.shape[0] == 0:
-        return like.new_zeros(1, feats), like.new_ones(1, feats)
+    lead = (seeds,) if seeds else ()
+    if mean.shape != var.shape or mean.shape[:-2] != lead or mean.dim() != 2 + bool(seeds) or mean.shape[-1] != feats:
+        raise ValueError(f"{what}: population statistics must be ({'seeds, ' if seeds else ''}rows, {feats}), "
+                         f"got {tuple(mean.shape)} and {tuple(var.shape)}")
+    if mean.shape[-2] == 0:
+        return like.new_zeros(*lead, 1, feats), like.new_ones(*lead, 1, feats)
     return mean.detach().to(like), var.detach().to(like)
 
 
-def _spec(norm, batch_stats, mean, var, feats, like, eps, what) -> NormSpec:
-    return NormSpec(norm, bool(batch_stats), *population(norm, batch_stats, mean, var, feats, like, what), eps)
+def _spec(norm, batch_stats, mean, var, feats, like, eps, what, seeds) -> NormSpec:
+    pops = population(norm, batch_stats, mean, var, feats, like, what, seeds)
+    return NormSpec(norm, bool(batch_stats), *pops, eps)
 
 
 def scan_rnn(u: Tensor, h0: Tensor, w_hh: Tensor, gamma: Tensor | None = None, *,
@@ -364,9 +472,11 @@ def scan_rnn(u: Tensor, h0: Tensor, w_hh: Tensor, gamma: Tensor | None = None, *
              tf32: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``fused.fused_rnn`` in PyTorch ops (``tf32`` is the global matmul setting here).
     The returned mean and variance are the batch statistics with batch norm, else zeros."""
-    B, _, H = check_args(u, h0, 1, (norm,), w_hh=w_hh, gamma_hh=gamma)
-    gamma = gamma if gamma is not None else u.new_ones(H)
-    spec = _spec(norm, batch_stats, pop_mean, pop_var, H, u, eps, "recurrent norm")
+    S = seeds_of(w_hh)
+    B, _, H = check_args(u, h0, 1, (norm,), S, w_hh=w_hh, gamma_hh=gamma)
+    lead = (S,) if S else ()
+    gamma = gamma if gamma is not None else u.new_ones(*lead, H)
+    spec = _spec(norm, batch_stats, pop_mean, pop_var, H, u, eps, "recurrent norm", S)
     return ScanRNN.apply(u, h0, w_hh, gamma, spec, act)
 
 
@@ -377,13 +487,15 @@ def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor 
               cell_pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False
               ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_lstm`` in PyTorch ops: h_seq (B, T, H), c_T (B, H), batch statistics."""
-    B, _, H = check_args(u, h0, 4, (norm, cell_norm), c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
+    S = seeds_of(w_hh)
+    B, _, H = check_args(u, h0, 4, (norm, cell_norm), S, c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
                          beta_c=beta_c)
-    gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(4 * H)
-    gamma_c = gamma_c if gamma_c is not None else u.new_ones(H)
-    beta_c = beta_c if beta_c is not None or cell_norm is None else u.new_zeros(H)
-    spec = _spec(norm, batch_stats, pop_mean, pop_var, 4 * H, u, eps, "recurrent norm")
-    cspec = _spec(cell_norm, batch_stats, cell_pop_mean, cell_pop_var, H, u, eps, "cell norm")
+    lead = (S,) if S else ()
+    gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*lead, 4 * H)
+    gamma_c = gamma_c if gamma_c is not None else u.new_ones(*lead, H)
+    beta_c = beta_c if beta_c is not None or cell_norm is None else u.new_zeros(*lead, H)
+    spec = _spec(norm, batch_stats, pop_mean, pop_var, 4 * H, u, eps, "recurrent norm", S)
+    cspec = _spec(cell_norm, batch_stats, cell_pop_mean, cell_pop_var, H, u, eps, "cell norm", S)
     h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec)
     keys = [k for k, s in (("hh", spec), ("c", cspec)) if s.kind == "batch" and s.batch_stats]
     return h, c, {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
@@ -394,8 +506,9 @@ def scan_gru(u: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, gamma_hh: Tensor
              pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False
              ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_gru`` in PyTorch ops: h_seq (B, T, H) and the batch statistics."""
-    B, _, H = check_args(u, h0, 3, (norm,), w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh)
-    gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(3 * H)
-    spec = _spec(norm, batch_stats, pop_mean, pop_var, 3 * H, u, eps, "recurrent norm")
+    S = seeds_of(w_hh)
+    B, _, H = check_args(u, h0, 3, (norm,), S, w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh)
+    gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*((S,) if S else ()), 3 * H)
+    spec = _spec(norm, batch_stats, pop_mean, pop_var, 3 * H, u, eps, "recurrent norm", S)
     h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec)
     return h, ({"hh": (flat[0], flat[1])} if flat else {})

@@ -421,3 +421,78 @@ def test_gated_kernels_compile_for_sm90():
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count(" ok") == 8
+
+
+# -- stacked seeds: one call for S independent models ---------------------------------------
+
+STACK_CASES = [("rnn", None, None, True), ("rnn", "batch", None, True), ("rnn", "batch", None, False),
+               ("rnn", "layer", None, True), ("lstm", None, None, True), ("lstm", "batch", "batch", True),
+               ("lstm", "batch", "batch", False), ("lstm", "layer", "layer", True), ("lstm", None, "batch", False),
+               ("gru", None, None, True), ("gru", "batch", None, True), ("gru", "batch", None, False),
+               ("gru", "layer", None, True)]
+
+
+@pytest.mark.parametrize("cell,norm,cell_norm,batch_stats", STACK_CASES)
+def test_stacked_seeds_equal_one_by_one(cell, norm, cell_norm, batch_stats):
+    """Seeds stacked (rows seed-major, parameters with a leading seed dimension) give each
+    seed exactly what a call with its own arguments gives: outputs, batch statistics and
+    the gradients of every argument (float64)."""
+    S, B, T, H = 3, 4, 5, 6
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    d = dict(dtype=torch.float64)
+    torch.manual_seed(7)
+    per_seed = []
+    for _ in range(S):
+        a = dict(u=torch.randn(B, T, G * H, **d), h0=torch.randn(B, H, **d), w_hh=torch.randn(G * H, H, **d) / 3,
+                 gamma_hh=torch.rand(G * H, **d) + 0.5)
+        if cell == "lstm":
+            a.update(c0=torch.randn(B, H, **d), gamma_c=torch.rand(H, **d) + 0.5, beta_c=torch.randn(H, **d) * 0.1)
+        if cell == "gru":
+            a["b_hn"] = torch.randn(H, **d)
+        per_seed.append(a)
+    pops = dict(pop_mean=torch.randn(S, 2, G * H, **d), pop_var=torch.rand(S, 2, G * H, **d) + 0.5,
+                cell_pop_mean=torch.randn(S, 3, H, **d), cell_pop_var=torch.rand(S, 3, H, **d) + 0.5)
+    rows = ("u", "h0", "c0")  # seed-major rows; the rest stacks on a new seed dimension
+
+    def call(args, pop):
+        kw = dict(norm=norm, batch_stats=batch_stats, pop_mean=pop["pop_mean"], pop_var=pop["pop_var"])
+        if cell == "rnn":
+            h, mean, var = scan.scan_rnn(args["u"], args["h0"], args["w_hh"], args["gamma_hh"], **kw)
+            return [h], ({"hh": (mean, var)} if norm == "batch" and batch_stats else {})
+        if cell == "gru":
+            h, stats = scan.scan_gru(args["u"], args["h0"], args["w_hh"], args["b_hn"], args["gamma_hh"], **kw)
+            return [h], stats
+        h, c, stats = scan.scan_lstm(args["u"], args["h0"], args["c0"], args["w_hh"], args["gamma_hh"],
+                                     cell_norm=cell_norm, gamma_c=args["gamma_c"], beta_c=args["beta_c"],
+                                     cell_pop_mean=pop["cell_pop_mean"], cell_pop_var=pop["cell_pop_var"], **kw)
+        return [h, c], stats
+
+    cots = [torch.randn(S * B, T, H, **d), torch.randn(S * B, H, **d)]
+    want_out, want_stats, want_grads = [], [], []
+    for s, a in enumerate(per_seed):
+        leaves = {k: v.clone().requires_grad_() for k, v in a.items()}
+        outs, stats = call(leaves, {k: v[s] for k, v in pops.items()})
+        loss = sum((o * c[s * B:(s + 1) * B]).sum() for o, c in zip(outs, cots))
+        want_grads.append(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))
+        want_out.append(outs)
+        want_stats.append(stats)
+    stacked = {k: (torch.cat if k in rows else torch.stack)([a[k] for a in per_seed]).requires_grad_()
+               for k in per_seed[0]}
+    outs, stats = call(stacked, pops)
+    grads = dict(zip(stacked, torch.autograd.grad(sum((o * c).sum() for o, c in zip(outs, cots)),
+                                                  list(stacked.values()), allow_unused=True)))
+    close = dict(rtol=1e-10, atol=1e-12)
+    for s in range(S):
+        for o, w in zip(outs, want_out[s]):
+            torch.testing.assert_close(o[s * B:(s + 1) * B], w, **close)
+        assert stats.keys() == want_stats[s].keys()
+        for k, (mean, var) in stats.items():
+            torch.testing.assert_close(mean[:, s], want_stats[s][k][0], **close)
+            torch.testing.assert_close(var[:, s], want_stats[s][k][1], **close)
+        for k, g in grads.items():
+            want = want_grads[s][k]
+            if g is None or want is None:  # an unused γ (no norm): unused in both
+                assert g is None and want is None, k
+                continue
+            got = g[s * B:(s + 1) * B] if k in rows else g[s]
+            torch.testing.assert_close(got, want, **close, msg=f"seed {s}, grad of {k}")
