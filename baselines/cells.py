@@ -34,6 +34,41 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 State = Any  # Tensor (L, B, H) for rnn/gru; tuple (h, c) for lstm
 
 
+def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hh: Tensor,
+                   args: dict, *, kernel: bool = False) -> tuple[Tensor, Tensor | None, dict]:
+    """One layer's recurrence on a fast path: (h sequence, c_T or None, batch statistics).
+
+    ``xw``: the input term W_ih x + b_ih of every step; ``args``: the norms'
+    keyword arguments (``LoopCore.fast_norm_args``); ``kernel``: the Triton kernels
+    (baselines/fused.py) instead of the scan path (baselines/scan.py). With W_hh of
+    shape (S, G*H, H) it runs S stacked seeds (``baselines/stack.py``): xw, h0 and c0
+    hold S*B rows seed-major, b_hh and the norms' tensors lead with S.
+    """
+    from baselines import fused, scan
+
+    rnn, lstm, gru = ((fused.fused_rnn, fused.fused_lstm, fused.fused_gru) if kernel
+                      else (scan.scan_rnn, scan.scan_lstm, scan.scan_gru))
+    S = scan.seeds_of(w_hh)
+
+    def plus(bias: Tensor) -> Tensor:  # xw + b_hh, each seed's rows with its own bias
+        if not S:
+            return xw + bias
+        return (xw.view(S, -1, xw.shape[-1]) + bias.unsqueeze(1)).view(xw.shape)
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    if cell == "rnn":
+        rnn_args = {("gamma" if k == "gamma_hh" else k): v for k, v in args.items()}
+        out, mean, var = rnn(plus(b_hh), h0, w_hh, act=act, tf32=tf32, **rnn_args)
+        batch_norm = args.get("norm") == "batch" and args.get("batch_stats", True)
+        return out, None, ({"hh": (mean, var)} if batch_norm else {})
+    if cell == "lstm":
+        return lstm(plus(b_hh), h0, c0, w_hh, tf32=tf32, **args)
+    H = h0.shape[-1]  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
+    b_rz = torch.cat([b_hh[..., :2 * H], torch.zeros_like(b_hh[..., 2 * H:])], -1)
+    out, stats = gru(plus(b_rz), h0, w_hh, b_hh[..., 2 * H:], tf32=tf32, **args)
+    return out, None, stats
+
+
 class CudnnCore(nn.Module):
     """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (cuDNN on CUDA), batch-first."""
 
@@ -168,25 +203,14 @@ class LoopCore(nn.Module):
         args = self.fast_norm_args(layer, masked)
         if args is None:
             return None
-        from baselines import fused, scan
+        from baselines import fused
 
-        B, H = xw_all.shape[0], self.hidden_size
-        kernel = xw_all.dtype == torch.float32 and fused.available(xw_all.device, B, H, GATES[self.cell])
-        rnn, lstm, gru = ((fused.fused_rnn, fused.fused_lstm, fused.fused_gru) if kernel
-                          else (scan.scan_rnn, scan.scan_lstm, scan.scan_gru))
+        B = xw_all.shape[0]
+        kernel = xw_all.dtype == torch.float32 and fused.available(xw_all.device, B, self.hidden_size,
+                                                                   GATES[self.cell])
         _, w_hh, _, b_hh = self.weights(layer)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        c = None
-        if self.cell == "rnn":
-            rnn_args = {("gamma" if k == "gamma_hh" else k): v for k, v in args.items()}
-            out, mean, var = rnn(xw_all + b_hh, h0, w_hh, act=self.nonlinearity, tf32=tf32, **rnn_args)
-            batch_norm = args.get("norm") == "batch" and args.get("batch_stats", True)
-            stats = {"hh": (mean, var)} if batch_norm else {}
-        elif self.cell == "lstm":
-            out, c, stats = lstm(xw_all + b_hh, h0, c0, w_hh, tf32=tf32, **args)
-        else:  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
-            b_rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-            out, stats = gru(xw_all + b_rz, h0, w_hh, b_hh[2 * H:], tf32=tf32, **args)
+        out, c, stats = run_recurrence(self.cell, self.nonlinearity, xw_all, h0, c0, w_hh, b_hh, args,
+                                       kernel=kernel)
         self.record_fast_stats(layer, stats, B)
         return out, out[:, -1], c, ("fused" if kernel else "scan")
 
@@ -205,8 +229,16 @@ class LoopCore(nn.Module):
         """What the LSTM output gate multiplies: tanh(c_t)."""
         return torch.tanh(c)
 
+    def begin_pass(self) -> None:
+        """Called before each forward pass (normalized cells drop stale step statistics)."""
+
+    def end_pass(self) -> None:
+        """Called after each forward pass (normalized cells fold their step statistics
+        into the running ones, one update per pass)."""
+
     def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        self.begin_pass()
         if state is None:
             state = self.init_state(x)
         h0, c0 = state if self.cell == "lstm" else (state, None)
@@ -227,5 +259,6 @@ class LoopCore(nn.Module):
                 seq, h, c, self.last_path = fast
             hs.append(h)
             cs.append(c)
+        self.end_pass()
         h_n = torch.stack(hs)
         return seq, ((h_n, torch.stack(cs)) if self.cell == "lstm" else h_n)

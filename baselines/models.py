@@ -105,17 +105,20 @@ class RecurrentModel(nn.Module):
         if state is None:
             state = self.initial_state(inp)
         hidden, state = self.core(inp, state, perturb=perturb, lengths=lengths)
+        return ModelOutput(self.readout(hidden, lengths), hidden, state)
+
+    def readout(self, hidden: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The head's output from the top layer's (B, T, H) outputs: every step's, or the
+        last valid step's."""
         feats = self.features(hidden, lengths)
         if self.target == "every":
-            y = self.head(feats)
+            return self.head(feats)
+        if lengths is None:
+            last = feats[:, -1]
         else:
-            if lengths is None:
-                last = feats[:, -1]
-            else:
-                idx = (lengths.to(feats.device).long() - 1).view(-1, 1, 1).expand(-1, 1, feats.shape[-1])
-                last = feats.gather(1, idx).squeeze(1)
-            y = self.head(last)
-        return ModelOutput(y, hidden, state)
+            idx = (lengths.to(feats.device).long() - 1).view(-1, 1, 1).expand(-1, 1, feats.shape[-1])
+            last = feats.gather(1, idx).squeeze(1)
+        return self.head(last)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.run(x, lengths).y

@@ -170,14 +170,13 @@ class NormLoopCore(LoopCore):
             if key in stats and norms is not None:
                 norms[layer].add_step_stats(*stats[key], batch)
 
-    def forward(self, x: Tensor, state: State = None, perturb: Tensor | None = None,
-                lengths: Tensor | None = None) -> tuple[Tensor, State]:
+    def begin_pass(self) -> None:
         for norm in self._norms:
             norm.reset()
-        out = super().forward(x, state, perturb=perturb, lengths=lengths)
+
+    def end_pass(self) -> None:
         for norm in self._norms:  # one running-statistics update per forward pass
             norm.flush()
-        return out
 
 
 class OutputStack(nn.Module):

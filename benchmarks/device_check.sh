@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session, in one call: CUDA correctness tests, the speed table of every
-# model at the three benchmark shapes (ratio to cuDNN LSTM), the reference path of
-# the custom cells for comparison, and the smoke profile on CUDA. Prints a short
-# table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
+# model at the three benchmark shapes (ratio to cuDNN LSTM), the custom cells with
+# 8 seeds stacked per step (ratio per seed), the reference path of the custom cells
+# for comparison, and the smoke profile on CUDA. Prints a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
@@ -19,7 +19,12 @@ stage "correctness on CUDA (pytest -m gpu)"
 timeout 200 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUTDIR/gpu_tests.log" | tail -25
 
 stage "speed: every model, three shapes, fast path"
-timeout 170 $PY -m suite.cli bench --device cuda --repeats 3 --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt"
+timeout 150 $PY -m suite.cli bench --device cuda --repeats 3 --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt"
+
+stage "speed: 8 seeds stacked per step (ratio per seed)"
+timeout 80 $PY -m suite.cli bench --device cuda --repeats 3 --seeds 8 --shapes seq-mnist,adding \
+  --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm' --json "$OUTDIR/bench_stacked.json" 2>&1 \
+  | tee "$OUTDIR/bench_stacked.txt"
 
 stage "speed: the reference path (explicit loop, eager) of the custom cells"
 timeout 60 $PY -m suite.cli bench --device cuda --reference --repeats 3 --shapes seq-mnist \
@@ -27,7 +32,7 @@ timeout 60 $PY -m suite.cli bench --device cuda --reference --repeats 3 --shapes
 
 stage "smoke profile on CUDA"
 rm -f "$OUTDIR/smoke.sqlite"
-timeout 120 $PY -m suite.cli run --profile smoke --device cuda --store "$OUTDIR/smoke.sqlite" -q 2>&1 | tail -3
+timeout 90 $PY -m suite.cli run --profile smoke --device cuda --store "$OUTDIR/smoke.sqlite" -q 2>&1 | tail -3
 $PY - "$OUTDIR/smoke.sqlite" <<'PY' 2>&1 | tee "$OUTDIR/smoke_summary.txt"
 import sys
 from suite.store import Store
@@ -39,4 +44,4 @@ PY
 
 stage "summary"
 tail -4 "$OUTDIR/gpu_tests.log"
-cat "$OUTDIR/bench.txt"
+cat "$OUTDIR/bench.txt" "$OUTDIR/bench_stacked.txt"

@@ -6,6 +6,12 @@ graph fast path is what gets timed on CUDA). Times are medians over repeats afte
 warm-up; on CUDA each repeat is timed with CUDA events. The ratio column is
 throughput relative to ``lstm`` (cuDNN on CUDA, ``nn.LSTM`` on CPU) on the same
 shape and device: ``lstm_ms / model_ms`` (above 1 is faster than cuDNN LSTM).
+
+With ``seeds`` S > 1, every model that can be stacked (``baselines/stack.py``)
+trains S seeds per step on S batches of the shape; its ratio is then per seed,
+``lstm_ms / (model_ms / S)``: the throughput of training S seeds relative to
+training them one after another with cuDNN LSTM. Models that cannot be stacked
+(cuDNN modules) are timed one seed per step, as they would be trained.
 """
 
 from __future__ import annotations
@@ -45,7 +51,11 @@ SHAPES = {
 }
 
 
-def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> Batch:
+def make_batch(shape: Shape, device: torch.device, seed: int = 0, seeds: int = 1) -> Batch:
+    """A random batch of the shape; ``seeds`` > 1: that many, concatenated (seed-major)."""
+    if seeds > 1:
+        parts = [make_batch(shape, device, seed + s) for s in range(seeds)]
+        return Batch(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
     g = torch.Generator(device=device).manual_seed(seed)
     if shape.vocab is not None:
         x = torch.randint(0, shape.vocab, (shape.B, shape.T), generator=g, device=device)
@@ -67,18 +77,29 @@ def loss_for(shape: Shape):
 
 
 def build_step(model_name: str, shape: Shape, device: torch.device, *, fast_path: bool = True,
-               **overrides: Any):
+               seeds: int = 1, **overrides: Any):
     """A ready training step (model, Adam, clip 1.0) for ``model_name`` at ``shape``;
-    ``fast_path=False`` times the reference: the explicit loop, eager."""
-    torch.manual_seed(0)
-    model = baselines.create(model_name, output_size=shape.output_size, input_size=shape.input_size,
+    ``fast_path=False`` times the reference: the explicit loop, eager. ``seeds`` > 1
+    stacks that many seeds where the model can be stacked (``step.seeds`` says)."""
+    from baselines.stack import SeedStack, stack_problem
+
+    models = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        m = baselines.create(model_name, output_size=shape.output_size, input_size=shape.input_size,
                              vocab_size=shape.vocab, target=shape.target, hidden_size=shape.H,
                              **overrides).to(device)
-    baselines.set_fast_path(model, fast_path)
+        baselines.set_fast_path(m, fast_path)
+        models.append(m)
+        if stack_problem(m) is not None:
+            break
+    model = SeedStack(models) if len(models) > 1 else models[0]
     model.train()
     graphs = fast_path and device.type == "cuda"
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=graphs)
-    return make_train_step(model, loss_for(shape), opt, 1.0, device=device, graphs=graphs)
+    step = make_train_step(model, loss_for(shape), opt, 1.0, device=device, graphs=graphs)
+    step.seeds = len(models)
+    return step
 
 
 def _sync(device: torch.device) -> None:
@@ -111,9 +132,10 @@ def time_step(step, batch: Batch, device: torch.device, *, warmup: int = 5, repe
 
 
 def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_path: bool = True,
-          warmup: int = 5, repeats: int = 5, steps_per_repeat: int = 3,
+          warmup: int = 5, repeats: int = 5, steps_per_repeat: int = 3, seeds: int = 1,
           on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """One row per (model, shape): ms per step (median), peak memory, ratio to lstm.
+    """One row per (model, shape): ms per step (median), peak memory, ratio to lstm
+    (per seed when ``seeds`` > 1 stacks the model; see the module docstring).
 
     ``lstm`` is measured first on each shape (it is the reference of the ratio);
     ``on_row`` receives each row as soon as it is measured.
@@ -135,14 +157,15 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(dev)
-            step = build_step(name, shape, dev, fast_path=fast_path)
-            times = time_step(step, batch, dev, warmup=warmup, repeats=repeats,
+            step = build_step(name, shape, dev, fast_path=fast_path, seeds=seeds if name != "lstm" else 1)
+            step_batch = make_batch(shape, dev, seeds=step.seeds) if step.seeds > 1 else batch
+            times = time_step(step, step_batch, dev, warmup=warmup, repeats=repeats,
                               steps_per_repeat=steps_per_repeat)
             ms = statistics.median(times)
             ref_ms = ref_ms or ms  # lstm comes first
             row = {
-                "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H,
-                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms / ms,
+                "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H, "seeds": step.seeds,
+                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms * step.seeds / ms,
                 "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
                 "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,
@@ -155,18 +178,19 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
     return rows
 
 
-HEADER = f"{'model':<14}{'shape':<10}{'ms/step':>9}{'min':>9}{'max':>9}{'peak MB':>8}{'x lstm':>8}  path"
+HEADER = f"{'model':<14}{'shape':<10}{'seeds':>6}{'ms/step':>9}{'min':>9}{'max':>9}{'peak MB':>8}{'x lstm':>8}  path"
 
 
 def format_row(r: dict[str, Any]) -> str:
     mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
-    return (f"{r['model']:<14}{r['shape']:<10}{r['ms']:>9.2f}{r['ms_min']:>9.2f}{r['ms_max']:>9.2f}"
+    return (f"{r['model']:<14}{r['shape']:<10}{r.get('seeds', 1):>6}{r['ms']:>9.2f}{r['ms_min']:>9.2f}{r['ms_max']:>9.2f}"
             f"{mem:>8}{r['ratio_to_lstm']:>8.3f}  {r['path']}")
 
 
 def footer(r: dict[str, Any]) -> str:
-    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}; x lstm = throughput "
-            "relative to lstm (cuDNN/nn.LSTM) on the same shape; path = training step/recurrence")
+    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}; x lstm = throughput per seed "
+            "relative to lstm (cuDNN/nn.LSTM) on the same shape; seeds = seeds stacked in one step; "
+            "path = training step/recurrence")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

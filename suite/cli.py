@@ -157,7 +157,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not models:
         raise UserError(f"--models '{args.models}' matches no model; see 'rnnbench list models'")
     print(HEADER, flush=True)
-    rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats,
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: give 1 or more")
+    rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats, seeds=args.seeds,
                  on_row=lambda r: print(format_row(r), flush=True))
     if rows:
         print(footer(rows[0]))
@@ -255,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference", action="store_true", help="time the eager reference step (no CUDA graph)")
+    p.add_argument("--seeds", type=int, default=1, help="stack this many seeds per training step where a model "
+                   "can be stacked; the ratio is then per seed (default 1)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.set_defaults(func=cmd_bench)
 

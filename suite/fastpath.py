@@ -38,6 +38,9 @@ class StepOut:
     grad_norm: Tensor
     groups: dict[str, Tensor]
 
+    def copy(self) -> "StepOut":
+        return StepOut(self.loss.clone(), self.grad_norm.clone(), {k: v.clone() for k, v in self.groups.items()})
+
 
 class EagerTrainStep:
     """Forward, backward, clip and update on one batch; results stay on the device."""
@@ -135,13 +138,54 @@ class GraphedTrainStep(EagerTrainStep):
                 dst.copy_(src, non_blocking=True)
         self.graph.replay()
         # Outputs live in the graph's static buffers: copy them before the next replay.
-        return StepOut(self.out.loss.clone(), self.out.grad_norm.clone(),
-                       {k: v.clone() for k, v in self.out.groups.items()})
+        return [o.copy() for o in self.out] if isinstance(self.out, list) else self.out.copy()
+
+
+class StackedTrainStep(EagerTrainStep):
+    """One training step of S seeds in a ``SeedStack`` (baselines/stack.py).
+
+    The batch holds the seeds' batches concatenated (seed-major). The loss is the sum
+    of the seeds' own losses, so each seed's gradient is the one it gets alone; each
+    seed's gradient norm is measured and clipped on its own parameters, as
+    ``EagerTrainStep`` does for one model, before one optimizer step over all seeds
+    (Adam, RMSprop and SGD update every element on its own). Returns one ``StepOut``
+    per seed.
+    """
+
+    def __init__(self, stack: nn.Module, *args, **kwargs) -> None:
+        super().__init__(stack, *args, **kwargs)
+        if self.bf16:
+            raise ValueError("stacked seeds train in fp32 or tf32")
+        self.seed_params = [[p for p in m.parameters() if p.requires_grad] for m in stack.models]
+
+    def compute(self, batch: Batch) -> list[StepOut]:  # type: ignore[override]
+        S = len(self.seed_params)
+        outs = self.model.run(list(batch.x.chunk(S)))
+        losses = [self.loss_fn(o, Batch(x, y)) for o, x, y in zip(outs, batch.x.chunk(S), batch.y.chunk(S))]
+        self.opt.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        steps = []
+        for model, params, loss in zip(self.model.models, self.seed_params, losses):
+            groups = diagnostics.group_norms(model)
+            steps.append(StepOut(loss.detach(), torch.nn.utils.clip_grad_norm_(params, self.clip).detach(), groups))
+        self.opt.step()
+        return steps
+
+
+class GraphedStackedTrainStep(GraphedTrainStep, StackedTrainStep):
+    """``StackedTrainStep`` captured in a CUDA graph, as ``GraphedTrainStep``."""
 
 
 def make_train_step(model: nn.Module, loss_fn: Callable[[Tensor, Batch], Tensor],
                     opt: torch.optim.Optimizer, clip: float, *, device: torch.device,
                     bf16: bool = False, graphs: bool = True) -> EagerTrainStep:
-    """The fastest correct training step for this device: graphed on CUDA, else eager."""
-    cls = GraphedTrainStep if graphs and device.type == "cuda" else EagerTrainStep
+    """The fastest correct training step for this device: graphed on CUDA, else eager;
+    for a ``SeedStack``, one step of all its seeds."""
+    from baselines.stack import SeedStack
+
+    graphed = graphs and device.type == "cuda"
+    if isinstance(model, SeedStack):
+        cls: type[EagerTrainStep] = GraphedStackedTrainStep if graphed else StackedTrainStep
+    else:
+        cls = GraphedTrainStep if graphed else EagerTrainStep
     return cls(model, loss_fn, opt, clip, bf16=bf16)

@@ -49,3 +49,15 @@ def test_bench_table():
     assert all(r["ms"] > 0 and r["ms_min"] <= r["ms"] <= r["ms_max"] for r in rows)
     table = format_table(rows)
     assert "x lstm" in table and "lstm-loop" in table
+
+
+def test_bench_stacks_seeds_where_it_can():
+    from suite.bench import bench, format_table
+
+    rows = {r["model"]: r for r in bench(["rnn", "bn-lstm"], ["tiny"], "cpu", repeats=2, warmup=1,
+                                         steps_per_repeat=1, seeds=3)}
+    assert rows["bn-lstm"]["seeds"] == 3 and rows["rnn"]["seeds"] == 1 and rows["lstm"]["seeds"] == 1
+    # per seed: three seeds in one step of ms milliseconds
+    r = rows["bn-lstm"]
+    assert r["ratio_to_lstm"] == pytest.approx(3 * rows["lstm"]["ms"] / r["ms"])
+    assert "seeds" in format_table(list(rows.values())).splitlines()[0]

@@ -36,6 +36,7 @@ def run_cli(capsys, *argv):
     (["run", "--task", "adding", "--model", "*nomatch*"], "matches no model"),
     (["run", "--task", "adding", "--model", "lstm", "--device", "tpu"], "device 'tpu' is not valid"),
     (["status", "--store", "/nonexistent/dir/x.sqlite"], "does not exist"),
+    (["bench", "--seeds", "0"], "--seeds 0: give 1 or more"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
