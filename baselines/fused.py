@@ -785,7 +785,8 @@ def _population(norm: str | None, batch_stats: bool, mean: Tensor | None, var: T
                 feats: int, dev: torch.device, what: str) -> tuple[Tensor, Tensor, int]:
     """Population rows (R, feats) as the kernel reads them (float32, contiguous), and R;
     a one-row dummy when they are not used. Checked as ``scan.population`` checks them."""
-    pm, pv = scan.population(norm, batch_stats, mean, var, feats, torch.empty(0, device=dev), what)
+    pm, pv = scan.population(norm, batch_stats, mean, var, feats, torch.empty(0, device=dev, dtype=torch.float32),
+                              what)
     if pm is None:
         dummy = torch.zeros(1, device=dev)
         return dummy, dummy, 1

@@ -21,8 +21,9 @@ arguments and results, so a core uses whichever applies: the math is in one plac
 kernels it runs on any device, in float32 or float64, and on any shape; it issues
 no host synchronisation, so a CUDA graph captures it. Batch norm of a step is
 ``torch.native_batch_norm`` (one op that also returns the step's mean and 1/std)
-and its backward ``native_batch_norm_backward``; layer norm likewise. Tests compare
-it with the reference loop in float64 (tests/test_fused.py, tests/test_fused_models.py).
+and its backward ``native_batch_norm_backward``; layer norm likewise. The backward
+pass is not itself differentiable (no double backward). Tests compare it with the
+reference loop in float64 (tests/test_fast_recurrence.py, tests/test_fast_models.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 NORMS = (None, "batch", "layer")
 
@@ -257,15 +259,18 @@ class ScanRNN(torch.autograd.Function):
             a = nh.term_(t, h, w_t, h_s[t], z_s[t])
             h = a.tanh_() if act == "tanh" else a.clamp_min_(0.0)
         moments = nh.batch_moments(zs)
-        ctx.save_for_backward(h0, w, hs, zs)
+        # γ goes through save_for_backward too, so that changing it before the backward
+        # pass raises (as autograd does for the loop) instead of giving wrong gradients.
+        ctx.save_for_backward(h0, w, hs, zs, gamma)
         ctx.nh, ctx.act = nh, act
         mean, var = moments if moments is not None else _no_stats(u, T, S)
         ctx.mark_non_differentiable(mean, var)
         return hs.transpose(0, 1), mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh_out, *_stats):
-        h0, w, hs, zs = ctx.saved_tensors
+        h0, w, hs, zs, _gamma = ctx.saved_tensors  # unpacking checks that none changed since
         nh: _Norm = ctx.nh
         T = hs.shape[0]
         gh_s = _steps(_grad_out(dh_out, hs.transpose(0, 1)), T)  # becomes ∂L/∂h_t in place
@@ -307,15 +312,16 @@ class ScanLSTM(torch.autograd.Function):
             torch.tanh(c if nc.mode is None else nc.apply(c, t), out=tc_s[t])
             h = torch.mul(so[t], tc_s[t], out=h_s[t])
         stats = {k: m for k, m in (("hh", nh.batch_moments(zs)), ("c", nc.batch_moments(cs))) if m is not None}
-        ctx.save_for_backward(h0, c0, w, sig, tg, cs, tc, hs, zs)
+        ctx.save_for_backward(h0, c0, w, sig, tg, cs, tc, hs, zs, g, gc, bc)  # γ, β: see ScanRNN
         ctx.norms = nh, nc
         flat = [t for m in stats.values() for t in m]
         ctx.mark_non_differentiable(*flat)
         return (hs.transpose(0, 1), cs[T - 1], *flat)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh_out, dc_last, *_stats):
-        h0, c0, w, sig, tg, cs, tc, hs, zs = ctx.saved_tensors
+        h0, c0, w, sig, tg, cs, tc, hs, zs, _g, _gc, _bc = ctx.saved_tensors
         nh, nc = ctx.norms
         T, B, H = hs.shape
         gh_s = _steps(_grad_out(dh_out, hs.transpose(0, 1)), T)  # becomes ∂L/∂h_t in place
@@ -379,15 +385,16 @@ class ScanGRU(torch.autograd.Function):
             n = n_s[t].addcmul_(r_s[t], hw_n[t]).tanh_()
             h = torch.addcmul(n, zg_s[t], h - n, out=h_s[t])
         moments = nh.batch_moments(zs)
-        ctx.save_for_backward(h0, w, hw, gates, hs, zs)
+        ctx.save_for_backward(h0, w, hw, gates, hs, zs, g)  # γ: see ScanRNN
         ctx.nh = nh
         flat = list(moments) if moments is not None else []
         ctx.mark_non_differentiable(*flat)
         return (hs.transpose(0, 1), *flat)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh_out, *_stats):
-        h0, w, hw, gates, hs, zs = ctx.saved_tensors
+        h0, w, hw, gates, hs, zs, _g = ctx.saved_tensors
         nh: _Norm = ctx.nh
         T, B, H = hs.shape
         gh_all = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place

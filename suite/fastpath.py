@@ -15,7 +15,9 @@ shapes differ from the captured ones, or a model that cannot be captured, runs
 eagerly; the run records which path it used. A graph replays on the memory it was
 captured with, so if an eager step replaced a buffer (a batch norm's running
 statistics grow a row per new time step), the graph is captured again before its
-next replay rather than updating the old tensors.
+next replay rather than updating the old tensors; and a graph is captured only for
+shapes the previous, eager step had, so that no buffer grows during a capture
+(captured ops do not run: a buffer grown there would hold no values).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class GraphedTrainStep(EagerTrainStep):
         self.side = torch.cuda.Stream()
         self.captures = 0
         self._buffers: list[int] = []
+        self._eager_shapes: tuple | None = None  # of the last step that ran eagerly
 
     def _buffer_ptrs(self) -> list[int]:
         return [b.data_ptr() for b in self.model.buffers()]
@@ -115,7 +118,8 @@ class GraphedTrainStep(EagerTrainStep):
         self.calls += 1
         if self.failure is not None:
             return self.compute(batch)
-        if self.graph is None and self.calls <= WARMUP:
+        if self.graph is None and (self.calls <= WARMUP or self._shapes(batch) != self._eager_shapes):
+            self._eager_shapes = self._shapes(batch)
             self.side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.side):
                 out = self.compute(batch)
@@ -127,6 +131,7 @@ class GraphedTrainStep(EagerTrainStep):
                 return self.compute(batch)
         assert self.static is not None and self.out is not None
         if self._shapes(batch) != self._shapes(self.static):
+            self._eager_shapes = self._shapes(batch)
             return self.compute(batch)
         if self._buffer_ptrs() != self._buffers:  # an eager step replaced a buffer: capture anew
             self.graph = None

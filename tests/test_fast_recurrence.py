@@ -496,3 +496,20 @@ def test_stacked_seeds_equal_one_by_one(cell, norm, cell_norm, batch_stats):
                 continue
             got = g[s * B:(s + 1) * B] if k in rows else g[s]
             torch.testing.assert_close(got, want, **close, msg=f"seed {s}, grad of {k}")
+
+
+def test_scan_guards_its_saved_parameters():
+    """A norm's γ changed between forward and backward raises, as autograd does for the
+    loop (rather than giving gradients of the new γ); no double backward."""
+    torch.manual_seed(0)
+    model = baselines.create("bn-lstm", input_size=3, output_size=2, hidden_size=8)
+    y = model(torch.randn(4, 5, 3))
+    assert baselines.recurrence_path(model) == "scan"
+    with torch.no_grad():
+        model.core.norm_c[0].weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    y = model(torch.randn(4, 5, 3))
+    (g,) = torch.autograd.grad(y.square().sum(), [model.core.rnn.weight_hh_l0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
