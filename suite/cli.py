@@ -75,8 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_data(specs)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs} must be >= 1")
+    if args.stack_seeds < 1:
+        raise UserError(f"--stack-seeds {args.stack_seeds} must be >= 1")
+    if args.stack_seeds > 1 and args.executor == "ray":
+        raise UserError("--stack-seeds works with the local executor; drop it or use --executor local")
     options = RunOptions(retry_failed=args.retry_failed, checkpoint=parse_policy(args.checkpoint_every),
-                         checkpoint_dir=args.checkpoint_dir)
+                         checkpoint_dir=args.checkpoint_dir, stack_seeds=args.stack_seeds)
     store = Store(args.store)
     added = store.add_runs(specs)
     done = {r for r, in store.db.execute("SELECT run_id FROM runs WHERE status='done'")}
@@ -241,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", default="10m", metavar="N|DURATION",
                    help="save a run's state every N steps or every 30s/10m/2h; 0: off (default 10m)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default: checkpoints/ beside the store)")
+    p.add_argument("--stack-seeds", type=int, default=1, metavar="N",
+                   help="train up to N seeds of one spec as one stack where the model allows it (custom "
+                   "cells, unpadded batches): their recurrences share every op; such groups do not "
+                   "checkpoint (default 1: one run at a time)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

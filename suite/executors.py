@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.env import environment
-from suite.runner import RunResult, Sink, train_one
+from suite.runner import NotStackable, RunResult, Sink, train_one, train_stacked
 from suite.spec import RunSpec
 from suite.store import FINISHED, ClaimLost, Store, owner_id
 
@@ -41,6 +41,7 @@ class RunOptions:
     retry_failed: bool = False
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     checkpoint_dir: str | None = None  # None: checkpoints/ beside the store
+    stack_seeds: int = 1  # > 1: train up to this many seeds of one spec as one stack (local executor)
 
     def checkpoints_for(self, store_path: str | os.PathLike) -> str:
         return str(Path(self.checkpoint_dir or Path(store_path).resolve().parent / "checkpoints"))
@@ -74,6 +75,18 @@ def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> 
     owner = owner_id()
     if not store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
         return None
+    return _train_claimed(spec, store, options, owner)
+
+
+def _fail(store: Store, spec: RunSpec, exc: BaseException, owner: str) -> str | None:
+    try:
+        store.finish(spec.run_id, "failed", None, failure_reason(exc), env=environment(spec.device), owner=owner)
+    except ClaimLost:
+        return None
+    return "failed"
+
+
+def _train_claimed(spec: RunSpec, store: Store, options: RunOptions, owner: str) -> str | None:
     try:
         result = train_checkpointed(spec, lambda m, d: store.write(spec.run_id, m, d, owner=owner),
                                     options.checkpoints_for(store.path), options.checkpoint)
@@ -85,12 +98,59 @@ def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> 
         store.release(spec.run_id, owner)
         raise
     except Exception as exc:  # a failing run is recorded and the suite goes on
+        return _fail(store, spec, exc, owner)
+
+
+def stack_groups(specs: Iterable[RunSpec], size: int) -> list[list[RunSpec]]:
+    """``specs`` as units of work: with ``size`` > 1, runs that differ only in their
+    seed in groups of up to ``size`` (in order of first appearance), else one each."""
+    units: list[list[RunSpec]] = []
+    open_group: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        key = dataclasses.replace(spec, seed=0).to_json()
+        group = open_group.get(key)
+        if size < 2 or group is None or len(group) >= size:
+            group = open_group[key] = []
+            units.append(group)
+        group.append(spec)
+    return units
+
+
+def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOptions()) -> dict[str, str | None]:
+    """Claim and train a unit of ``stack_groups``: one run as ``execute`` does; several
+    as one seed stack (``runner.train_stacked``, no checkpoints) where they can be
+    stacked, else one after another. Returns run_id -> final status (None: not ours)."""
+    if len(specs) == 1:
+        return {specs[0].run_id: execute(specs[0], store, options)}
+    owner = owner_id()
+    statuses: dict[str, str | None] = {s.run_id: None for s in specs}
+    claimed = [s for s in specs if store.claim(s.run_id, owner, retry_failed=options.retry_failed)]
+    if len(claimed) < 2:
+        for spec in claimed:
+            statuses[spec.run_id] = _train_claimed(spec, store, options, owner)
+        return statuses
+    sinks = [lambda m, d, rid=spec.run_id: store.write(rid, m, d, owner=owner) for spec in claimed]
+    try:
+        results = train_stacked(claimed, sinks)
+    except NotStackable:
+        for spec in claimed:
+            statuses[spec.run_id] = _train_claimed(spec, store, options, owner)
+        return statuses
+    except KeyboardInterrupt:
+        for spec in claimed:
+            store.release(spec.run_id, owner)
+        raise
+    except Exception as exc:  # ClaimLost included: every run of the stack is recorded failed
+        for spec in claimed:
+            statuses[spec.run_id] = _fail(store, spec, exc, owner)
+        return statuses
+    for spec, res in zip(claimed, results):
         try:
-            store.finish(spec.run_id, "failed", None, failure_reason(exc), env=environment(spec.device),
-                         owner=owner)
+            store.finish(spec.run_id, res.status, res.summary, res.reason, env=res.env, owner=owner)
+            statuses[spec.run_id] = res.status
         except ClaimLost:
-            return None
-        return "failed"
+            pass
+    return statuses
 
 
 # -- worker processes ---------------------------------------------------------
@@ -112,11 +172,11 @@ def _init_worker(parent: int, threads: int) -> None:
     _exit_with_parent(parent)
 
 
-def _worker(spec_json: str, store_path: str, options: RunOptions) -> str | None:
-    spec = RunSpec.from_json(spec_json)
+def _worker(spec_jsons: list[str], store_path: str, options: RunOptions) -> dict[str, str | None]:
+    specs = [RunSpec.from_json(j) for j in spec_jsons]
     store = Store(store_path)
     try:
-        return execute(spec, store, options)
+        return execute_unit(specs, store, options)
     finally:
         store.close()
 
@@ -148,25 +208,32 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
     report = progress or (lambda s, st, info: None)
     store = Store(store_path)
     store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
+    units = stack_groups(specs, options.stack_seeds)
+
+    def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:
+        for spec in unit:
+            results[spec.run_id] = status = statuses[spec.run_id]
+            report(spec, status or "skipped", store.summary_of(spec.run_id))
+
     try:
         if jobs <= 1:
-            for spec in specs:
-                results[spec.run_id] = status = execute(spec, store, options)
-                report(spec, status or "skipped", store.summary_of(spec.run_id))
+            for unit in units:
+                record(execute_unit(unit, store, options), unit)
             return results
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        slots = [_new_slot(threads) for _ in range(min(jobs, len(specs)))]
-        queue = list(reversed(specs))
-        running: dict[Future, tuple[int, RunSpec]] = {}
+        slots = [_new_slot(threads) for _ in range(min(jobs, len(units)))]
+        queue = list(reversed(units))
+        running: dict[Future, tuple[int, list[RunSpec]]] = {}
         requeued: set[str] = set()
 
-        def submit(i: int, spec: RunSpec) -> None:
+        def submit(i: int, unit: list[RunSpec]) -> None:
+            jsons = [spec.to_json() for spec in unit]
             try:
-                fut = slots[i].submit(_worker, spec.to_json(), str(store_path), options)
+                fut = slots[i].submit(_worker, jsons, str(store_path), options)
             except BrokenProcessPool:  # its worker died while idle: replace it
                 slots[i] = _new_slot(threads)
-                fut = slots[i].submit(_worker, spec.to_json(), str(store_path), options)
-            running[fut] = (i, spec)
+                fut = slots[i].submit(_worker, jsons, str(store_path), options)
+            running[fut] = (i, unit)
 
         try:
             while queue or running:
@@ -176,21 +243,22 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
                         submit(i, queue.pop())
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    i, spec = running.pop(fut)
+                    i, unit = running.pop(fut)
                     try:
-                        status = fut.result()
-                    except BrokenProcessPool:  # the worker died: only its run fails
+                        statuses = fut.result()
+                    except BrokenProcessPool:  # the worker died: only its runs fail
                         slots[i].shutdown(wait=False)
                         slots[i] = _new_slot(threads)
-                        _fail_dead_worker_run(store, spec.run_id)
-                        status = store.status_of(spec.run_id)
-                        if status == "pending" and spec.run_id not in requeued:
-                            requeued.add(spec.run_id)  # it died before taking the run: not its fault
-                            queue.append(spec)
+                        for spec in unit:
+                            _fail_dead_worker_run(store, spec.run_id)
+                        statuses = {spec.run_id: store.status_of(spec.run_id) for spec in unit}
+                        key = unit[0].run_id
+                        if all(st == "pending" for st in statuses.values()) and key not in requeued:
+                            requeued.add(key)  # it died before taking the runs: not their fault
+                            queue.append(unit)
                             continue
-                        status = status if status in FINISHED else None
-                    results[spec.run_id] = status
-                    report(spec, status or "skipped", store.summary_of(spec.run_id))
+                        statuses = {k: (st if st in FINISHED else None) for k, st in statuses.items()}
+                    record(statuses, unit)
         finally:
             for slot in slots:
                 slot.shutdown(wait=True, cancel_futures=True)

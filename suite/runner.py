@@ -10,6 +10,7 @@ batches; the store writes each batch in one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -26,6 +27,7 @@ from suite.checkpoint import Checkpointer, LoopState
 from suite.env import environment
 from suite.fastpath import make_train_step
 from suite.spec import RunSpec, TrainConfig
+from tasks.base import Batch
 
 Sink = Callable[[list[tuple], list[tuple]], None]
 
@@ -105,6 +107,133 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class RunLoop:
+    """One run's bookkeeping between training steps: logged step metrics (kept on the
+    device until an evaluation), gradient-flow probes, validation with best-checkpoint
+    selection, divergence, early stopping, and the final test evaluation and summary.
+    ``train_one`` drives one; ``train_stacked`` drives one per stacked seed."""
+
+    def __init__(self, spec: RunSpec, task: tasks.Task, model: torch.nn.Module, sink: Sink,
+                 device: torch.device) -> None:
+        self.spec, self.task, self.model, self.sink, self.device = spec, task, model, sink, device
+        self.cfg = cfg = spec.train_config
+        self.clip = cfg.clip if cfg.clip is not None else float("inf")
+        self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.probe_batch = next(task.eval_batches("val", min(cfg.batch_size, 64), device))
+        self.summary: dict[str, Any] = {"n_params": sum(p.numel() for p in model.parameters()),
+                                        "seq_len": task.seq_len}
+        self.status, self.reason = "done", None
+        self.load(LoopState.fresh())
+
+    def load(self, state: LoopState) -> None:
+        # pending: (step, loss, grad norm, group norms) tensors not yet read back to the host
+        (self.step, self.pending, self.best_val, self.best_step, self.best_state, self.solved_step,
+         self.solved_time, self.train_time) = state
+
+    def loop_state(self) -> LoopState:
+        return LoopState(self.step, self.pending, self.best_val, self.best_step, self.best_state,
+                         self.solved_step, self.solved_time, self.train_time)
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        recalibrate(self.model, self.task, self.cfg, self.spec.seed, self.device)
+        self.model.eval()
+        with self.amp:
+            out = self.task.evaluate(self.model, split, self.device, self.cfg.eval_batch_size)
+        self.model.train()
+        return out
+
+    def probe_due(self) -> bool:
+        """Scheduled probes: every ``probe_every`` steps before the last (which the end probe covers)."""
+        every = self.cfg.probe_every
+        return bool(every) and self.step % every == 0 and self.step < self.cfg.max_steps
+
+    def probe(self) -> None:
+        flow = diagnostics.gradient_flow(self.model, self.task, self.probe_batch).cpu().tolist()
+        self.sink([], [(self.step, "grad_flow", t, v) for t, v in enumerate(flow)])
+
+    def log(self, out: Any) -> None:
+        if self.step % self.cfg.log_every == 0:
+            self.pending.append((self.step, out.loss, out.grad_norm, out.groups))
+
+    def at_eval(self) -> bool:
+        """Read back the logged steps and validate (training time is up to date); True
+        when the run ends here: diverged, or solved with early stopping."""
+        rows, bad_step = _drain(self.pending, self.clip)
+        self.pending = []
+        if bad_step is not None:
+            self.sink(rows, [])
+            return self.diverged(f"non-finite loss or gradient at step {bad_step}", bad_step)
+        val = self.evaluate("val")
+        rows += [(self.step, "val", k, v) for k, v in val.items()]
+        rows.append((self.step, "train", "wall_time", self.train_time))
+        self.sink(rows, [])
+        primary = val.get(self.task.primary, float("nan"))
+        if not math.isfinite(primary):  # e.g. a blow-up between two logged steps
+            return self.diverged(f"non-finite validation {self.task.primary} at step {self.step}", self.step)
+        if _better(self.task, primary, self.best_val):
+            self.best_val, self.best_step = primary, self.step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.solved_step is None and _solved(self.task, primary):
+            self.solved_step, self.solved_time = self.step, self.train_time
+        return self.cfg.early_stop and self.solved_step is not None
+
+    def diverged(self, reason: str, step: int) -> bool:
+        self.status, self.reason = "diverged", reason
+        self.summary["diverged_step"] = step
+        return True
+
+    def finish(self, speed: dict[str, Any], path: str) -> RunResult:
+        """The summary (``speed``: ``throughput``'s fields) and, unless diverged, the end
+        probe and the test metrics of the best-validation state."""
+        summary = self.summary
+        summary.update(steps=self.step, train_time_s=self.train_time, **speed)
+        summary["timesteps_per_s"] = (summary["samples_per_s"] or 0.0) * self.task.seq_len or None
+        summary["path"] = path  # training step/recurrence, e.g. cuda_graph/scan
+        summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(self.device) / 2**20
+                                  if self.device.type == "cuda" else None)
+        if self.status == "done":
+            if not self.probe_due():  # end-of-training profile, before reloading the best state
+                self.probe()
+            if self.best_state is not None:
+                self.model.load_state_dict(self.best_state)
+            test = self.evaluate("test")
+            self.sink([(self.best_step, "test", k, v) for k, v in test.items()], [])
+            summary.update({f"test_{k}": v for k, v in test.items()})
+            summary.update(best_val=self.best_val, best_step=self.best_step, solved_step=self.solved_step,
+                           solved_time_s=self.solved_time, solved=self.solved_step is not None)
+        return RunResult(self.status, summary, self.reason, environment(self.spec.device))
+
+
+class StartUp:
+    """Times the first ``steps`` training steps of this process (start-up: first-use
+    allocation, CUDA-graph warm-up and capture) apart from the steady state."""
+
+    def __init__(self, step: int, train_time: float, steps: int) -> None:
+        self.start, self.end_step = (step, train_time), step + steps
+        self.end: tuple[int, float] | None = None  # (step, training time) when start-up ended
+
+    def after(self, step: int, train_time: float, device: torch.device) -> None:
+        """Call after each step with the training time so far (excluding this call's sync)."""
+        if step == self.end_step:
+            _sync(device)
+            self.end = (step, train_time)
+
+    def speed(self, steps: int, train_time: float, batch_size: int) -> dict[str, Any]:
+        return throughput(steps, train_time, self.start, self.end, batch_size)
+
+
+def _setup(spec: RunSpec) -> torch.device:
+    device = torch.device(spec.device)
+    if device.type == "cuda":  # streams and graphs bind to the current device: make it this run's
+        torch.cuda.set_device(device)
+    set_precision(spec.train_config.precision)
+    return device
+
+
+def _step_path(train_step: Any, model: torch.nn.Module) -> str:
+    return f"{train_step.path}/{baselines.recurrence_path(model)}"
+
+
 def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer | None = None) -> RunResult:
     """Train and evaluate one run; metric rows go to ``sink(metrics, diagnostics)``.
 
@@ -114,71 +243,129 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     ckpt = checkpoint or Checkpointer(None)
     sink = ckpt.record(sink or (lambda m, d: None))
     cfg = spec.train_config
-    device = torch.device(spec.device)
-    if device.type == "cuda":  # streams and graphs bind to the current device: make it this run's
-        torch.cuda.set_device(device)
-    set_precision(cfg.precision)
+    device = _setup(spec)
     task, model = build(spec, device)
     graphs = cfg.fast_path and device.type == "cuda"
-    clip = cfg.clip if cfg.clip is not None else float("inf")
+    run = RunLoop(spec, task, model, sink, device)
     opt = make_optimizer(cfg, model.parameters(), capturable=graphs)
-    train_step = make_train_step(model, task.loss, opt, clip, device=device, bf16=cfg.precision == "bf16",
+    train_step = make_train_step(model, task.loss, opt, run.clip, device=device, bf16=cfg.precision == "bf16",
                                  graphs=graphs)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    probe = next(task.eval_batches("val", min(cfg.batch_size, 64), device))
-
-    def evaluate(split: str) -> dict[str, float]:
-        recalibrate(model, task, cfg, spec.seed, device)
-        model.eval()
-        with amp:
-            out = task.evaluate(model, split, device, cfg.eval_batch_size)
-        model.train()
-        return out
-
-    def probe_due(step: int) -> bool:
-        """Scheduled probes: every ``probe_every`` steps before the last (which the end probe covers)."""
-        return bool(cfg.probe_every) and step % cfg.probe_every == 0 and step < cfg.max_steps
-
-    def probe_flow(step: int) -> list[tuple]:
-        flow = diagnostics.gradient_flow(model, task, probe).cpu().tolist()
-        return [(step, "grad_flow", t, v) for t, v in enumerate(flow)]
-
-    summary: dict[str, Any] = {"n_params": sum(p.numel() for p in model.parameters()),
-                               "seq_len": task.seq_len}
     model.train()
     resumed = ckpt.resume(model, opt, gen)
     if resumed is None:
-        sink([], probe_flow(0))
-    # pending: (step, loss, grad norm, group norms) tensors not yet read back to the host
-    step, pending, best_val, best_step, best_state, solved_step, solved_time, train_time = (
-        resumed or LoopState.fresh())
-    status, reason = "done", None
-    # Start-up (train_step.warmup_steps) is timed apart from the steady state, from this
-    # process's first step: a resumed run warms up (and captures its graph) again.
-    warm = (step, train_time, step + train_step.warmup_steps)  # (start step, start time, end step)
-    warm_end: tuple[int, float] | None = None  # (step, train time) when start-up ended
+        run.probe()
+    else:
+        run.load(resumed)
+    # A resumed run warms up (and captures its graph) again: start-up counts from here.
+    start = StartUp(run.step, run.train_time, train_step.warmup_steps)
     t0 = time.perf_counter()
-    while step < cfg.max_steps:
-        if ckpt.due(step):  # between steps: everything of step `step` is done or buffered
-            train_time += time.perf_counter() - t0
-            ckpt.save(model, opt, gen, LoopState(step, pending, best_val, best_step, best_state,
-                                                 solved_step, solved_time, train_time))
+    while run.step < cfg.max_steps:
+        if ckpt.due(run.step):  # between steps: everything of step `step` is done or buffered
+            run.train_time += time.perf_counter() - t0
+            ckpt.save(model, opt, gen, run.loop_state())
             t0 = time.perf_counter()
-        step += 1
-        batch = task.train_batch(cfg.batch_size, gen, device)
-        out = train_step(batch)
-        if step % cfg.log_every == 0:
-            pending.append((step, out.loss, out.grad_norm, out.groups))
-        if step == warm[2]:
-            _sync(device)
-            warm_end = (step, train_time + time.perf_counter() - t0)
-        if probe_due(step):  # on its own schedule, not only at evaluations; not training time
+        run.step += 1
+        run.log(train_step(task.train_batch(cfg.batch_size, gen, device)))
+        start.after(run.step, run.train_time + time.perf_counter() - t0, device)
+        if run.probe_due():  # on its own schedule, not only at evaluations; not training time
             _sync(device)
             paused = time.perf_counter()
-            sink([], probe_flow(step))
+            run.probe()
+            t0 += time.perf_counter() - paused
+        at_eval = run.step % cfg.eval_every == 0 or run.step == cfg.max_steps
+        over_budget = (cfg.time_budget_s is not None
+                       and run.train_time + time.perf_counter() - t0 > cfg.time_budget_s)
+        if not (at_eval or over_budget):
+            continue
+        _sync(device)
+        run.train_time += time.perf_counter() - t0
+        if run.at_eval() or over_budget:
+            break
+        t0 = time.perf_counter()
+    result = run.finish(start.speed(run.step, run.train_time, cfg.batch_size), _step_path(train_step, model))
+    if getattr(train_step, "failure", None):
+        result.summary["graph_failure"] = train_step.failure
+    return result
+
+
+class NotStackable(ValueError):
+    """The runs given to ``train_stacked`` cannot train as one stack (the message says why)."""
+
+
+def stack_problem(cfg: TrainConfig, task: tasks.Task, model: torch.nn.Module) -> str | None:
+    """Why seeds of this configuration cannot train stacked (see ``train_stacked``), or None."""
+    from baselines.stack import stack_problem as model_problem
+
+    if cfg.precision == "bf16":
+        return "bf16 runs are not stacked"
+    if task.train_batch(2, torch.Generator().manual_seed(0), torch.device("cpu")).lengths is not None:
+        return "its batches are padded"
+    return model_problem(model)
+
+
+def train_stacked(specs: list[RunSpec], sinks: list[Sink]) -> list[RunResult]:
+    """Train the seeds ``specs`` (one spec up to its seed) as one ``SeedStack``
+    (baselines/stack.py): each run gets what ``train_one`` gives it, up to the
+    summation order of the stacked matrix products.
+
+    Every seed keeps its own model initialisation, data stream, evaluations, probes,
+    early stop and divergence; a seed that stops stays in the stack (its rows are
+    still computed, not recorded) until the last one stops. The seeds share the
+    training time, so each run's speed is that of the stack (``seed_stack`` in its
+    summary). No checkpoints: a killed group restarts from step 0. Raises
+    ``NotStackable`` before training when the specs differ in more than the seed or
+    their configuration cannot be stacked (``stack_problem``).
+    """
+    from baselines.stack import SeedStack
+
+    first = specs[0]
+    if len(specs) < 2 or any(dataclasses.replace(s, seed=first.seed) != first for s in specs):
+        raise NotStackable("a stack takes two or more runs that differ in their seed only")
+    cfg = first.train_config
+    device = _setup(first)
+    built = [build(spec, device) for spec in specs]
+    problem = stack_problem(cfg, *built[0])
+    if problem:
+        raise NotStackable(f"{first.model} on {first.task} cannot be stacked: {problem}")
+    stack = SeedStack([model for _, model in built])
+    graphs = cfg.fast_path and device.type == "cuda"
+    runs = [RunLoop(spec, task, model, sink, device) for spec, (task, model), sink in zip(specs, built, sinks)]
+    opt = make_optimizer(cfg, stack.parameters(), capturable=graphs)
+    train_step = make_train_step(stack, built[0][0].loss, opt, runs[0].clip, device=device, graphs=graphs)
+    gens = [torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17) for spec in specs]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stack.train()
+    for run in runs:
+        run.probe()
+    results: dict[int, RunResult] = {}
+    active = list(range(len(runs)))
+    start = StartUp(0, 0.0, train_step.warmup_steps)
+    step, train_time, t0 = 0, 0.0, time.perf_counter()
+
+    def finish(i: int) -> None:
+        run = runs[i]
+        run.summary["seed_stack"] = len(runs)
+        results[i] = run.finish(start.speed(run.step, run.train_time, cfg.batch_size),
+                                _step_path(train_step, run.model))
+
+    while active and step < cfg.max_steps:
+        step += 1
+        batches = [task.train_batch(cfg.batch_size, gen, device) for (task, _), gen in zip(built, gens)]
+        outs = train_step(Batch(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches])))
+        for i in active:
+            runs[i].step = step
+            runs[i].log(outs[i])
+        start.after(step, train_time + time.perf_counter() - t0, device)
+        due = [i for i in active if runs[i].probe_due()]
+        if due:
+            _sync(device)
+            paused = time.perf_counter()
+            for i in due:
+                runs[i].probe()
             t0 += time.perf_counter() - paused
         at_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
         over_budget = cfg.time_budget_s is not None and train_time + time.perf_counter() - t0 > cfg.time_budget_s
@@ -186,51 +373,15 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
             continue
         _sync(device)
         train_time += time.perf_counter() - t0
-        rows, bad_step = _drain(pending, clip)
-        pending = []
-        if bad_step is not None:
-            sink(rows, [])
-            status, reason = "diverged", f"non-finite loss or gradient at step {bad_step}"
-            summary["diverged_step"] = bad_step
-            break
-        val = evaluate("val")
-        rows += [(step, "val", k, v) for k, v in val.items()]
-        rows.append((step, "train", "wall_time", train_time))
-        sink(rows, [])
-        primary = val.get(task.primary, float("nan"))
-        if not math.isfinite(primary):  # e.g. a blow-up between two logged steps
-            status, reason = "diverged", f"non-finite validation {task.primary} at step {step}"
-            summary["diverged_step"] = step
-            break
-        if _better(task, primary, best_val):
-            best_val, best_step = primary, step
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if solved_step is None and _solved(task, primary):
-            solved_step, solved_time = step, train_time
-        if (cfg.early_stop and solved_step is not None) or over_budget:
-            break
+        for i in list(active):
+            runs[i].train_time = train_time
+            if runs[i].at_eval() or over_budget:
+                active.remove(i)
+                finish(i)
         t0 = time.perf_counter()
-
-    steps_done = step
-    summary.update(steps=steps_done, train_time_s=train_time, **throughput(
-        steps_done, train_time, warm[:2], warm_end, cfg.batch_size))
-    summary["timesteps_per_s"] = (summary["samples_per_s"] or 0.0) * task.seq_len or None
-    summary["path"] = f"{train_step.path}/{baselines.recurrence_path(model)}"  # e.g. cuda_graph/fused
-    if getattr(train_step, "failure", None):
-        summary["graph_failure"] = train_step.failure
-    summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
-                              if device.type == "cuda" else None)
-    if status == "done":
-        if not probe_due(steps_done):  # end-of-training profile, before reloading the best state
-            sink([], probe_flow(steps_done))
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        test = evaluate("test")
-        sink([(best_step, "test", k, v) for k, v in test.items()], [])
-        summary.update({f"test_{k}": v for k, v in test.items()})
-        summary.update(best_val=best_val, best_step=best_step, solved_step=solved_step,
-                       solved_time_s=solved_time, solved=solved_step is not None)
-    return RunResult(status, summary, reason, environment(spec.device))
+    for i in active:
+        finish(i)
+    return [results[i] for i in range(len(runs))]
 
 
 def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end: tuple[int, float] | None,

@@ -155,3 +155,12 @@ def kill_loop(tmp_path: Path, kills: int, seed: int, seeds: str, args: list[str]
     assert not list((tmp_path / "checkpoints").glob("*"))
     attempts = [row[-1] for row in _done_rows(store).values()]
     return {"left_checkpoints": left_checkpoints, "rerun": sum(a > 1 for a in attempts)}
+
+
+def run_cli(capsys, *argv):
+    """``rnnbench *argv`` in this process: (exit code, stdout, stderr)."""
+    from suite.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err

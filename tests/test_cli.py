@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from suite.cli import main
+from suite_helpers import run_cli
 from suite.profiles import build_specs, parse_value
 from suite.spec import parse_seeds
 from suite.errors import UserError
@@ -14,12 +14,6 @@ from suite.errors import UserError
 TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--task-arg", "n_test=50",
         "--train", "max_steps=6", "--train", "eval_every=3", "--train", "batch_size=8",
         "--set", "model.hidden_size=4", "--device", "cpu", "-q"]
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -1,0 +1,104 @@
+"""Runs trained as one seed stack (runner.train_stacked, rnnbench run --stack-seeds)
+record what they record when trained one by one: every metric and diagnostic row,
+the test metrics and the best step, within float32 summation-order differences."""
+
+import math
+
+import pytest
+
+from suite import runner
+from suite.profiles import build_specs
+from suite.runner import NotStackable, train_one, train_stacked
+from suite.store import Store
+from suite_helpers import run_cli
+
+
+def specs(model="bn-rnn", task="adding", seeds="0-2", task_args=None, **model_args):
+    return build_specs(task=[task], model=[model], task_args=task_args or {"T": 8, "n_val": 100, "n_test": 100},
+                       model_args={"hidden_size": 8, **model_args},
+                       train=dict(max_steps=30, eval_every=10, batch_size=16, eval_batch_size=200, lr=1e-2,
+                                  probe_every=20, early_stop=False),
+                       seeds=seeds, device="cpu")
+
+
+def collect(train, group):
+    rows = [([], []) for _ in group]
+    sinks = [lambda m, d, r=r: (r[0].extend(m), r[1].extend(d)) for r in rows]
+    return train(group, sinks), rows
+
+
+def alone(group, sinks):
+    return [train_one(spec, sink) for spec, sink in zip(group, sinks)]
+
+
+def assert_same_records(got, want, rows_got, rows_want):
+    for g, w, (gm, gd), (wm, wd) in zip(got, want, rows_got, rows_want):
+        assert g.status == w.status
+        for k in ("steps", "best_step", "solved_step", "n_params"):
+            assert g.summary[k] == w.summary[k], k
+        for k, v in w.summary.items():
+            if k.startswith("test_"):
+                assert g.summary[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+        keyed = lambda rows: {r[:3]: r[3] for r in rows if r[2] != "wall_time"}  # noqa: E731
+        a, b = keyed(gm), keyed(wm)
+        assert a.keys() == b.keys()
+        for k in b:
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5) or (math.isnan(a[k]) and math.isnan(b[k])), k
+        assert [d[:3] for d in gd] == [d[:3] for d in wd]  # the same gradient-flow probes
+        assert g.summary["seed_stack"] == 3
+
+
+@pytest.mark.parametrize("model", ["bn-rnn", "ln-lstm", "gru-loop"])
+def test_stacked_runs_record_what_they_record_alone(model):
+    group = specs(model)
+    want, rows_want = collect(alone, group)
+    got, rows_got = collect(train_stacked, group)
+    assert_same_records(got, want, rows_got, rows_want)
+    assert got[0].summary["path"] == "eager/scan"
+
+
+def test_a_seed_that_stops_early_leaves_the_others_unchanged(monkeypatch):
+    group = specs("lstm-loop")
+    want, rows_want = collect(alone, group)
+    original = runner.RunLoop.at_eval
+
+    def at_eval(self):  # seed 1 "solves" at its first evaluation
+        stop = original(self)
+        return stop or (self.spec.seed == 1 and self.step == 10)
+
+    monkeypatch.setattr(runner.RunLoop, "at_eval", at_eval)
+    got, rows_got = collect(train_stacked, group)
+    assert [r.summary["steps"] for r in got] == [30, 10, 30]
+    assert_same_records([got[0], got[2]], [want[0], want[2]], [rows_got[0], rows_got[2]],
+                        [rows_want[0], rows_want[2]])
+
+
+def test_what_cannot_be_stacked_is_refused_before_training():
+    with pytest.raises(NotStackable, match="cuDNN"):
+        train_stacked(specs("lstm"), [lambda m, d: None] * 3)
+    with pytest.raises(NotStackable, match="padded"):
+        train_stacked(specs("gru-loop", task="listops", task_args={"n_val": 20, "n_test": 20}),
+                      [lambda m, d: None] * 3)
+    with pytest.raises(NotStackable, match="seed only"):
+        train_stacked(specs("bn-rnn", seeds="0") + specs("bn-rnn", seeds="1", hidden_size=5), [None, None])
+
+
+def test_cli_stacks_what_it_can(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    code, _, err = run_cli(capsys, "run", "--task", "adding", "--task-arg", "T=8", "--task-arg", "n_val=50",
+                           "--task-arg", "n_test=50", "--model", "rnn-loop", "--model", "lstm", "--seeds", "0-2",
+                           "--set", "model.hidden_size=8", "--train", "max_steps=20", "--train", "eval_every=10",
+                           "--stack-seeds", "3", "--store", str(store), "-q")
+    assert code == 0, err
+    summaries = Store(store).summaries()
+    assert (summaries["status"] == "done").all() and len(summaries) == 6
+    stacked = summaries.set_index("model")["seed_stack"]
+    assert (stacked["rnn-loop"] == 3).all() and stacked["lstm"].isna().all()
+
+
+def test_stack_seeds_bad_values_are_one_line(capsys):
+    code, _, err = run_cli(capsys, "run", "--task", "adding", "--model", "rnn-loop", "--stack-seeds", "0")
+    assert code == 2 and "--stack-seeds 0 must be >= 1" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "run", "--task", "adding", "--model", "rnn-loop", "--stack-seeds", "2",
+                           "--executor", "ray")
+    assert code == 2 and "local executor" in err
