@@ -46,8 +46,10 @@ def cost_section(data: ReportData) -> Section:
         return sec.add(note("No run recorded its throughput."))
     sec.add(Text("Training throughput is the steady state: it excludes evaluation, gradient-flow probes and "
                  "each run's start-up (its first step; with CUDA graphs also the eager warm-up steps and the "
-                 "capture), whose time is the 'start-up (s)' column. 'step time × lstm' is the mean step time "
-                 "divided by that of lstm (cuDNN) on the same task setting and device: above 1 is slower."))
+                 "capture), whose time is the 'start-up (s)' column. Runs trained as one seed stack "
+                 "(rnnbench run --stack-seeds) count per seed: the stack's step time divided by its size. "
+                 "'step time × lstm' is the mean step time divided by that of lstm (cuDNN) on the same task "
+                 "setting and device: above 1 is slower."))
     for device, dev_runs in runs.groupby("device", sort=True):
         sec.add(Text(f"device: {device}", "heading"))
         sec.add(figure(figures.cost_points(dev_runs.assign(samples_per_s=_num(dev_runs, "samples_per_s")), data.colors),
