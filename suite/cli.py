@@ -189,6 +189,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     from suite.nightly import nightly
 
+    if args.stack_seeds < 1:
+        raise UserError(f"--stack-seeds {args.stack_seeds} must be >= 1")
     with tqdm(unit="run", disable=args.quiet) as bar:
         def progress(spec, status, summary):
             bar.set_postfix_str(f"{spec.model} {spec.task} s{spec.seed}: {status}")
@@ -196,7 +198,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
         result = nightly(root=Path(args.root), date=args.date, profile=args.profile, device=args.device,
                          jobs=args.jobs, report_dir=Path(args.out) if args.out else None, asv=not args.no_asv,
-                         progress=progress)
+                         stack_seeds=args.stack_seeds, progress=progress)
     for task, why in result.skipped_tasks.items():
         print(f"left out {task}: {why}", file=sys.stderr)
     print(f"store {result.store}; baseline {result.baseline or '(none: first night)'}", file=sys.stderr)
@@ -276,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="night to run or resume, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--device", help="auto | cpu | cuda (default: the profile's)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (several small runs share a GPU)")
+    p.add_argument("--stack-seeds", type=int, default=1, metavar="N", help="as for 'rnnbench run'")
     p.add_argument("--out", help="report folder (default ROOT/report)")
     p.add_argument("--no-asv", action="store_true", help="skip the asv benchmarks")
     p.add_argument("-q", "--quiet", action="store_true")

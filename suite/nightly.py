@@ -123,9 +123,9 @@ def run_asv(device: str, factor: float = 1.2) -> list[str]:
 
 
 def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", device: str | None = None,
-            jobs: int = 1, report_dir: Path | None = None, asv: bool = True,
+            jobs: int = 1, report_dir: Path | None = None, asv: bool = True, stack_seeds: int = 1,
             progress=None) -> NightlyResult:
-    from suite.executors import run_local
+    from suite.executors import RunOptions, run_local
     from suite.profiles import build_specs
     from suite.store import Store
 
@@ -140,7 +140,7 @@ def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", de
     store = Store(store_path)
     store.add_runs(specs)
     store.close()
-    run_local(specs, store_path, jobs=jobs, progress=progress)
+    run_local(specs, store_path, jobs=jobs, options=RunOptions(stack_seeds=stack_seeds), progress=progress)
     from reports.build import build_report
 
     rendered = build_report(store_path, report_dir or root / "report", baseline=baseline)

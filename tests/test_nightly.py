@@ -101,3 +101,14 @@ def test_exit_code_follows_regressions(monkeypatch, capsys, tmp_path):
 def test_bad_date_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="--date 'yesterday' is not a date"):
         nightly(root=tmp_path, date="yesterday", asv=False)
+
+
+def test_stack_seeds_reaches_the_executor(tmp_path, offline, monkeypatch):
+    import suite.executors
+
+    seen = {}
+    monkeypatch.setattr(suite.executors, "run_local", lambda specs, path, **kw: seen.update(kw))
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(PROFILE)
+    nightly(root=tmp_path / "n", date="2026-01-01", profile=str(profile), asv=False, stack_seeds=4)
+    assert seen["options"].stack_seeds == 4
