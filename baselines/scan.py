@@ -366,7 +366,8 @@ class ScanGRU(torch.autograd.Function):
         S = w.shape[0] if w.dim() == 3 else 0
         nh = _Norm(spec, g, None, T, S)
         gates = _time_major(u)  # each step's row becomes (r, z, n) in place
-        b3 = torch.cat([torch.zeros_like(b_hn).repeat_interleave(2, -1), b_hn], -1)  # ([S,] 3H)
+        zero = torch.zeros_like(b_hn)
+        b3 = torch.cat([zero, zero, b_hn], -1)  # ([S,] 3H)
         hw = u.new_empty(T, B, GH)  # N(h W^T) + (0, 0, b_hn): b_hn stays after N
         if S:
             hw.view(T, S, -1, GH).copy_(b3.unsqueeze(1))

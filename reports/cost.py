@@ -47,7 +47,7 @@ def cost_section(data: ReportData) -> Section:
     sec.add(Text("Training throughput is the steady state: it excludes evaluation, gradient-flow probes and "
                  "each run's start-up (its first step; with CUDA graphs also the eager warm-up steps and the "
                  "capture), whose time is the 'start-up (s)' column. Runs trained as one seed stack "
-                 "(rnnbench run --stack-seeds) count per seed: the stack's step time divided by its size. "
+                 "(rnnbench run --stack-seeds) are charged their share: 1/S of the stack's time and memory. "
                  "'step time × lstm' is the mean step time divided by that of lstm (cuDNN) on the same task "
                  "setting and device: above 1 is slower."))
     for device, dev_runs in runs.groupby("device", sort=True):

@@ -223,7 +223,6 @@ def load(store: str | Path | Store, *, tasks: list[str] | None = None, models: l
     runs["primary"] = [runs.at[i, infos[t].metric] if infos[t].metric in runs else float("nan")
                        for i, t in zip(runs.index, runs["task_label"])]
     runs["primary"] = pd.to_numeric(runs["primary"], errors="coerce")
-    runs = per_seed_cost(runs)
     cols = ["run_id", "task_label", "variant"]
     # Read everything and keep the selected runs by joining: a list of run ids in the
     # query would hit SQLite's limit on bound variables in a large store.
@@ -236,20 +235,6 @@ def load(store: str | Path | Store, *, tasks: list[str] | None = None, models: l
     return ReportData(runs.sort_values(["task_label", "variant", "seed"]).reset_index(drop=True),
                       metrics, diags.reset_index(drop=True), infos, notes, unfinished,
                       dict(zip(variants, palette)))
-
-
-def per_seed_cost(runs: pd.DataFrame) -> pd.DataFrame:
-    """Speed per seed: a run trained in a seed stack of S (``seed_stack`` in its summary,
-    ``rnnbench run --stack-seeds``) shared each step with S-1 other seeds, so its cost is
-    the stack's step time / S and its throughput S times the stack's step rate."""
-    if "seed_stack" not in runs:
-        return runs
-    size = pd.to_numeric(runs["seed_stack"], errors="coerce").fillna(1.0)
-    runs = runs.copy()
-    for col, op in (("step_ms", "div"), ("samples_per_s", "mul"), ("timesteps_per_s", "mul")):
-        if col in runs:
-            runs[col] = getattr(pd.to_numeric(runs[col], errors="coerce"), op)(size)
-    return runs
 
 
 def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.env import environment
-from suite.runner import NotStackable, RunResult, Sink, train_one, train_stacked
+from suite.runner import NotStackable, RunResult, Sink, stackable, train_one, train_stacked
 from suite.spec import RunSpec
 from suite.store import FINISHED, ClaimLost, Store, owner_id
 
@@ -101,15 +101,20 @@ def _train_claimed(spec: RunSpec, store: Store, options: RunOptions, owner: str)
         return _fail(store, spec, exc, owner)
 
 
-def stack_groups(specs: Iterable[RunSpec], size: int) -> list[list[RunSpec]]:
+def stack_groups(specs: Iterable[RunSpec], size: int,
+                 stackable: Callable[[RunSpec], bool] = lambda spec: True) -> list[list[RunSpec]]:
     """``specs`` as units of work: with ``size`` > 1, runs that differ only in their
-    seed in groups of up to ``size`` (in order of first appearance), else one each."""
+    seed and can be stacked (``stackable``, asked once per configuration) in groups of
+    up to ``size``, in order of first appearance; every other run alone."""
     units: list[list[RunSpec]] = []
     open_group: dict[str, list[RunSpec]] = {}
+    verdicts: dict[str, bool] = {}
     for spec in specs:
         key = dataclasses.replace(spec, seed=0).to_json()
+        if size > 1 and key not in verdicts:
+            verdicts[key] = stackable(spec)
         group = open_group.get(key)
-        if size < 2 or group is None or len(group) >= size:
+        if size < 2 or not verdicts[key] or group is None or len(group) >= size:
             group = open_group[key] = []
             units.append(group)
         group.append(spec)
@@ -118,38 +123,48 @@ def stack_groups(specs: Iterable[RunSpec], size: int) -> list[list[RunSpec]]:
 
 def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOptions()) -> dict[str, str | None]:
     """Claim and train a unit of ``stack_groups``: one run as ``execute`` does; several
-    as one seed stack (``runner.train_stacked``, no checkpoints) where they can be
-    stacked, else one after another. Returns run_id -> final status (None: not ours)."""
+    as one seed stack (``runner.train_stacked``, no checkpoints: a checkpoint an earlier,
+    unstacked attempt left is deleted). Each run is recorded as soon as it ends; if
+    the stack fails, the runs it had not finished fail with it. Where the runs turn out
+    not to be stackable, they are given back and run one after another. Returns
+    run_id -> final status (None: not ours)."""
     if len(specs) == 1:
         return {specs[0].run_id: execute(specs[0], store, options)}
     owner = owner_id()
     statuses: dict[str, str | None] = {s.run_id: None for s in specs}
     claimed = [s for s in specs if store.claim(s.run_id, owner, retry_failed=options.retry_failed)]
-    if len(claimed) < 2:
-        for spec in claimed:
-            statuses[spec.run_id] = _train_claimed(spec, store, options, owner)
-        return statuses
-    sinks = [lambda m, d, rid=spec.run_id: store.write(rid, m, d, owner=owner) for spec in claimed]
-    try:
-        results = train_stacked(claimed, sinks)
-    except NotStackable:
-        for spec in claimed:
-            statuses[spec.run_id] = _train_claimed(spec, store, options, owner)
-        return statuses
-    except KeyboardInterrupt:
-        for spec in claimed:
-            store.release(spec.run_id, owner)
-        raise
-    except Exception as exc:  # ClaimLost included: every run of the stack is recorded failed
-        for spec in claimed:
-            statuses[spec.run_id] = _fail(store, spec, exc, owner)
-        return statuses
-    for spec, res in zip(claimed, results):
+    ended: set[str] = set()
+    directory = options.checkpoints_for(store.path)
+
+    def record(i: int, res: RunResult) -> None:
+        spec = claimed[i]
+        ended.add(spec.run_id)
+        Checkpointer(checkpoint_path(directory, spec.run_id)).delete()
         try:
             store.finish(spec.run_id, res.status, res.summary, res.reason, env=res.env, owner=owner)
             statuses[spec.run_id] = res.status
         except ClaimLost:
             pass
+
+    sinks = [lambda m, d, rid=spec.run_id: store.write(rid, m, d, owner=owner) for spec in claimed]
+    try:
+        if len(claimed) < 2:
+            raise NotStackable("fewer than two runs to stack")
+        train_stacked(claimed, sinks, on_result=record)
+    except NotStackable:
+        for spec in claimed:
+            store.release(spec.run_id, owner)
+        for spec in claimed:
+            statuses[spec.run_id] = execute(spec, store, options)
+    except KeyboardInterrupt:
+        for spec in claimed:
+            if spec.run_id not in ended:
+                store.release(spec.run_id, owner)
+        raise
+    except Exception as exc:  # ClaimLost included: the runs still in the stack are recorded failed
+        for spec in claimed:
+            if spec.run_id not in ended:
+                statuses[spec.run_id] = _fail(store, spec, exc, owner)
     return statuses
 
 
@@ -208,7 +223,7 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
     report = progress or (lambda s, st, info: None)
     store = Store(store_path)
     store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
-    units = stack_groups(specs, options.stack_seeds)
+    units = stack_groups(specs, options.stack_seeds, stackable)
 
     def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:
         for spec in unit:
@@ -252,11 +267,11 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
                         for spec in unit:
                             _fail_dead_worker_run(store, spec.run_id)
                         statuses = {spec.run_id: store.status_of(spec.run_id) for spec in unit}
-                        key = unit[0].run_id
-                        if all(st == "pending" for st in statuses.values()) and key not in requeued:
-                            requeued.add(key)  # it died before taking the runs: not their fault
-                            queue.append(unit)
-                            continue
+                        untaken = [s for s in unit if statuses[s.run_id] == "pending" and s.run_id not in requeued]
+                        if untaken:  # it died before taking these runs: not their fault, run them again
+                            requeued.update(s.run_id for s in untaken)
+                            queue.append(untaken)
+                        unit = [s for s in unit if s not in untaken]
                         statuses = {k: (st if st in FINISHED else None) for k, st in statuses.items()}
                     record(statuses, unit)
         finally:

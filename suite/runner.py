@@ -212,11 +212,12 @@ class StartUp:
         self.start, self.end_step = (step, train_time), step + steps
         self.end: tuple[int, float] | None = None  # (step, training time) when start-up ended
 
-    def after(self, step: int, train_time: float, device: torch.device) -> None:
-        """Call after each step with the training time so far (excluding this call's sync)."""
+    def after(self, step: int, device: torch.device, train_time: Callable[[], float]) -> None:
+        """Call after each step; ``train_time()`` gives the training time so far, read once
+        the device has finished the start-up's queued work."""
         if step == self.end_step:
             _sync(device)
-            self.end = (step, train_time)
+            self.end = (step, train_time())
 
     def speed(self, steps: int, train_time: float, batch_size: int) -> dict[str, Any]:
         return throughput(steps, train_time, self.start, self.end, batch_size)
@@ -230,8 +231,14 @@ def _setup(spec: RunSpec) -> torch.device:
     return device
 
 
-def _step_path(train_step: Any, model: torch.nn.Module) -> str:
-    return f"{train_step.path}/{baselines.recurrence_path(model)}"
+def _finish(run: RunLoop, speed: dict[str, Any], train_step: Any, recurrence: str) -> RunResult:
+    """``run.finish`` with the path: how the training step and the recurrence ran (e.g.
+    cuda_graph/scan; ``recurrence`` read after a training step, since an evaluation pass
+    may take another) and why a CUDA graph could not be used, if it could not."""
+    result = run.finish(speed, f"{train_step.path}/{recurrence}")
+    if getattr(train_step, "failure", None):
+        result.summary["graph_failure"] = train_step.failure
+    return result
 
 
 def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer | None = None) -> RunResult:
@@ -261,6 +268,7 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
         run.load(resumed)
     # A resumed run warms up (and captures its graph) again: start-up counts from here.
     start = StartUp(run.step, run.train_time, train_step.warmup_steps)
+    recurrence = "none"
     t0 = time.perf_counter()
     while run.step < cfg.max_steps:
         if ckpt.due(run.step):  # between steps: everything of step `step` is done or buffered
@@ -269,7 +277,8 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
             t0 = time.perf_counter()
         run.step += 1
         run.log(train_step(task.train_batch(cfg.batch_size, gen, device)))
-        start.after(run.step, run.train_time + time.perf_counter() - t0, device)
+        recurrence = baselines.recurrence_path(model)
+        start.after(run.step, device, lambda: run.train_time + time.perf_counter() - t0)
         if run.probe_due():  # on its own schedule, not only at evaluations; not training time
             _sync(device)
             paused = time.perf_counter()
@@ -285,10 +294,7 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
         if run.at_eval() or over_budget:
             break
         t0 = time.perf_counter()
-    result = run.finish(start.speed(run.step, run.train_time, cfg.batch_size), _step_path(train_step, model))
-    if getattr(train_step, "failure", None):
-        result.summary["graph_failure"] = train_step.failure
-    return result
+    return _finish(run, start.speed(run.step, run.train_time, cfg.batch_size), train_step, recurrence)
 
 
 class NotStackable(ValueError):
@@ -306,18 +312,30 @@ def stack_problem(cfg: TrainConfig, task: tasks.Task, model: torch.nn.Module) ->
     return model_problem(model)
 
 
-def train_stacked(specs: list[RunSpec], sinks: list[Sink]) -> list[RunResult]:
+def stackable(spec: RunSpec) -> bool:
+    """Whether seeds of ``spec`` can train as one stack (builds its task and model on the CPU)."""
+    task = tasks.create(spec.task, **spec.task_args)
+    model = baselines.create(spec.model, output_size=task.output_size, input_size=task.input_size,
+                             vocab_size=task.vocab_size, target=task.target, **spec.model_args)
+    baselines.set_fast_path(model, spec.train_config.fast_path)
+    return stack_problem(spec.train_config, task, model) is None
+
+
+def train_stacked(specs: list[RunSpec], sinks: list[Sink],
+                  on_result: Callable[[int, RunResult], None] | None = None) -> list[RunResult]:
     """Train the seeds ``specs`` (one spec up to its seed) as one ``SeedStack``
-    (baselines/stack.py): each run gets what ``train_one`` gives it, up to the
-    summation order of the stacked matrix products.
+    (baselines/stack.py): each run records what ``train_one`` records for it, up to
+    the summation order of the stacked matrix products.
 
     Every seed keeps its own model initialisation, data stream, evaluations, probes,
     early stop and divergence; a seed that stops stays in the stack (its rows are
-    still computed, not recorded) until the last one stops. The seeds share the
-    training time, so each run's speed is that of the stack (``seed_stack`` in its
-    summary). No checkpoints: a killed group restarts from step 0. Raises
-    ``NotStackable`` before training when the specs differ in more than the seed or
-    their configuration cannot be stacked (``stack_problem``).
+    still computed, not recorded) until the last one stops, and its result goes to
+    ``on_result(index, result)`` at once. Each of the S runs is charged 1/S of the
+    stack's training time and peak memory: its wall-time rows, time to solve, time
+    budget, throughput and start-up are its share, so that they read as the cost of
+    that run (``seed_stack``: S in its summary). No checkpoints: a killed group
+    restarts from step 0. Raises ``NotStackable`` before training when the specs
+    differ in more than the seed or their configuration cannot be stacked.
     """
     from baselines.stack import SeedStack
 
@@ -333,6 +351,7 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink]) -> list[RunResult]:
     stack = SeedStack([model for _, model in built])
     graphs = cfg.fast_path and device.type == "cuda"
     runs = [RunLoop(spec, task, model, sink, device) for spec, (task, model), sink in zip(specs, built, sinks)]
+    S = len(runs)
     opt = make_optimizer(cfg, stack.parameters(), capturable=graphs)
     train_step = make_train_step(stack, built[0][0].loss, opt, runs[0].clip, device=device, graphs=graphs)
     gens = [torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17) for spec in specs]
@@ -342,24 +361,30 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink]) -> list[RunResult]:
     for run in runs:
         run.probe()
     results: dict[int, RunResult] = {}
-    active = list(range(len(runs)))
+    active = list(range(S))
     start = StartUp(0, 0.0, train_step.warmup_steps)
-    step, train_time, t0 = 0, 0.0, time.perf_counter()
+    recurrence = "none"
+    step, train_time, t0 = 0, 0.0, time.perf_counter()  # train_time: the stack's
 
     def finish(i: int) -> None:
         run = runs[i]
-        run.summary["seed_stack"] = len(runs)
-        results[i] = run.finish(start.speed(run.step, run.train_time, cfg.batch_size),
-                                _step_path(train_step, run.model))
+        run.summary["seed_stack"] = S
+        res = _finish(run, start.speed(run.step, run.train_time, cfg.batch_size), train_step, recurrence)
+        if res.summary.get("peak_mem_mb") is not None:
+            res.summary["peak_mem_mb"] /= S
+        results[i] = res
+        if on_result is not None:
+            on_result(i, res)
 
     while active and step < cfg.max_steps:
         step += 1
         batches = [task.train_batch(cfg.batch_size, gen, device) for (task, _), gen in zip(built, gens)]
         outs = train_step(Batch(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches])))
+        recurrence = baselines.recurrence_path(runs[0].model)
         for i in active:
             runs[i].step = step
             runs[i].log(outs[i])
-        start.after(step, train_time + time.perf_counter() - t0, device)
+        start.after(step, device, lambda: (train_time + time.perf_counter() - t0) / S)
         due = [i for i in active if runs[i].probe_due()]
         if due:
             _sync(device)
@@ -368,20 +393,21 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink]) -> list[RunResult]:
                 runs[i].probe()
             t0 += time.perf_counter() - paused
         at_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
-        over_budget = cfg.time_budget_s is not None and train_time + time.perf_counter() - t0 > cfg.time_budget_s
+        over_budget = (cfg.time_budget_s is not None
+                       and (train_time + time.perf_counter() - t0) / S > cfg.time_budget_s)
         if not (at_eval or over_budget):
             continue
         _sync(device)
         train_time += time.perf_counter() - t0
         for i in list(active):
-            runs[i].train_time = train_time
+            runs[i].train_time = train_time / S
             if runs[i].at_eval() or over_budget:
                 active.remove(i)
                 finish(i)
         t0 = time.perf_counter()
     for i in active:
         finish(i)
-    return [results[i] for i in range(len(runs))]
+    return [results[i] for i in range(S)]
 
 
 def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end: tuple[int, float] | None,

@@ -214,13 +214,3 @@ class Browser:
         os.close(self._to_chrome)
         os.close(self._from_chrome)
 
-
-def test_stacked_runs_cost_per_seed():
-    import pandas as pd
-
-    from reports.data import per_seed_cost
-
-    runs = pd.DataFrame({"step_ms": [8.0, 20.0], "samples_per_s": [100.0, 40.0], "seed_stack": [None, 4]})
-    out = per_seed_cost(runs)
-    assert out["step_ms"].tolist() == [8.0, 5.0] and out["samples_per_s"].tolist() == [100.0, 160.0]
-    assert per_seed_cost(runs.drop(columns="seed_stack"))["step_ms"].tolist() == [8.0, 20.0]

@@ -102,3 +102,59 @@ def test_stack_seeds_bad_values_are_one_line(capsys):
     code, _, err = run_cli(capsys, "run", "--task", "adding", "--model", "rnn-loop", "--stack-seeds", "2",
                            "--executor", "ray")
     assert code == 2 and "local executor" in err
+
+
+def test_stack_groups_keep_unstackable_runs_alone():
+    from suite.executors import stack_groups
+
+    runs = specs("bn-rnn", seeds="0-4") + specs("lstm", seeds="0-1")
+    asked = []
+
+    def stackable(spec):
+        asked.append(spec.model)
+        return spec.model != "lstm"
+
+    units = stack_groups(runs, 2, stackable)
+    assert [[s.seed for s in u] for u in units] == [[0, 1], [2, 3], [4], [0], [1]]
+    assert [u[0].model for u in units] == ["bn-rnn"] * 3 + ["lstm"] * 2
+    assert asked == ["bn-rnn", "lstm"]  # once per configuration
+    assert [len(u) for u in stack_groups(runs, 1)] == [1] * 7
+
+
+def test_a_stack_records_each_run_when_it_ends(tmp_path, monkeypatch):
+    """Seed 1 stops at step 10 and is recorded done; the stack then fails at step 20:
+    the two runs still in it are recorded failed, the finished one stays done. A
+    checkpoint an earlier, unstacked attempt left is deleted."""
+    from suite.executors import RunOptions, execute_unit
+    from suite.checkpoint import checkpoint_path
+
+    group = specs("gru-loop")
+    store = Store(tmp_path / "s.sqlite")
+    store.add_runs(group)
+    options = RunOptions(checkpoint_dir=str(tmp_path / "ck"))
+    stale = checkpoint_path(options.checkpoints_for(store.path), group[1].run_id)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an interrupted run")
+    original = runner.RunLoop.at_eval
+
+    def at_eval(self):
+        if self.step == 20:
+            raise RuntimeError("eval blew up")
+        return original(self) or (self.spec.seed == 1 and self.step == 10)
+
+    monkeypatch.setattr(runner.RunLoop, "at_eval", at_eval)
+    statuses = execute_unit(group, store, options)
+    assert statuses == {group[0].run_id: "failed", group[1].run_id: "done", group[2].run_id: "failed"}
+    assert not stale.exists()
+    runs = store.runs().set_index("run_id")
+    assert runs.loc[group[0].run_id, "reason"].endswith("eval blew up")
+
+
+def test_unstackable_units_are_given_back_and_run_one_by_one(tmp_path):
+    from suite.executors import execute_unit
+
+    group = specs("lstm")  # cuDNN: not stackable, found out after claiming
+    store = Store(tmp_path / "s.sqlite")
+    store.add_runs(group)
+    assert set(execute_unit(group, store).values()) == {"done"}
+    assert "seed_stack" not in store.summaries().columns
