@@ -274,7 +274,7 @@ class ScanRNN(torch.autograd.Function):
         nh: _Norm = ctx.nh
         T = hs.shape[0]
         gh_s = _steps(_grad_out(dh_out, hs.transpose(0, 1)), T)  # becomes ∂L/∂h_t in place
-        dact = _steps(1 - hs * hs if ctx.act == "tanh" else (hs > 0).to(hs.dtype), T)
+        dact = _steps(hs.square().neg_().add_(1) if ctx.act == "tanh" else (hs > 0).to(hs.dtype), T)
         da = torch.empty_like(hs)
         da_s, z_s, dzs = _steps(da, T), _steps(zs, T), []
         for t in range(T - 1, -1, -1):
@@ -308,7 +308,7 @@ class ScanLSTM(torch.autograd.Function):
             a = nh.term_(t, h, w_t, sig_s[t], z_s[t])
             torch.tanh(a_g[t], out=tg_s[t])  # before σ overwrites the g block
             a.sigmoid_()
-            c = torch.addcmul(sf[t] * c, si[t], tg_s[t], out=c_s[t])
+            c = torch.mul(sf[t], c, out=c_s[t]).addcmul_(si[t], tg_s[t])
             torch.tanh(c if nc.mode is None else nc.apply(c, t), out=tc_s[t])
             h = torch.mul(so[t], tc_s[t], out=h_s[t])
         stats = {k: m for k, m in (("hh", nh.batch_moments(zs)), ("c", nc.batch_moments(cs))) if m is not None}
@@ -326,11 +326,17 @@ class ScanLSTM(torch.autograd.Function):
         T, B, H = hs.shape
         gh_s = _steps(_grad_out(dh_out, hs.transpose(0, 1)), T)  # becomes ∂L/∂h_t in place
         si, sf, so = sig[..., :H], sig[..., H:2 * H], sig[..., 3 * H:]
-        cprev = torch.cat([c0.unsqueeze(0), cs[:-1]])
-        k_o = _steps(tc * so * (1 - so), T)  # ∂h/∂a_o
-        k_tc = _steps(so * (1 - tc * tc), T)  # ∂h/∂N_c(c)
-        # ∂c/∂a_{i,f,g}, (T, B, 3, H)
-        k_c = _steps(torch.stack([tg * si * (1 - si), cprev * sf * (1 - sf), si * (1 - tg * tg)], 2), T)
+        # Gate derivatives of all steps, written in place into few buffers (allocations
+        # of this size cost page faults on the CPU).
+        k_o = _steps((1 - so).mul_(so).mul_(tc), T)  # ∂h/∂a_o
+        k_tc = _steps(tc.square().neg_().add_(1).mul_(so), T)  # ∂h/∂N_c(c)
+        k_c = sig.new_empty(T, B, 3, H)  # ∂c/∂a_{i,f,g}
+        torch.sub(1, si, out=k_c[:, :, 0]).mul_(si).mul_(tg)
+        torch.sub(1, sf, out=k_c[:, :, 1]).mul_(sf)
+        k_c[1:, :, 1].mul_(cs[:-1])
+        k_c[0, :, 1].mul_(c0)
+        torch.square(tg, out=k_c[:, :, 2]).neg_().add_(1).mul_(si)
+        k_c = _steps(k_c, T)
         da = sig.new_empty(T, B, 4 * H)
         da_s = _steps(da, T)
         da_ifg, da_o = _steps(da.view(T, B, 4, H)[:, :, :3], T), _steps(da[..., 3 * H:], T)
@@ -400,11 +406,16 @@ class ScanGRU(torch.autograd.Function):
         T, B, H = hs.shape
         gh_all = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
         r, zg, ns = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
-        hprev = torch.cat([h0.unsqueeze(0), hs[:-1]])
-        k_n = (1 - zg) * (1 - ns * ns)  # ∂h/∂(u_n + r a_n)
-        k_z = (hprev - ns) * zg * (1 - zg)  # ∂h/∂a_z
-        k_r = k_n * hw[..., 2 * H:] * r * (1 - r)  # ∂h/∂a_r
-        k_a = _steps(torch.stack([k_r, k_z, k_n * r], 2), T)  # ∂h/∂a
+        # ∂h/∂u per gate, written in place (see ScanLSTM.backward): r, z, n
+        k_u = hs.new_empty(T, B, 3, H)
+        k_n = torch.square(ns, out=k_u[:, :, 2]).neg_().add_(1).mul_(1 - zg)  # ∂h/∂(u_n + r a_n)
+        torch.sub(hs[:-1], ns[1:], out=k_u[1:, :, 1])  # h_{t-1} - n_t
+        torch.sub(h0, ns[0], out=k_u[0, :, 1])
+        k_u[:, :, 1].mul_(zg).mul_(1 - zg)  # ∂h/∂a_z
+        torch.mul(k_n, hw[..., 2 * H:], out=k_u[:, :, 0]).mul_(r).mul_(1 - r)  # ∂h/∂a_r
+        k_a = k_u.clone()
+        k_a[:, :, 2].mul_(r)  # ∂h/∂a: a_n enters as r a_n
+        k_a = _steps(k_a, T)
         da = hs.new_empty(T, B, 3 * H)
         da_s, da3, gh_s = _steps(da, T), _steps(da.view(T, B, 3, H), T), _steps(gh_all, T)
         z_s, zg_s = _steps(zs, T), _steps(zg, T)
@@ -417,7 +428,7 @@ class ScanGRU(torch.autograd.Function):
             if t > 0:
                 _mm_acc_(gh_s[t - 1].addcmul_(gh, zg_s[t]), dz, w, nh.S)
         dh0 = _mm_acc_(gh_s[0] * zg_s[0], dzs[-1], w, nh.S)
-        du = (gh_all.unsqueeze(2) * torch.stack([k_r, k_z, k_n], 2)).view(T, B, 3 * H)
+        du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dg, _ = nh.param_grads(da, zs)
         return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None)
