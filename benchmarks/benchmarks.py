@@ -8,7 +8,7 @@ shape, the others being skipped (NotImplementedError in setup). CUDA times are
 synchronised; warm-up (cuDNN autotune, CUDA-graph capture) happens in ``setup``.
 
 ``track_ratio_to_lstm`` is the number a user cares about: throughput relative to
-cuDNN LSTM on the same shape. ``track_adding_test_mse`` trains a short fixed-seed
+cuDNN LSTM on the same shape; ``StackedRatio`` tracks it per seed for stacked seeds. ``track_adding_test_mse`` trains a short fixed-seed
 run so that a change that silently breaks learning shows as a regression.
 """
 
@@ -83,6 +83,22 @@ class Ratio:
         return next(r["ratio_to_lstm"] for r in rows if r["model"] == model)
 
     track_ratio_to_lstm.unit = "x lstm"
+
+
+class StackedRatio:
+    """Per-seed throughput of custom cells with seeds stacked (baselines/stack.py:
+    8 per step on CUDA, 4 on the CPU) relative to ``lstm`` trained one seed at a time."""
+
+    params = (["rnn-loop", "bn-rnn", "lstm-loop", "bn-lstm"], SHAPES)
+    param_names = ["model", "shape"]
+    timeout = 900
+    seeds = 8 if CUDA else 4
+
+    def track_ratio_per_seed(self, model, shape):
+        rows = bench.bench([model], [shape], DEVICE.type, repeats=3, seeds=self.seeds)
+        return next(r["ratio_to_lstm"] for r in rows if r["model"] == model)
+
+    track_ratio_per_seed.unit = "x lstm per seed"
 
 
 class Learning:

@@ -37,6 +37,7 @@ def test_ratio_and_learning_tracks(bm):
     r = bm.Ratio().track_ratio_to_lstm("gru", "tiny")
     assert r > 0
     assert bm.Ratio().track_ratio_to_lstm("lstm", "tiny") == 1.0
+    assert bm.StackedRatio().track_ratio_per_seed("bn-lstm", "tiny") > 0
     mse = bm.Learning().track_adding_test_mse()
     assert 0 < mse < 10
 
