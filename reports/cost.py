@@ -65,10 +65,12 @@ def cost_section(data: ReportData) -> Section:
 def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
     stats: dict[str, dict[str, Summary]] = {}
     paths: dict[str, str] = {}
+    stacks: dict[str, str] = {}  # seeds trained per step (rnnbench run --stack-seeds)
     for variant, g in runs.groupby("variant", sort=True):
         stats[variant] = {c: summarize(_num(g, c))
                           for c in ("samples_per_s", "timesteps_per_s", "step_ms", "warmup_s", "peak_mem_mb")}
         paths[variant] = ", ".join(sorted(g["path"].dropna().astype(str).unique())) if "path" in g else "–"
+        stacks[variant] = ", ".join(str(int(n)) for n in sorted(_num(g, "seed_stack").fillna(1).unique()))
     variants = list(stats)
     rows, slow = [], []
     for v in variants:
@@ -79,7 +81,7 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
         rows.append({"model": v, "runs": s["samples_per_s"].n, "samples/s [95% CI]": fmt_ci(s["samples_per_s"]),
                      "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"]),
                      "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm": fmt(ratio, 3), "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
-                     "memory × lstm": fmt(mem, 3), "path": paths[v] or "–"})
+                     "memory × lstm": fmt(mem, 3), "seeds per step": stacks[v], "path": paths[v] or "–"})
         if math.isfinite(ratio) and v != ref:
             slow.append((ratio, v))
     out: list[Any] = [table(rows, f"Cost on {label}, {device}.")]

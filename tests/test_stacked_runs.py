@@ -94,6 +94,11 @@ def test_cli_stacks_what_it_can(tmp_path, capsys):
     assert (summaries["status"] == "done").all() and len(summaries) == 6
     stacked = summaries.set_index("model")["seed_stack"]
     assert (stacked["rnn-loop"] == 3).all() and stacked["lstm"].isna().all()
+    from reports.build import build_report
+
+    _, md, _ = build_report(store, tmp_path / "report")
+    cost_rows = [line for line in md.read_text().splitlines() if line.startswith("| rnn-loop") and "scan" in line]
+    assert cost_rows and all("| 3 |" in line for line in cost_rows)
 
 
 def test_stack_seeds_bad_values_are_one_line(capsys):
