@@ -277,7 +277,8 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
             t0 = time.perf_counter()
         run.step += 1
         run.log(train_step(task.train_batch(cfg.batch_size, gen, device)))
-        recurrence = baselines.recurrence_path(model)
+        if recurrence == "none":  # the first step's (an evaluation pass may take another path)
+            recurrence = baselines.recurrence_path(model)
         start.after(run.step, device, lambda: run.train_time + time.perf_counter() - t0)
         if run.probe_due():  # on its own schedule, not only at evaluations; not training time
             _sync(device)
@@ -380,7 +381,8 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
         step += 1
         batches = [task.train_batch(cfg.batch_size, gen, device) for (task, _), gen in zip(built, gens)]
         outs = train_step(Batch(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches])))
-        recurrence = baselines.recurrence_path(runs[0].model)
+        if recurrence == "none":
+            recurrence = baselines.recurrence_path(runs[0].model)
         for i in active:
             runs[i].step = step
             runs[i].log(outs[i])
