@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 import traceback
@@ -138,13 +139,13 @@ def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOp
 
     def record(i: int, res: RunResult) -> None:
         spec = claimed[i]
-        ended.add(spec.run_id)
-        Checkpointer(checkpoint_path(directory, spec.run_id)).delete()
         try:
             store.finish(spec.run_id, res.status, res.summary, res.reason, env=res.env, owner=owner)
             statuses[spec.run_id] = res.status
         except ClaimLost:
             pass
+        ended.add(spec.run_id)  # recorded (or no longer ours); any other error: still ours
+        Checkpointer(checkpoint_path(directory, spec.run_id)).delete()
 
     sinks = [lambda m, d, rid=spec.run_id: store.write(rid, m, d, owner=owner) for spec in claimed]
     try:
@@ -156,12 +157,13 @@ def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOp
             store.release(spec.run_id, owner)
         for spec in claimed:
             statuses[spec.run_id] = execute(spec, store, options)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ClaimLost):  # interrupted, or one run taken over: give the others back
         for spec in claimed:
             if spec.run_id not in ended:
                 store.release(spec.run_id, owner)
-        raise
-    except Exception as exc:  # ClaimLost included: the runs still in the stack are recorded failed
+        if not isinstance(sys.exc_info()[1], ClaimLost):
+            raise
+    except Exception as exc:  # the runs still in the stack are recorded failed
         for spec in claimed:
             if spec.run_id not in ended:
                 statuses[spec.run_id] = _fail(store, spec, exc, owner)
@@ -196,16 +198,22 @@ def _worker(spec_jsons: list[str], store_path: str, options: RunOptions) -> dict
         store.close()
 
 
-def _fail_dead_worker_run(store: Store, run_id: str, wait_s: float = 10.0) -> None:
-    """Mark the run of a worker that just died failed. Its pool reports the death as
+def _fail_dead_worker_runs(store: Store, run_ids: list[str], wait_s: float = 10.0) -> None:
+    """Mark the runs a worker that just died held failed. Its pool reports the death as
     the process closes its files, a moment before the kernel shows it as exited, so
-    wait for the store's liveness check to agree."""
+    wait (at most ``wait_s`` in all) for the store's liveness check to agree; once it
+    does for one run, the others of that worker fail at once and runs that another,
+    live process holds are left alone."""
+    reason = "worker process died while running (killed, e.g. by the out-of-memory killer, or crashed)"
     deadline = time.monotonic() + wait_s
-    while not store.fail_orphan(run_id, "worker process died while running (killed, e.g. by "
-                                        "the out-of-memory killer, or crashed)"):
-        if store.status_of(run_id) != "running" or time.monotonic() > deadline:
+    running = [r for r in run_ids if store.status_of(r) == "running"]
+    while running:
+        if any([store.fail_orphan(r, reason) for r in running]):
+            return
+        if time.monotonic() > deadline:
             return
         time.sleep(0.05)
+        running = [r for r in running if store.status_of(r) == "running"]
 
 
 def _new_slot(threads: int) -> ProcessPoolExecutor:
@@ -223,7 +231,13 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
     report = progress or (lambda s, st, info: None)
     store = Store(store_path)
     store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
-    units = stack_groups(specs, options.stack_seeds, stackable)
+    def can_stack(spec: RunSpec) -> bool:
+        try:
+            return stackable(spec)
+        except Exception:  # whatever fails here fails the runs themselves, one by one
+            return False
+
+    units = stack_groups(specs, options.stack_seeds, can_stack)
 
     def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:
         for spec in unit:
@@ -264,8 +278,7 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
                     except BrokenProcessPool:  # the worker died: only its runs fail
                         slots[i].shutdown(wait=False)
                         slots[i] = _new_slot(threads)
-                        for spec in unit:
-                            _fail_dead_worker_run(store, spec.run_id)
+                        _fail_dead_worker_runs(store, [spec.run_id for spec in unit])
                         statuses = {spec.run_id: store.status_of(spec.run_id) for spec in unit}
                         untaken = [s for s in unit if statuses[s.run_id] == "pending" and s.run_id not in requeued]
                         if untaken:  # it died before taking these runs: not their fault, run them again

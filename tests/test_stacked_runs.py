@@ -163,3 +163,59 @@ def test_unstackable_units_are_given_back_and_run_one_by_one(tmp_path):
     store.add_runs(group)
     assert set(execute_unit(group, store).values()) == {"done"}
     assert "seed_stack" not in store.summaries().columns
+
+
+def test_a_run_the_store_could_not_record_is_not_left_running(tmp_path, monkeypatch):
+    """Recording seed 0's result fails with a store error: that run and the others
+    still in the stack are recorded failed, none is left 'running'."""
+    import sqlite3
+
+    from suite.executors import execute_unit
+
+    group = specs("rnn-loop")
+    store = Store(tmp_path / "s.sqlite")
+    store.add_runs(group)
+    original = Store.finish
+    calls = []
+
+    def finish(self, run_id, status, *args, **kwargs):
+        calls.append(run_id)
+        if run_id == group[0].run_id and status == "done":
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(self, run_id, status, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "finish", finish)
+    original_eval = runner.RunLoop.at_eval
+    monkeypatch.setattr(runner.RunLoop, "at_eval",  # seed 0 ends first, alone
+                        lambda self: original_eval(self) or (self.spec.seed == 0 and self.step == 10))
+    statuses = execute_unit(group, store)
+    assert set(statuses.values()) == {"failed"}
+    assert set(store.runs()["status"]) == {"failed"}
+
+
+def test_a_run_taken_over_gives_the_others_back(tmp_path, monkeypatch):
+    """Another process takes seed 0 over mid-stack: the other runs go back to pending
+    (for the next suite run), not failed."""
+    import sqlite3
+
+    from suite.executors import execute_unit
+
+    group = specs("rnn-loop")
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    store.add_runs(group)
+    original_eval = runner.RunLoop.at_eval
+
+    def at_eval(self):
+        if self.spec.seed == 0 and self.step == 20:
+            db = sqlite3.connect(str(path))
+            db.execute("UPDATE runs SET owner='elsewhere:1' WHERE run_id=?", (group[0].run_id,))
+            db.commit()
+            db.close()
+        return original_eval(self)
+
+    monkeypatch.setattr(runner.RunLoop, "at_eval", at_eval)
+    statuses = execute_unit(group, store)
+    assert set(statuses.values()) == {None}
+    runs = store.runs().set_index("run_id")["status"]
+    assert runs[group[0].run_id] == "running" and runs[group[1].run_id] == runs[group[2].run_id] == "pending"
