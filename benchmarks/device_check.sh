@@ -19,10 +19,10 @@ stage "correctness on CUDA (pytest -m gpu)"
 timeout 200 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUTDIR/gpu_tests.log" | tail -25
 
 stage "speed: every model, three shapes, fast path"
-timeout 150 $PY -m suite.cli bench --device cuda --repeats 3 --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt"
+timeout 170 $PY -m suite.cli bench --device cuda --repeats 3 --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt"
 
 stage "speed: 8 seeds stacked per step (ratio per seed)"
-timeout 80 $PY -m suite.cli bench --device cuda --repeats 3 --seeds 8 --shapes seq-mnist,adding \
+timeout 70 $PY -m suite.cli bench --device cuda --repeats 3 --seeds 8 --shapes seq-mnist,adding \
   --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm' --json "$OUTDIR/bench_stacked.json" 2>&1 \
   | tee "$OUTDIR/bench_stacked.txt"
 
@@ -32,7 +32,7 @@ timeout 60 $PY -m suite.cli bench --device cuda --reference --repeats 3 --shapes
 
 stage "smoke profile on CUDA"
 rm -f "$OUTDIR/smoke.sqlite"
-timeout 90 $PY -m suite.cli run --profile smoke --device cuda --store "$OUTDIR/smoke.sqlite" -q 2>&1 | tail -3
+timeout 80 $PY -m suite.cli run --profile smoke --device cuda --store "$OUTDIR/smoke.sqlite" -q 2>&1 | tail -3
 $PY - "$OUTDIR/smoke.sqlite" <<'PY' 2>&1 | tee "$OUTDIR/smoke_summary.txt"
 import sys
 from suite.store import Store
