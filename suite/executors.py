@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 import traceback
@@ -147,22 +146,25 @@ def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOp
         ended.add(spec.run_id)  # recorded (or no longer ours); any other error: still ours
         Checkpointer(checkpoint_path(directory, spec.run_id)).delete()
 
+    def give_back() -> None:
+        for spec in claimed:
+            if spec.run_id not in ended:
+                store.release(spec.run_id, owner)
+
     sinks = [lambda m, d, rid=spec.run_id: store.write(rid, m, d, owner=owner) for spec in claimed]
     try:
         if len(claimed) < 2:
             raise NotStackable("fewer than two runs to stack")
         train_stacked(claimed, sinks, on_result=record)
-    except NotStackable:
-        for spec in claimed:
-            store.release(spec.run_id, owner)
+    except NotStackable:  # found out before training: nothing has ended yet
+        give_back()
         for spec in claimed:
             statuses[spec.run_id] = execute(spec, store, options)
-    except (KeyboardInterrupt, ClaimLost):  # interrupted, or one run taken over: give the others back
-        for spec in claimed:
-            if spec.run_id not in ended:
-                store.release(spec.run_id, owner)
-        if not isinstance(sys.exc_info()[1], ClaimLost):
-            raise
+    except KeyboardInterrupt:
+        give_back()
+        raise
+    except ClaimLost:  # one run was taken over by another process: give the others back
+        give_back()
     except Exception as exc:  # the runs still in the stack are recorded failed
         for spec in claimed:
             if spec.run_id not in ended:
