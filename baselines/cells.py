@@ -179,7 +179,7 @@ class LoopCore(nn.Module):
 
     # -- the fast paths ------------------------------------------------------
     fast = True  # False forces the reference loop (TrainConfig.fast_path=false)
-    last_path = "loop"  # what the last forward pass used: "fused", "scan" or "loop"
+    last_path = "loop"  # what the last forward pass used: "fused", "scan", "scan-cpp" or "loop"
 
     def fast_norm_args(self, layer: int, masked: bool) -> dict | None:
         """How the fast recurrence normalizes ``layer``: keyword arguments of
@@ -197,13 +197,14 @@ class LoopCore(nn.Module):
         path), or None where only the reference loop applies (``fast`` off, autocast, or
         a norm neither fast path has). The path is "fused" (one Triton kernel,
         baselines/fused.py) where it is enabled and fits the shape, else "scan"
-        (PyTorch ops with a hand-written backward pass, baselines/scan.py)."""
+        (PyTorch ops with a hand-written backward pass, baselines/scan.py), or
+        "scan-cpp" where its loops run compiled (the CPU; baselines/scan_cpp.py)."""
         if not self.fast or torch.is_autocast_enabled(xw_all.device.type):
             return None
         args = self.fast_norm_args(layer, masked)
         if args is None:
             return None
-        from baselines import fused
+        from baselines import fused, scan
 
         B = xw_all.shape[0]
         kernel = xw_all.dtype == torch.float32 and fused.available(xw_all.device, B, self.hidden_size,
@@ -212,7 +213,7 @@ class LoopCore(nn.Module):
         out, c, stats = run_recurrence(self.cell, self.nonlinearity, xw_all, h0, c0, w_hh, b_hh, args,
                                        kernel=kernel)
         self.record_fast_stats(layer, stats, B)
-        return out, out[:, -1], c, ("fused" if kernel else "scan")
+        return out, out[:, -1], c, ("fused" if kernel else scan.path(xw_all, scan.seeds_of(w_hh)))
 
     # -- hooks that normalized cells override --------------------------------
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 
 import baselines
 from baselines import fused
+from conftest import use_scan_loops
 from suite.fastpath import EagerTrainStep
 from tasks.base import Batch
 
@@ -18,10 +19,11 @@ CUSTOM = ["rnn-loop", "irnn-loop", "bn-rnn", "bn-rnn-input", "ln-rnn", "lstm-loo
           "gru-loop", "bn-gru", "ln-gru"]
 
 
-@pytest.fixture(params=["scan", pytest.param("fused", marks=pytest.mark.skipif(
+@pytest.fixture(params=["scan", "scan-cpp", pytest.param("fused", marks=pytest.mark.skipif(
     not KERNELS, reason="needs Triton's interpreter (TRITON_INTERPRET=1 on CPU-only machines)"))])
 def path(request, monkeypatch):
     monkeypatch.setattr(fused, "ALLOW_INTERPRETER", request.param == "fused")
+    use_scan_loops(monkeypatch, request.param == "scan-cpp")
     return request.param
 
 
@@ -57,7 +59,7 @@ def test_fast_model_equals_reference(path, name, overrides):
 
 
 @pytest.mark.parametrize("name", ["bn-lstm", "ln-gru", "bn-rnn", "irnn-loop"])
-def test_scan_training_equals_reference_loop(name):
+def test_scan_training_equals_reference_loop(name, scan_loops):
     """Several Adam steps (with clipping) on the scan path and on the reference loop end
     at the same weights and running statistics, and every step's loss agrees."""
     torch.manual_seed(0)
@@ -72,15 +74,15 @@ def test_scan_training_equals_reference_loop(name):
                       torch.rand(8, 1, generator=g, dtype=torch.float64))
         la, lb = (s(batch).loss for s in steps)
         torch.testing.assert_close(lb, la, rtol=1e-10, atol=1e-12)
-    assert paths(fast) == {"scan"} and paths(ref) == {"loop"}
+    assert paths(fast) == {scan_loops} and paths(ref) == {"loop"}
     for (k, a), b in zip(ref.state_dict().items(), fast.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=k)
 
 
-def test_paths_that_stay_on_the_loop(monkeypatch):
+def test_paths_that_stay_on_the_loop(monkeypatch, scan_loops):
     torch.manual_seed(1)
     monkeypatch.setattr(fused, "ALLOW_INTERPRETER", KERNELS)
-    kernel = "fused" if KERNELS else "scan"
+    kernel = "fused" if KERNELS else scan_loops
     m = baselines.create("bn-rnn", input_size=3, output_size=2, hidden_size=8)
     x = torch.randn(4, 5, 3)
     lengths = torch.tensor([5, 3, 5, 2])
@@ -89,7 +91,7 @@ def test_paths_that_stay_on_the_loop(monkeypatch):
     m(x)
     assert paths(m) == {kernel}
     m.double()(x.double())  # the kernel computes in float32; scan takes float64
-    assert paths(m) == {"scan"}
+    assert paths(m) == {scan_loops}
     ln = baselines.create("ln-lstm", input_size=3, output_size=2, hidden_size=8)
     ln(x, lengths)  # layer norm and plain cells never look at the padding: fast
     assert paths(ln) == {kernel}
@@ -104,7 +106,7 @@ def test_paths_that_stay_on_the_loop(monkeypatch):
     assert paths(lstm) == {"loop"} and baselines.recurrence_path(lstm) == "loop"
 
 
-def test_padded_plain_and_layer_norm_cells_equal_the_loop():
+def test_padded_plain_and_layer_norm_cells_equal_the_loop(scan_loops):
     """The fast path runs padded batches of cells without batch statistics; valid steps
     (and the head's reading of each sequence's last valid step) match the loop."""
     torch.manual_seed(2)
@@ -115,7 +117,7 @@ def test_padded_plain_and_layer_norm_cells_equal_the_loop():
         fast = copy.deepcopy(ref)
         baselines.set_fast_path(ref, False)
         ya, yb = ref(x, lengths), fast(x, lengths)
-        assert paths(fast) == {"scan"} and rel(yb, ya) < 1e-6, name
+        assert paths(fast) == {scan_loops} and rel(yb, ya) < 1e-6, name
         ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
         gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
         for (n, _), a, b in zip(ref.named_parameters(), ga, gb):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import baselines
 from baselines import fused, scan
 from baselines.norm import SeqNorm, pool
+from conftest import use_scan_loops
 
 KERNELS = fused.triton is not None and fused.interpreting()
 needs_kernels = pytest.mark.skipif(not KERNELS, reason="the kernel tests run in Triton's interpreter "
@@ -31,14 +32,20 @@ class Impl(NamedTuple):
     dtype: torch.dtype  # what it computes in here
     out_tol: float  # relative error bounds against the float64 reference
     grad_tol: float
+    compiled: bool = False  # scan: its compiled CPU loops (baselines/scan_cpp.py), not its Python loops
 
 
-IMPLS = {"scan": Impl(scan.scan_rnn, scan.scan_lstm, scan.scan_gru, torch.float64, 1e-12, 1e-10),
+SCAN = (scan.scan_rnn, scan.scan_lstm, scan.scan_gru)
+IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
+         "scan-cpp": Impl(*SCAN, torch.float64, 1e-12, 1e-10, compiled=True),
+         # float32: the compiled loops' rational tanh and sigmoid are within a few ulp
+         "scan-cpp-f32": Impl(*SCAN, torch.float32, 1e-5, 1e-4, compiled=True),
          "fused": Impl(fused.fused_rnn, fused.fused_lstm, fused.fused_gru, torch.float32, 1e-5, 1e-4)}
 
 
-@pytest.fixture(params=["scan", pytest.param("fused", marks=needs_kernels)])
-def impl(request) -> Impl:
+@pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("fused", marks=needs_kernels)])
+def impl(request, monkeypatch) -> Impl:
+    use_scan_loops(monkeypatch, IMPLS[request.param].compiled)
     return IMPLS[request.param]
 
 
@@ -255,9 +262,9 @@ def test_weights_loaded_every_step_give_the_same_result(monkeypatch):
     run_gru_case(IMPLS["fused"], 5, 4, 16, "batch", True)
 
 
-def test_scan_at_a_batch_of_one_and_a_single_step():
+def test_scan_at_a_batch_of_one_and_a_single_step(scan_loops):
     """Edge shapes: T = 1 (no carried gradient) and B = 1 (batch statistics of one sample)."""
-    impl = IMPLS["scan"]
+    impl = IMPLS["scan-cpp" if scan_loops == "scan-cpp" else "scan"]
     for B, T in ((3, 1), (1, 4)):
         run_lstm_case(impl, B, T, 5, "layer", "layer", True)
         run_gru_case(impl, B, T, 5, None, True)
@@ -498,13 +505,13 @@ def test_stacked_seeds_equal_one_by_one(cell, norm, cell_norm, batch_stats):
             torch.testing.assert_close(got, want, **close, msg=f"seed {s}, grad of {k}")
 
 
-def test_scan_guards_its_saved_parameters():
+def test_scan_guards_its_saved_parameters(scan_loops):
     """A norm's γ changed between forward and backward raises, as autograd does for the
     loop (rather than giving gradients of the new γ); no double backward."""
     torch.manual_seed(0)
     model = baselines.create("bn-lstm", input_size=3, output_size=2, hidden_size=8)
     y = model(torch.randn(4, 5, 3))
-    assert baselines.recurrence_path(model) == "scan"
+    assert baselines.recurrence_path(model) == scan_loops
     with torch.no_grad():
         model.core.norm_c[0].weight.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -513,3 +520,66 @@ def test_scan_guards_its_saved_parameters():
     (g,) = torch.autograd.grad(y.square().sum(), [model.core.rnn.weight_hh_l0], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
+
+
+# -- the compiled CPU loops (baselines/scan_cpp.py) -------------------------------------
+
+@pytest.mark.parametrize("cell", ["rnn-tanh", "rnn-relu", "lstm", "gru"])
+def test_compiled_loops_carry_nan_forward(monkeypatch, cell):
+    """A NaN in the input reaches the outputs (divergence is detected from them): the
+    rational tanh's clamp and the ReLU must not turn NaN into a number."""
+    use_scan_loops(monkeypatch, True)
+    B, T, H = 3, 4, 8
+    gates = {"rnn-tanh": 1, "rnn-relu": 1, "lstm": 4, "gru": 3}[cell]
+    u = torch.randn(B, T, gates * H)
+    u[1, 1, :] = float("nan")
+    h0, w = torch.zeros(B, H), torch.randn(gates * H, H) / H ** 0.5
+    if cell.startswith("rnn"):
+        h = scan.scan_rnn(u, h0, w, act=cell[4:])[0]
+    elif cell == "lstm":
+        h = scan.scan_lstm(u, h0, h0, w)[0]
+    else:
+        h = scan.scan_gru(u, h0, w, torch.zeros(H))[0]
+    assert h[1, 1:].isnan().all() and not h[1, 0].isnan().any() and not h[[0, 2]].isnan().any()
+
+
+@pytest.mark.parametrize("norm,cell_norm", [("batch", "batch"), ("layer", "layer")])
+def test_compiled_loops_backward_twice(monkeypatch, norm, cell_norm):
+    """A second backward pass through the same graph gives the same gradients: the
+    buffers where the compiled loops sum ∂L/∂γ and ∂L/∂β start from zero each pass, and
+    the gradients handed out are copies."""
+    use_scan_loops(monkeypatch, True)
+    torch.manual_seed(0)
+    B, T, H = 4, 5, 6
+    u = torch.randn(B, T, 4 * H, requires_grad=True)
+    h0 = torch.zeros(B, H)
+    w = (torch.randn(4 * H, H) / H ** 0.5).requires_grad_()
+    g, gc, bc = (torch.rand(4 * H) + 0.5).requires_grad_(), (torch.rand(H) + 0.5).requires_grad_(), \
+        torch.zeros(H, requires_grad=True)
+    h, _, _ = scan.scan_lstm(u, h0, h0, w, g, norm=norm, cell_norm=cell_norm, gamma_c=gc, beta_c=bc)
+    first = torch.autograd.grad(h.square().sum(), [u, w, g, gc, bc], retain_graph=True)
+    second = torch.autograd.grad(h.square().sum(), [u, w, g, gc, bc])
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+
+
+def test_compiled_loops_that_cannot_be_built_leave_the_python_loops(monkeypatch):
+    """A failed build (no compiler, say) warns once, naming the error, and the scan path
+    runs its Python loops and records "scan"."""
+    from torch.utils import cpp_extension
+
+    from baselines import scan_cpp
+
+    def fail(*_, **__):
+        raise RuntimeError("Error building extension 'x'\nx.cpp:1: error: no compiler here\nninja: stopped")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    monkeypatch.setattr(scan_cpp, "_module", None)
+    monkeypatch.setattr(scan_cpp, "_failed", None)
+    monkeypatch.setenv(scan_cpp.ENV, "1")
+    u = torch.randn(2, 3, 4)
+    with pytest.warns(RuntimeWarning, match="error: no compiler here"):
+        assert scan.path(u) == "scan"
+    assert scan_cpp.build_error() is not None and scan.path(u) == "scan"  # tried once
+    h, _, _ = scan.scan_rnn(u, torch.zeros(2, 4), torch.eye(4))
+    assert h.shape == (2, 3, 4)

@@ -1,0 +1,535 @@
+// The sequential loops of baselines/scan.py, compiled (the "scan-cpp" path on the CPU).
+//
+// scan.py runs each layer's recurrence as one autograd Function whose forward and
+// backward loops issue 2 to 10 PyTorch ops per step. On the CPU at the sizes the suite
+// trains (B*H of a few thousand), each op costs a few microseconds of Python and
+// dispatch for well under a microsecond of arithmetic, so the loops, not the matrix
+// products, set the speed. Here each loop is one C++ call: per step one matrix
+// product (ATen, i.e. MKL/oneDNN) and one pass of fused elementwise arithmetic over
+// plain arrays, with the step's norm (batch, population or layer statistics) computed
+// in the same pass. Everything outside the loops (buffers, the gate derivatives of all
+// steps, parameter gradients) stays in scan.py, so both paths share it and compute
+// the same thing; tests/test_fast_recurrence.py checks this path against a float64
+// reference loop and against the Python loops.
+//
+// float32 uses a rational tanh (the minimax approximation of Eigen/XLA/MLAS, a few ulp)
+// and sigmoid(x) = (1 + tanh(x/2)) / 2, written so that the compiler vectorises the
+// inner loops; float64 uses the C library. NaN propagates (divergence is detected
+// downstream). Every buffer must be contiguous; the Python side allocates them so.
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+// Inner loops whose iterations are independent: vectorised without alias analysis
+// (built with -fopenmp-simd; reductions name their accumulators).
+#define SIMD _Pragma("omp simd")
+
+namespace {
+
+enum Mode : int64_t { NONE = 0, BATCH = 1, POP = 2, LAYER = 3 };
+
+template <typename T>
+inline T tanh_(T x) {
+  return std::tanh(x);
+}
+
+template <>
+inline float tanh_(float x) {
+  // NaN-preserving clamp: both comparisons are false for NaN, which passes through.
+  const float c = 7.90531110763549805f;  // tanh rounds to +-1 in float32 beyond this
+  x = x > c ? c : x;
+  x = x < -c ? -c : x;
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+
+template <typename T>
+inline T sigmoid_(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <>
+inline float sigmoid_(float x) {
+  return 0.5f + 0.5f * tanh_(0.5f * x);
+}
+
+template <typename T>
+inline T* ptr(const at::Tensor& t, int64_t offset = 0) {
+  return t.data_ptr<T>() + offset;
+}
+
+// One normalized term N(x) = gamma * xhat (+ beta), step by step (scan.py's _Norm).
+// mean/rstd: per-step statistics written by the forward pass and read by the backward
+// pass, (T, F) for batch norm, (T, B[, 1]) for layer norm; var: batch norm's biased
+// variance per step, (T, F), for the running averages. scale/shift: population
+// statistics as an affine map per step, (T, F); shift is left out where scan.py has
+// already added it to the step's other term. dgamma/dbeta: dL/dgamma and dL/dbeta over
+// all steps, summed by the backward pass as a by-product (batch and layer norm).
+struct Norm {
+  int64_t mode;
+  at::Tensor gamma, beta, scale, shift, mean, rstd, var, dgamma, dbeta;
+  double eps;
+
+  Norm(int64_t mode, at::Tensor gamma, c10::optional<at::Tensor> beta, c10::optional<at::Tensor> scale,
+       c10::optional<at::Tensor> shift, c10::optional<at::Tensor> mean, c10::optional<at::Tensor> rstd,
+       c10::optional<at::Tensor> var, double eps)
+      : mode(mode), gamma(gamma.contiguous()), beta(beta.value_or(at::Tensor())),
+        scale(scale.value_or(at::Tensor())), shift(shift.value_or(at::Tensor())),
+        mean(mean.value_or(at::Tensor())), rstd(rstd.value_or(at::Tensor())), var(var.value_or(at::Tensor())),
+        eps(eps) {
+    TORCH_CHECK(mode >= NONE && mode <= LAYER, "norm mode must be 0..3, got ", mode);
+    TORCH_CHECK(mode != POP || this->scale.defined(), "population norm needs its scale");
+    TORCH_CHECK(mode != BATCH && mode != LAYER || (this->mean.defined() && this->rstd.defined()),
+                "batch and layer norm need mean and rstd buffers");
+    for (const at::Tensor* t : {&this->beta, &this->scale, &this->shift, &this->mean, &this->rstd, &this->var})
+      TORCH_CHECK(!t->defined() || t->is_contiguous(), "norm buffers must be contiguous");
+    if (mode == BATCH || mode == LAYER) {
+      dgamma = at::zeros_like(this->gamma);
+      dbeta = at::zeros_like(this->gamma);
+    }
+  }
+
+  void zero_grads() const {
+    if (dgamma.defined()) {
+      const_cast<at::Tensor&>(dgamma).zero_();
+      const_cast<at::Tensor&>(dbeta).zero_();
+    }
+  }
+
+  // out = N(x) (accumulate: out += N(x)) for step t; x, out: (B, F) row-major.
+  template <typename T>
+  void forward(int64_t t, const T* x, T* out, int64_t B, int64_t F, bool accumulate) const {
+    const T* g = ptr<T>(gamma);
+    const T* be = beta.defined() ? ptr<T>(beta) : nullptr;
+    if (mode == POP) {
+      const T* sc = ptr<T>(scale, t * F);
+      const T* sh = shift.defined() ? ptr<T>(shift, t * F) : nullptr;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * F;
+        T* ob = out + b * F;
+        SIMD
+        for (int64_t f = 0; f < F; ++f) {
+          T y = xb[f] * sc[f] + (sh ? sh[f] : T(0));
+          ob[f] = accumulate ? ob[f] + y : y;
+        }
+      }
+      return;
+    }
+    if (mode == BATCH) {
+      T* mu = ptr<T>(mean, t * F);
+      T* rs = ptr<T>(rstd, t * F);
+      std::fill(mu, mu + F, T(0));
+      std::fill(rs, rs + F, T(0));
+      for (int64_t b = 0; b < B; ++b)
+        SIMD
+        for (int64_t f = 0; f < F; ++f) mu[f] += x[b * F + f];
+      SIMD
+      for (int64_t f = 0; f < F; ++f) mu[f] /= T(B);
+      for (int64_t b = 0; b < B; ++b)
+        SIMD
+        for (int64_t f = 0; f < F; ++f) {
+          T d = x[b * F + f] - mu[f];
+          rs[f] += d * d;
+        }
+      if (var.defined()) {
+        T* v = ptr<T>(var, t * F);
+        SIMD
+        for (int64_t f = 0; f < F; ++f) v[f] = rs[f] / T(B);
+      }
+      SIMD
+      for (int64_t f = 0; f < F; ++f) rs[f] = T(1) / std::sqrt(rs[f] / T(B) + T(eps));
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * F;
+        T* ob = out + b * F;
+        SIMD
+        for (int64_t f = 0; f < F; ++f) {
+          T y = (xb[f] - mu[f]) * rs[f] * g[f] + (be ? be[f] : T(0));
+          ob[f] = accumulate ? ob[f] + y : y;
+        }
+      }
+      return;
+    }
+    // LAYER: statistics per row
+    T* mu = ptr<T>(mean, t * B);
+    T* rs = ptr<T>(rstd, t * B);
+    for (int64_t b = 0; b < B; ++b) {
+      const T* xb = x + b * F;
+      T* ob = out + b * F;
+      T s = 0;
+      _Pragma("omp simd reduction(+ : s)")
+      for (int64_t f = 0; f < F; ++f) s += xb[f];
+      const T m = s / T(F);
+      T v = 0;
+      _Pragma("omp simd reduction(+ : v)")
+      for (int64_t f = 0; f < F; ++f) v += (xb[f] - m) * (xb[f] - m);
+      const T r = T(1) / std::sqrt(v / T(F) + T(eps));
+      mu[b] = m;
+      rs[b] = r;
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        T y = (xb[f] - m) * r * g[f] + (be ? be[f] : T(0));
+        ob[f] = accumulate ? ob[f] + y : y;
+      }
+    }
+  }
+
+  // dx = dL/dx_t from dy = dL/dN(x_t) (gamma and beta get theirs in scan.py). dx may be dy.
+  template <typename T>
+  void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
+    const T* g = ptr<T>(gamma);
+    if (mode == NONE) {
+      if (dx != dy) std::copy(dy, dy + B * F, dx);
+      return;
+    }
+    if (mode == POP) {
+      const T* sc = ptr<T>(scale, t * F);
+      for (int64_t b = 0; b < B; ++b)
+        SIMD
+        for (int64_t f = 0; f < F; ++f) dx[b * F + f] = dy[b * F + f] * sc[f];
+      return;
+    }
+    T* dg = ptr<T>(dgamma);  // batch and layer norm from here on
+    T* dbe = ptr<T>(dbeta);
+    if (mode == BATCH) {
+      const T* mu = ptr<T>(mean, t * F);
+      const T* rs = ptr<T>(rstd, t * F);
+      std::vector<T> sdy(F, T(0)), sdyx(F, T(0));
+      for (int64_t b = 0; b < B; ++b)
+        SIMD
+        for (int64_t f = 0; f < F; ++f) {
+          const T d = dy[b * F + f];
+          sdy[f] += d;
+          sdyx[f] += d * (x[b * F + f] - mu[f]) * rs[f];
+        }
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        dg[f] += sdyx[f];
+        dbe[f] += sdy[f];
+        sdy[f] /= T(B);
+        sdyx[f] /= T(B);
+      }
+      for (int64_t b = 0; b < B; ++b)
+        SIMD
+        for (int64_t f = 0; f < F; ++f) {
+          const T xh = (x[b * F + f] - mu[f]) * rs[f];
+          dx[b * F + f] = g[f] * rs[f] * (dy[b * F + f] - sdy[f] - xh * sdyx[f]);
+        }
+      return;
+    }
+    const T* mu = ptr<T>(mean, t * B);
+    const T* rs = ptr<T>(rstd, t * B);
+    for (int64_t b = 0; b < B; ++b) {
+      const T* xb = x + b * F;
+      const T* db = dy + b * F;
+      T s1 = 0, s2 = 0;
+      _Pragma("omp simd reduction(+ : s1, s2)")
+      for (int64_t f = 0; f < F; ++f) {
+        const T gd = db[f] * g[f];
+        s1 += gd;
+        s2 += gd * (xb[f] - mu[b]) * rs[b];
+      }
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        dg[f] += db[f] * (xb[f] - mu[b]) * rs[b];
+        dbe[f] += db[f];
+      }
+      s1 /= T(F);
+      s2 /= T(F);
+      T* ob = dx + b * F;
+      SIMD
+      for (int64_t f = 0; f < F; ++f) ob[f] = rs[b] * (db[f] * g[f] - s1 - (xb[f] - mu[b]) * rs[b] * s2);
+    }
+  }
+};
+
+void check(const std::vector<at::Tensor>& ts) {
+  for (const auto& t : ts)
+    if (t.defined())
+      TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "scan loops take contiguous CPU tensors");
+}
+
+// acc += N(h W^T) for one step; z (h W^T, kept for the backward pass) unused without a norm.
+template <typename T>
+void recurrent_term(const Norm& n, int64_t t, const at::Tensor& h, const at::Tensor& w_t, at::Tensor& acc,
+                    at::Tensor& z) {
+  if (n.mode == NONE) {
+    acc.addmm_(h, w_t);
+    return;
+  }
+  at::mm_out(z, h, w_t);
+  n.forward<T>(t, ptr<T>(z), ptr<T>(acc), acc.size(0), acc.size(1), true);
+}
+
+// dz_t = N'(da_t) and the gradient reaching h_{t-1}: gh_{t-1} += dz_t W.
+template <typename T>
+void recurrent_back(const Norm& n, int64_t t, at::Tensor& da, at::Tensor& dz, const at::Tensor& z,
+                    const at::Tensor& w, std::vector<at::Tensor>& gh) {
+  if (n.mode != NONE) n.backward<T>(t, ptr<T>(da), ptr<T>(z), ptr<T>(dz), da.size(0), da.size(1));
+  if (t > 0) gh[t - 1].addmm_(n.mode == NONE ? da : dz, w);
+}
+
+std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
+  return t.defined() ? t.unbind(0) : std::vector<at::Tensor>(T);
+}
+
+// -- RNN: h_t = act(u_t + N(h_{t-1} W^T)) ------------------------------------------------
+
+void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at::Tensor w, const Norm& nh,
+                 bool relu) {
+  // hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs (T, B, H) gets h W^T.
+  at::Tensor zs = zs_.value_or(at::Tensor());
+  check({hs, zs, h0});
+  const int64_t T = hs.size(0), n = hs.size(1) * hs.size(2);
+  auto h_s = steps(hs, T), z_s = steps(zs, T);
+  at::Tensor w_t = w.t(), h = h0;
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
+    for (int64_t t = 0; t < T; ++t) {
+      recurrent_term<scalar_t>(nh, t, h, w_t, h_s[t], z_s[t]);
+      scalar_t* a = ptr<scalar_t>(h_s[t]);
+      if (relu)
+        SIMD
+        for (int64_t i = 0; i < n; ++i) a[i] = a[i] > 0 || a[i] != a[i] ? a[i] : scalar_t(0);
+      else
+        SIMD
+        for (int64_t i = 0; i < n; ++i) a[i] = tanh_(a[i]);
+      h = h_s[t];
+    }
+  });
+}
+
+void rnn_backward(at::Tensor gh, at::Tensor dact, at::Tensor da, c10::optional<at::Tensor> dz_,
+                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh) {
+  // gh (T, B, H): dL/dh_t, completed in place step by step; da = gh * act'; dz = N'(da).
+  at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
+  check({gh, dact, da, dz, zs});
+  nh.zero_grads();
+  const int64_t T = gh.size(0), n = gh.size(1) * gh.size(2);
+  auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
+  AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "rnn_backward", [&] {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* g = ptr<scalar_t>(gh_s[t]);
+      const scalar_t* k = ptr<scalar_t>(dact, t * n);
+      scalar_t* d = ptr<scalar_t>(da_s[t]);
+      SIMD
+      for (int64_t i = 0; i < n; ++i) d[i] = g[i] * k[i];
+      recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+    }
+  });
+}
+
+// -- LSTM: [i f g o] = u_t + N(h_{t-1} W^T), c_t = s(f) c_{t-1} + s(i) tanh(g),
+//    h_t = s(o) tanh(N_c(c_t)) ------------------------------------------------------------
+
+void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, at::Tensor hs,
+                  c10::optional<at::Tensor> zs_, at::Tensor h0, at::Tensor c0, at::Tensor w, const Norm& nh,
+                  const Norm& nc) {
+  // sig (T, B, 4H) holds u_t (+ folded shift); its i, f, o blocks become the gates'
+  // sigmoids (the g block keeps its pre-activation, unused). tg = tanh(g), cs = c_t,
+  // tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T.
+  at::Tensor zs = zs_.value_or(at::Tensor());
+  check({sig, tg, cs, tc, hs, zs, h0, c0});
+  const int64_t T = sig.size(0), B = sig.size(1), G = sig.size(2), H = G / 4;
+  auto sig_s = steps(sig, T), z_s = steps(zs, T), h_s = steps(hs, T);
+  at::Tensor w_t = w.t(), h = h0;
+  AT_DISPATCH_FLOATING_TYPES(sig.scalar_type(), "lstm_forward", [&] {
+    const scalar_t* cprev = ptr<scalar_t>(c0);
+    for (int64_t t = 0; t < T; ++t) {
+      recurrent_term<scalar_t>(nh, t, h, w_t, sig_s[t], z_s[t]);
+      scalar_t* a = ptr<scalar_t>(sig_s[t]);
+      scalar_t* tgt = ptr<scalar_t>(tg, t * B * H);
+      scalar_t* ct = ptr<scalar_t>(cs, t * B * H);
+      scalar_t* tct = ptr<scalar_t>(tc, t * B * H);
+      scalar_t* ht = ptr<scalar_t>(h_s[t]);
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* ab = a + b * G;
+        const int64_t r = b * H;
+        SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t i = sigmoid_(ab[j]), f = sigmoid_(ab[H + j]), g = tanh_(ab[2 * H + j]);
+          ab[j] = i;
+          ab[H + j] = f;
+          ab[3 * H + j] = sigmoid_(ab[3 * H + j]);
+          tgt[r + j] = g;
+          ct[r + j] = f * cprev[r + j] + i * g;
+        }
+      }
+      const scalar_t* cn = ct;
+      if (nc.mode != NONE) {
+        nc.forward<scalar_t>(t, ct, tct, B, H, false);
+        cn = tct;
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const scalar_t* o = a + b * G + 3 * H;
+        const int64_t r = b * H;
+        SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          tct[r + j] = tanh_(cn[r + j]);
+          ht[r + j] = o[j] * tct[r + j];
+        }
+      }
+      h = h_s[t];
+      cprev = ct;
+    }
+  });
+}
+
+at::Tensor lstm_backward(at::Tensor gh, at::Tensor k_o, at::Tensor k_tc, at::Tensor k_c, at::Tensor da,
+                         c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> dn_, at::Tensor cs,
+                         c10::optional<at::Tensor> zs_, at::Tensor sig, at::Tensor w,
+                         c10::optional<at::Tensor> dc_last, const Norm& nh, const Norm& nc) {
+  // gh (T, B, H): dL/dh_t, completed in place; k_o = dh/da_o, k_tc = dh/dN_c(c),
+  // k_c (T, B, 3, H) = dc/da_{i,f,g}; da (T, B, 4H) = dL/da; dz = N'(da); dn = dL/dN_c(c_t).
+  // Returns dL/dc_0 before the forget gate of step 0 (scan.py multiplies it in).
+  at::Tensor dz = dz_.value_or(at::Tensor()), dn = dn_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
+  at::Tensor dcl = dc_last.value_or(at::Tensor());
+  check({gh, k_o, k_tc, k_c, da, dz, dn, cs, zs, sig, dcl});
+  nh.zero_grads();
+  nc.zero_grads();
+  const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 4 * H;
+  auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
+  at::Tensor dc = at::empty({B, H}, gh.options()), dcn = at::empty({B, H}, gh.options());
+  AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "lstm_backward", [&] {
+    scalar_t* dcp = ptr<scalar_t>(dc);
+    scalar_t* dcnp = ptr<scalar_t>(dcn);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* g = ptr<scalar_t>(gh_s[t]);
+      const scalar_t* ktc = ptr<scalar_t>(k_tc, t * B * H);
+      if (nc.mode != NONE) {
+        scalar_t* dnt = ptr<scalar_t>(dn, t * B * H);
+        SIMD
+        for (int64_t i = 0; i < B * H; ++i) dnt[i] = g[i] * ktc[i];
+        nc.backward<scalar_t>(t, dnt, ptr<scalar_t>(cs, t * B * H), dcnp, B, H);
+      } else {
+        SIMD
+        for (int64_t i = 0; i < B * H; ++i) dcnp[i] = g[i] * ktc[i];
+      }
+      if (t == T - 1) {
+        const scalar_t* l = dcl.defined() ? ptr<scalar_t>(dcl) : nullptr;
+        SIMD
+        for (int64_t i = 0; i < B * H; ++i) dcp[i] = l ? dcnp[i] + l[i] : dcnp[i];
+      } else {
+        const scalar_t* sig1 = ptr<scalar_t>(sig, (t + 1) * B * G);
+        for (int64_t b = 0; b < B; ++b)
+          SIMD
+          for (int64_t j = 0; j < H; ++j) dcp[b * H + j] = dcnp[b * H + j] + dcp[b * H + j] * sig1[b * G + H + j];
+      }
+      const scalar_t* kc = ptr<scalar_t>(k_c, t * B * 3 * H);
+      const scalar_t* ko = ptr<scalar_t>(k_o, t * B * H);
+      scalar_t* d = ptr<scalar_t>(da_s[t]);
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* db = d + b * G;
+        const scalar_t* kb = kc + b * 3 * H;
+        const int64_t r = b * H;
+        SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          db[j] = dcp[r + j] * kb[j];
+          db[H + j] = dcp[r + j] * kb[H + j];
+          db[2 * H + j] = dcp[r + j] * kb[2 * H + j];
+          db[3 * H + j] = g[r + j] * ko[r + j];
+        }
+      }
+      recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+    }
+  });
+  return dc;
+}
+
+// -- GRU: r, z = s(u_{r,z} + a_{r,z}), n = tanh(u_n + r (a_n + b_hn)),
+//    h_t = (1 - z) n + z h_{t-1}, a = N(h_{t-1} W^T) ---------------------------------------
+
+void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0,
+                 at::Tensor w, const Norm& nh) {
+  // gates (T, B, 3H) holds u_t and becomes (r, z, n); hw (T, B, 3H) holds (0, 0, b_hn)
+  // (+ folded shift) and gets N(h W^T) added; hs = h_t; zs = h W^T.
+  at::Tensor zs = zs_.value_or(at::Tensor());
+  check({gates, hw, hs, zs, h0});
+  const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
+  auto hw_s = steps(hw, T), z_s = steps(zs, T), h_s = steps(hs, T);
+  at::Tensor w_t = w.t(), h = h0;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
+    for (int64_t t = 0; t < T; ++t) {
+      recurrent_term<scalar_t>(nh, t, h, w_t, hw_s[t], z_s[t]);
+      const scalar_t* hp = ptr<scalar_t>(h);
+      const scalar_t* a = ptr<scalar_t>(hw_s[t]);
+      scalar_t* u = ptr<scalar_t>(gates, t * B * G);
+      scalar_t* ht = ptr<scalar_t>(h_s[t]);
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* ub = u + b * G;
+        const scalar_t* ab = a + b * G;
+        const int64_t r = b * H;
+        SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t rg = sigmoid_(ub[j] + ab[j]), zg = sigmoid_(ub[H + j] + ab[H + j]);
+          const scalar_t n = tanh_(ub[2 * H + j] + rg * ab[2 * H + j]);
+          ub[j] = rg;
+          ub[H + j] = zg;
+          ub[2 * H + j] = n;
+          ht[r + j] = n + zg * (hp[r + j] - n);
+        }
+      }
+      h = h_s[t];
+    }
+  });
+}
+
+void gru_backward(at::Tensor gh, at::Tensor k_a, at::Tensor gates, at::Tensor da, c10::optional<at::Tensor> dz_,
+                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh) {
+  // gh (T, B, H): dL/dh_t, completed in place; k_a (T, B, 3, H) = dh/da; da = dL/da;
+  // dz = N'(da). gh_{t-1} gets z_t gh_t (the carry) and dz_t W.
+  at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
+  check({gh, k_a, gates, da, dz, zs});
+  nh.zero_grads();
+  const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 3 * H;
+  auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
+  AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "gru_backward", [&] {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* g = ptr<scalar_t>(gh_s[t]);
+      const scalar_t* ka = ptr<scalar_t>(k_a, t * B * G);
+      scalar_t* d = ptr<scalar_t>(da_s[t]);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < 3; ++k)
+          SIMD
+          for (int64_t j = 0; j < H; ++j) d[b * G + k * H + j] = g[b * H + j] * ka[b * G + k * H + j];
+      if (t > 0) {
+        scalar_t* prev = ptr<scalar_t>(gh_s[t - 1]);
+        const scalar_t* zg = ptr<scalar_t>(gates, t * B * G);
+        for (int64_t b = 0; b < B; ++b)
+          SIMD
+          for (int64_t j = 0; j < H; ++j) prev[b * H + j] += g[b * H + j] * zg[b * G + H + j];
+      }
+      recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnbench: the sequential loops of baselines/scan.py, compiled";
+  py::class_<Norm>(m, "Norm")
+      .def(py::init<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+                    c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+                    c10::optional<at::Tensor>, double>())
+      .def_readonly("dgamma", &Norm::dgamma)
+      .def_readonly("dbeta", &Norm::dbeta);
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+}

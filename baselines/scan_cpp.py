@@ -1,0 +1,89 @@
+"""The scan path's sequential loops, compiled for the CPU (``csrc/scan_loops.cpp``).
+
+On the CPU the Python loops of ``baselines/scan.py`` spend most of their time on op
+dispatch, not arithmetic (an LSTM step is 7 ops forward and 5 backward, each a few
+microseconds at the suite's sizes). The compiled loops do one matrix product and one
+fused elementwise pass per step. They are built on first use with PyTorch's C++
+extension loader (a C++ compiler and ninja are needed; ~30 s once per machine and torch
+version, cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``;
+``make setup`` builds them). Where the build fails, the scan path keeps its Python loops
+and one warning says why.
+
+``RNNBENCH_CPU_LOOPS=0`` turns them off (the Python loops then run, as on CUDA); runs
+record the path as "scan-cpp" when the compiled loops ran and "scan" otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "scan_loops.cpp"
+ENV = "RNNBENCH_CPU_LOOPS"
+
+_module: ModuleType | None = None
+_failed: str | None = None
+
+
+def enabled() -> bool:
+    """Whether the compiled loops may be used (``RNNBENCH_CPU_LOOPS`` is not "0")."""
+    return os.environ.get(ENV, "1") != "0"
+
+
+def _flags() -> tuple[str, list[str]]:
+    """The module's name and compiler flags. -fno-trapping-math and -fopenmp-simd let
+    the compiler vectorise the elementwise loops (no fast-math: NaN and infinities keep
+    their meaning). On x86-64 CPUs with AVX2, the loops are built for AVX2 and FMA
+    (about 3x faster than SSE2 at H=64) under a name of their own, so a shared cache
+    never hands that build to an older CPU (nor one built against another torch)."""
+    flags = ["-O3", "-fno-trapping-math", "-fopenmp-simd"]
+    # the torch version in the name: a build against another torch's headers is not reused
+    name = "rnnbench_scan_loops_" + re.sub(r"\W", "_", torch.__version__)
+    if platform.machine() in ("x86_64", "AMD64") and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+        name += "_avx2"
+    return name, flags
+
+
+def load() -> ModuleType | None:
+    """The compiled module, building it the first time; None where it cannot be built."""
+    global _module, _failed
+    if _module is not None or _failed is not None:
+        return _module
+    try:
+        from torch.utils.cpp_extension import load as load_extension
+
+        if shutil.which("ninja") is None:  # the ninja wheel's binary sits beside this venv's python
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        name, flags = _flags()
+        _module = load_extension(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as e:  # a missing compiler or ninja, a failed build: keep the Python loops
+        lines = str(e).strip().splitlines() or [""]
+        _failed = f"{type(e).__name__}: {next((ln for ln in lines if 'error' in ln), lines[-1]).strip()}"
+        warnings.warn(f"rnnbench: the compiled CPU loops could not be built ({_failed}); the scan path runs its "
+                      f"Python loops (slower on the CPU). Set {ENV}=0 to skip the attempt.", RuntimeWarning,
+                      stacklevel=2)
+    return _module
+
+
+def build_error() -> str | None:
+    """Why the compiled loops could not be built (None: they were, or were not tried)."""
+    return _failed
+
+
+def for_call(x: Tensor, seeds: int) -> ModuleType | None:
+    """The compiled loops where they apply to a recurrence on ``x``: CPU, float32 or
+    float64, one model (stacked seeds keep the Python loops); else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or seeds or not enabled():
+        return None
+    return load()
