@@ -308,12 +308,12 @@ class ScanRNN(torch.autograd.Function):
         nh: _Norm = ctx.nh
         T = hs.shape[0]
         gh = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
-        dact = hs.square().neg_().add_(1) if ctx.act == "tanh" else (hs > 0).to(hs.dtype)
         da = torch.empty_like(hs)
         if ctx.loops is not None:
             dz_all = torch.empty_like(da) if nh.mode else da
-            ctx.loops.rnn_backward(gh, dact, da, dz_all if nh.mode else None, zs, w, nh.compiled)
+            ctx.loops.rnn_backward(gh, hs, da, dz_all if nh.mode else None, zs, w, nh.compiled, ctx.act == "relu")
         else:
+            dact = hs.square().neg_().add_(1) if ctx.act == "tanh" else (hs > 0).to(hs.dtype)
             gh_s, dact_s, da_s, z_s, dzs = _steps(gh, T), _steps(dact, T), _steps(da, T), _steps(zs, T), []
             for t in range(T - 1, -1, -1):
                 dz = nh.back(t, torch.mul(gh_s[t], dact_s[t], out=da_s[t]), z_s[t])
@@ -368,6 +368,26 @@ class ScanLSTM(torch.autograd.Function):
         nh, nc = ctx.norms
         T, B, H = hs.shape
         gh = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
+        sf = sig[..., H:2 * H]
+        da = sig.new_empty(T, B, 4 * H)
+        dn = hs.new_empty(T, B, H) if nc.mode else None
+        if ctx.loops is not None:  # the gate derivatives are computed in the loop
+            dz_all = torch.empty_like(da) if nh.mode else da
+            dc = ctx.loops.lstm_backward(gh, sig, tg, cs, tc, c0.contiguous(), da, dz_all if nh.mode else None, dn,
+                                         zs, w, None if dc_last is None else dc_last.contiguous(), nh.compiled,
+                                         nc.compiled)
+        else:
+            dz_all, dc = ScanLSTM._backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc)
+        dg, _ = nh.param_grads(da, zs)
+        dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
+        return (da.transpose(0, 1), _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
+                dbc, None, None)
+
+    @staticmethod
+    def _backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc) -> tuple[Tensor, Tensor]:
+        """The backward loop in Python ops (see ``backward``): ∂L/∂z of all steps and ∂L/∂c_0
+        before step 0's forget gate; fills ``da`` and ``dn`` and completes ``gh``."""
+        T, B, H = gh.shape
         si, sf, so = sig[..., :H], sig[..., H:2 * H], sig[..., 3 * H:]
         # Gate derivatives of all steps, written in place into few buffers (allocations
         # of this size cost page faults on the CPU).
@@ -379,24 +399,6 @@ class ScanLSTM(torch.autograd.Function):
         k_c[1:, :, 1].mul_(cs[:-1])
         k_c[0, :, 1].mul_(c0)
         torch.square(tg, out=k_c[:, :, 2]).neg_().add_(1).mul_(si)
-        da = sig.new_empty(T, B, 4 * H)
-        dn = hs.new_empty(T, B, H) if nc.mode else None
-        if ctx.loops is not None:
-            dz_all = torch.empty_like(da) if nh.mode else da
-            dc = ctx.loops.lstm_backward(gh, k_o, k_tc, k_c, da, dz_all if nh.mode else None, dn, cs, zs, sig, w,
-                                         None if dc_last is None else dc_last.contiguous(), nh.compiled, nc.compiled)
-        else:
-            dz_all, dc = ScanLSTM._backward_loop(gh, k_o, k_tc, k_c, da, dn, cs, zs, sf, w, dc_last, nh, nc)
-        dg, _ = nh.param_grads(da, zs)
-        dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
-        return (da.transpose(0, 1), _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
-                dbc, None, None)
-
-    @staticmethod
-    def _backward_loop(gh, k_o, k_tc, k_c, da, dn, cs, zs, sf, w, dc_last, nh, nc) -> tuple[Tensor, Tensor]:
-        """The backward loop in Python ops (see ``backward``): ∂L/∂z of all steps and ∂L/∂c_0
-        before step 0's forget gate; fills ``da`` and ``dn`` and completes ``gh``."""
-        T, B, H = gh.shape
         gh_s, k_o, k_tc, k_c, da_s = _steps(gh, T), _steps(k_o, T), _steps(k_tc, T), _steps(k_c, T), _steps(da, T)
         da_ifg, da_o = _steps(da.view(T, B, 4, H)[:, :, :3], T), _steps(da[..., 3 * H:], T)
         dn_s, c_s, z_s, sf_s = _steps(dn, T), _steps(cs, T), _steps(zs, T), _steps(sf, T)
@@ -464,21 +466,24 @@ class ScanGRU(torch.autograd.Function):
         nh: _Norm = ctx.nh
         T, B, H = hs.shape
         gh_all = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
-        r, zg, ns = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
-        # ∂h/∂u per gate, written in place (see ScanLSTM.backward): r, z, n
-        k_u = hs.new_empty(T, B, 3, H)
-        k_n = torch.square(ns, out=k_u[:, :, 2]).neg_().add_(1).mul_(1 - zg)  # ∂h/∂(u_n + r a_n)
-        torch.sub(hs[:-1], ns[1:], out=k_u[1:, :, 1])  # h_{t-1} - n_t
-        torch.sub(h0, ns[0], out=k_u[0, :, 1])
-        k_u[:, :, 1].mul_(zg).mul_(1 - zg)  # ∂h/∂a_z
-        torch.mul(k_n, hw[..., 2 * H:], out=k_u[:, :, 0]).mul_(r).mul_(1 - r)  # ∂h/∂a_r
-        k_a = k_u.clone()
-        k_a[:, :, 2].mul_(r)  # ∂h/∂a: a_n enters as r a_n
+        zg = gates[..., H:2 * H]
         da = hs.new_empty(T, B, 3 * H)
-        if ctx.loops is not None:
+        if ctx.loops is not None:  # the gate derivatives are computed in the loop
             dz_all = torch.empty_like(da) if nh.mode else da
-            ctx.loops.gru_backward(gh_all, k_a, gates, da, dz_all if nh.mode else None, zs, w, nh.compiled)
+            du = torch.empty_like(da)
+            ctx.loops.gru_backward(gh_all, gates, hw, hs, h0.contiguous(), da, du, dz_all if nh.mode else None, zs, w,
+                                   nh.compiled)
         else:
+            r, ns = gates[..., :H], gates[..., 2 * H:]
+            # ∂h/∂u per gate, written in place (see ScanLSTM._backward_loop): r, z, n
+            k_u = hs.new_empty(T, B, 3, H)
+            k_n = torch.square(ns, out=k_u[:, :, 2]).neg_().add_(1).mul_(1 - zg)  # ∂h/∂(u_n + r a_n)
+            torch.sub(hs[:-1], ns[1:], out=k_u[1:, :, 1])  # h_{t-1} - n_t
+            torch.sub(h0, ns[0], out=k_u[0, :, 1])
+            k_u[:, :, 1].mul_(zg).mul_(1 - zg)  # ∂h/∂a_z
+            torch.mul(k_n, hw[..., 2 * H:], out=k_u[:, :, 0]).mul_(r).mul_(1 - r)  # ∂h/∂a_r
+            k_a = k_u.clone()
+            k_a[:, :, 2].mul_(r)  # ∂h/∂a: a_n enters as r a_n
             k_a, da_s, da3, gh_s = _steps(k_a, T), _steps(da, T), _steps(da.view(T, B, 3, H), T), _steps(gh_all, T)
             z_s, zg_s = _steps(zs, T), _steps(zg, T)
             dzs = []
@@ -490,8 +495,8 @@ class ScanGRU(torch.autograd.Function):
                 if t > 0:
                     _mm_acc_(gh_s[t - 1].addcmul_(gh, zg_s[t]), dz, w, nh.S)
             dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
+            du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dh0 = _mm_acc_(gh_all[0] * zg[0], dz_all[0], w, nh.S)
-        du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dg, _ = nh.param_grads(da, zs)
         return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None)
 

@@ -311,21 +311,26 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
   });
 }
 
-void rnn_backward(at::Tensor gh, at::Tensor dact, at::Tensor da, c10::optional<at::Tensor> dz_,
-                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh) {
-  // gh (T, B, H): dL/dh_t, completed in place step by step; da = gh * act'; dz = N'(da).
+void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at::Tensor> dz_,
+                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh, bool relu) {
+  // gh (T, B, H): dL/dh_t, completed in place step by step; da = gh * act'(h_t); dz = N'(da).
   at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
-  check({gh, dact, da, dz, zs});
+  check({gh, hs, da, dz, zs});
   nh.zero_grads();
   const int64_t T = gh.size(0), n = gh.size(1) * gh.size(2);
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "rnn_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* g = ptr<scalar_t>(gh_s[t]);
-      const scalar_t* k = ptr<scalar_t>(dact, t * n);
+      const scalar_t* h = ptr<scalar_t>(hs, t * n);
       scalar_t* d = ptr<scalar_t>(da_s[t]);
-      SIMD
-      for (int64_t i = 0; i < n; ++i) d[i] = g[i] * k[i];
+      if (relu) {
+        SIMD
+        for (int64_t i = 0; i < n; ++i) d[i] = h[i] > 0 ? g[i] : scalar_t(0);
+      } else {
+        SIMD
+        for (int64_t i = 0; i < n; ++i) d[i] = g[i] * (1 - h[i] * h[i]);
+      }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
     }
   });
@@ -387,16 +392,17 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
   });
 }
 
-at::Tensor lstm_backward(at::Tensor gh, at::Tensor k_o, at::Tensor k_tc, at::Tensor k_c, at::Tensor da,
-                         c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> dn_, at::Tensor cs,
-                         c10::optional<at::Tensor> zs_, at::Tensor sig, at::Tensor w,
-                         c10::optional<at::Tensor> dc_last, const Norm& nh, const Norm& nc) {
-  // gh (T, B, H): dL/dh_t, completed in place; k_o = dh/da_o, k_tc = dh/dN_c(c),
-  // k_c (T, B, 3, H) = dc/da_{i,f,g}; da (T, B, 4H) = dL/da; dz = N'(da); dn = dL/dN_c(c_t).
+at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, at::Tensor c0,
+                         at::Tensor da, c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> dn_,
+                         c10::optional<at::Tensor> zs_, at::Tensor w, c10::optional<at::Tensor> dc_last,
+                         const Norm& nh, const Norm& nc) {
+  // gh (T, B, H): dL/dh_t, completed in place; sig, tg, cs, tc: what lstm_forward kept;
+  // da (T, B, 4H) = dL/da; dz = N'(da); dn = dL/dN_c(c_t). The gates' derivatives are
+  // computed here, step by step, from the forward pass's values.
   // Returns dL/dc_0 before the forget gate of step 0 (scan.py multiplies it in).
   at::Tensor dz = dz_.value_or(at::Tensor()), dn = dn_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
   at::Tensor dcl = dc_last.value_or(at::Tensor());
-  check({gh, k_o, k_tc, k_c, da, dz, dn, cs, zs, sig, dcl});
+  check({gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dcl});
   nh.zero_grads();
   nc.zero_grads();
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 4 * H;
@@ -407,39 +413,38 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor k_o, at::Tensor k_tc, at::Ten
     scalar_t* dcnp = ptr<scalar_t>(dcn);
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* g = ptr<scalar_t>(gh_s[t]);
-      const scalar_t* ktc = ptr<scalar_t>(k_tc, t * B * H);
-      if (nc.mode != NONE) {
-        scalar_t* dnt = ptr<scalar_t>(dn, t * B * H);
+      const scalar_t* s = ptr<scalar_t>(sig, t * B * G);
+      const scalar_t* tgt = ptr<scalar_t>(tg, t * B * H);
+      const scalar_t* tct = ptr<scalar_t>(tc, t * B * H);
+      const scalar_t* cprev = t > 0 ? ptr<scalar_t>(cs, (t - 1) * B * H) : ptr<scalar_t>(c0);
+      const scalar_t* snext = t < T - 1 ? ptr<scalar_t>(sig, (t + 1) * B * G) : nullptr;
+      const scalar_t* l = t == T - 1 && dcl.defined() ? ptr<scalar_t>(dcl) : nullptr;
+      // dL/dN_c(c_t) = gh s(o) tanh'(.), then through the cell norm
+      scalar_t* dnt = nc.mode != NONE ? ptr<scalar_t>(dn, t * B * H) : dcnp;
+      for (int64_t b = 0; b < B; ++b)
         SIMD
-        for (int64_t i = 0; i < B * H; ++i) dnt[i] = g[i] * ktc[i];
-        nc.backward<scalar_t>(t, dnt, ptr<scalar_t>(cs, t * B * H), dcnp, B, H);
-      } else {
-        SIMD
-        for (int64_t i = 0; i < B * H; ++i) dcnp[i] = g[i] * ktc[i];
-      }
-      if (t == T - 1) {
-        const scalar_t* l = dcl.defined() ? ptr<scalar_t>(dcl) : nullptr;
-        SIMD
-        for (int64_t i = 0; i < B * H; ++i) dcp[i] = l ? dcnp[i] + l[i] : dcnp[i];
-      } else {
-        const scalar_t* sig1 = ptr<scalar_t>(sig, (t + 1) * B * G);
-        for (int64_t b = 0; b < B; ++b)
-          SIMD
-          for (int64_t j = 0; j < H; ++j) dcp[b * H + j] = dcnp[b * H + j] + dcp[b * H + j] * sig1[b * G + H + j];
-      }
-      const scalar_t* kc = ptr<scalar_t>(k_c, t * B * 3 * H);
-      const scalar_t* ko = ptr<scalar_t>(k_o, t * B * H);
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t o = s[b * G + 3 * H + j], y = tct[b * H + j];
+          dnt[b * H + j] = g[b * H + j] * (1 - y * y) * o;
+        }
+      if (nc.mode != NONE) nc.backward<scalar_t>(t, dnt, ptr<scalar_t>(cs, t * B * H), dcnp, B, H);
       scalar_t* d = ptr<scalar_t>(da_s[t]);
       for (int64_t b = 0; b < B; ++b) {
+        const scalar_t* sb = s + b * G;
         scalar_t* db = d + b * G;
-        const scalar_t* kb = kc + b * 3 * H;
         const int64_t r = b * H;
         SIMD
         for (int64_t j = 0; j < H; ++j) {
-          db[j] = dcp[r + j] * kb[j];
-          db[H + j] = dcp[r + j] * kb[H + j];
-          db[2 * H + j] = dcp[r + j] * kb[2 * H + j];
-          db[3 * H + j] = g[r + j] * ko[r + j];
+          // dc_t = dcn_t + dc_{t+1} s(f_{t+1}) (+ the incoming dL/dc_T at the last step)
+          scalar_t c = dcnp[r + j];
+          if (snext) c += dcp[r + j] * snext[b * G + H + j];
+          if (l) c += l[r + j];
+          dcp[r + j] = c;
+          const scalar_t i = sb[j], f = sb[H + j], o = sb[3 * H + j], gg = tgt[r + j], y = tct[r + j];
+          db[j] = c * (1 - i) * i * gg;
+          db[H + j] = c * (1 - f) * f * cprev[r + j];
+          db[2 * H + j] = c * (1 - gg * gg) * i;
+          db[3 * H + j] = g[r + j] * (1 - o) * o * y;
         }
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
@@ -486,30 +491,42 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   });
 }
 
-void gru_backward(at::Tensor gh, at::Tensor k_a, at::Tensor gates, at::Tensor da, c10::optional<at::Tensor> dz_,
-                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh) {
-  // gh (T, B, H): dL/dh_t, completed in place; k_a (T, B, 3, H) = dh/da; da = dL/da;
-  // dz = N'(da). gh_{t-1} gets z_t gh_t (the carry) and dz_t W.
+void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs, at::Tensor h0, at::Tensor da,
+                  at::Tensor du, c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> zs_, at::Tensor w,
+                  const Norm& nh) {
+  // gh (T, B, H): dL/dh_t, completed in place; gates (r, z, n), hw, hs: what gru_forward
+  // kept; du = dL/du (the input term), da = dL/da, dz = N'(da). gh_{t-1} gets z_t gh_t
+  // (the carry) and dz_t W. The gates' derivatives are computed here, step by step.
   at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
-  check({gh, k_a, gates, da, dz, zs});
+  check({gh, gates, hw, hs, h0, da, du, dz, zs});
   nh.zero_grads();
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 3 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "gru_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* g = ptr<scalar_t>(gh_s[t]);
-      const scalar_t* ka = ptr<scalar_t>(k_a, t * B * G);
+      const scalar_t* u = ptr<scalar_t>(gates, t * B * G);
+      const scalar_t* a = ptr<scalar_t>(hw, t * B * G);
+      const scalar_t* hp = t > 0 ? ptr<scalar_t>(hs, (t - 1) * B * H) : ptr<scalar_t>(h0);
+      scalar_t* prev = t > 0 ? ptr<scalar_t>(gh_s[t - 1]) : nullptr;
       scalar_t* d = ptr<scalar_t>(da_s[t]);
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < 3; ++k)
-          SIMD
-          for (int64_t j = 0; j < H; ++j) d[b * G + k * H + j] = g[b * H + j] * ka[b * G + k * H + j];
-      if (t > 0) {
-        scalar_t* prev = ptr<scalar_t>(gh_s[t - 1]);
-        const scalar_t* zg = ptr<scalar_t>(gates, t * B * G);
-        for (int64_t b = 0; b < B; ++b)
-          SIMD
-          for (int64_t j = 0; j < H; ++j) prev[b * H + j] += g[b * H + j] * zg[b * G + H + j];
+      scalar_t* dut = ptr<scalar_t>(du, t * B * G);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t q = b * G, r = b * H;
+        SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t rg = u[q + j], zg = u[q + H + j], n = u[q + 2 * H + j], gj = g[r + j];
+          const scalar_t dn = gj * (1 - n * n) * (1 - zg);  // dL/d(u_n + r a_n)
+          const scalar_t dr = dn * a[q + 2 * H + j] * rg * (1 - rg);
+          const scalar_t dzg = gj * (hp[r + j] - n) * zg * (1 - zg);
+          dut[q + j] = dr;
+          dut[q + H + j] = dzg;
+          dut[q + 2 * H + j] = dn;
+          d[q + j] = dr;
+          d[q + H + j] = dzg;
+          d[q + 2 * H + j] = dn * rg;  // a_n enters as r a_n
+          if (prev) prev[r + j] += gj * zg;
+        }
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
     }
