@@ -107,28 +107,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(step, batch: Batch, device: torch.device, *, warmup: int = 5, repeats: int = 5,
-              steps_per_repeat: int = 3) -> list[float]:
-    """Milliseconds per step for each repeat (after ``warmup`` steps)."""
-    for _ in range(warmup):
+def _repeat_ms(step, batch: Batch, device: torch.device, steps: int) -> float:
+    """Milliseconds per step over ``steps`` steps (CUDA events on CUDA)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step(batch)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / steps
+    t0 = time.perf_counter()
+    for _ in range(steps):
         step(batch)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def time_step(step, batch: Batch, device: torch.device, *, warmup: int = 5, repeats: int = 5,
+              steps_per_repeat: int = 3, beside: tuple | None = None) -> list[float] | tuple[list[float], list[float]]:
+    """Milliseconds per step for each repeat (after ``warmup`` steps). ``beside``: a
+    second (step, batch) timed in alternation with the first, repeat by repeat; then
+    both lists are returned, so that a drift of the machine's speed hits both alike."""
+    pairs = [(step, batch)] + ([beside] if beside else [])
+    for s, b in pairs:
+        for _ in range(warmup):
+            s(b)
     _sync(device)
-    times = []
+    times: list[list[float]] = [[] for _ in pairs]
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(steps_per_repeat):
-                step(batch)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / steps_per_repeat)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(steps_per_repeat):
-                step(batch)
-            times.append(1000 * (time.perf_counter() - t0) / steps_per_repeat)
-    return times
+        for (s, b), ts in zip(pairs, times):
+            ts.append(_repeat_ms(s, b, device, steps_per_repeat))
+    return (times[0], times[1]) if beside else times[0]
 
 
 def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_path: bool = True,
@@ -138,7 +147,9 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
     (per seed when ``seeds`` > 1 stacks the model; see the module docstring).
 
     ``lstm`` is measured first on each shape (it is the reference of the ratio);
-    ``on_row`` receives each row as soon as it is measured.
+    ``on_row`` receives each row as soon as it is measured. On the CPU, whose speed
+    drifts (a shared machine, frequency scaling), each model's repeats alternate with
+    repeats of ``lstm`` and its ratio uses those; on CUDA the first measurement serves.
     """
     from suite.runner import set_precision
 
@@ -152,20 +163,26 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
         # One untimed pass first: library initialisation must not land on the reference.
         time_step(build_step("lstm", shape, dev, fast_path=fast_path), batch, dev,
                   warmup=warmup, repeats=1, steps_per_repeat=1)
-        ref_ms = None
+        ref_ms, ref_step = None, None
         for name in names:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(dev)
             step = build_step(name, shape, dev, fast_path=fast_path, seeds=seeds if name != "lstm" else 1)
             step_batch = make_batch(shape, dev, seeds=step.seeds) if step.seeds > 1 else batch
-            times = time_step(step, step_batch, dev, warmup=warmup, repeats=repeats,
-                              steps_per_repeat=steps_per_repeat)
+            timing = dict(warmup=warmup, repeats=repeats, steps_per_repeat=steps_per_repeat)
+            if ref_step is not None:  # the CPU: lstm timed beside the model
+                times, ref_times = time_step(step, step_batch, dev, beside=(ref_step, batch), **timing)
+                ref_ms = statistics.median(ref_times)
+            else:
+                times = time_step(step, step_batch, dev, **timing)
             ms = statistics.median(times)
-            ref_ms = ref_ms or ms  # lstm comes first
+            if name == "lstm":
+                ref_ms = ms
+                ref_step = step if dev.type == "cpu" else None
             row = {
                 "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H, "seeds": step.seeds,
-                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms * step.seeds / ms,
+                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms * step.seeds / ms, "lstm_ms": ref_ms,
                 "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
                 "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,
