@@ -58,7 +58,25 @@ def test_bench_stacks_seeds_where_it_can():
     rows = {r["model"]: r for r in bench(["rnn", "bn-lstm"], ["tiny"], "cpu", repeats=2, warmup=1,
                                          steps_per_repeat=1, seeds=3)}
     assert rows["bn-lstm"]["seeds"] == 3 and rows["rnn"]["seeds"] == 1 and rows["lstm"]["seeds"] == 1
-    # per seed: three seeds in one step of ms milliseconds
+    # per seed: three seeds in one step of ms milliseconds, against lstm timed beside it (CPU)
     r = rows["bn-lstm"]
-    assert r["ratio_to_lstm"] == pytest.approx(3 * rows["lstm"]["ms"] / r["ms"])
+    assert r["ratio_to_lstm"] == pytest.approx(3 * r["lstm_ms"] / r["ms"])
+    assert rows["lstm"]["ratio_to_lstm"] == 1.0 and rows["lstm"]["lstm_ms"] == rows["lstm"]["ms"]
     assert "seeds" in format_table(list(rows.values())).splitlines()[0]
+
+
+def test_cpu_bench_times_the_reference_beside_each_model(monkeypatch):
+    """On the CPU each model's repeats alternate with repeats of lstm (drift hits both),
+    and its ratio is taken against those lstm times."""
+    from suite import bench as bench_mod
+
+    order = []
+    real = bench_mod._repeat_ms
+    monkeypatch.setattr(bench_mod, "_repeat_ms",
+                        lambda step, batch, device, steps: order.append(id(step))
+                        or real(step, batch, device, steps))
+    rows = bench_mod.bench(["gru"], ["tiny"], "cpu", repeats=3, warmup=1, steps_per_repeat=1)
+    timed = order[-6:]  # the gru rows' repeats: gru, lstm, gru, lstm, ...
+    assert timed[0::2] == [timed[0]] * 3 and timed[1::2] == [timed[1]] * 3 and timed[0] != timed[1]
+    gru = next(r for r in rows if r["model"] == "gru")
+    assert gru["ratio_to_lstm"] == pytest.approx(gru["lstm_ms"] / gru["ms"])
