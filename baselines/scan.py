@@ -100,6 +100,8 @@ class _Norm:
     def __init__(self, spec: NormSpec, gamma: Tensor, beta: Tensor | None, T: int, S: int = 0) -> None:
         kind = spec.kind
         self.mode = None if kind is None else "layer" if kind == "layer" else "batch" if spec.batch_stats else "pop"
+        # contiguous: native_batch_norm_backward on the CPU gives a wrong ∂x for a strided γ
+        gamma, beta = gamma.contiguous(), (beta.contiguous() if beta is not None else None)
         self.gamma, self.beta, self.eps, self.S = gamma, beta, spec.eps, S
         self.means: list[Tensor] = []
         self.rstds: list[Tensor] = []
