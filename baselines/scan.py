@@ -196,14 +196,14 @@ class _Norm:
         T, B, F = like.shape
         stats = (None, None)
         if self.mode in ("batch", "layer"):  # as native_batch_norm / native_layer_norm shape them
-            shape = (T, F) if self.mode == "batch" else (T, B, 1)
+            shape = (T, max(self.S, 1) * F) if self.mode == "batch" else (T, B, 1)
             stats = self.stats_all = (like.new_empty(shape), like.new_empty(shape))
         if self.mode == "batch":
-            self.var_all = like.new_empty(T, F)
+            self.var_all = like.new_empty(T, max(self.S, 1) * F)
         pop = self.mode == "pop"
-        self.compiled = loops.Norm(_MODES[self.mode], self.gamma, self.beta, self.scale if pop else None,
-                                   self.shift if pop and not self.folded else None, *stats, self.var_all,
-                                   self.eps)
+        self.compiled = loops.Norm(_MODES[self.mode], self.gamma, self.beta, self.scale.contiguous() if pop else None,
+                                   self.shift.contiguous() if pop and not self.folded else None, *stats,
+                                   self.var_all, self.eps)
         return self.compiled
 
     def _stats(self) -> tuple[Tensor, Tensor]:
@@ -238,8 +238,9 @@ class _Norm:
         """The per-step batch mean and biased variance (T, [S,] F) this pass used, detached."""
         if self.mode != "batch":
             return None
-        if self.var_all is not None:  # the compiled forward loop kept them
-            return self.stats_all[0].clone(), self.var_all  # the backward pass reads the means
+        if self.var_all is not None:  # the compiled forward loop kept them; the backward pass reads the means
+            mean, var = self.stats_all[0].clone(), self.var_all
+            return (mean.view(mean.shape[0], self.S, -1), var.view(var.shape[0], self.S, -1)) if self.S else (mean, var)
         mean, _ = self._stats()  # (T, [S,] 1, F)
         var = (self._seeded(x) - mean).square().mean(-2)
         return mean.squeeze(-2), var

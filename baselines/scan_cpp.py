@@ -81,9 +81,9 @@ def build_error() -> str | None:
     return _failed
 
 
-def for_call(x: Tensor, seeds: int) -> ModuleType | None:
-    """The compiled loops where they apply to a recurrence on ``x``: CPU, float32 or
-    float64, one model (stacked seeds keep the Python loops); else None."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or seeds or not enabled():
+def for_call(x: Tensor, seeds: int = 0) -> ModuleType | None:
+    """The compiled loops where they apply to a recurrence on ``x`` (of one model, or of
+    ``seeds`` stacked seeds): CPU, float32 or float64; else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not enabled():
         return None
     return load()

@@ -182,7 +182,8 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
                 ref_step = step if dev.type == "cpu" else None
             row = {
                 "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H, "seeds": step.seeds,
-                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms * step.seeds / ms, "lstm_ms": ref_ms,
+                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms * step.seeds / ms,
+                "lstm_ms": ref_ms,
                 "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
                 "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,

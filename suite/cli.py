@@ -249,9 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default: checkpoints/ beside the store)")
     p.add_argument("--stack-seeds", type=int, default=1, metavar="N",
                    help="train up to N seeds of one spec as one stack where the model allows it (custom "
-                   "cells, unpadded batches; not on the CPU, where the compiled loops train each seed "
-                   "faster alone): their recurrences share every op; such groups do not checkpoint "
-                   "(default 1: one run at a time)")
+                   "cells, unpadded batches): their recurrences share every op; such groups do not "
+                   "checkpoint (default 1: one run at a time)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

@@ -302,15 +302,10 @@ class NotStackable(ValueError):
     """The runs given to ``train_stacked`` cannot train as one stack (the message says why)."""
 
 
-def stack_problem(cfg: TrainConfig, task: tasks.Task, model: torch.nn.Module, device: torch.device) -> str | None:
+def stack_problem(cfg: TrainConfig, task: tasks.Task, model: torch.nn.Module) -> str | None:
     """Why seeds of this configuration cannot train stacked (see ``train_stacked``), or None."""
-    from baselines import scan_cpp
     from baselines.stack import stack_problem as model_problem
 
-    if device.type == "cpu" and cfg.fast_path and scan_cpp.enabled() and scan_cpp.load() is not None:
-        # A stack runs the scan path's Python loops; one model runs the compiled loops,
-        # which on the CPU train each seed as fast or faster (benchmarks/RESULTS.md).
-        return "on the CPU each seed trains faster alone, on the compiled loops"
     if cfg.precision == "bf16":
         return "bf16 runs are not stacked"
     if task.train_batch(2, torch.Generator().manual_seed(0), torch.device("cpu")).lengths is not None:
@@ -324,8 +319,7 @@ def stackable(spec: RunSpec) -> bool:
     model = baselines.create(spec.model, output_size=task.output_size, input_size=task.input_size,
                              vocab_size=task.vocab_size, target=task.target, **spec.model_args)
     baselines.set_fast_path(model, spec.train_config.fast_path)
-    device = torch.device(spec.device)
-    return stack_problem(spec.train_config, task, model, device) is None
+    return stack_problem(spec.train_config, task, model) is None
 
 
 def train_stacked(specs: list[RunSpec], sinks: list[Sink],
@@ -352,7 +346,7 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
     cfg = first.train_config
     device = _setup(first)
     built = [build(spec, device) for spec in specs]
-    problem = stack_problem(cfg, *built[0], device)
+    problem = stack_problem(cfg, *built[0])
     if problem:
         raise NotStackable(f"{first.model} on {first.task} cannot be stacked: {problem}")
     stack = SeedStack([model for _, model in built])

@@ -440,7 +440,7 @@ STACK_CASES = [("rnn", None, None, True), ("rnn", "batch", None, True), ("rnn", 
 
 
 @pytest.mark.parametrize("cell,norm,cell_norm,batch_stats", STACK_CASES)
-def test_stacked_seeds_equal_one_by_one(cell, norm, cell_norm, batch_stats):
+def test_stacked_seeds_equal_one_by_one(cell, norm, cell_norm, batch_stats, scan_loops):
     """Seeds stacked (rows seed-major, parameters with a leading seed dimension) give each
     seed exactly what a call with its own arguments gives: outputs, batch statistics and
     the gradients of every argument (float64)."""

@@ -1,9 +1,6 @@
 """Runs trained as one seed stack (runner.train_stacked, rnnbench run --stack-seeds)
 record what they record when trained one by one: every metric and diagnostic row,
-the test metrics and the best step, within float32 summation-order differences.
-
-On the CPU, where the compiled loops are built, the runner trains seeds one by one
-(faster there); these tests turn the compiled loops off to train stacks on the CPU."""
+the test metrics and the best step, within float32 summation-order differences."""
 
 import math
 
@@ -12,14 +9,8 @@ import pytest
 from suite import runner
 from suite.profiles import build_specs
 from suite.runner import NotStackable, train_one, train_stacked
-from conftest import use_scan_loops
 from suite.store import Store
 from suite_helpers import run_cli
-
-
-@pytest.fixture(autouse=True)
-def python_loops(monkeypatch):
-    use_scan_loops(monkeypatch, False)
 
 
 def specs(model="bn-rnn", task="adding", seeds="0-2", task_args=None, **model_args):
@@ -58,12 +49,12 @@ def assert_same_records(got, want, rows_got, rows_want):
 
 
 @pytest.mark.parametrize("model", ["bn-rnn", "ln-lstm", "gru-loop"])
-def test_stacked_runs_record_what_they_record_alone(model):
+def test_stacked_runs_record_what_they_record_alone(model, scan_loops):
     group = specs(model)
     want, rows_want = collect(alone, group)
     got, rows_got = collect(train_stacked, group)
     assert_same_records(got, want, rows_got, rows_want)
-    assert got[0].summary["path"] == "eager/scan"
+    assert got[0].summary["path"] == f"eager/{scan_loops}"
 
 
 def test_a_seed_that_stops_early_leaves_the_others_unchanged(monkeypatch):
@@ -90,15 +81,6 @@ def test_what_cannot_be_stacked_is_refused_before_training():
                       [lambda m, d: None] * 3)
     with pytest.raises(NotStackable, match="seed only"):
         train_stacked(specs("bn-rnn", seeds="0") + specs("bn-rnn", seeds="1", hidden_size=5), [None, None])
-
-
-def test_the_cpu_with_compiled_loops_trains_seeds_alone(monkeypatch):
-    use_scan_loops(monkeypatch, True)
-    assert not runner.stackable(specs("bn-rnn")[0])
-    with pytest.raises(NotStackable, match="faster alone, on the compiled loops"):
-        train_stacked(specs("bn-rnn"), [lambda m, d: None] * 3)
-    use_scan_loops(monkeypatch, False)
-    assert runner.stackable(specs("bn-rnn")[0])
 
 
 def test_cli_stacks_what_it_can(tmp_path, capsys):

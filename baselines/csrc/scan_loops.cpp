@@ -83,15 +83,19 @@ inline T* ptr(const at::Tensor& t, int64_t offset = 0) {
 // statistics as an affine map per step, (T, F); shift is left out where scan.py has
 // already added it to the step's other term. dgamma/dbeta: dL/dgamma and dL/dbeta over
 // all steps, summed by the backward pass as a by-product (batch and layer norm).
+// Stacked seeds (baselines/stack.py): gamma is (S, F) for S seeds, whose rows are S
+// groups of B/S (seed-major); batch statistics stay within a seed's rows, and the
+// per-step (T, F) tables above are (T, S*F).
 struct Norm {
-  int64_t mode;
+  int64_t mode, seeds;
   at::Tensor gamma, beta, scale, shift, mean, rstd, var, dgamma, dbeta;
   double eps;
 
   Norm(int64_t mode, at::Tensor gamma, c10::optional<at::Tensor> beta, c10::optional<at::Tensor> scale,
        c10::optional<at::Tensor> shift, c10::optional<at::Tensor> mean, c10::optional<at::Tensor> rstd,
        c10::optional<at::Tensor> var, double eps)
-      : mode(mode), gamma(gamma.contiguous()), beta(beta.has_value() ? beta->contiguous() : at::Tensor()),
+      : mode(mode), seeds(gamma.dim() == 2 ? gamma.size(0) : 1), gamma(gamma.contiguous()),
+        beta(beta.has_value() ? beta->contiguous() : at::Tensor()),
         scale(scale.value_or(at::Tensor())), shift(shift.value_or(at::Tensor())),
         mean(mean.value_or(at::Tensor())), rstd(rstd.value_or(at::Tensor())), var(var.value_or(at::Tensor())),
         eps(eps) {
@@ -114,14 +118,30 @@ struct Norm {
     }
   }
 
-  // out = N(x) (accumulate: out += N(x)) for step t; x, out: (B, F) row-major.
+  // out = N(x) (accumulate: out += N(x)) for step t; x, out: (B, F) row-major, B rows
+  // of all seeds.
   template <typename T>
   void forward(int64_t t, const T* x, T* out, int64_t B, int64_t F, bool accumulate) const {
-    const T* g = ptr<T>(gamma);
-    const T* be = beta.defined() ? ptr<T>(beta) : nullptr;
+    const int64_t B0 = B / seeds;
+    for (int64_t s = 0; s < seeds; ++s) forward_seed(t, s, x + s * B0 * F, out + s * B0 * F, B0, F, accumulate);
+  }
+
+  // dx = dL/dx_t from dy = dL/dN(x_t) (gamma and beta get theirs in dgamma/dbeta). dx may be dy.
+  template <typename T>
+  void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
+    const int64_t B0 = B / seeds, o = B0 * F;
+    for (int64_t s = 0; s < seeds; ++s) backward_seed(t, s, dy + s * o, x + s * o, dx + s * o, B0, F);
+  }
+
+  // forward for seed s's B rows
+  template <typename T>
+  void forward_seed(int64_t t, int64_t s, const T* x, T* out, int64_t B, int64_t F, bool accumulate) const {
+    const T* g = ptr<T>(gamma, s * F);
+    const T* be = beta.defined() ? ptr<T>(beta, s * F) : nullptr;
+    const int64_t row = (t * seeds + s) * F;  // step t's row of a (T, S*F) table
     if (mode == POP) {
-      const T* sc = ptr<T>(scale, t * F);
-      const T* sh = shift.defined() ? ptr<T>(shift, t * F) : nullptr;
+      const T* sc = ptr<T>(scale, row);
+      const T* sh = shift.defined() ? ptr<T>(shift, row) : nullptr;
       for (int64_t b = 0; b < B; ++b) {
         const T* xb = x + b * F;
         T* ob = out + b * F;
@@ -134,8 +154,8 @@ struct Norm {
       return;
     }
     if (mode == BATCH) {
-      T* mu = ptr<T>(mean, t * F);
-      T* rs = ptr<T>(rstd, t * F);
+      T* mu = ptr<T>(mean, row);
+      T* rs = ptr<T>(rstd, row);
       std::fill(mu, mu + F, T(0));
       std::fill(rs, rs + F, T(0));
       for (int64_t b = 0; b < B; ++b)
@@ -150,7 +170,7 @@ struct Norm {
           rs[f] += d * d;
         }
       if (var.defined()) {
-        T* v = ptr<T>(var, t * F);
+        T* v = ptr<T>(var, row);
         SIMD
         for (int64_t f = 0; f < F; ++f) v[f] = rs[f] / T(B);
       }
@@ -168,8 +188,8 @@ struct Norm {
       return;
     }
     // LAYER: statistics per row
-    T* mu = ptr<T>(mean, t * B);
-    T* rs = ptr<T>(rstd, t * B);
+    T* mu = ptr<T>(mean, (t * seeds + s) * B);
+    T* rs = ptr<T>(rstd, (t * seeds + s) * B);
     for (int64_t b = 0; b < B; ++b) {
       const T* xb = x + b * F;
       T* ob = out + b * F;
@@ -191,26 +211,27 @@ struct Norm {
     }
   }
 
-  // dx = dL/dx_t from dy = dL/dN(x_t) (gamma and beta get theirs in scan.py). dx may be dy.
+  // backward for seed s's B rows
   template <typename T>
-  void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
-    const T* g = ptr<T>(gamma);
+  void backward_seed(int64_t t, int64_t s, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
+    const T* g = ptr<T>(gamma, s * F);
+    const int64_t row = (t * seeds + s) * F;
     if (mode == NONE) {
       if (dx != dy) std::copy(dy, dy + B * F, dx);
       return;
     }
     if (mode == POP) {
-      const T* sc = ptr<T>(scale, t * F);
+      const T* sc = ptr<T>(scale, row);
       for (int64_t b = 0; b < B; ++b)
         SIMD
         for (int64_t f = 0; f < F; ++f) dx[b * F + f] = dy[b * F + f] * sc[f];
       return;
     }
-    T* dg = ptr<T>(dgamma);  // batch and layer norm from here on
-    T* dbe = ptr<T>(dbeta);
+    T* dg = ptr<T>(dgamma, s * F);  // batch and layer norm from here on
+    T* dbe = ptr<T>(dbeta, s * F);
     if (mode == BATCH) {
-      const T* mu = ptr<T>(mean, t * F);
-      const T* rs = ptr<T>(rstd, t * F);
+      const T* mu = ptr<T>(mean, row);
+      const T* rs = ptr<T>(rstd, row);
       std::vector<T> sdy(F, T(0)), sdyx(F, T(0));
       for (int64_t b = 0; b < B; ++b)
         SIMD
@@ -234,8 +255,8 @@ struct Norm {
         }
       return;
     }
-    const T* mu = ptr<T>(mean, t * B);
-    const T* rs = ptr<T>(rstd, t * B);
+    const T* mu = ptr<T>(mean, (t * seeds + s) * B);
+    const T* rs = ptr<T>(rstd, (t * seeds + s) * B);
     for (int64_t b = 0; b < B; ++b) {
       const T* xb = x + b * F;
       const T* db = dy + b * F;
@@ -267,14 +288,28 @@ void check(const std::vector<at::Tensor>& ts) {
 }
 
 // acc += N(h W^T) for one step; z (h W^T, kept for the backward pass) unused without a norm.
+// (S*B, K) rows as (S, B, K), each seed's rows against its own matrix (w: (S, K, N)).
+at::Tensor by_seed(const at::Tensor& x, int64_t seeds) {
+  return x.view({seeds, x.size(0) / seeds, x.size(1)});
+}
+
 template <typename T>
 void recurrent_term(const Norm& n, int64_t t, const at::Tensor& h, const at::Tensor& w_t, at::Tensor& acc,
                     at::Tensor& z) {
+  const bool stacked = w_t.dim() == 3;
   if (n.mode == NONE) {
-    acc.addmm_(h, w_t);
+    if (stacked)
+      by_seed(acc, w_t.size(0)).baddbmm_(by_seed(h, w_t.size(0)), w_t);
+    else
+      acc.addmm_(h, w_t);
     return;
   }
-  at::mm_out(z, h, w_t);
+  if (stacked) {
+    at::Tensor zv = by_seed(z, w_t.size(0));
+    at::bmm_out(zv, by_seed(h, w_t.size(0)), w_t);
+  } else {
+    at::mm_out(z, h, w_t);
+  }
   n.forward<T>(t, ptr<T>(z), ptr<T>(acc), acc.size(0), acc.size(1), true);
 }
 
@@ -283,7 +318,12 @@ template <typename T>
 void recurrent_back(const Norm& n, int64_t t, at::Tensor& da, at::Tensor& dz, const at::Tensor& z,
                     const at::Tensor& w, std::vector<at::Tensor>& gh) {
   if (n.mode != NONE) n.backward<T>(t, ptr<T>(da), ptr<T>(z), ptr<T>(dz), da.size(0), da.size(1));
-  if (t > 0) gh[t - 1].addmm_(n.mode == NONE ? da : dz, w);
+  if (t == 0) return;
+  const at::Tensor& d = n.mode == NONE ? da : dz;
+  if (w.dim() == 3)
+    by_seed(gh[t - 1], w.size(0)).baddbmm_(by_seed(d, w.size(0)), w);
+  else
+    gh[t - 1].addmm_(d, w);
 }
 
 std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
@@ -299,7 +339,7 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
   check({hs, zs, h0});
   const int64_t T = hs.size(0), n = hs.size(1) * hs.size(2);
   auto h_s = steps(hs, T), z_s = steps(zs, T);
-  at::Tensor w_t = w.t(), h = h0;
+  at::Tensor w_t = w.transpose(-1, -2), h = h0;
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       recurrent_term<scalar_t>(nh, t, h, w_t, h_s[t], z_s[t]);
@@ -353,7 +393,7 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
   check({sig, tg, cs, tc, hs, zs, h0, c0});
   const int64_t T = sig.size(0), B = sig.size(1), G = sig.size(2), H = G / 4;
   auto sig_s = steps(sig, T), z_s = steps(zs, T), h_s = steps(hs, T);
-  at::Tensor w_t = w.t(), h = h0;
+  at::Tensor w_t = w.transpose(-1, -2), h = h0;
   AT_DISPATCH_FLOATING_TYPES(sig.scalar_type(), "lstm_forward", [&] {
     const scalar_t* cprev = ptr<scalar_t>(c0);
     for (int64_t t = 0; t < T; ++t) {
@@ -468,7 +508,7 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   check({gates, hw, hs, zs, h0});
   const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   auto hw_s = steps(hw, T), z_s = steps(zs, T), h_s = steps(hs, T);
-  at::Tensor w_t = w.t(), h = h0;
+  at::Tensor w_t = w.transpose(-1, -2), h = h0;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       recurrent_term<scalar_t>(nh, t, h, w_t, hw_s[t], z_s[t]);
