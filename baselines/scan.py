@@ -24,6 +24,11 @@ no host synchronisation, so a CUDA graph captures it. Batch norm of a step is
 and its backward ``native_batch_norm_backward``; layer norm likewise. The backward
 pass is not itself differentiable (no double backward). Tests compare it with the
 reference loop in float64 (tests/test_fast_recurrence.py, tests/test_fast_models.py).
+
+On the CPU the two loops run compiled (``scan_cpp``, csrc/scan_loops.cpp: per step one
+matrix product and one fused elementwise pass, which also computes the gate
+derivatives and the norms' statistics and γ/β gradients); everything around them here
+is shared by both, and the tests run every case on both loops.
 """
 
 from __future__ import annotations
