@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from baselines.cells import GATES, LoopCore, State
+from baselines.cells import GATES, LoopCore, State, project
 from baselines.models import ModelConfig, RecurrentModel
 from baselines.norm import EVAL_STATS, STATS, SeqNorm, step_mask
 from suite.errors import UserError
@@ -129,7 +129,7 @@ class NormLoopCore(LoopCore):
         if self.norm_ih is None:
             return super().input_term(layer, seq, mask)
         w_ih, _, b_ih, _ = self.weights(layer)
-        return self.norm_ih[layer].seq(seq @ w_ih.t(), mask) + b_ih  # all steps at once
+        return self.norm_ih[layer].seq(project(seq, w_ih), mask) + b_ih  # all steps at once
 
     def recurrent_term(self, layer: int, t: int, h: Tensor, mask_t: Tensor | None) -> Tensor:
         if self.norm_hh is None:

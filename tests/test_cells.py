@@ -3,6 +3,7 @@ outputs and gradients, for the same weights; plus the model's encoder/head wirin
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import baselines
 from baselines.cells import CudnnCore, LoopCore
@@ -96,3 +97,21 @@ def test_names_wildcards():
     assert {"lstm", "lstm-loop"} <= set(lstms) and all("lstm" in n for n in lstms)
     assert "lstm-loop" not in baselines.names("*lstm*", exclude=["*-loop"])
     assert "rnn" in baselines.names() and "gru" not in baselines.names("*rnn*")
+
+
+def test_input_projection_equals_f_linear():
+    """cells.project (W's gradient as (X^T G)^T) gives F.linear's output and gradients,
+    with and without a bias and whether or not x needs its gradient (layer 2 vs layer 1)."""
+    from baselines.cells import project
+
+    torch.manual_seed(0)
+    for bias, x_grad in ((True, True), (False, False), (True, False)):
+        x = torch.randn(5, 7, 3, dtype=torch.float64, requires_grad=x_grad)
+        w = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(8, dtype=torch.float64, requires_grad=True) if bias else None
+        inputs = [t for t in (x, w, b) if t is not None and t.requires_grad]
+        g = torch.randn(5, 7, 8, dtype=torch.float64)
+        want, got = F.linear(x, w, b), project(x, w, b)
+        torch.testing.assert_close(got, want)
+        for a, e in zip(torch.autograd.grad((got * g).sum(), inputs), torch.autograd.grad((want * g).sum(), inputs)):
+            torch.testing.assert_close(a, e)
