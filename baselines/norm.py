@@ -50,6 +50,11 @@ EVAL_STATS = ("population", "batch")
 Moments = tuple[Tensor, Tensor, Tensor]  # mean (R, F), biased variance (R, F), count (R, 1)
 
 
+def _plus(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """a + b, where either may be absent."""
+    return b if a is None else a if b is None else a + b
+
+
 def step_mask(lengths: Tensor | None, steps: int, device: torch.device) -> Tensor | None:
     """(B, T) bool, True where step t < length; None when there is no padding."""
     if lengths is None:
@@ -121,18 +126,20 @@ class SeqNorm(nn.Module):
         return s + f", eps={self.eps}, beta={self.bias is not None}"
 
     # -- public API -----------------------------------------------------------
-    def seq(self, a: Tensor, mask: Tensor | None = None, affine: bool = True) -> Tensor:
-        """Normalize a whole (B, T, F) sequence; per-step statistics over the batch for each t."""
+    def seq(self, a: Tensor, mask: Tensor | None = None, affine: bool = True, shift: Tensor | None = None) -> Tensor:
+        """Normalize a whole (B, T, F) sequence; per-step statistics over the batch for each t.
+        ``shift`` (F,) is added after the norm (a cell's bias): inside the fused norm's β
+        where there is one, which saves a pass over the sequence forward and backward."""
         if self.kind == "layer":
-            return self._layer_norm(a, affine)
+            return self._layer_norm(a, affine, shift)
         B, T, feats = a.shape
         shared = self.stats == "shared"
-        if mask is None and self._fused(B):
+        if mask is None and self._fused(B) and (affine or shift is None):
             # One fused batch_norm call: with per-step statistics the T*F (step,
             # feature) pairs are its channels; shared, the B*T steps are its samples.
             flat = a.reshape(B * T, feats) if shared else a.reshape(B, T * feats)
             rm, rv = self._running(0, 1 if shared else T)
-            w, b = (self.weight, self.bias) if affine else (None, None)
+            w, b = (self.weight, _plus(self.bias, shift)) if affine else (None, None)
             if affine and not shared:
                 w, b = w.repeat(T), (b.repeat(T) if b is not None else None)
             out = F.batch_norm(flat, rm, rv, w, b, self._batch_stats(), self.momentum, self.eps)
@@ -143,7 +150,8 @@ class SeqNorm(nn.Module):
                 self._update(mean.detach(), var.detach(), n, padded=mask is not None)
         else:
             mean, var = self._population(0, T)
-        return self._affine((a - mean) * torch.rsqrt(var + self.eps), affine)
+        out = self._affine((a - mean) * torch.rsqrt(var + self.eps), affine)
+        return out if shift is None else out + shift
 
     def step(self, a: Tensor, t: int, mask_t: Tensor | None = None) -> Tensor:
         """Normalize step ``t`` (B, F) of a term computed inside the recurrence."""
@@ -203,9 +211,11 @@ class SeqNorm(nn.Module):
             return z
         return z * self.weight + self.bias if self.bias is not None else z * self.weight
 
-    def _layer_norm(self, a: Tensor, affine: bool) -> Tensor:
-        w, b = (self.weight, self.bias) if affine else (None, None)
-        return F.layer_norm(a, (self.features,), w, b, self.eps)
+    def _layer_norm(self, a: Tensor, affine: bool, shift: Tensor | None = None) -> Tensor:
+        if not affine:
+            out = F.layer_norm(a, (self.features,), None, None, self.eps)
+            return out if shift is None else out + shift
+        return F.layer_norm(a, (self.features,), self.weight, _plus(self.bias, shift), self.eps)
 
     def _fused(self, batch: int) -> bool:
         """Whether ``F.batch_norm`` computes this case (it cannot take a batch of one in training)."""

@@ -129,7 +129,7 @@ class NormLoopCore(LoopCore):
         if self.norm_ih is None:
             return super().input_term(layer, seq, mask)
         w_ih, _, b_ih, _ = self.weights(layer)
-        return self.norm_ih[layer].seq(project(seq, w_ih), mask) + b_ih  # all steps at once
+        return self.norm_ih[layer].seq(project(seq, w_ih), mask, shift=b_ih)  # all steps at once
 
     def recurrent_term(self, layer: int, t: int, h: Tensor, mask_t: Tensor | None) -> Tensor:
         if self.norm_hh is None:

@@ -497,3 +497,34 @@ def test_bn_profile_sweeps_every_variant_and_the_ablation_axes():
     assert swept["norm_eval"] == {"population", "batch"}
     assert swept["relu_in_affine"] == {False, True}
     assert len({s.run_id for s in specs}) == len(specs)
+
+
+@pytest.mark.parametrize("kind,stats,masked,affine", [
+    ("batch", "per_step", False, True), ("batch", "shared", False, True), ("batch", "per_step", True, True),
+    ("layer", "per_step", False, True), ("batch", "per_step", False, False), ("layer", "per_step", False, False)])
+def test_seq_shift_equals_adding_it_after(kind, stats, masked, affine):
+    """SeqNorm.seq(a, shift=b) (b inside the norm's β where it can) is seq(a) + b: output,
+    gradients of a, γ, β and b, running statistics, in training and in evaluation."""
+    import copy
+
+    torch.manual_seed(0)
+    ref = SeqNorm(5, kind, stats=stats).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    fused = copy.deepcopy(ref)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool) if masked else None
+    for training in (True, False):
+        ref.train(training), fused.train(training)
+        a = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+        want = ref.seq(a, mask, affine) + b
+        got = fused.seq(a, mask, affine, shift=b)
+        torch.testing.assert_close(got, want)
+        g = torch.randn_like(want)
+        params = [a, b] + ([ref.weight, ref.bias] if affine else [])
+        fparams = [a, b] + ([fused.weight, fused.bias] if affine else [])
+        for x, y in zip(torch.autograd.grad((got * g).sum(), fparams), torch.autograd.grad((want * g).sum(), params)):
+            torch.testing.assert_close(x, y)
+    for (k, x), y in zip(ref.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(y, x, msg=k)
