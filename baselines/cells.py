@@ -81,22 +81,27 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
                       else (scan.scan_rnn, scan.scan_lstm, scan.scan_gru))
     S = scan.seeds_of(w_hh)
 
-    def plus(bias: Tensor) -> Tensor:  # xw + b_hh, each seed's rows with its own bias
+    def plus(bias: Tensor) -> tuple[Tensor, dict]:  # xw + b_hh, each seed's rows with its own bias
+        if not kernel:  # the scan path adds it while it copies xw
+            return xw, {"bias": bias}
         if not S:
-            return xw + bias
-        return (xw.view(S, -1, xw.shape[-1]) + bias.unsqueeze(1)).view(xw.shape)
+            return xw + bias, {}
+        return (xw.view(S, -1, xw.shape[-1]) + bias.unsqueeze(1)).view(xw.shape), {}
 
     tf32 = torch.backends.cuda.matmul.allow_tf32
     if cell == "rnn":
         rnn_args = {("gamma" if k == "gamma_hh" else k): v for k, v in args.items()}
-        out, mean, var = rnn(plus(b_hh), h0, w_hh, act=act, tf32=tf32, **rnn_args)
+        u, more = plus(b_hh)
+        out, mean, var = rnn(u, h0, w_hh, act=act, tf32=tf32, **rnn_args, **more)
         batch_norm = args.get("norm") == "batch" and args.get("batch_stats", True)
         return out, None, ({"hh": (mean, var)} if batch_norm else {})
     if cell == "lstm":
-        return lstm(plus(b_hh), h0, c0, w_hh, tf32=tf32, **args)
+        u, more = plus(b_hh)
+        return lstm(u, h0, c0, w_hh, tf32=tf32, **args, **more)
     H = h0.shape[-1]  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
     b_rz = torch.cat([b_hh[..., :2 * H], torch.zeros_like(b_hh[..., 2 * H:])], -1)
-    out, stats = gru(plus(b_rz), h0, w_hh, b_hh[..., 2 * H:], tf32=tf32, **args)
+    u, more = plus(b_rz)
+    out, stats = gru(u, h0, w_hh, b_hh[..., 2 * H:], tf32=tf32, **args, **more)
     return out, None, stats
 
 

@@ -251,9 +251,22 @@ class _Norm:
         return mean.squeeze(-2), var
 
 
-def _time_major(t: Tensor) -> Tensor:
-    """A fresh (T, B, F) copy of a (B, T, F) tensor: the loops below update it in place."""
-    return t.new_empty(t.shape[1], t.shape[0], *t.shape[2:]).copy_(t.transpose(0, 1))
+def _time_major(t: Tensor, bias: Tensor | None = None, S: int = 0) -> Tensor:
+    """A fresh (T, B, F) copy of a (B, T, F) tensor, the loops below update it in place;
+    with ``bias`` (F,), or ([S,] F) per seed's rows, added in the same pass."""
+    out, src = t.new_empty(t.shape[1], t.shape[0], *t.shape[2:]), t.transpose(0, 1)
+    if bias is None:
+        return out.copy_(src)
+    if not S:
+        return torch.add(src, bias, out=out)
+    T, _, F = out.shape
+    torch.add(src.view(T, S, -1, F), bias.unsqueeze(1), out=out.view(T, S, -1, F))
+    return out
+
+
+def _bias_grad(ctx, du: Tensor, S: int) -> Tensor | None:
+    """∂L/∂bias of a call's ``bias`` (the last input) from ∂L/∂u (T, [S*]B, F)."""
+    return _seed_sum(du, S) if ctx.needs_input_grad[-1] else None
 
 
 def _grad_out(g: Tensor | None, like: Tensor) -> Tensor:
@@ -285,11 +298,11 @@ class ScanRNN(torch.autograd.Function):
     """h_t = act(u_t + N(h_{t-1} W^T)); see ``fused.fused_rnn``."""
 
     @staticmethod
-    def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str):
+    def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str, bias):
         B, T, H = u.shape
         S = w.shape[0] if w.dim() == 3 else 0
         nh = _Norm(spec, gamma, None, T, S)
-        hs = nh.fold(_time_major(u))  # each step's row becomes h_t in place
+        hs = nh.fold(_time_major(u, bias, S))  # each step's row becomes h_t in place
         zs = u.new_empty(T, B, H) if nh.mode else None
         loops = ctx.loops = scan_cpp.for_call(u, S)
         if loops is not None:
@@ -330,7 +343,8 @@ class ScanRNN(torch.autograd.Function):
                     _mm_acc_(gh_s[t - 1], dz, w, nh.S)
             dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dgamma, _ = nh.param_grads(da, zs)
-        return da.transpose(0, 1), _mm(dz_all[0], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None
+        return (da.transpose(0, 1), _mm(dz_all[0], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None,
+                _bias_grad(ctx, da, nh.S))
 
 
 class ScanLSTM(torch.autograd.Function):
@@ -338,12 +352,12 @@ class ScanLSTM(torch.autograd.Function):
     h_t = σ(o) tanh(N_c(c_t)); see ``fused.fused_lstm``."""
 
     @staticmethod
-    def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec):
+    def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec, bias):
         B, T, GH = u.shape
         H = GH // 4
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nc = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S)
-        sig = nh.fold(_time_major(u))  # each step's row becomes σ of the gates in place (g unused)
+        sig = nh.fold(_time_major(u, bias, S))  # each step's row becomes σ of the gates in place (g unused)
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
         zs = u.new_empty(T, B, GH) if nh.mode else None
         loops = ctx.loops = scan_cpp.for_call(u, S)
@@ -389,7 +403,7 @@ class ScanLSTM(torch.autograd.Function):
         dg, _ = nh.param_grads(da, zs)
         dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
         return (da.transpose(0, 1), _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
-                dbc, None, None)
+                dbc, None, None, _bias_grad(ctx, da, nh.S))
 
     @staticmethod
     def _backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc) -> tuple[Tensor, Tensor]:
@@ -430,12 +444,12 @@ class ScanGRU(torch.autograd.Function):
     a = N(h_{t-1} W^T); see ``fused.fused_gru``."""
 
     @staticmethod
-    def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec):
+    def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec, bias):
         B, T, GH = u.shape
         H = GH // 3
         S = w.shape[0] if w.dim() == 3 else 0
         nh = _Norm(spec, g, None, T, S)
-        gates = _time_major(u)  # each step's row becomes (r, z, n) in place
+        gates = _time_major(u, bias, S)  # each step's row becomes (r, z, n) in place
         zero = torch.zeros_like(b_hn)
         b3 = torch.cat([zero, zero, b_hn], -1)  # ([S,] 3H)
         hw = u.new_empty(T, B, GH)  # N(h W^T) + (0, 0, b_hn): b_hn stays after N
@@ -506,7 +520,8 @@ class ScanGRU(torch.autograd.Function):
             du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dh0 = _mm_acc_(gh_all[0] * zg[0], dz_all[0], w, nh.S)
         dg, _ = nh.param_grads(da, zs)
-        return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None)
+        return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None,
+                _bias_grad(ctx, du, nh.S))
 
 
 # -- the functions: arguments and results as baselines/fused.py ------------------------
@@ -536,7 +551,7 @@ def check_args(u: Tensor, h0: Tensor, gates: int, norms: tuple, seeds: int = 0,
                          f"u {tuple(u.shape)}, h0 {tuple(h0.shape)}")
     lead = (seeds,) if seeds else ()
     want = dict(c0=(B, H), w_hh=lead + (GH, H), gamma_hh=lead + (GH,), b_hn=lead + (H,), gamma_c=lead + (H,),
-                beta_c=lead + (H,))
+                beta_c=lead + (H,), bias=lead + (GH,))
     for name, t in others.items():
         if t is not None and t.shape != want[name]:
             raise ValueError(f"{name} must be {want[name]}, got {tuple(t.shape)}")
@@ -569,46 +584,47 @@ def _spec(norm, batch_stats, mean, var, feats, like, eps, what, seeds) -> NormSp
 def scan_rnn(u: Tensor, h0: Tensor, w_hh: Tensor, gamma: Tensor | None = None, *,
              norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
              pop_var: Tensor | None = None, act: str = "tanh", eps: float = 1e-5,
-             tf32: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+             tf32: bool = False, bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``fused.fused_rnn`` in PyTorch ops (``tf32`` is the global matmul setting here).
-    The returned mean and variance are the batch statistics with batch norm, else zeros."""
+    The returned mean and variance are the batch statistics with batch norm, else zeros.
+    ``bias`` ([S,] G*H; every function here): added to u, in the pass that copies u."""
     S = seeds_of(w_hh)
-    B, _, H = check_args(u, h0, 1, (norm,), S, w_hh=w_hh, gamma_hh=gamma)
+    B, _, H = check_args(u, h0, 1, (norm,), S, w_hh=w_hh, gamma_hh=gamma, bias=bias)
     lead = (S,) if S else ()
     gamma = gamma if gamma is not None else u.new_ones(*lead, H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, H, u, eps, "recurrent norm", S)
-    return ScanRNN.apply(u, h0, w_hh, gamma, spec, act)
+    return ScanRNN.apply(u, h0, w_hh, gamma, spec, act, bias)
 
 
 def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor | None = None, *,
               norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
               pop_var: Tensor | None = None, cell_norm: str | None = None, gamma_c: Tensor | None = None,
               beta_c: Tensor | None = None, cell_pop_mean: Tensor | None = None,
-              cell_pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False
-              ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+              cell_pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False,
+              bias: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_lstm`` in PyTorch ops: h_seq (B, T, H), c_T (B, H), batch statistics."""
     S = seeds_of(w_hh)
     B, _, H = check_args(u, h0, 4, (norm, cell_norm), S, c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
-                         beta_c=beta_c)
+                         beta_c=beta_c, bias=bias)
     lead = (S,) if S else ()
     gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*lead, 4 * H)
     gamma_c = gamma_c if gamma_c is not None else u.new_ones(*lead, H)
     beta_c = beta_c if beta_c is not None or cell_norm is None else u.new_zeros(*lead, H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, 4 * H, u, eps, "recurrent norm", S)
     cspec = _spec(cell_norm, batch_stats, cell_pop_mean, cell_pop_var, H, u, eps, "cell norm", S)
-    h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec)
+    h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec, bias)
     keys = [k for k, s in (("hh", spec), ("c", cspec)) if s.kind == "batch" and s.batch_stats]
     return h, c, {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
 
 
 def scan_gru(u: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, gamma_hh: Tensor | None = None, *,
              norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
-             pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False
+             pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False, bias: Tensor | None = None
              ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_gru`` in PyTorch ops: h_seq (B, T, H) and the batch statistics."""
     S = seeds_of(w_hh)
-    B, _, H = check_args(u, h0, 3, (norm,), S, w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh)
+    B, _, H = check_args(u, h0, 3, (norm,), S, w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh, bias=bias)
     gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*((S,) if S else ()), 3 * H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, 3 * H, u, eps, "recurrent norm", S)
-    h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec)
+    h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec, bias)
     return h, ({"hh": (flat[0], flat[1])} if flat else {})

@@ -616,3 +616,33 @@ def test_strided_norm_parameters_give_the_contiguous_result(scan_loops):
         grads.append(torch.autograd.grad(h.square().sum(), [ui, wi]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("S", [0, 2])
+def test_bias_argument_equals_adding_it_to_u(cell, S, scan_loops):
+    """scan_*(u, ..., bias=b) (b added while u is copied) is scan_*(u + b): outputs and the
+    gradients of u, W_hh and b, one model or stacked seeds (each seed's rows its own b)."""
+    torch.manual_seed(4)
+    B, T, H = 3, 4, 5
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    R, lead = B * max(S, 1), (S,) if S else ()
+    d = dict(dtype=torch.float64)
+    u = torch.randn(R, T, G * H, **d, requires_grad=True)
+    w = (torch.randn(*lead, G * H, H, **d) / 3).requires_grad_()
+    b = torch.randn(*lead, G * H, **d, requires_grad=True)
+    h0 = torch.zeros(R, H, **d)
+
+    def run(x, **kw):
+        if cell == "rnn":
+            return scan.scan_rnn(x, h0, w, **kw)[0]
+        if cell == "lstm":
+            return scan.scan_lstm(x, h0, h0, w, **kw)[0]
+        return scan.scan_gru(x, h0, w, torch.zeros(*lead, H, **d), **kw)[0]
+
+    added = u + (b.unsqueeze(1).expand(S, B, G * H).reshape(R, 1, G * H) if S else b)
+    want, got = run(added), run(u, bias=b)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    for x, y in zip(torch.autograd.grad((got * g).sum(), [u, w, b]), torch.autograd.grad((want * g).sum(), [u, w, b])):
+        torch.testing.assert_close(x, y)
