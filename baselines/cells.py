@@ -52,6 +52,9 @@ class _Projection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w = ctx.saved_tensors
+        # Under autocast the forward's product ran in g's dtype (bf16): so does the backward,
+        # as autograd's would on autocast's casts; autograd casts each gradient back.
+        x, w = x.to(g.dtype), w.to(g.dtype)
         need_x, need_w, need_b = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])
         gx = (g2 @ w).view(*g.shape[:-1], w.shape[1]) if need_x else None

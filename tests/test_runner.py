@@ -9,10 +9,10 @@ from suite.profiles import build_specs
 from suite.runner import train_one
 
 
-def _spec(**train):
+def _spec(model="gru", **train):
     base = dict(max_steps=30, eval_every=10, batch_size=16, eval_batch_size=200, lr=1e-2)
     base.update(train)
-    (spec,) = build_specs(task=["adding"], model=["gru"], task_args={"T": 8, "n_val": 100, "n_test": 100},
+    (spec,) = build_specs(task=["adding"], model=[model], task_args={"T": 8, "n_val": 100, "n_test": 100},
                           model_args={"hidden_size": 8}, train=base, seeds="0", device="cpu")
     return spec
 
@@ -97,8 +97,9 @@ def test_early_stop_when_solved():
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_precisions_run_on_cpu(precision):
-    res, _, _ = _collect(_spec(precision=precision, max_steps=10))
+@pytest.mark.parametrize("model", ["gru", "lstm-loop", "bn-lstm"])
+def test_precisions_run_on_cpu(precision, model):
+    res, _, _ = _collect(_spec(model, precision=precision, max_steps=10))
     assert res.status == "done" and math.isfinite(res.summary["test_mse"])
 
 
