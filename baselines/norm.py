@@ -218,8 +218,9 @@ class SeqNorm(nn.Module):
         return F.layer_norm(a, (self.features,), self.weight, _plus(self.bias, shift), self.eps)
 
     def _fused(self, batch: int) -> bool:
-        """Whether ``F.batch_norm`` computes this case (it cannot take a batch of one in training)."""
-        return not (self.training and batch < 2)
+        """Whether ``F.batch_norm`` computes this case (it cannot take batch statistics of one
+        sample: in training, or in evaluation with eval_stats="batch")."""
+        return not (self._batch_stats() and batch < 2)
 
     def _running(self, first: int, steps: int) -> tuple[Tensor | None, Tensor | None]:
         """Running statistics for ``F.batch_norm``, flattened to (steps*F,).

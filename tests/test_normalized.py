@@ -528,3 +528,13 @@ def test_seq_shift_equals_adding_it_after(kind, stats, masked, affine):
             torch.testing.assert_close(x, y)
     for (k, x), y in zip(ref.state_dict().items(), fused.state_dict().values()):
         torch.testing.assert_close(y, x, msg=k)
+
+
+def test_batch_statistics_of_one_sample_in_evaluation():
+    """eval_stats="batch" with a batch of one takes the path that handles one sample, as
+    training does, instead of F.batch_norm's error."""
+    norm = SeqNorm(3, eval_stats="batch").eval()
+    a = torch.randn(1, 4, 3)
+    out = norm.seq(a)
+    assert out.shape == a.shape and torch.isfinite(out).all()
+    assert torch.isfinite(norm.step(a[:, 0], 0)).all()
