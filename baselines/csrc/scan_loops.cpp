@@ -7,9 +7,10 @@
 // products, set the speed. Here each loop is one C++ call: per step one matrix
 // product (ATen, i.e. MKL/oneDNN) and one pass of fused elementwise arithmetic over
 // plain arrays, with the step's norm (batch, population or layer statistics) computed
-// in the same pass. Everything outside the loops (buffers, the gate derivatives of all
-// steps, parameter gradients) stays in scan.py, so both paths share it and compute
-// the same thing; tests/test_fast_recurrence.py checks this path against a float64
+// in the same pass; the backward loop also computes the gates' derivatives step by
+// step and sums the norms' dgamma/dbeta. Everything outside the loops (buffers, the
+// matrix products over all steps, running statistics) stays in scan.py, shared with
+// the Python loops; tests/test_fast_recurrence.py checks this path against a float64
 // reference loop and against the Python loops.
 //
 // float32 uses a rational tanh (the minimax approximation of Eigen/XLA/MLAS, within
