@@ -134,7 +134,7 @@ class SeqNorm(nn.Module):
             return self._layer_norm(a, affine, shift)
         B, T, feats = a.shape
         shared = self.stats == "shared"
-        if mask is None and self._fused(B) and (affine or shift is None):
+        if mask is None and self._fused(B):
             # One fused batch_norm call: with per-step statistics the T*F (step,
             # feature) pairs are its channels; shared, the B*T steps are its samples.
             flat = a.reshape(B * T, feats) if shared else a.reshape(B, T * feats)
@@ -142,8 +142,8 @@ class SeqNorm(nn.Module):
             w, b = (self.weight, _plus(self.bias, shift)) if affine else (None, None)
             if affine and not shared:
                 w, b = w.repeat(T), (b.repeat(T) if b is not None else None)
-            out = F.batch_norm(flat, rm, rv, w, b, self._batch_stats(), self.momentum, self.eps)
-            return out.view(B, T, feats)
+            out = F.batch_norm(flat, rm, rv, w, b, self._batch_stats(), self.momentum, self.eps).view(B, T, feats)
+            return out if affine or shift is None else out + shift
         if self._batch_stats():
             mean, var, n = moments(a, mask, (0, 1) if shared else (0,))
             if self.training:
