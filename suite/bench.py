@@ -142,15 +142,31 @@ def time_step(step, batch: Batch, device: torch.device, *, warmup: int = 5, repe
 
 def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_path: bool = True,
           warmup: int = 5, repeats: int = 5, steps_per_repeat: int = 3, seeds: int = 1,
+          threads: int | None = None,
           on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """One row per (model, shape): ms per step (median), peak memory, ratio to lstm
     (per seed when ``seeds`` > 1 stacks the model; see the module docstring).
+
+    ``threads``: PyTorch's CPU threads while timing (default: as set, normally one per
+    core). The CPU reference ``nn.LSTM`` (oneDNN) spreads its work over the threads; the
+    custom cells' time loops are serial apart from their matrix products, so their
+    ratio depends on the thread count, which each row records.
 
     ``lstm`` is measured first on each shape (it is the reference of the ratio);
     ``on_row`` receives each row as soon as it is measured. On the CPU, whose speed
     drifts (a shared machine, frequency scaling), each model's repeats alternate with
     repeats of ``lstm`` and its ratio uses those; on CUDA the first measurement serves.
     """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(models, shapes, device, fast_path, warmup, repeats, steps_per_repeat, seeds, on_row)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(models, shapes, device, fast_path, warmup, repeats, steps_per_repeat, seeds, on_row) -> list[dict[str, Any]]:
     from suite.runner import set_precision
 
     dev = torch.device(device)
@@ -187,6 +203,7 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
                 "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
                 "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
             }
             del step
             if name in models or name == "lstm":
@@ -206,7 +223,7 @@ def format_row(r: dict[str, Any]) -> str:
 
 
 def footer(r: dict[str, Any]) -> str:
-    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}; x lstm = throughput per seed "
+    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}, {r['threads']} CPU threads; x lstm = throughput per seed "
             "relative to lstm (cuDNN/nn.LSTM) on the same shape; seeds = seeds stacked in one step; "
             "path = training step/recurrence")
 

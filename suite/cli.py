@@ -160,11 +160,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = baselines.names(args.models.split(",") if args.models else "*")
     if not models:
         raise UserError(f"--models '{args.models}' matches no model; see 'rnnbench list models'")
-    print(HEADER, flush=True)
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: give 1 or more")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give 1 or more")
+    print(HEADER, flush=True)
     rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats, seeds=args.seeds,
-                 on_row=lambda r: print(format_row(r), flush=True))
+                 threads=args.threads, on_row=lambda r: print(format_row(r), flush=True))
     if rows:
         print(footer(rows[0]))
     if args.json:
@@ -269,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="time the eager reference step (no CUDA graph)")
     p.add_argument("--seeds", type=int, default=1, help="stack this many seeds per training step where a model "
                    "can be stacked; the ratio is then per seed (default 1)")
+    p.add_argument("--threads", type=int, help="PyTorch CPU threads while timing (default: as set, one per "
+                   "core); nn.LSTM uses them all, the custom cells' time loops one")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.set_defaults(func=cmd_bench)
 

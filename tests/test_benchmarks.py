@@ -52,6 +52,25 @@ def test_bench_table():
     assert "x lstm" in table and "lstm-loop" in table
 
 
+def test_bench_times_at_the_thread_count_asked_and_restores_it(monkeypatch):
+    import torch
+
+    from suite import bench as bench_mod
+
+    seen: list[int] = []
+    real = bench_mod._repeat_ms
+    monkeypatch.setattr(bench_mod, "_repeat_ms", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    rows = bench_mod.bench(["rnn"], ["tiny"], "cpu", repeats=2, warmup=1, steps_per_repeat=1, threads=target)
+    assert seen and set(seen) == {target}
+    assert [r["threads"] for r in rows] == [target, target]
+    assert f"{target} CPU threads" in bench_mod.format_table(rows)
+    assert torch.get_num_threads() == before
+    default = bench_mod.bench(["rnn"], ["tiny"], "cpu", repeats=1, warmup=1, steps_per_repeat=1)
+    assert default[0]["threads"] == before
+
+
 def test_bench_stacks_seeds_where_it_can():
     from suite.bench import bench, format_table
 

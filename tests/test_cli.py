@@ -31,6 +31,7 @@ TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--ta
     (["run", "--task", "adding", "--model", "lstm", "--device", "tpu"], "device 'tpu' is not valid"),
     (["status", "--store", "/nonexistent/dir/x.sqlite"], "does not exist"),
     (["bench", "--seeds", "0"], "--seeds 0: give 1 or more"),
+    (["bench", "--threads", "0"], "--threads 0: give 1 or more"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
