@@ -223,7 +223,9 @@ def format_row(r: dict[str, Any]) -> str:
 
 
 def footer(r: dict[str, Any]) -> str:
-    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}, {r['threads']} CPU threads; x lstm = throughput per seed "
+    n = r.get("threads")
+    threads = f", {n} CPU thread{'s' if n != 1 else ''}" if n else ""
+    return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}{threads}; x lstm = throughput per seed "
             "relative to lstm (cuDNN/nn.LSTM) on the same shape; seeds = seeds stacked in one step; "
             "path = training step/recurrence")
 
