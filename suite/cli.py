@@ -77,8 +77,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs {args.jobs} must be >= 1")
     if args.stack_seeds < 1:
         raise UserError(f"--stack-seeds {args.stack_seeds} must be >= 1")
-    if args.stack_seeds > 1 and args.executor == "ray":
-        raise UserError("--stack-seeds works with the local executor; drop it or use --executor local")
     options = RunOptions(retry_failed=args.retry_failed, checkpoint=parse_policy(args.checkpoint_every),
                          checkpoint_dir=args.checkpoint_dir, stack_seeds=args.stack_seeds)
     store = Store(args.store)

@@ -41,7 +41,7 @@ class RunOptions:
     retry_failed: bool = False
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     checkpoint_dir: str | None = None  # None: checkpoints/ beside the store
-    stack_seeds: int = 1  # > 1: train up to this many seeds of one spec as one stack (local executor)
+    stack_seeds: int = 1  # > 1: train up to this many seeds of one spec as one stack
 
     def checkpoints_for(self, store_path: str | os.PathLike) -> str:
         return str(Path(self.checkpoint_dir or Path(store_path).resolve().parent / "checkpoints"))
@@ -119,6 +119,14 @@ def stack_groups(specs: Iterable[RunSpec], size: int,
             units.append(group)
         group.append(spec)
     return units
+
+
+def can_stack(spec: RunSpec) -> bool:
+    """``runner.stackable``, False where asking fails (the runs then fail one by one)."""
+    try:
+        return stackable(spec)
+    except Exception:
+        return False
 
 
 def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOptions()) -> dict[str, str | None]:
@@ -233,12 +241,6 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
     report = progress or (lambda s, st, info: None)
     store = Store(store_path)
     store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
-    def can_stack(spec: RunSpec) -> bool:
-        try:
-            return stackable(spec)
-        except Exception:  # whatever fails here fails the runs themselves, one by one
-            return False
-
     units = stack_groups(specs, options.stack_seeds, can_stack)
 
     def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:

@@ -1,4 +1,4 @@
-"""The Ray executor: every run is one Ray task; the driver is the only store writer.
+"""The Ray executor: one Ray task per run (or seed stack); the driver alone writes the store.
 
 Ray (Moritz et al. 2018, "Ray: A Distributed Framework for Emerging AI
 Applications") schedules the tasks on whatever cluster ``ray.init`` joins: a
@@ -8,6 +8,9 @@ launcher, or inside a Slurm allocation), each task asking for ``num_gpus``
 
 Streaming. A task is a Ray generator: it trains in a thread and yields each batch
 of metric rows as the runner flushes it (once per evaluation), then the result.
+With ``--stack-seeds N`` a task trains up to N seeds of one spec as one stack
+(``runner.train_stacked``) on the resources of one run, and streams every seed's
+rows and result as its own run.
 The driver waits on all running generators at once (``ray.wait``), writes each
 batch in one transaction as it arrives and records the result. So the SQLite
 file, which must not be written over a network file system, is only touched on
@@ -24,18 +27,20 @@ dies fails only its run, with Ray's reason. The suite goes on either way, and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from suite.checkpoint import CheckpointPolicy
 from suite.env import environment
 from suite.errors import UserError
-from suite.executors import Progress, RunOptions, failure_reason, train_checkpointed
+from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
+from suite.executors import Progress, RunOptions, can_stack, failure_reason, stack_groups, train_checkpointed
+from suite.runner import NotStackable, RunResult, Sink, train_stacked
 from suite.spec import RunSpec
 from suite.store import ClaimLost, Store, owner_id
 
@@ -51,30 +56,63 @@ def import_ray() -> Any:
     return ray
 
 
-def stream_run(spec_json: str, directory: str, policy: CheckpointPolicy, threads: int) -> Iterator[tuple]:
-    """The Ray task: ``("rows", metrics, diagnostics)`` per flush, then
-    ``("result", status, summary, reason, env)`` or ``("failed", reason, env)``."""
+def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy, threads: int) -> Iterator[tuple]:
+    """The Ray task for a unit of ``stack_groups``: one run, or seeds of one spec trained
+    as one stack (``runner.train_stacked``; one after another where they turn out not to
+    be stackable). It yields ``("rows", i, metrics, diagnostics)`` per flush of run i,
+    ``("result", i, status, summary, reason, env)`` as run i ends, and ``("failed", i,
+    reason, env)`` for a run that raised; i is None when a stack raised: every run of
+    it that had not ended fails."""
     import torch
 
     torch.set_num_threads(threads)
-    spec = RunSpec.from_json(spec_json)
+    specs = [RunSpec.from_json(j) for j in spec_jsons]
     # Ray shows a task only the GPUs it was given, so the first visible one is ours.
-    device = "cuda" if spec.device.startswith("cuda") else None
+    device = "cuda" if specs[0].device.startswith("cuda") else None
     out: queue.Queue = queue.Queue()
+
+    def sink(i: int) -> Sink:
+        return lambda m, d: out.put(("rows", i, m, d))
+
+    def ended(i: int, res: RunResult) -> None:
+        out.put(("result", i, res.status, res.summary, res.reason, res.env))
+
+    def failed(i: int | None, exc: Exception) -> None:
+        out.put(("failed", i, failure_reason(exc), environment(device or specs[0].device)))
+
+    def stacked() -> bool:
+        """Train the unit as one stack; False where it cannot be stacked (nothing ran)."""
+        def result(i: int, res: RunResult) -> None:
+            Checkpointer(checkpoint_path(directory, specs[i].run_id)).delete()  # an unstacked attempt's
+            ended(i, res)
+
+        here = [dataclasses.replace(s, device=device) for s in specs] if device else specs
+        try:
+            train_stacked(here, [sink(i) for i in range(len(specs))], on_result=result)
+        except NotStackable:
+            return False
+        except Exception as exc:
+            failed(None, exc)
+        return True
 
     def work() -> None:
         try:
-            res = train_checkpointed(spec, lambda m, d: out.put(("rows", m, d)), directory, policy, device)
-            out.put(("result", res.status, res.summary, res.reason, res.env))
-        except Exception as exc:
-            out.put(("failed", failure_reason(exc), environment(device or spec.device)))
+            if len(specs) > 1 and stacked():
+                return
+            for i, spec in enumerate(specs):
+                try:
+                    ended(i, train_checkpointed(spec, sink(i), directory, policy, device))
+                except Exception as exc:
+                    failed(i, exc)
+        finally:
+            out.put(("end",))
 
-    threading.Thread(target=work, name=f"train-{spec.run_id}", daemon=True).start()
+    threading.Thread(target=work, name=f"train-{specs[0].run_id}", daemon=True).start()
     while True:
         item = out.get()
-        yield item
-        if item[0] != "rows":
+        if item[0] == "end":
             return
+        yield item
 
 
 def _ray_reason(exc: BaseException) -> str:
@@ -137,74 +175,113 @@ def _capacity(ray: Any, gpus: float, cpus: float) -> int:
     return max(1, int(n))
 
 
-def _record(store: Store, run_id: str, item: tuple, owner: str) -> str | None:
-    """Write one message of a run's stream; returns the run's final status once it has one."""
-    if item[0] == "rows":
-        store.write(run_id, item[1], item[2], owner=owner)
-        return None
-    if item[0] == "result":
-        _, status, summary, reason, env = item
+class _Unit:
+    """The runs of one Ray task (claimed by this driver) and which of them have ended."""
+
+    def __init__(self, specs: list[RunSpec]) -> None:
+        self.specs = specs
+        self.open = [spec.run_id for spec in specs]  # not yet ended, in order
+
+    def end(self, run_id: str) -> None:
+        self.open.remove(run_id)
+
+
+def _record(store: Store, unit: _Unit, item: tuple, owner: str, ended: Callable[[RunSpec, str], None]) -> None:
+    """Write one message of a unit's stream; ``ended(run, status)`` for each run it ends."""
+    kind, i = item[0], item[1]
+    if kind == "rows":
+        store.write(unit.specs[i].run_id, item[2], item[3], owner=owner)
+        return
+    if kind == "result":
+        _, _, status, summary, reason, env = item
     else:
-        (_, reason, env), status, summary = item, "failed", None
-    store.finish(run_id, status, summary, reason, env=env, owner=owner)
-    return status
+        (_, _, reason, env), status, summary = item, "failed", None
+    ids = unit.open[:] if i is None else [unit.specs[i].run_id]
+    for spec in unit.specs:
+        if spec.run_id in ids:
+            store.finish(spec.run_id, status, summary, reason, env=env, owner=owner)
+            unit.end(spec.run_id)
+            ended(spec, status)
 
 
 def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gpus: float, cpus: float,
            options: RunOptions, progress: Progress | None) -> dict[str, str | None]:
     # RNNBENCH_* settings (data and cache folders) reach workers on other machines too
     forward = {k: v for k, v in os.environ.items() if k.startswith("RNNBENCH_")}
-    task = ray.remote(stream_run).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
-                                          runtime_env={"env_vars": forward} if forward else None)
+    task = ray.remote(stream_unit).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
+                                           runtime_env={"env_vars": forward} if forward else None)
     directory = options.checkpoints_for(store_path)
     report = progress or (lambda s, st, info: None)
     owner = owner_id()
     store = Store(store_path)
     store.add_runs(specs)
-    todo, running = deque(specs), {}  # generator -> spec
+    todo = deque(stack_groups(specs, options.stack_seeds, can_stack))
+    running: dict[Any, _Unit] = {}  # generator -> its runs
     results: dict[str, str | None] = {}
 
-    def done(gen: Any, status: str | None) -> None:
-        spec = running.pop(gen)
+    def ended(spec: RunSpec, status: str | None) -> None:
         results[spec.run_id] = status
         report(spec, status or "skipped", store.summary_of(spec.run_id))
+
+    def give_up(gen: Any, unit: _Unit, status: str | None, reason: str | None = None) -> None:
+        """End the unit's open runs: failed with ``reason``, or given back (status None)."""
+        running.pop(gen)
+        for spec in [s for s in unit.specs if s.run_id in unit.open]:
+            unit.end(spec.run_id)
+            if status is None:
+                store.release(spec.run_id, owner)
+                ended(spec, None)
+                continue
+            try:
+                store.finish(spec.run_id, status, None, reason, owner=owner)
+                ended(spec, status)
+            except ClaimLost:  # another driver has it now
+                ended(spec, None)
 
     beat = time.monotonic()
     try:
         while todo or running:
             window = (jobs or _capacity(ray, gpus, cpus)) if todo else 0
             while todo and len(running) < window:
-                spec = todo.popleft()
-                if not store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
-                    results[spec.run_id] = None
-                    report(spec, "skipped", store.summary_of(spec.run_id))
-                    continue
-                running[task.remote(spec.to_json(), directory, options.checkpoint, max(1, int(cpus)))] = spec
+                claimed = []
+                for spec in todo.popleft():
+                    if store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
+                        claimed.append(spec)
+                    else:
+                        ended(spec, None)
+                if claimed:
+                    gen = task.remote([s.to_json() for s in claimed], directory, options.checkpoint,
+                                      max(1, int(cpus)))
+                    running[gen] = _Unit(claimed)
             if not running:
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_S)
             if time.monotonic() - beat >= HEARTBEAT_S:  # runs between flushes are alive too
-                store.heartbeat([s.run_id for s in running.values()], owner)
+                store.heartbeat([r for u in running.values() for r in u.open], owner)
                 beat = time.monotonic()
             for gen in ready:
-                run_id = running[gen].run_id
+                unit = running[gen]
                 try:
                     item = ray.get(next(gen))
                 except StopIteration:
-                    item = ("failed", "ray task ended without a result", None)
+                    give_up(gen, unit, "failed", "ray task ended without a result")
+                    continue
                 except ray.exceptions.RayError as exc:  # the worker or its node died
-                    item = ("failed", _ray_reason(exc), None)
+                    give_up(gen, unit, "failed", _ray_reason(exc))
+                    continue
                 try:
-                    status = _record(store, run_id, item, owner)
-                    if status is not None:
-                        done(gen, status)
-                except ClaimLost:  # another driver took the run over; its numbers win
+                    _record(store, unit, item, owner, ended)
+                except ClaimLost:  # another driver took a run over; its numbers win
                     ray.cancel(gen)
-                    done(gen, None)
+                    give_up(gen, unit, None)
+                    continue
+                if not unit.open:
+                    running.pop(gen)
         return results
     except BaseException:
-        for gen, spec in running.items():  # give runs in flight back: pending again
-            store.release(spec.run_id, owner)
+        for gen, unit in running.items():  # give runs in flight back: pending again
+            for run_id in unit.open:
+                store.release(run_id, owner)
             try:
                 ray.cancel(gen, force=True)
             except Exception:  # already finished, or Ray is going down anyway

@@ -41,27 +41,93 @@ def test_ray_gives_the_local_executors_numbers(tmp_path, ray):
 def test_ray_task_failures_fail_only_their_run_and_retry(tmp_path, ray, monkeypatch):
     specs = tiny_specs(models=("rnn",), seeds="0-2")
     crash, boom = specs[1].run_id, specs[2].run_id
-    real = ray_executor.stream_run
+    real = ray_executor.stream_unit
 
-    def faulty(spec_json, directory, policy, threads):  # shipped to the workers by value
-        run_id = RunSpec.from_json(spec_json).run_id
+    def faulty(spec_jsons, directory, policy, threads):  # shipped to the workers by value
+        (run_id,) = [RunSpec.from_json(j).run_id for j in spec_jsons]
         if run_id == crash:
             os._exit(1)  # the worker process dies, as on a segfault or a lost node
         if run_id == boom:  # says what it sees of the driver's RNNBENCH_* environment
             raise RuntimeError("CUDA error: an illegal memory access" + os.environ["RNNBENCH_PROBE"])
-        yield from real(spec_json, directory, policy, threads)
+        yield from real(spec_jsons, directory, policy, threads)
 
     store = tmp_path / "s.sqlite"
-    monkeypatch.setattr(ray_executor, "stream_run", faulty)
+    monkeypatch.setattr(ray_executor, "stream_unit", faulty)
     monkeypatch.setenv("RNNBENCH_PROBE", " was encountered")
     statuses = ray_executor.run_ray(specs, str(store))
     assert statuses == {specs[0].run_id: "done", crash: "failed", boom: "failed"}
     reasons = Store(store).runs().set_index("run_id").reason
     assert reasons[crash].startswith("ray: WorkerCrashedError")
     assert reasons[boom] == "ray task: RuntimeError: CUDA error: an illegal memory access was encountered"
-    monkeypatch.setattr(ray_executor, "stream_run", real)
+    monkeypatch.setattr(ray_executor, "stream_unit", real)
     again = ray_executor.run_ray(specs, str(store), options=RunOptions(retry_failed=True))
     assert again == {specs[0].run_id: None, crash: "done", boom: "done"}
+
+
+def test_ray_stacks_seeds_as_the_local_executor_does(tmp_path, ray):
+    """--stack-seeds 3: the three seeds of rnn-loop train as one stack in one Ray task
+    and are recorded as three runs, as the local executor records them; cuDNN gru runs
+    one task per seed."""
+    specs = tiny_specs(models=("rnn-loop", "gru"), seeds="0-2")
+    options = RunOptions(stack_seeds=3)
+    local = run_local(specs, tmp_path / "local.sqlite", options=options)
+    seen: list[str] = []
+    remote = ray_executor.run_ray(specs, str(tmp_path / "ray.sqlite"), options=options,
+                                  progress=lambda spec, status, summary: seen.append(spec.run_id))
+    assert local == remote == dict.fromkeys(local, "done")
+    assert sorted(seen) == sorted(remote)
+    assert results_of(tmp_path / "ray.sqlite") == results_of(tmp_path / "local.sqlite")
+    stacked = Store(tmp_path / "ray.sqlite").summaries().set_index("model")["seed_stack"]
+    assert (stacked["rnn-loop"] == 3).all() and stacked["gru"].isna().all()
+
+
+def test_a_failing_stack_on_ray_fails_only_its_open_runs(tmp_path, ray, monkeypatch):
+    """Inside the Ray task, seed 1 ends at step 10 (done) and the stack then raises at
+    step 20: the two runs still in it are failed with the error; a unit whose worker
+    dies fails all its runs."""
+    ok = tiny_specs(models=("gru-loop",), seeds="0-2")
+    dies = tiny_specs(models=("rnn-loop",), seeds="0-1")
+    real = ray_executor.stream_unit
+    doomed = {s.run_id for s in dies}
+
+    def faulty(spec_jsons, directory, policy, threads):  # runs in the worker process
+        from suite import runner
+
+        if RunSpec.from_json(spec_jsons[0]).run_id in doomed:
+            os._exit(1)
+        original = runner.RunLoop.at_eval
+
+        def at_eval(self):
+            if self.step == 20:
+                raise RuntimeError("eval blew up")
+            return original(self) or (self.spec.seed == 1 and self.step == 10)
+
+        runner.RunLoop.at_eval = at_eval
+        try:
+            yield from real(spec_jsons, directory, policy, threads)
+        finally:
+            runner.RunLoop.at_eval = original
+
+    monkeypatch.setattr(ray_executor, "stream_unit", faulty)
+    store = tmp_path / "s.sqlite"
+    statuses = ray_executor.run_ray(ok + dies, str(store), options=RunOptions(stack_seeds=3))
+    assert statuses == {ok[0].run_id: "failed", ok[1].run_id: "done", ok[2].run_id: "failed",
+                        **dict.fromkeys(doomed, "failed")}
+    reasons = Store(store).runs().set_index("run_id").reason
+    assert reasons[ok[0].run_id] == reasons[ok[2].run_id] == "RuntimeError: eval blew up"
+    assert all(reasons[r].startswith("ray: WorkerCrashedError") for r in doomed)
+
+
+def test_a_unit_that_cannot_stack_runs_one_by_one_in_its_task(tmp_path, ray, monkeypatch):
+    """The driver thought the cuDNN gru seeds stackable; the task finds out before
+    training and trains them one after another, as the local executor does."""
+    monkeypatch.setattr(ray_executor, "can_stack", lambda spec: True)
+    specs = tiny_specs(models=("gru",), seeds="0-1")
+    statuses = ray_executor.run_ray(specs, str(tmp_path / "ray.sqlite"), options=RunOptions(stack_seeds=2))
+    assert statuses == dict.fromkeys(statuses, "done") and len(statuses) == 2
+    run_local(specs, tmp_path / "local.sqlite")
+    assert results_of(tmp_path / "ray.sqlite") == results_of(tmp_path / "local.sqlite")
+    assert "seed_stack" not in Store(tmp_path / "ray.sqlite").summaries().columns
 
 
 def test_cli_runs_on_ray(tmp_path, ray, capsys):
