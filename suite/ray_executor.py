@@ -58,11 +58,12 @@ def import_ray() -> Any:
 
 def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy, threads: int) -> Iterator[tuple]:
     """The Ray task for a unit of ``stack_groups``: one run, or seeds of one spec trained
-    as one stack (``runner.train_stacked``; one after another where they turn out not to
-    be stackable). It yields ``("rows", i, metrics, diagnostics)`` per flush of run i,
-    ``("result", i, status, summary, reason, env)`` as run i ends, and ``("failed", i,
-    reason, env)`` for a run that raised; i is None when a stack raised: every run of
-    it that had not ended fails."""
+    as one stack (``runner.train_stacked``). It yields ``("rows", i, metrics,
+    diagnostics)`` per flush of run i, ``("result", i, status, summary, reason, env)``
+    as run i ends, and ``("failed", i, reason, env)`` for a run that raised; i is None
+    when a stack raised: every run of it that had not ended fails. A unit that turns out
+    not to be stackable yields ``("unstackable", why)`` before training anything (the
+    driver then runs its seeds as units of their own)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -75,35 +76,22 @@ def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy,
         return lambda m, d: out.put(("rows", i, m, d))
 
     def ended(i: int, res: RunResult) -> None:
+        if len(specs) > 1:  # a checkpoint an earlier, unstacked attempt left
+            Checkpointer(checkpoint_path(directory, specs[i].run_id)).delete()
         out.put(("result", i, res.status, res.summary, res.reason, res.env))
-
-    def failed(i: int | None, exc: Exception) -> None:
-        out.put(("failed", i, failure_reason(exc), environment(device or specs[0].device)))
-
-    def stacked() -> bool:
-        """Train the unit as one stack; False where it cannot be stacked (nothing ran)."""
-        def result(i: int, res: RunResult) -> None:
-            Checkpointer(checkpoint_path(directory, specs[i].run_id)).delete()  # an unstacked attempt's
-            ended(i, res)
-
-        here = [dataclasses.replace(s, device=device) for s in specs] if device else specs
-        try:
-            train_stacked(here, [sink(i) for i in range(len(specs))], on_result=result)
-        except NotStackable:
-            return False
-        except Exception as exc:
-            failed(None, exc)
-        return True
 
     def work() -> None:
         try:
-            if len(specs) > 1 and stacked():
-                return
-            for i, spec in enumerate(specs):
-                try:
-                    ended(i, train_checkpointed(spec, sink(i), directory, policy, device))
-                except Exception as exc:
-                    failed(i, exc)
+            if len(specs) == 1:
+                ended(0, train_checkpointed(specs[0], sink(0), directory, policy, device))
+            else:
+                here = [dataclasses.replace(s, device=device) for s in specs] if device else specs
+                train_stacked(here, [sink(i) for i in range(len(specs))], on_result=ended)
+        except NotStackable as exc:
+            out.put(("unstackable", str(exc)))
+        except Exception as exc:
+            out.put(("failed", 0 if len(specs) == 1 else None, failure_reason(exc),
+                     environment(device or specs[0].device)))
         finally:
             out.put(("end",))
 
@@ -186,22 +174,41 @@ class _Unit:
         self.open.remove(run_id)
 
 
-def _record(store: Store, unit: _Unit, item: tuple, owner: str, ended: Callable[[RunSpec, str], None]) -> None:
-    """Write one message of a unit's stream; ``ended(run, status)`` for each run it ends."""
+def _record(store: Store, unit: _Unit, item: tuple, owner: str, ended: Callable[[RunSpec, str | None], None]) -> None:
+    """Write one message of a unit's stream; ``ended(run, status)`` for each run it ends.
+    ``ClaimLost`` from a run's rows or result propagates (the driver gives the unit up);
+    a failure of the whole stack fails each open run that is still this driver's."""
     kind, i = item[0], item[1]
     if kind == "rows":
         store.write(unit.specs[i].run_id, item[2], item[3], owner=owner)
         return
     if kind == "result":
         _, _, status, summary, reason, env = item
+        spec = unit.specs[i]
+        store.finish(spec.run_id, status, summary, reason, env=env, owner=owner)
+        unit.end(spec.run_id)
+        ended(spec, status)
+        return
+    _, _, reason, env = item
+    for spec in unit.specs if i is None else [unit.specs[i]]:
+        if spec.run_id in unit.open:
+            _end(store, unit, spec, "failed", reason, env, owner, ended)
+
+
+def _end(store: Store, unit: _Unit, spec: RunSpec, status: str | None, reason: str | None, env: dict | None,
+         owner: str, ended: Callable[[RunSpec, str | None], None]) -> None:
+    """End one open run of ``unit``: recorded with ``status``, or given back (None). A run
+    another driver has taken over ends as not ours (None). The run leaves ``unit.open``
+    only once the store has it, so an error here leaves it to the driver's cleanup."""
+    if status is None:
+        store.release(spec.run_id, owner)
     else:
-        (_, _, reason, env), status, summary = item, "failed", None
-    ids = unit.open[:] if i is None else [unit.specs[i].run_id]
-    for spec in unit.specs:
-        if spec.run_id in ids:
-            store.finish(spec.run_id, status, summary, reason, env=env, owner=owner)
-            unit.end(spec.run_id)
-            ended(spec, status)
+        try:
+            store.finish(spec.run_id, status, None, reason, env=env, owner=owner)
+        except ClaimLost:
+            status = None
+    unit.end(spec.run_id)
+    ended(spec, status)
 
 
 def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gpus: float, cpus: float,
@@ -225,18 +232,18 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
 
     def give_up(gen: Any, unit: _Unit, status: str | None, reason: str | None = None) -> None:
         """End the unit's open runs: failed with ``reason``, or given back (status None)."""
-        running.pop(gen)
         for spec in [s for s in unit.specs if s.run_id in unit.open]:
-            unit.end(spec.run_id)
-            if status is None:
-                store.release(spec.run_id, owner)
-                ended(spec, None)
-                continue
-            try:
-                store.finish(spec.run_id, status, None, reason, owner=owner)
-                ended(spec, status)
-            except ClaimLost:  # another driver has it now
-                ended(spec, None)
+            _end(store, unit, spec, status, reason, None, owner, ended)
+        running.pop(gen)
+
+    def split(gen: Any, unit: _Unit) -> None:
+        """A unit its task found unstackable (nothing trained): its runs, given back, go
+        to the front of the queue as units of their own."""
+        for run_id in unit.open[:]:
+            store.release(run_id, owner)
+            unit.end(run_id)
+        running.pop(gen)
+        todo.extendleft([spec] for spec in reversed(unit.specs))
 
     beat = time.monotonic()
     try:
@@ -268,6 +275,9 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
                     continue
                 except ray.exceptions.RayError as exc:  # the worker or its node died
                     give_up(gen, unit, "failed", _ray_reason(exc))
+                    continue
+                if item[0] == "unstackable":
+                    split(gen, unit)
                     continue
                 try:
                     _record(store, unit, item, owner, ended)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import suite.ray_executor as ray_executor
+from suite.checkpoint import checkpoint_path
 from suite.cli import main
 from suite.errors import UserError
 from suite.executors import RunOptions, run_local
@@ -71,6 +72,10 @@ def test_ray_stacks_seeds_as_the_local_executor_does(tmp_path, ray):
     specs = tiny_specs(models=("rnn-loop", "gru"), seeds="0-2")
     options = RunOptions(stack_seeds=3)
     local = run_local(specs, tmp_path / "local.sqlite", options=options)
+    assert specs[1].model == "rnn-loop"
+    stale = checkpoint_path(options.checkpoints_for(tmp_path / "ray.sqlite"), specs[1].run_id)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"left by an interrupted, unstacked attempt")
     seen: list[str] = []
     remote = ray_executor.run_ray(specs, str(tmp_path / "ray.sqlite"), options=options,
                                   progress=lambda spec, status, summary: seen.append(spec.run_id))
@@ -79,6 +84,7 @@ def test_ray_stacks_seeds_as_the_local_executor_does(tmp_path, ray):
     assert results_of(tmp_path / "ray.sqlite") == results_of(tmp_path / "local.sqlite")
     stacked = Store(tmp_path / "ray.sqlite").summaries().set_index("model")["seed_stack"]
     assert (stacked["rnn-loop"] == 3).all() and stacked["gru"].isna().all()
+    assert not stale.exists()
 
 
 def test_a_failing_stack_on_ray_fails_only_its_open_runs(tmp_path, ray, monkeypatch):
@@ -118,16 +124,30 @@ def test_a_failing_stack_on_ray_fails_only_its_open_runs(tmp_path, ray, monkeypa
     assert all(reasons[r].startswith("ray: WorkerCrashedError") for r in doomed)
 
 
-def test_a_unit_that_cannot_stack_runs_one_by_one_in_its_task(tmp_path, ray, monkeypatch):
-    """The driver thought the cuDNN gru seeds stackable; the task finds out before
-    training and trains them one after another, as the local executor does."""
+def test_a_unit_that_cannot_stack_is_split_into_runs_of_their_own(tmp_path, ray, monkeypatch):
+    """The driver thought the cuDNN gru seeds stackable; their task finds out before
+    training, and each seed then runs as a task of its own: a worker that dies in one
+    fails that run only, the other trains as the local executor trains it."""
     monkeypatch.setattr(ray_executor, "can_stack", lambda spec: True)
     specs = tiny_specs(models=("gru",), seeds="0-1")
+    real = ray_executor.stream_unit
+    log, crash = tmp_path / "tasks.log", specs[0].run_id
+
+    def logged(spec_jsons, directory, policy, threads):  # runs in the worker process
+        ids = [RunSpec.from_json(j).run_id for j in spec_jsons]
+        with open(log, "a") as f:
+            f.write(f"{len(ids)}\n")
+        if ids == [crash]:
+            os._exit(1)
+        yield from real(spec_jsons, directory, policy, threads)
+
+    monkeypatch.setattr(ray_executor, "stream_unit", logged)
     statuses = ray_executor.run_ray(specs, str(tmp_path / "ray.sqlite"), options=RunOptions(stack_seeds=2))
-    assert statuses == dict.fromkeys(statuses, "done") and len(statuses) == 2
-    run_local(specs, tmp_path / "local.sqlite")
-    assert results_of(tmp_path / "ray.sqlite") == results_of(tmp_path / "local.sqlite")
-    assert "seed_stack" not in Store(tmp_path / "ray.sqlite").summaries().columns
+    assert statuses == {crash: "failed", specs[1].run_id: "done"}
+    assert sorted(log.read_text().split()) == ["1", "1", "2"]  # one unit of two, then one task per seed
+    run_local(specs[1:], tmp_path / "local.sqlite")
+    got = results_of(tmp_path / "ray.sqlite", {specs[1].run_id})
+    assert got == results_of(tmp_path / "local.sqlite") and "seed_stack" not in got[specs[1].run_id]["summary"]
 
 
 def test_cli_runs_on_ray(tmp_path, ray, capsys):
