@@ -538,3 +538,37 @@ def test_batch_statistics_of_one_sample_in_evaluation():
     out = norm.seq(a)
     assert out.shape == a.shape and torch.isfinite(out).all()
     assert torch.isfinite(norm.step(a[:, 0], 0)).all()
+
+
+def test_running_statistics_of_full_batches_take_the_short_update_with_the_same_values(monkeypatch):
+    """Rows that all come from full batches of two or more are folded in with two
+    in-place lerps; the values are those of the general masked update, bit for bit.
+    A batch of one (rows left as they are) and mixed batch sizes take the general path."""
+    torch.manual_seed(0)
+    short, general = SeqNorm(5), SeqNorm(5)
+    for norm in (short, general):
+        norm._grow(4)
+        norm.running_mean.copy_(torch.linspace(-1, 1, 20).view(4, 5))
+        norm.running_var.copy_(torch.linspace(0.5, 2, 20).view(4, 5))
+    parts = [(torch.randn(3, 5), torch.rand(3, 5)), (torch.randn(1, 5), torch.rand(1, 5))]
+    for mean, var in parts:
+        short.add_step_stats(mean, var, 7)
+    calls = []
+    monkeypatch.setattr(SeqNorm, "_update", lambda self, *a, **k: calls.append(a))
+    short.flush()
+    assert calls == []  # the short path
+    monkeypatch.undo()
+    mean, var = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    general._update(mean, var, mean.new_full((4, 1), 7.0))
+    assert torch.equal(short.running_mean, general.running_mean)
+    assert torch.equal(short.running_var, general.running_var)
+
+    before = short.running_mean.clone()
+    short.add_step_stats(torch.randn(4, 5), torch.rand(4, 5), 1)  # batch of one: no update
+    short.flush()
+    assert torch.equal(short.running_mean, before)
+    short.add_step_stats(torch.randn(1, 5), torch.rand(1, 5), 1)
+    short.add_step_stats(torch.randn(1, 5), torch.rand(1, 5), 3)  # mixed: general path
+    monkeypatch.setattr(SeqNorm, "_update", lambda self, *a, **k: calls.append(a))
+    short.flush()
+    assert len(calls) == 1 and calls[0][2].view(-1).tolist() == [1.0, 3.0]
