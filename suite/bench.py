@@ -155,7 +155,9 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
     ``lstm`` is measured first on each shape (it is the reference of the ratio);
     ``on_row`` receives each row as soon as it is measured. On the CPU, whose speed
     drifts (a shared machine, frequency scaling), each model's repeats alternate with
-    repeats of ``lstm`` and its ratio uses those; on CUDA the first measurement serves.
+    repeats of ``lstm``, and its ratio is the median of the ratios of each repeat to the
+    ``lstm`` repeat beside it (a drift then cancels in each pair); on CUDA the first
+    ``lstm`` measurement serves.
     """
     before = torch.get_num_threads()
     if threads is not None:
@@ -187,18 +189,21 @@ def _bench(models, shapes, device, fast_path, warmup, repeats, steps_per_repeat,
             step = build_step(name, shape, dev, fast_path=fast_path, seeds=seeds if name != "lstm" else 1)
             step_batch = make_batch(shape, dev, seeds=step.seeds) if step.seeds > 1 else batch
             timing = dict(warmup=warmup, repeats=repeats, steps_per_repeat=steps_per_repeat)
-            if ref_step is not None:  # the CPU: lstm timed beside the model
+            if ref_step is not None:  # the CPU: lstm timed beside the model, repeat by repeat
                 times, ref_times = time_step(step, step_batch, dev, beside=(ref_step, batch), **timing)
                 ref_ms = statistics.median(ref_times)
+                ratio = statistics.median(r * step.seeds / t for r, t in zip(ref_times, times))
             else:
                 times = time_step(step, step_batch, dev, **timing)
             ms = statistics.median(times)
             if name == "lstm":
-                ref_ms = ms
+                ref_ms, ratio = ms, 1.0
                 ref_step = step if dev.type == "cpu" else None
+            elif ref_step is None:
+                ratio = ref_ms * step.seeds / ms
             row = {
                 "model": name, "shape": shape_name, "T": shape.T, "B": shape.B, "H": shape.H, "seeds": step.seeds,
-                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ref_ms * step.seeds / ms,
+                "ms": ms, "ms_min": min(times), "ms_max": max(times), "ratio_to_lstm": ratio,
                 "lstm_ms": ref_ms,
                 "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
                 "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,

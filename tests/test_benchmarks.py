@@ -71,31 +71,43 @@ def test_bench_times_at_the_thread_count_asked_and_restores_it(monkeypatch):
     assert default[0]["threads"] == before
 
 
-def test_bench_stacks_seeds_where_it_can():
+def test_bench_stacks_seeds_where_it_can(monkeypatch):
+    from suite import bench as bench_mod
     from suite.bench import bench, format_table
 
+    real = bench_mod._repeat_ms
+    monkeypatch.setattr(bench_mod, "_repeat_ms", lambda *a: real(*a) * 0 + 2.0)  # every step 2 ms
     rows = {r["model"]: r for r in bench(["rnn", "bn-lstm"], ["tiny"], "cpu", repeats=2, warmup=1,
                                          steps_per_repeat=1, seeds=3)}
     assert rows["bn-lstm"]["seeds"] == 3 and rows["rnn"]["seeds"] == 1 and rows["lstm"]["seeds"] == 1
-    # per seed: three seeds in one step of ms milliseconds, against lstm timed beside it (CPU)
-    r = rows["bn-lstm"]
-    assert r["ratio_to_lstm"] == pytest.approx(3 * r["lstm_ms"] / r["ms"])
+    # per seed: three seeds in one step as long as lstm's one
+    assert rows["bn-lstm"]["ratio_to_lstm"] == pytest.approx(3.0)
+    assert rows["rnn"]["ratio_to_lstm"] == pytest.approx(1.0)
     assert rows["lstm"]["ratio_to_lstm"] == 1.0 and rows["lstm"]["lstm_ms"] == rows["lstm"]["ms"]
     assert "seeds" in format_table(list(rows.values())).splitlines()[0]
 
 
 def test_cpu_bench_times_the_reference_beside_each_model(monkeypatch):
-    """On the CPU each model's repeats alternate with repeats of lstm (drift hits both),
-    and its ratio is taken against those lstm times."""
+    """On the CPU each model's repeats alternate with repeats of lstm, and its ratio is
+    the median of the paired ratios (a drift cancels in each pair), not the ratio of the
+    medians."""
     from suite import bench as bench_mod
 
     order = []
     real = bench_mod._repeat_ms
-    monkeypatch.setattr(bench_mod, "_repeat_ms",
-                        lambda step, batch, device, steps: order.append(id(step))
-                        or real(step, batch, device, steps))
+    # the gru row's repeats, as they alternate: gru, lstm, gru, lstm, gru, lstm (ms)
+    script = [1.0, 1.0, 3.0, 1.0, 2.0, 5.0]
+
+    def scripted(step, batch, device, steps):
+        real(step, batch, device, steps)
+        order.append(id(step))
+        return script[len(order) - 5] if len(order) > 4 else 1.0  # before: lstm alone, 1 + 3 repeats
+
+    monkeypatch.setattr(bench_mod, "_repeat_ms", scripted)
     rows = bench_mod.bench(["gru"], ["tiny"], "cpu", repeats=3, warmup=1, steps_per_repeat=1)
-    timed = order[-6:]  # the gru rows' repeats: gru, lstm, gru, lstm, ...
+    timed = order[-6:]
+    assert len(order) == 10
     assert timed[0::2] == [timed[0]] * 3 and timed[1::2] == [timed[1]] * 3 and timed[0] != timed[1]
     gru = next(r for r in rows if r["model"] == "gru")
-    assert gru["ratio_to_lstm"] == pytest.approx(gru["lstm_ms"] / gru["ms"])
+    assert (gru["ms"], gru["lstm_ms"]) == (2.0, 1.0)
+    assert gru["ratio_to_lstm"] == pytest.approx(1.0)  # median of 1/1, 1/3, 5/2; the medians' ratio is 0.5
