@@ -69,22 +69,29 @@ def project(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 
 
 def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hh: Tensor,
-                   args: dict, *, kernel: bool = False) -> tuple[Tensor, Tensor | None, dict]:
+                   args: dict, *, kernel: bool = False, input_norm: Any = None) -> tuple[Tensor, Tensor | None, dict]:
     """One layer's recurrence on a fast path: (h sequence, c_T or None, batch statistics).
 
     ``xw``: the input term W_ih x + b_ih of every step; ``args``: the norms'
     keyword arguments (``LoopCore.fast_norm_args``); ``kernel``: the Triton kernels
     (baselines/fused.py) instead of the scan path (baselines/scan.py). With W_hh of
     shape (S, G*H, H) it runs S stacked seeds (``baselines/stack.py``): xw, h0 and c0
-    hold S*B rows seed-major, b_hh and the norms' tensors lead with S.
+    hold S*B rows seed-major, b_hh and the norms' tensors lead with S. ``input_norm``
+    (``scan.InputNorm``, the compiled CPU loops only): xw is the bare projection
+    W_ih x, batch-normalized in the loops; its statistics come back under "x".
     """
     from baselines import fused, scan
 
     rnn, lstm, gru = ((fused.fused_rnn, fused.fused_lstm, fused.fused_gru) if kernel
                       else (scan.scan_rnn, scan.scan_lstm, scan.scan_gru))
     S = scan.seeds_of(w_hh)
+    xn = None
 
     def plus(bias: Tensor) -> tuple[Tensor, dict]:  # xw + b_hh, each seed's rows with its own bias
+        nonlocal xn
+        if input_norm is not None:  # the loops add it with the input norm's shift
+            xn = scan.InputNorm(input_norm.gamma, input_norm.shift + bias, input_norm.eps)
+            return xw, {"input_norm": xn}
         if not kernel:  # the scan path adds it while it copies xw
             return xw, {"bias": bias}
         if not S:
@@ -97,15 +104,16 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
         u, more = plus(b_hh)
         out, mean, var = rnn(u, h0, w_hh, act=act, tf32=tf32, **rnn_args, **more)
         batch_norm = args.get("norm") == "batch" and args.get("batch_stats", True)
-        return out, None, ({"hh": (mean, var)} if batch_norm else {})
-    if cell == "lstm":
+        c, stats = None, ({"hh": (mean, var)} if batch_norm else {})
+    elif cell == "lstm":
         u, more = plus(b_hh)
-        return lstm(u, h0, c0, w_hh, tf32=tf32, **args, **more)
-    H = h0.shape[-1]  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
-    b_rz = torch.cat([b_hh[..., :2 * H], torch.zeros_like(b_hh[..., 2 * H:])], -1)
-    u, more = plus(b_rz)
-    out, stats = gru(u, h0, w_hh, b_hh[..., 2 * H:], tf32=tf32, **args, **more)
-    return out, None, stats
+        out, c, stats = lstm(u, h0, c0, w_hh, tf32=tf32, **args, **more)
+    else:
+        H = h0.shape[-1]  # GRU: b_hn stays inside the reset gate's product, as in nn.GRU
+        b_rz = torch.cat([b_hh[..., :2 * H], torch.zeros_like(b_hh[..., 2 * H:])], -1)
+        u, more = plus(b_rz)
+        (out, stats), c = gru(u, h0, w_hh, b_hh[..., 2 * H:], tf32=tf32, **args, **more), None
+    return out, c, (stats if xn is None else {**stats, "x": xn.stats})
 
 
 class CudnnCore(nn.Module):
@@ -230,31 +238,45 @@ class LoopCore(nn.Module):
     def record_fast_stats(self, layer: int, stats: dict, batch: int) -> None:
         """Receive the fast recurrence's per-step batch statistics (running averages)."""
 
-    def fast_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor, c0: Tensor | None, masked: bool
-                        ) -> tuple[Tensor, Tensor, Tensor | None, str] | None:
+    def fast_recurrence(self, layer: int, xw_all: Tensor, h0: Tensor, c0: Tensor | None, masked: bool,
+                        input_norm: Any = None) -> tuple[Tensor, Tensor, Tensor | None, str] | None:
         """One layer's whole recurrence as one autograd op: (h sequence, last h, last c,
         path), or None where only the reference loop applies (``fast`` off, autocast, or
         a norm neither fast path has). The path is "fused" (one Triton kernel,
         baselines/fused.py) where it is enabled and fits the shape, else "scan"
         (PyTorch ops with a hand-written backward pass, baselines/scan.py), or
-        "scan-cpp" where its loops run compiled (the CPU; baselines/scan_cpp.py)."""
-        if not self.fast or torch.is_autocast_enabled(xw_all.device.type):
+        "scan-cpp" where its loops run compiled (the CPU; baselines/scan_cpp.py).
+        ``input_norm``: xw_all is the bare projection, normalized in the loops (see
+        ``loop_input_norm``, which has made sure that this path runs)."""
+        if not self.fast_applies(layer, xw_all, masked):
             return None
         args = self.fast_norm_args(layer, masked)
-        if args is None:
-            return None
-        from baselines import fused, scan
+        from baselines import scan
 
-        B = xw_all.shape[0]
-        kernel = xw_all.dtype == torch.float32 and fused.available(xw_all.device, B, self.hidden_size,
-                                                                   GATES[self.cell])
+        B, kernel = xw_all.shape[0], self.uses_kernel(xw_all)
         _, w_hh, _, b_hh = self.weights(layer)
         out, c, stats = run_recurrence(self.cell, self.nonlinearity, xw_all, h0, c0, w_hh, b_hh, args,
-                                       kernel=kernel)
+                                       kernel=kernel, input_norm=input_norm)
         self.record_fast_stats(layer, stats, B)
         return out, out[:, -1], c, ("fused" if kernel else scan.path(xw_all, scan.seeds_of(w_hh)))
 
+    def uses_kernel(self, x: Tensor) -> bool:
+        """Whether the fast path on input like ``x`` (B, T, ·) is the Triton kernel."""
+        from baselines import fused
+
+        return x.dtype == torch.float32 and fused.available(x.device, x.shape[0], self.hidden_size, GATES[self.cell])
+
+    def fast_applies(self, layer: int, x: Tensor, masked: bool) -> bool:
+        """Whether ``fast_recurrence`` runs for this layer on input like ``x``."""
+        return (self.fast and not torch.is_autocast_enabled(x.device.type)
+                and self.fast_norm_args(layer, masked) is not None)
+
     # -- hooks that normalized cells override --------------------------------
+    def loop_input_norm(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, Any] | None:
+        """(bare input projection, ``scan.InputNorm``) where the input term's norm can run
+        inside the compiled loops of the fast path; None: the input term is ``input_term``."""
+        return None
+
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
         """W_ih x_t + b_ih for every step at once, (B, T, G*H)."""
         w_ih, _, b_ih, _ = self.weights(layer)
@@ -288,10 +310,13 @@ class LoopCore(nn.Module):
         seq = x
         for layer in range(self.num_layers):
             top_perturb = perturb if layer == self.num_layers - 1 else None
-            xw_all = self.input_term(layer, seq, mask)  # (B, T, G*H) in one op
+            in_loops = None if top_perturb is not None else self.loop_input_norm(layer, seq, mask)
+            xw_all, xn = in_loops or (self.input_term(layer, seq, mask), None)  # (B, T, G*H) in one op
             h, c = h0[layer], (c0[layer] if c0 is not None else None)
             fast = None if top_perturb is not None else self.fast_recurrence(layer, xw_all, h, c,
-                                                                                mask is not None)
+                                                                                mask is not None, xn)
+            if xn is not None and fast is None:
+                raise RuntimeError("the input norm was left to a fast path that did not run")
             if fast is None:
                 self.last_path = "loop"
                 seq, h, c = self.loop_recurrence(layer, xw_all, h, c, mask, top_perturb)

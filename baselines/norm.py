@@ -50,7 +50,7 @@ EVAL_STATS = ("population", "batch")
 Moments = tuple[Tensor, Tensor, Tensor]  # mean (R, F), biased variance (R, F), count (R, 1)
 
 
-def _plus(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+def add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     """a + b, where either may be absent."""
     return b if a is None else a if b is None else a + b
 
@@ -140,7 +140,7 @@ class SeqNorm(nn.Module):
             # feature) pairs are its channels; shared, the B*T steps are its samples.
             flat = a.reshape(B * T, feats) if shared else a.reshape(B, T * feats)
             rm, rv = self._running(0, 1 if shared else T)
-            w, b = (self.weight, _plus(self.bias, shift)) if affine else (None, None)
+            w, b = (self.weight, add_optional(self.bias, shift)) if affine else (None, None)
             if affine and not shared:
                 w, b = w.repeat(T), (b.repeat(T) if b is not None else None)
             out = F.batch_norm(flat, rm, rv, w, b, self._batch_stats(), self.momentum, self.eps).view(B, T, feats)
@@ -222,7 +222,7 @@ class SeqNorm(nn.Module):
         if not affine:
             out = F.layer_norm(a, (self.features,), None, None, self.eps)
             return out if shift is None else out + shift
-        return F.layer_norm(a, (self.features,), self.weight, _plus(self.bias, shift), self.eps)
+        return F.layer_norm(a, (self.features,), self.weight, add_optional(self.bias, shift), self.eps)
 
     def _fused(self, batch: int) -> bool:
         """Whether ``F.batch_norm`` computes this case (it cannot take batch statistics of one

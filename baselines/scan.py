@@ -28,11 +28,15 @@ reference loop in float64 (tests/test_fast_recurrence.py, tests/test_fast_models
 On the CPU the two loops run compiled (``scan_cpp``, csrc/scan_loops.cpp: per step one
 matrix product and one fused elementwise pass, which also computes the gate
 derivatives and the norms' statistics and γ/β gradients); everything around them here
-is shared by both, and the tests run every case on both loops.
+is shared by both, and the tests run every case on both loops. The compiled loops can
+also batch-normalize the input term step by step (``InputNorm``), reading it where the
+input projection left it: that saves a separate batch norm over the whole (B, T, G*H)
+term and the copy to time-major order, memory passes over a term larger than the cache.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -294,19 +298,91 @@ def _no_stats(like: Tensor, T: int, S: int) -> tuple[Tensor, Tensor]:
     return z, z
 
 
+@dataclass
+class InputNorm:
+    """Batch norm of the input term inside the compiled loops, with per-step batch
+    statistics (one model): u_t becomes γ (u_t - μ_t) / σ_t + shift, step by step, from
+    u (B, T, G*H) as the input projection left it; ``shift`` holds β and the biases that
+    follow the norm. The call sets ``stats`` to the pass's per-step batch mean and biased
+    variance (T, G*H), for the running averages. Only the compiled loops take it
+    (``available``)."""
+
+    gamma: Tensor
+    shift: Tensor
+    eps: float = 1e-5
+    stats: tuple[Tensor, Tensor] | None = None
+
+    @staticmethod
+    def available(u: Tensor) -> bool:
+        """Whether a recurrence on ``u`` (one model) can take an input norm."""
+        return scan_cpp.for_call(u) is not None
+
+    def args(self) -> tuple[Tensor, Tensor, float]:
+        """What the autograd Functions below take: γ, shift, eps."""
+        return self.gamma, self.shift, self.eps
+
+
+def _input_norm(gx: Tensor | None, sx: Tensor | None, eps: float, T: int) -> _Norm | None:
+    return None if gx is None else _Norm(NormSpec("batch", True, None, None, eps), gx, sx, T)
+
+
+def _input_buffer(u: Tensor, bias: Tensor | None, S: int, nx: _Norm | None) -> Tensor:
+    """The loops' (T, B, F) buffer of the input term: u copied time-major (``bias`` added),
+    or, where the loops normalize the input term (``nx``), empty: they write N_x(u_t) in."""
+    if nx is None:
+        return _time_major(u, bias, S)
+    return u.new_empty(u.shape[1], u.shape[0], u.shape[2])
+
+
+def _input_forward(loops, nx: _Norm | None, u: Tensor, buf: Tensor) -> tuple:
+    """The compiled forward loop's input-norm arguments: (norm, u), or an inactive norm
+    where ``buf`` already holds the input term."""
+    return (nx.for_loops(loops, buf), u) if nx is not None else (_inactive(loops, buf), None)
+
+
+def _input_backward(loops, nx: _Norm | None, u: Tensor | None, like: Tensor) -> tuple:
+    """The compiled backward loop's input-norm arguments: (norm, u, ∂L/∂u to fill)."""
+    return (nx.compiled, u, torch.empty_like(u)) if nx is not None else (_inactive(loops, like), None, None)
+
+
+def _input_grads(nx: _Norm | None, x_args: tuple, da: Tensor) -> tuple:
+    """∂L/∂u (batch-major), ∂L/∂γ_x and ∂L/∂shift from what the backward loop left:
+    with the input norm, the gradients it computed; without, ∂L/∂u is ``da`` (T, B, F)."""
+    if nx is None:
+        return da.transpose(0, 1), None, None
+    dgx, dsx = nx.param_grads(None, None)
+    return x_args[2], dgx, dsx
+
+
+def _inactive(loops, like: Tensor):
+    return loops.Norm(_MODES[None], like.new_ones(1), None, None, None, None, None, None, 0.0)
+
+
+def _check_input_norm(nx: _Norm | None, loops, S: int, nh: _Norm) -> None:
+    if nx is None:
+        return
+    if loops is None or S:
+        raise ValueError("an input norm runs in the compiled CPU loops, for one model (see InputNorm.available)")
+    if nh.mode == "pop":  # its shift would go into the buffer that the input norm writes
+        raise ValueError("an input norm (batch statistics) with population statistics on the recurrent term")
+
+
 class ScanRNN(torch.autograd.Function):
     """h_t = act(u_t + N(h_{t-1} W^T)); see ``fused.fused_rnn``."""
 
     @staticmethod
-    def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str, bias):
+    def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str, gx, sx, x_eps: float, bias):
         B, T, H = u.shape
         S = w.shape[0] if w.dim() == 3 else 0
-        nh = _Norm(spec, gamma, None, T, S)
-        hs = nh.fold(_time_major(u, bias, S))  # each step's row becomes h_t in place
-        zs = u.new_empty(T, B, H) if nh.mode else None
+        nh, nx = _Norm(spec, gamma, None, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = scan_cpp.for_call(u, S)
+        _check_input_norm(nx, loops, S, nh)
+        u = u.contiguous() if nx is not None else u
+        hs = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes h_t in place
+        zs = u.new_empty(T, B, H) if nh.mode else None
         if loops is not None:
-            loops.rnn_forward(hs, zs, h0.contiguous(), w, nh.for_loops(loops, hs), act == "relu")
+            loops.rnn_forward(hs, zs, h0.contiguous(), w, nh.for_loops(loops, hs), act == "relu",
+                              *_input_forward(loops, nx, u, hs))
         else:
             h_s, z_s = _steps(hs, T), _steps(zs, T)
             w_t, h = w.transpose(-1, -2), h0
@@ -316,23 +392,27 @@ class ScanRNN(torch.autograd.Function):
         moments = nh.batch_moments(zs)
         # γ goes through save_for_backward too, so that changing it before the backward
         # pass raises (as autograd does for the loop) instead of giving wrong gradients.
-        ctx.save_for_backward(h0, w, hs, zs, gamma)
-        ctx.nh, ctx.act = nh, act
+        ctx.save_for_backward(h0, w, hs, zs, gamma, u if nx is not None else None, gx)
+        ctx.nh, ctx.nx, ctx.act = nh, nx, act
         mean, var = moments if moments is not None else _no_stats(u, T, S)
-        ctx.mark_non_differentiable(mean, var)
-        return hs.transpose(0, 1), mean, var
+        xstats = list(nx.batch_moments(None)) if nx is not None else []
+        ctx.mark_non_differentiable(mean, var, *xstats)
+        return (hs.transpose(0, 1), mean, var, *xstats)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh_out, *_stats):
-        h0, w, hs, zs, _gamma = ctx.saved_tensors  # unpacking checks that none changed since
+        h0, w, hs, zs, _gamma, u, _gx = ctx.saved_tensors  # unpacking checks that none changed since
         nh: _Norm = ctx.nh
         T = hs.shape[0]
         gh = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
         da = torch.empty_like(hs)
+        x_args = ()
         if ctx.loops is not None:
             dz_all = torch.empty_like(da) if nh.mode else da
-            ctx.loops.rnn_backward(gh, hs, da, dz_all if nh.mode else None, zs, w, nh.compiled, ctx.act == "relu")
+            x_args = _input_backward(ctx.loops, ctx.nx, u, hs)
+            ctx.loops.rnn_backward(gh, hs, da, dz_all if nh.mode else None, zs, w, nh.compiled, ctx.act == "relu",
+                                   *x_args)
         else:
             dact = hs.square().neg_().add_(1) if ctx.act == "tanh" else (hs > 0).to(hs.dtype)
             gh_s, dact_s, da_s, z_s, dzs = _steps(gh, T), _steps(dact, T), _steps(da, T), _steps(zs, T), []
@@ -343,7 +423,8 @@ class ScanRNN(torch.autograd.Function):
                     _mm_acc_(gh_s[t - 1], dz, w, nh.S)
             dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dgamma, _ = nh.param_grads(da, zs)
-        return (da.transpose(0, 1), _mm(dz_all[0], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None,
+        du, dgx, dsx = _input_grads(ctx.nx, x_args, da)
+        return (du, _mm(dz_all[0], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None, dgx, dsx, None,
                 _bias_grad(ctx, da, nh.S))
 
 
@@ -352,18 +433,20 @@ class ScanLSTM(torch.autograd.Function):
     h_t = σ(o) tanh(N_c(c_t)); see ``fused.fused_lstm``."""
 
     @staticmethod
-    def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec, bias):
+    def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec, gx, sx, x_eps: float, bias):
         B, T, GH = u.shape
         H = GH // 4
         S = w.shape[0] if w.dim() == 3 else 0
-        nh, nc = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S)
-        sig = nh.fold(_time_major(u, bias, S))  # each step's row becomes σ of the gates in place (g unused)
+        nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
+        loops = ctx.loops = scan_cpp.for_call(u, S)
+        _check_input_norm(nx, loops, S, nh)
+        u = u.contiguous() if nx is not None else u
+        sig = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes σ of the gates in place (g unused)
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
         zs = u.new_empty(T, B, GH) if nh.mode else None
-        loops = ctx.loops = scan_cpp.for_call(u, S)
         if loops is not None:
             loops.lstm_forward(sig, tg, cs, tc, hs, zs, h0.contiguous(), c0.contiguous(), w,
-                               nh.for_loops(loops, sig), nc.for_loops(loops, cs))
+                               nh.for_loops(loops, sig), nc.for_loops(loops, cs), *_input_forward(loops, nx, u, sig))
         else:
             sig_s, z_s = _steps(sig, T), _steps(zs, T)
             si, sf, so, a_g = (_steps(sig[..., k * H:(k + 1) * H], T) for k in (0, 1, 3, 2))
@@ -376,9 +459,10 @@ class ScanLSTM(torch.autograd.Function):
                 c = torch.mul(sf[t], c, out=c_s[t]).addcmul_(si[t], tg_s[t])
                 torch.tanh(c if nc.mode is None else nc.apply(c, t), out=tc_s[t])
                 h = torch.mul(so[t], tc_s[t], out=h_s[t])
-        stats = {k: m for k, m in (("hh", nh.batch_moments(zs)), ("c", nc.batch_moments(cs))) if m is not None}
-        ctx.save_for_backward(h0, c0, w, sig, tg, cs, tc, hs, zs, g, gc, bc)  # γ, β: see ScanRNN
-        ctx.norms = nh, nc
+        stats = {k: m for k, m in (("hh", nh.batch_moments(zs)), ("c", nc.batch_moments(cs)),
+                                   ("x", nx.batch_moments(None) if nx is not None else None)) if m is not None}
+        ctx.save_for_backward(h0, c0, w, sig, tg, cs, tc, hs, zs, g, gc, bc, u if nx is not None else None, gx)
+        ctx.norms = nh, nc, nx  # γ, β: see ScanRNN
         flat = [t for m in stats.values() for t in m]
         ctx.mark_non_differentiable(*flat)
         return (hs.transpose(0, 1), cs[T - 1], *flat)
@@ -386,24 +470,27 @@ class ScanLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh_out, dc_last, *_stats):
-        h0, c0, w, sig, tg, cs, tc, hs, zs, _g, _gc, _bc = ctx.saved_tensors
-        nh, nc = ctx.norms
+        h0, c0, w, sig, tg, cs, tc, hs, zs, _g, _gc, _bc, u, _gx = ctx.saved_tensors
+        nh, nc, nx = ctx.norms
         T, B, H = hs.shape
         gh = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
         sf = sig[..., H:2 * H]
         da = sig.new_empty(T, B, 4 * H)
         dn = hs.new_empty(T, B, H) if nc.mode else None
+        x_args = ()
         if ctx.loops is not None:  # the gate derivatives are computed in the loop
             dz_all = torch.empty_like(da) if nh.mode else da
+            x_args = _input_backward(ctx.loops, nx, u, da)
             dc = ctx.loops.lstm_backward(gh, sig, tg, cs, tc, c0.contiguous(), da, dz_all if nh.mode else None, dn,
                                          zs, w, None if dc_last is None else dc_last.contiguous(), nh.compiled,
-                                         nc.compiled)
+                                         nc.compiled, *x_args)
         else:
             dz_all, dc = ScanLSTM._backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc)
         dg, _ = nh.param_grads(da, zs)
         dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
-        return (da.transpose(0, 1), _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
-                dbc, None, None, _bias_grad(ctx, da, nh.S))
+        du, dgx, dsx = _input_grads(nx, x_args, da)
+        return (du, _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
+                dbc, None, None, dgx, dsx, None, _bias_grad(ctx, da, nh.S))
 
     @staticmethod
     def _backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc) -> tuple[Tensor, Tensor]:
@@ -444,12 +531,15 @@ class ScanGRU(torch.autograd.Function):
     a = N(h_{t-1} W^T); see ``fused.fused_gru``."""
 
     @staticmethod
-    def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec, bias):
+    def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec, gx, sx, x_eps: float, bias):
         B, T, GH = u.shape
         H = GH // 3
         S = w.shape[0] if w.dim() == 3 else 0
-        nh = _Norm(spec, g, None, T, S)
-        gates = _time_major(u, bias, S)  # each step's row becomes (r, z, n) in place
+        nh, nx = _Norm(spec, g, None, T, S), _input_norm(gx, sx, x_eps, T)
+        loops = ctx.loops = scan_cpp.for_call(u, S)
+        _check_input_norm(nx, loops, S, nh)
+        u = u.contiguous() if nx is not None else u
+        gates = _input_buffer(u, bias, S, nx)  # each step's row becomes (r, z, n) in place
         zero = torch.zeros_like(b_hn)
         b3 = torch.cat([zero, zero, b_hn], -1)  # ([S,] 3H)
         hw = u.new_empty(T, B, GH)  # N(h W^T) + (0, 0, b_hn): b_hn stays after N
@@ -460,9 +550,9 @@ class ScanGRU(torch.autograd.Function):
         hw = nh.fold(hw)
         hs = u.new_empty(T, B, H)
         zs = u.new_empty(T, B, GH) if nh.mode else None
-        loops = ctx.loops = scan_cpp.for_call(u, S)
         if loops is not None:
-            loops.gru_forward(gates, hw, hs, zs, h0.contiguous(), w, nh.for_loops(loops, hw))
+            loops.gru_forward(gates, hw, hs, zs, h0.contiguous(), w, nh.for_loops(loops, hw),
+                              *_input_forward(loops, nx, u, gates))
         else:
             hw_s, hw_rz, hw_n = _steps(hw, T), _steps(hw[..., :2 * H], T), _steps(hw[..., 2 * H:], T)
             rz_s, r_s = _steps(gates[..., :2 * H], T), _steps(gates[..., :H], T)
@@ -475,26 +565,29 @@ class ScanGRU(torch.autograd.Function):
                 n = n_s[t].addcmul_(r_s[t], hw_n[t]).tanh_()
                 h = torch.addcmul(n, zg_s[t], h - n, out=h_s[t])
         moments = nh.batch_moments(zs)
-        ctx.save_for_backward(h0, w, hw, gates, hs, zs, g)  # γ: see ScanRNN
-        ctx.nh = nh
+        ctx.save_for_backward(h0, w, hw, gates, hs, zs, g, u if nx is not None else None, gx)  # γ: see ScanRNN
+        ctx.nh, ctx.nx = nh, nx
         flat = list(moments) if moments is not None else []
+        flat += list(nx.batch_moments(None)) if nx is not None else []
         ctx.mark_non_differentiable(*flat)
         return (hs.transpose(0, 1), *flat)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh_out, *_stats):
-        h0, w, hw, gates, hs, zs, _g = ctx.saved_tensors
+        h0, w, hw, gates, hs, zs, _g, u, _gx = ctx.saved_tensors
         nh: _Norm = ctx.nh
         T, B, H = hs.shape
         gh_all = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
         zg = gates[..., H:2 * H]
         da = hs.new_empty(T, B, 3 * H)
+        x_args = ()
         if ctx.loops is not None:  # the gate derivatives are computed in the loop
             dz_all = torch.empty_like(da) if nh.mode else da
             du = torch.empty_like(da)
+            x_args = _input_backward(ctx.loops, ctx.nx, u, da)
             ctx.loops.gru_backward(gh_all, gates, hw, hs, h0.contiguous(), da, du, dz_all if nh.mode else None, zs, w,
-                                   nh.compiled)
+                                   nh.compiled, *x_args)
         else:
             r, ns = gates[..., :H], gates[..., 2 * H:]
             # ∂h/∂u per gate, written in place (see ScanLSTM._backward_loop): r, z, n
@@ -520,8 +613,9 @@ class ScanGRU(torch.autograd.Function):
             du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dh0 = _mm_acc_(gh_all[0] * zg[0], dz_all[0], w, nh.S)
         dg, _ = nh.param_grads(da, zs)
-        return (du.transpose(0, 1), dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None,
-                _bias_grad(ctx, du, nh.S))
+        du_in, dgx, dsx = _input_grads(ctx.nx, x_args, du)
+        return (du_in, dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None, dgx, dsx,
+                None, _bias_grad(ctx, du, nh.S))
 
 
 # -- the functions: arguments and results as baselines/fused.py ------------------------
@@ -551,7 +645,7 @@ def check_args(u: Tensor, h0: Tensor, gates: int, norms: tuple, seeds: int = 0,
                          f"u {tuple(u.shape)}, h0 {tuple(h0.shape)}")
     lead = (seeds,) if seeds else ()
     want = dict(c0=(B, H), w_hh=lead + (GH, H), gamma_hh=lead + (GH,), b_hn=lead + (H,), gamma_c=lead + (H,),
-                beta_c=lead + (H,), bias=lead + (GH,))
+                beta_c=lead + (H,), bias=lead + (GH,), gamma_x=(GH,), shift_x=(GH,))
     for name, t in others.items():
         if t is not None and t.shape != want[name]:
             raise ValueError(f"{name} must be {want[name]}, got {tuple(t.shape)}")
@@ -576,6 +670,19 @@ def population(norm: str | None, batch_stats: bool, mean: Tensor | None, var: Te
     return mean.detach().to(like), var.detach().to(like)
 
 
+def _input_shapes(xn: InputNorm | None) -> dict:
+    return {} if xn is None else {"gamma_x": xn.gamma, "shift_x": xn.shift}
+
+
+def _input_call(xn: InputNorm | None) -> tuple:
+    return (None, None, 0.0) if xn is None else xn.args()
+
+
+def _set_stats(xn: InputNorm | None, flat: list) -> None:
+    if xn is not None:
+        xn.stats = (flat[0], flat[1])
+
+
 def _spec(norm, batch_stats, mean, var, feats, like, eps, what, seeds) -> NormSpec:
     pops = population(norm, batch_stats, mean, var, feats, like, what, seeds)
     return NormSpec(norm, bool(batch_stats), *pops, eps)
@@ -584,16 +691,20 @@ def _spec(norm, batch_stats, mean, var, feats, like, eps, what, seeds) -> NormSp
 def scan_rnn(u: Tensor, h0: Tensor, w_hh: Tensor, gamma: Tensor | None = None, *,
              norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
              pop_var: Tensor | None = None, act: str = "tanh", eps: float = 1e-5,
-             tf32: bool = False, bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+             tf32: bool = False, bias: Tensor | None = None, input_norm: InputNorm | None = None
+             ) -> tuple[Tensor, Tensor, Tensor]:
     """``fused.fused_rnn`` in PyTorch ops (``tf32`` is the global matmul setting here).
     The returned mean and variance are the batch statistics with batch norm, else zeros.
-    ``bias`` ([S,] G*H; every function here): added to u, in the pass that copies u."""
+    ``bias`` ([S,] G*H; every function here): added to u, in the pass that copies u.
+    ``input_norm`` (every function here): u is normalized in the loops (``InputNorm``)."""
     S = seeds_of(w_hh)
-    B, _, H = check_args(u, h0, 1, (norm,), S, w_hh=w_hh, gamma_hh=gamma, bias=bias)
+    B, _, H = check_args(u, h0, 1, (norm,), S, w_hh=w_hh, gamma_hh=gamma, bias=bias, **_input_shapes(input_norm))
     lead = (S,) if S else ()
     gamma = gamma if gamma is not None else u.new_ones(*lead, H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, H, u, eps, "recurrent norm", S)
-    return ScanRNN.apply(u, h0, w_hh, gamma, spec, act, bias)
+    h, mean, var, *x = ScanRNN.apply(u, h0, w_hh, gamma, spec, act, *_input_call(input_norm), bias)
+    _set_stats(input_norm, x)
+    return h, mean, var
 
 
 def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor | None = None, *,
@@ -601,30 +712,36 @@ def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor 
               pop_var: Tensor | None = None, cell_norm: str | None = None, gamma_c: Tensor | None = None,
               beta_c: Tensor | None = None, cell_pop_mean: Tensor | None = None,
               cell_pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False,
-              bias: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+              bias: Tensor | None = None, input_norm: InputNorm | None = None
+              ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_lstm`` in PyTorch ops: h_seq (B, T, H), c_T (B, H), batch statistics."""
     S = seeds_of(w_hh)
     B, _, H = check_args(u, h0, 4, (norm, cell_norm), S, c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
-                         beta_c=beta_c, bias=bias)
+                         beta_c=beta_c, bias=bias, **_input_shapes(input_norm))
     lead = (S,) if S else ()
     gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*lead, 4 * H)
     gamma_c = gamma_c if gamma_c is not None else u.new_ones(*lead, H)
     beta_c = beta_c if beta_c is not None or cell_norm is None else u.new_zeros(*lead, H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, 4 * H, u, eps, "recurrent norm", S)
     cspec = _spec(cell_norm, batch_stats, cell_pop_mean, cell_pop_var, H, u, eps, "cell norm", S)
-    h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec, bias)
+    h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec, *_input_call(input_norm),
+                                 bias)
     keys = [k for k, s in (("hh", spec), ("c", cspec)) if s.kind == "batch" and s.batch_stats]
+    _set_stats(input_norm, flat[2 * len(keys):])
     return h, c, {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
 
 
 def scan_gru(u: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, gamma_hh: Tensor | None = None, *,
              norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
-             pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False, bias: Tensor | None = None
-             ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+             pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False, bias: Tensor | None = None,
+             input_norm: InputNorm | None = None) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_gru`` in PyTorch ops: h_seq (B, T, H) and the batch statistics."""
     S = seeds_of(w_hh)
-    B, _, H = check_args(u, h0, 3, (norm,), S, w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh, bias=bias)
+    B, _, H = check_args(u, h0, 3, (norm,), S, w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh, bias=bias,
+                         **_input_shapes(input_norm))
     gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*((S,) if S else ()), 3 * H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, 3 * H, u, eps, "recurrent norm", S)
-    h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec, bias)
-    return h, ({"hh": (flat[0], flat[1])} if flat else {})
+    h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec, *_input_call(input_norm), bias)
+    recurrent = 2 if spec.kind == "batch" and spec.batch_stats else 0
+    _set_stats(input_norm, flat[recurrent:])
+    return h, ({"hh": (flat[0], flat[1])} if recurrent else {})

@@ -122,3 +122,64 @@ def test_padded_plain_and_layer_norm_cells_equal_the_loop(scan_loops):
         gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
         for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
             assert rel(b, a) < 1e-5, (name, n)
+
+
+@pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])
+def test_input_norm_runs_in_the_compiled_loops_and_equals_the_reference(name, monkeypatch):
+    """With the compiled loops, training passes batch-normalize the input term inside
+    them (``SeqNorm.seq`` is not called for it): outputs, gradients and running
+    statistics equal the reference loop's, and evaluation (population statistics, where
+    the norm is ``SeqNorm.seq`` again) too."""
+    from baselines.norm import SeqNorm
+
+    use_scan_loops(monkeypatch, True)
+    torch.manual_seed(0)
+    ref = baselines.create(name, input_size=3, output_size=2, hidden_size=8).double()
+    fast = copy.deepcopy(ref)
+    baselines.set_fast_path(ref, False)
+    input_norms = {id(n) for n in fast.modules() if isinstance(n, SeqNorm)} & {id(n) for n in fast.core.norm_ih}
+    seen: list[int] = []
+    real = SeqNorm.seq
+    monkeypatch.setattr(SeqNorm, "seq", lambda self, *a, **k: seen.append(id(self)) or real(self, *a, **k))
+    x = torch.randn(6, 9, 3, dtype=torch.float64)
+    for step in range(2):
+        ya, yb = ref(x + step), fast(x + step)
+        assert paths(fast) == {"scan-cpp"}
+        torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+        ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
+        gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
+        for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=n)
+    assert not input_norms & set(seen)
+    for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
+    ref.eval(), fast.eval()
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-12)
+    assert input_norms <= set(seen)  # evaluation: population statistics, outside the loops
+
+
+def test_input_norm_stays_outside_the_loops_with_several_threads(monkeypatch):
+    """With more than one PyTorch thread the input term's norm is ``SeqNorm.seq`` (whose
+    passes run in parallel), with the same values."""
+    from baselines.norm import SeqNorm
+
+    use_scan_loops(monkeypatch, True)
+    torch.manual_seed(0)
+    one = baselines.create("bn-lstm", input_size=3, output_size=2, hidden_size=8).double()
+    two = copy.deepcopy(one)
+    x = torch.randn(6, 9, 3, dtype=torch.float64)
+    seen: list[int] = []
+    real = SeqNorm.seq
+    monkeypatch.setattr(SeqNorm, "seq", lambda self, *a, **k: seen.append(id(self)) or real(self, *a, **k))
+    y1 = one(x)
+    assert not seen
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y2 = two(x)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [id(two.core.norm_ih[0])]
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-12)
+    for (n, a), b in zip(one.named_buffers(), two.buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)

@@ -646,3 +646,64 @@ def test_bias_argument_equals_adding_it_to_u(cell, S, scan_loops):
     g = torch.randn_like(want)
     for x, y in zip(torch.autograd.grad((got * g).sum(), [u, w, b]), torch.autograd.grad((want * g).sum(), [u, w, b])):
         torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype, monkeypatch):
+    """scan_*(u, input_norm=InputNorm(γ, shift)) is scan_* of the per-step batch norm of u
+    (``F.batch_norm`` over the whole sequence, as ``SeqNorm.seq`` does it): outputs, the
+    gradients of u, γ, shift and W_hh, and the per-step statistics it returns; with any
+    recurrent norm, the LSTM's cell norm too."""
+    use_scan_loops(monkeypatch, True)
+    torch.manual_seed(7)
+    B, T, H = 6, 5, 4
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell] * H
+    d = dict(dtype=dtype)
+    u = (torch.randn(B, T, G, **d) * 2 + 1).requires_grad_()
+    gx = (torch.rand(G, **d) + 0.5).requires_grad_()
+    sx = torch.randn(G, **d, requires_grad=True)
+    w = (torch.randn(G, H, **d) / 2).requires_grad_()
+    h0 = torch.randn(B, H, **d) / 2
+    args = dict(norm=norm) if cell == "rnn" else dict(norm=norm, **({"cell_norm": norm} if cell == "lstm" else {}))
+
+    def run(x, **kw):
+        if cell == "rnn":
+            return scan.scan_rnn(x, h0, w, **args, **kw)[0]
+        if cell == "lstm":
+            return scan.scan_lstm(x, h0, h0, w, **args, **kw)[0]
+        return scan.scan_gru(x, h0, w, torch.ones(H, **d) / 4, **args, **kw)[0]
+
+    before = F.batch_norm(u.reshape(B, T * G), None, None, gx.repeat(T), sx.repeat(T), True, 0.0, 1e-5)
+    want = run(before.view(B, T, G))
+    xn = scan.InputNorm(gx, sx, 1e-5)
+    got = run(u, input_norm=xn)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, **tol)
+    g = torch.randn_like(want)
+    params = [u, gx, sx, w]
+    for a, b in zip(torch.autograd.grad((got * g).sum(), params), torch.autograd.grad((want * g).sum(), params)):
+        torch.testing.assert_close(a, b, **tol)
+    var, mean = torch.var_mean(u.detach(), 0, correction=0)
+    torch.testing.assert_close(xn.stats[0], mean, **tol)
+    torch.testing.assert_close(xn.stats[1], var, **tol)
+
+
+def test_input_norm_needs_the_compiled_loops_and_one_model(monkeypatch):
+    torch.manual_seed(0)
+    u, h0 = torch.randn(4, 3, 8), torch.zeros(4, 2)
+    xn = scan.InputNorm(torch.ones(8), torch.zeros(8))
+    use_scan_loops(monkeypatch, False)
+    assert not scan.InputNorm.available(u)
+    with pytest.raises(ValueError, match="compiled CPU loops"):
+        scan.scan_lstm(u, h0, h0, torch.randn(8, 2), input_norm=xn)
+    use_scan_loops(monkeypatch, True)
+    assert scan.InputNorm.available(u) and not scan.InputNorm.available(u.double().to(torch.float16))
+    with pytest.raises(ValueError, match="one model"):
+        scan.scan_lstm(u, h0, h0, torch.randn(2, 8, 2), input_norm=xn)
+    with pytest.raises(ValueError, match="population statistics on the recurrent term"):
+        scan.scan_lstm(u, h0, h0, torch.randn(8, 2), norm="batch", batch_stats=False, pop_mean=torch.zeros(3, 8),
+                       pop_var=torch.ones(3, 8), input_norm=xn)
+    with pytest.raises(ValueError, match="shift_x must be"):
+        scan.scan_lstm(u, h0, h0, torch.randn(8, 2), input_norm=scan.InputNorm(torch.ones(8), torch.zeros(6)))

@@ -8,7 +8,9 @@
 // product (ATen, i.e. MKL/oneDNN) and one pass of fused elementwise arithmetic over
 // plain arrays, with the step's norm (batch, population or layer statistics) computed
 // in the same pass; the backward loop also computes the gates' derivatives step by
-// step and sums the norms' dgamma/dbeta. Everything outside the loops (buffers, the
+// step and sums the norms' dgamma/dbeta. The loops can also batch-normalize the input
+// term step by step, reading it where the input projection left it (InputNorm below;
+// scan.InputNorm says when). Everything outside the loops (buffers, the
 // matrix products over all steps, running statistics) stays in scan.py, shared with
 // the Python loops; tests/test_fast_recurrence.py checks this path against a float64
 // reference loop and against the Python loops.
@@ -155,37 +157,7 @@ struct Norm {
       return;
     }
     if (mode == BATCH) {
-      T* mu = ptr<T>(mean, row);
-      T* rs = ptr<T>(rstd, row);
-      std::fill(mu, mu + F, T(0));
-      std::fill(rs, rs + F, T(0));
-      for (int64_t b = 0; b < B; ++b)
-        SIMD
-        for (int64_t f = 0; f < F; ++f) mu[f] += x[b * F + f];
-      SIMD
-      for (int64_t f = 0; f < F; ++f) mu[f] /= T(B);
-      for (int64_t b = 0; b < B; ++b)
-        SIMD
-        for (int64_t f = 0; f < F; ++f) {
-          T d = x[b * F + f] - mu[f];
-          rs[f] += d * d;
-        }
-      if (var.defined()) {
-        T* v = ptr<T>(var, row);
-        SIMD
-        for (int64_t f = 0; f < F; ++f) v[f] = rs[f] / T(B);
-      }
-      SIMD
-      for (int64_t f = 0; f < F; ++f) rs[f] = T(1) / std::sqrt(rs[f] / T(B) + T(eps));
-      for (int64_t b = 0; b < B; ++b) {
-        const T* xb = x + b * F;
-        T* ob = out + b * F;
-        SIMD
-        for (int64_t f = 0; f < F; ++f) {
-          T y = (xb[f] - mu[f]) * rs[f] * g[f] + (be ? be[f] : T(0));
-          ob[f] = accumulate ? ob[f] + y : y;
-        }
-      }
+      batch_forward(row, g, be, x, F, out, B, F, accumulate);
       return;
     }
     // LAYER: statistics per row
@@ -212,6 +184,89 @@ struct Norm {
     }
   }
 
+  // The input term's batch norm inside the loops (one model, per-step batch statistics):
+  // out (B, F) = N(u_t) from the B rows of step t of u (B, T, F), whose rows are ``us``
+  // apart; its backward writes dL/du_t into the same rows of du. Reading u where the
+  // projection left it saves the passes of a separate batch norm and of the copy to
+  // time-major order, over a term too large for the cache.
+  template <typename T>
+  void input_forward(int64_t t, const T* u, int64_t us, T* out, int64_t B, int64_t F) const {
+    batch_forward(t * F, ptr<T>(gamma), ptr<T>(beta), u, us, out, B, F, false);
+  }
+
+  template <typename T>
+  void input_backward(int64_t t, const T* dy, const T* u, int64_t us, T* du, int64_t B, int64_t F) const {
+    batch_backward(t * F, ptr<T>(gamma), ptr<T>(dgamma), ptr<T>(dbeta), dy, u, us, du, B, F);
+  }
+
+  // Batch norm of B rows of F features (x's rows ``xs`` apart, out's F apart) with the
+  // statistics of row ``row`` of the (T, S*F) tables: out (+)= gamma xhat (+ beta).
+  template <typename T>
+  void batch_forward(int64_t row, const T* g, const T* be, const T* x, int64_t xs, T* out, int64_t B, int64_t F,
+                     bool accumulate) const {
+    T* mu = ptr<T>(mean, row);
+    T* rs = ptr<T>(rstd, row);
+    std::fill(mu, mu + F, T(0));
+    std::fill(rs, rs + F, T(0));
+    for (int64_t b = 0; b < B; ++b)
+      SIMD
+      for (int64_t f = 0; f < F; ++f) mu[f] += x[b * xs + f];
+    SIMD
+    for (int64_t f = 0; f < F; ++f) mu[f] /= T(B);
+    for (int64_t b = 0; b < B; ++b)
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        T d = x[b * xs + f] - mu[f];
+        rs[f] += d * d;
+      }
+    if (var.defined()) {
+      T* v = ptr<T>(var, row);
+      SIMD
+      for (int64_t f = 0; f < F; ++f) v[f] = rs[f] / T(B);
+    }
+    SIMD
+    for (int64_t f = 0; f < F; ++f) rs[f] = T(1) / std::sqrt(rs[f] / T(B) + T(eps));
+    for (int64_t b = 0; b < B; ++b) {
+      const T* xb = x + b * xs;
+      T* ob = out + b * F;
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        T y = (xb[f] - mu[f]) * rs[f] * g[f] + (be ? be[f] : T(0));
+        ob[f] = accumulate ? ob[f] + y : y;
+      }
+    }
+  }
+
+  // The backward pass of ``batch_forward``: dx (rows ``xs`` apart, as x's; dx may be dy
+  // where xs is F) from dy (rows F apart); dgamma/dbeta accumulate.
+  template <typename T>
+  void batch_backward(int64_t row, const T* g, T* dg, T* dbe, const T* dy, const T* x, int64_t xs, T* dx, int64_t B,
+                      int64_t F) const {
+    const T* mu = ptr<T>(mean, row);
+    const T* rs = ptr<T>(rstd, row);
+    std::vector<T> sdy(F, T(0)), sdyx(F, T(0));
+    for (int64_t b = 0; b < B; ++b)
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        const T d = dy[b * F + f];
+        sdy[f] += d;
+        sdyx[f] += d * (x[b * xs + f] - mu[f]) * rs[f];
+      }
+    SIMD
+    for (int64_t f = 0; f < F; ++f) {
+      dg[f] += sdyx[f];
+      dbe[f] += sdy[f];
+      sdy[f] /= T(B);
+      sdyx[f] /= T(B);
+    }
+    for (int64_t b = 0; b < B; ++b)
+      SIMD
+      for (int64_t f = 0; f < F; ++f) {
+        const T xh = (x[b * xs + f] - mu[f]) * rs[f];
+        dx[b * xs + f] = g[f] * rs[f] * (dy[b * F + f] - sdy[f] - xh * sdyx[f]);
+      }
+  }
+
   // backward for seed s's B rows
   template <typename T>
   void backward_seed(int64_t t, int64_t s, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
@@ -231,29 +286,7 @@ struct Norm {
     T* dg = ptr<T>(dgamma, s * F);  // batch and layer norm from here on
     T* dbe = ptr<T>(dbeta, s * F);
     if (mode == BATCH) {
-      const T* mu = ptr<T>(mean, row);
-      const T* rs = ptr<T>(rstd, row);
-      std::vector<T> sdy(F, T(0)), sdyx(F, T(0));
-      for (int64_t b = 0; b < B; ++b)
-        SIMD
-        for (int64_t f = 0; f < F; ++f) {
-          const T d = dy[b * F + f];
-          sdy[f] += d;
-          sdyx[f] += d * (x[b * F + f] - mu[f]) * rs[f];
-        }
-      SIMD
-      for (int64_t f = 0; f < F; ++f) {
-        dg[f] += sdyx[f];
-        dbe[f] += sdy[f];
-        sdy[f] /= T(B);
-        sdyx[f] /= T(B);
-      }
-      for (int64_t b = 0; b < B; ++b)
-        SIMD
-        for (int64_t f = 0; f < F; ++f) {
-          const T xh = (x[b * F + f] - mu[f]) * rs[f];
-          dx[b * F + f] = g[f] * rs[f] * (dy[b * F + f] - sdy[f] - xh * sdyx[f]);
-        }
+      batch_backward(row, g, dg, dbe, dy, x, F, dx, B, F);
       return;
     }
     const T* mu = ptr<T>(mean, (t * seeds + s) * B);
@@ -327,6 +360,34 @@ void recurrent_back(const Norm& n, int64_t t, at::Tensor& da, at::Tensor& dz, co
     gh[t - 1].addmm_(d, w);
 }
 
+// The input term's norm of one loop: u (B, T, F) as the projection left it, and du for
+// its gradient; inactive (the loops' buffer already holds the input term) without u.
+struct InputNorm {
+  const Norm& n;
+  at::Tensor u, du;
+  int64_t T = 0, F = 0;
+
+  InputNorm(const Norm& n, const c10::optional<at::Tensor>& u_, const c10::optional<at::Tensor>& du_ = c10::nullopt)
+      : n(n), u(u_.value_or(at::Tensor())), du(du_.value_or(at::Tensor())) {
+    if (!u.defined()) return;
+    TORCH_CHECK(n.mode == BATCH && n.seeds == 1 && n.beta.defined() && n.var.defined(),
+                "the loops' input norm is batch norm of one model, with a shift and variance buffers");
+    check({u, du});
+    T = u.size(1);
+    F = u.size(2);
+  }
+
+  template <typename S>
+  void forward(int64_t t, at::Tensor& out) const {
+    if (u.defined()) n.input_forward<S>(t, ptr<S>(u, t * F), T * F, ptr<S>(out), u.size(0), F);
+  }
+
+  template <typename S>
+  void backward(int64_t t, const S* dy) const {
+    if (u.defined()) n.input_backward<S>(t, dy, ptr<S>(u, t * F), T * F, ptr<S>(du, t * F), u.size(0), F);
+  }
+};
+
 std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
   return t.defined() ? t.unbind(0) : std::vector<at::Tensor>(T);
 }
@@ -334,15 +395,17 @@ std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
 // -- RNN: h_t = act(u_t + N(h_{t-1} W^T)) ------------------------------------------------
 
 void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at::Tensor w, const Norm& nh,
-                 bool relu) {
+                 bool relu, const Norm& nx, c10::optional<at::Tensor> ux) {
   // hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs (T, B, H) gets h W^T.
   at::Tensor zs = zs_.value_or(at::Tensor());
   check({hs, zs, h0});
   const int64_t T = hs.size(0), n = hs.size(1) * hs.size(2);
   auto h_s = steps(hs, T), z_s = steps(zs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
+  const InputNorm in(nx, ux);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
+      in.forward<scalar_t>(t, h_s[t]);
       recurrent_term<scalar_t>(nh, t, h, w_t, h_s[t], z_s[t]);
       scalar_t* a = ptr<scalar_t>(h_s[t]);
       if (relu)
@@ -357,11 +420,14 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
 }
 
 void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at::Tensor> dz_,
-                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh, bool relu) {
+                  c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh, bool relu, const Norm& nx,
+                  c10::optional<at::Tensor> ux, c10::optional<at::Tensor> dux) {
   // gh (T, B, H): dL/dh_t, completed in place step by step; da = gh * act'(h_t); dz = N'(da).
   at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
   check({gh, hs, da, dz, zs});
   nh.zero_grads();
+  nx.zero_grads();
+  const InputNorm in(nx, ux, dux);
   const int64_t T = gh.size(0), n = gh.size(1) * gh.size(2);
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "rnn_backward", [&] {
@@ -377,6 +443,7 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
         for (int64_t i = 0; i < n; ++i) d[i] = g[i] * (1 - h[i] * h[i]);
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+      in.backward<scalar_t>(t, d);
     }
   });
 }
@@ -386,7 +453,7 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
 
 void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, at::Tensor hs,
                   c10::optional<at::Tensor> zs_, at::Tensor h0, at::Tensor c0, at::Tensor w, const Norm& nh,
-                  const Norm& nc) {
+                  const Norm& nc, const Norm& nx, c10::optional<at::Tensor> ux) {
   // sig (T, B, 4H) holds u_t (+ folded shift); its i, f, o blocks become the gates'
   // sigmoids (the g block keeps its pre-activation, unused). tg = tanh(g), cs = c_t,
   // tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T.
@@ -395,9 +462,11 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
   const int64_t T = sig.size(0), B = sig.size(1), G = sig.size(2), H = G / 4;
   auto sig_s = steps(sig, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
+  const InputNorm in(nx, ux);
   AT_DISPATCH_FLOATING_TYPES(sig.scalar_type(), "lstm_forward", [&] {
     const scalar_t* cprev = ptr<scalar_t>(c0);
     for (int64_t t = 0; t < T; ++t) {
+      in.forward<scalar_t>(t, sig_s[t]);
       recurrent_term<scalar_t>(nh, t, h, w_t, sig_s[t], z_s[t]);
       scalar_t* a = ptr<scalar_t>(sig_s[t]);
       scalar_t* tgt = ptr<scalar_t>(tg, t * B * H);
@@ -440,7 +509,8 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
 at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, at::Tensor c0,
                          at::Tensor da, c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> dn_,
                          c10::optional<at::Tensor> zs_, at::Tensor w, c10::optional<at::Tensor> dc_last,
-                         const Norm& nh, const Norm& nc) {
+                         const Norm& nh, const Norm& nc, const Norm& nx, c10::optional<at::Tensor> ux,
+                         c10::optional<at::Tensor> dux) {
   // gh (T, B, H): dL/dh_t, completed in place; sig, tg, cs, tc: what lstm_forward kept;
   // da (T, B, 4H) = dL/da; dz = N'(da); dn = dL/dN_c(c_t). The gates' derivatives are
   // computed here, step by step, from the forward pass's values.
@@ -450,6 +520,8 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
   check({gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dcl});
   nh.zero_grads();
   nc.zero_grads();
+  nx.zero_grads();
+  const InputNorm in(nx, ux, dux);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 4 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   at::Tensor dc = at::empty({B, H}, gh.options()), dcn = at::empty({B, H}, gh.options());
@@ -493,6 +565,7 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
         }
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+      in.backward<scalar_t>(t, d);
     }
   });
   return dc;
@@ -502,7 +575,7 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
 //    h_t = (1 - z) n + z h_{t-1}, a = N(h_{t-1} W^T) ---------------------------------------
 
 void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0,
-                 at::Tensor w, const Norm& nh) {
+                 at::Tensor w, const Norm& nh, const Norm& nx, c10::optional<at::Tensor> ux) {
   // gates (T, B, 3H) holds u_t and becomes (r, z, n); hw (T, B, 3H) holds (0, 0, b_hn)
   // (+ folded shift) and gets N(h W^T) added; hs = h_t; zs = h W^T.
   at::Tensor zs = zs_.value_or(at::Tensor());
@@ -510,8 +583,11 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   auto hw_s = steps(hw, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
+  const InputNorm in(nx, ux);
+  auto g_s = steps(in.u.defined() ? gates : at::Tensor(), T);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
+      in.forward<scalar_t>(t, g_s[t]);
       recurrent_term<scalar_t>(nh, t, h, w_t, hw_s[t], z_s[t]);
       const scalar_t* hp = ptr<scalar_t>(h);
       const scalar_t* a = ptr<scalar_t>(hw_s[t]);
@@ -538,13 +614,15 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
 
 void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs, at::Tensor h0, at::Tensor da,
                   at::Tensor du, c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> zs_, at::Tensor w,
-                  const Norm& nh) {
+                  const Norm& nh, const Norm& nx, c10::optional<at::Tensor> ux, c10::optional<at::Tensor> dux) {
   // gh (T, B, H): dL/dh_t, completed in place; gates (r, z, n), hw, hs: what gru_forward
   // kept; du = dL/du (the input term), da = dL/da, dz = N'(da). gh_{t-1} gets z_t gh_t
   // (the carry) and dz_t W. The gates' derivatives are computed here, step by step.
   at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
   check({gh, gates, hw, hs, h0, da, du, dz, zs});
   nh.zero_grads();
+  nx.zero_grads();
+  const InputNorm in(nx, ux, dux);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 3 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "gru_backward", [&] {
@@ -574,6 +652,7 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
         }
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+      in.backward<scalar_t>(t, dut);
     }
   });
 }
