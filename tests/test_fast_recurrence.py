@@ -707,3 +707,20 @@ def test_input_norm_needs_the_compiled_loops_and_one_model(monkeypatch):
                        pop_var=torch.ones(3, 8), input_norm=xn)
     with pytest.raises(ValueError, match="shift_x must be"):
         scan.scan_lstm(u, h0, h0, torch.randn(8, 2), input_norm=scan.InputNorm(torch.ones(8), torch.zeros(6)))
+
+
+def test_compiled_loops_reject_an_input_term_that_does_not_fit(monkeypatch):
+    """The C++ loops check u against their buffers (Python callers go through check_args)."""
+    use_scan_loops(monkeypatch, True)
+    from baselines import scan_cpp
+
+    loops = scan_cpp.load()
+    B, T, H = 3, 4, 2
+    hs, h0, w = torch.zeros(T, B, H), torch.zeros(B, H), torch.zeros(H, H)
+    none = loops.Norm(0, torch.ones(1), None, None, None, None, None, None, 0.0)
+    stats = [torch.zeros(T, H) for _ in range(3)]
+    nx = loops.Norm(1, torch.ones(H), torch.zeros(H), None, None, *stats, 1e-5)
+    loops.rnn_forward(hs, None, h0, w, none, False, nx, torch.randn(B, T, H))  # fits
+    for u in (torch.randn(B, T + 1, H), torch.randn(B + 1, T, H), torch.randn(B, T, H).double()):
+        with pytest.raises(RuntimeError, match="must fit"):
+            loops.rnn_forward(hs, None, h0, w, none, False, nx, u)

@@ -367,7 +367,9 @@ struct InputNorm {
   at::Tensor u, du;
   int64_t T = 0, F = 0;
 
-  InputNorm(const Norm& n, const c10::optional<at::Tensor>& u_, const c10::optional<at::Tensor>& du_ = c10::nullopt)
+  // like: the loop's (T, B, F) buffer of the input term (or of its gradient)
+  InputNorm(const Norm& n, const at::Tensor& like, const c10::optional<at::Tensor>& u_,
+            const c10::optional<at::Tensor>& du_ = c10::nullopt)
       : n(n), u(u_.value_or(at::Tensor())), du(du_.value_or(at::Tensor())) {
     if (!u.defined()) return;
     TORCH_CHECK(n.mode == BATCH && n.seeds == 1 && n.beta.defined() && n.var.defined(),
@@ -375,6 +377,11 @@ struct InputNorm {
     check({u, du});
     T = u.size(1);
     F = u.size(2);
+    const auto fits = [&](const at::Tensor& t) { return t.sizes() == u.sizes() && t.scalar_type() == u.scalar_type(); };
+    TORCH_CHECK(u.dim() == 3 && like.size(0) == T && like.size(1) == u.size(0) && like.size(2) == F &&
+                    u.scalar_type() == like.scalar_type() && (!du.defined() || fits(du)) &&
+                    n.gamma.numel() == F && n.beta.numel() == F && n.mean.size(0) >= T && n.mean.size(1) == F,
+                "the loops' input norm: u (B, T, F), du and the norm's tables must fit the (T, B, F) loop");
   }
 
   template <typename S>
@@ -402,7 +409,7 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
   const int64_t T = hs.size(0), n = hs.size(1) * hs.size(2);
   auto h_s = steps(hs, T), z_s = steps(zs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
-  const InputNorm in(nx, ux);
+  const InputNorm in(nx, hs, ux);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       in.forward<scalar_t>(t, h_s[t]);
@@ -427,7 +434,7 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
   check({gh, hs, da, dz, zs});
   nh.zero_grads();
   nx.zero_grads();
-  const InputNorm in(nx, ux, dux);
+  const InputNorm in(nx, da, ux, dux);
   const int64_t T = gh.size(0), n = gh.size(1) * gh.size(2);
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "rnn_backward", [&] {
@@ -462,7 +469,7 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
   const int64_t T = sig.size(0), B = sig.size(1), G = sig.size(2), H = G / 4;
   auto sig_s = steps(sig, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
-  const InputNorm in(nx, ux);
+  const InputNorm in(nx, sig, ux);
   AT_DISPATCH_FLOATING_TYPES(sig.scalar_type(), "lstm_forward", [&] {
     const scalar_t* cprev = ptr<scalar_t>(c0);
     for (int64_t t = 0; t < T; ++t) {
@@ -521,7 +528,7 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
   nh.zero_grads();
   nc.zero_grads();
   nx.zero_grads();
-  const InputNorm in(nx, ux, dux);
+  const InputNorm in(nx, da, ux, dux);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 4 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   at::Tensor dc = at::empty({B, H}, gh.options()), dcn = at::empty({B, H}, gh.options());
@@ -583,7 +590,7 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   auto hw_s = steps(hw, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
-  const InputNorm in(nx, ux);
+  const InputNorm in(nx, gates, ux);
   auto g_s = steps(in.u.defined() ? gates : at::Tensor(), T);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
@@ -622,7 +629,7 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
   check({gh, gates, hw, hs, h0, da, du, dz, zs});
   nh.zero_grads();
   nx.zero_grads();
-  const InputNorm in(nx, ux, dux);
+  const InputNorm in(nx, du, ux, dux);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 3 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "gru_backward", [&] {
