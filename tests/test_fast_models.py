@@ -158,28 +158,34 @@ def test_input_norm_runs_in_the_compiled_loops_and_equals_the_reference(name, mo
     assert input_norms <= set(seen)  # evaluation: population statistics, outside the loops
 
 
-def test_input_norm_stays_outside_the_loops_with_several_threads(monkeypatch):
+@pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])
+def test_input_norm_stays_outside_the_loops_with_several_threads(name, monkeypatch):
     """With more than one PyTorch thread the input term's norm is ``SeqNorm.seq`` (whose
-    passes run in parallel), with the same values."""
+    passes run in parallel) before the compiled loops: outputs, gradients and running
+    statistics are those of the input norm in the loops (one thread)."""
     from baselines.norm import SeqNorm
 
     use_scan_loops(monkeypatch, True)
     torch.manual_seed(0)
-    one = baselines.create("bn-lstm", input_size=3, output_size=2, hidden_size=8).double()
+    one = baselines.create(name, input_size=3, output_size=2, hidden_size=8, num_layers=2).double()
     two = copy.deepcopy(one)
     x = torch.randn(6, 9, 3, dtype=torch.float64)
     seen: list[int] = []
     real = SeqNorm.seq
     monkeypatch.setattr(SeqNorm, "seq", lambda self, *a, **k: seen.append(id(self)) or real(self, *a, **k))
     y1 = one(x)
+    g1 = torch.autograd.grad(y1.square().sum(), list(one.parameters()))
     assert not seen
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         y2 = two(x)
+        g2 = torch.autograd.grad(y2.square().sum(), list(two.parameters()))
     finally:
         torch.set_num_threads(before)
-    assert seen == [id(two.core.norm_ih[0])]
+    assert seen == [id(n) for n in two.core.norm_ih] and paths(two) == {"scan-cpp"}
     torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-12)
+    for (n, _), a, b in zip(one.named_parameters(), g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=n)
     for (n, a), b in zip(one.named_buffers(), two.buffers()):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
