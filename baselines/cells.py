@@ -85,13 +85,10 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
     rnn, lstm, gru = ((fused.fused_rnn, fused.fused_lstm, fused.fused_gru) if kernel
                       else (scan.scan_rnn, scan.scan_lstm, scan.scan_gru))
     S = scan.seeds_of(w_hh)
-    xn = None
 
     def plus(bias: Tensor) -> tuple[Tensor, dict]:  # xw + b_hh, each seed's rows with its own bias
-        nonlocal xn
         if input_norm is not None:  # the loops add it with the input norm's shift
-            xn = scan.InputNorm(input_norm.gamma, input_norm.shift + bias, input_norm.eps)
-            return xw, {"input_norm": xn}
+            return xw, {"input_norm": scan.InputNorm(input_norm.gamma, input_norm.shift + bias, input_norm.eps)}
         if not kernel:  # the scan path adds it while it copies xw
             return xw, {"bias": bias}
         if not S:
@@ -113,6 +110,7 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
         b_rz = torch.cat([b_hh[..., :2 * H], torch.zeros_like(b_hh[..., 2 * H:])], -1)
         u, more = plus(b_rz)
         (out, stats), c = gru(u, h0, w_hh, b_hh[..., 2 * H:], tf32=tf32, **args, **more), None
+    xn = more.get("input_norm")
     return out, c, (stats if xn is None else {**stats, "x": xn.stats})
 
 
@@ -248,9 +246,11 @@ class LoopCore(nn.Module):
         "scan-cpp" where its loops run compiled (the CPU; baselines/scan_cpp.py).
         ``input_norm``: xw_all is the bare projection, normalized in the loops (see
         ``loop_input_norm``, which has made sure that this path runs)."""
-        if not self.fast_applies(layer, xw_all, masked):
+        if not self.fast_enabled(xw_all):
             return None
         args = self.fast_norm_args(layer, masked)
+        if args is None:
+            return None
         from baselines import scan
 
         B, kernel = xw_all.shape[0], self.uses_kernel(xw_all)
@@ -266,10 +266,10 @@ class LoopCore(nn.Module):
 
         return x.dtype == torch.float32 and fused.available(x.device, x.shape[0], self.hidden_size, GATES[self.cell])
 
-    def fast_applies(self, layer: int, x: Tensor, masked: bool) -> bool:
-        """Whether ``fast_recurrence`` runs for this layer on input like ``x``."""
-        return (self.fast and not torch.is_autocast_enabled(x.device.type)
-                and self.fast_norm_args(layer, masked) is not None)
+    def fast_enabled(self, x: Tensor) -> bool:
+        """Whether a fast path may run on input like ``x`` (on, and no autocast); it runs
+        where ``fast_norm_args`` also has the layer's norms."""
+        return self.fast and not torch.is_autocast_enabled(x.device.type)
 
     # -- hooks that normalized cells override --------------------------------
     def loop_input_norm(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, Any] | None:

@@ -133,14 +133,14 @@ class NormLoopCore(LoopCore):
         return under "x". One thread only: the loops are serial, while ``F.batch_norm``
         and the time-major copy that it replaces spread over the threads. On a 2-core
         machine at the small shape, at one thread (the suite's local runs with one job
-        per core) bn-lstm trained 4% and 9% faster in two A/B runs, bn-gru and bn-rnn
+        per core) bn-lstm trained 3% to 9% faster in three A/B runs, bn-gru and bn-rnn
         2%; at two threads bn-lstm was no faster and bn-gru 6% slower
         (benchmarks/RESULTS.md)."""
         n = self.norm_ih[layer] if self.norm_ih is not None else None
         if (n is None or n.kind != "batch" or n.stats != "per_step" or not n.uses_batch_stats() or mask is not None
                 or torch.get_num_threads() != 1
-                or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.fast_applies(layer, seq, False)
-                or self.uses_kernel(seq)):
+                or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.fast_enabled(seq)
+                or self.uses_kernel(seq) or self.fast_norm_args(layer, False) is None):
             return None
         w_ih, _, b_ih, _ = self.weights(layer)
         shift = add_optional(n.bias, b_ih)
