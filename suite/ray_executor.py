@@ -36,9 +36,9 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterator
 
+from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.env import environment
 from suite.errors import UserError
-from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.executors import Progress, RunOptions, can_stack, failure_reason, stack_groups, train_checkpointed
 from suite.runner import NotStackable, RunResult, Sink, train_stacked
 from suite.spec import RunSpec
@@ -60,8 +60,8 @@ def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy,
     """The Ray task for a unit of ``stack_groups``: one run, or seeds of one spec trained
     as one stack (``runner.train_stacked``). It yields ``("rows", i, metrics,
     diagnostics)`` per flush of run i, ``("result", i, status, summary, reason, env)``
-    as run i ends, and ``("failed", i, reason, env)`` for a run that raised; i is None
-    when a stack raised: every run of it that had not ended fails. A unit that turns out
+    as run i ends, and ``("failed", reason, env)`` when training raised: every run of the
+    unit that had not ended fails. A unit that turns out
     not to be stackable yields ``("unstackable", why)`` before training anything (the
     driver then runs its seeds as units of their own)."""
     import torch
@@ -90,8 +90,7 @@ def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy,
         except NotStackable as exc:
             out.put(("unstackable", str(exc)))
         except Exception as exc:
-            out.put(("failed", 0 if len(specs) == 1 else None, failure_reason(exc),
-                     environment(device or specs[0].device)))
+            out.put(("failed", failure_reason(exc), environment(device or specs[0].device)))
         finally:
             out.put(("end",))
 
@@ -178,21 +177,19 @@ def _record(store: Store, unit: _Unit, item: tuple, owner: str, ended: Callable[
     """Write one message of a unit's stream; ``ended(run, status)`` for each run it ends.
     ``ClaimLost`` from a run's rows or result propagates (the driver gives the unit up);
     a failure of the whole stack fails each open run that is still this driver's."""
-    kind, i = item[0], item[1]
-    if kind == "rows":
-        store.write(unit.specs[i].run_id, item[2], item[3], owner=owner)
+    if item[0] == "rows":
+        store.write(unit.specs[item[1]].run_id, item[2], item[3], owner=owner)
         return
-    if kind == "result":
-        _, _, status, summary, reason, env = item
+    if item[0] == "result":
+        _, i, status, summary, reason, env = item
         spec = unit.specs[i]
         store.finish(spec.run_id, status, summary, reason, env=env, owner=owner)
         unit.end(spec.run_id)
         ended(spec, status)
         return
-    _, _, reason, env = item
-    for spec in unit.specs if i is None else [unit.specs[i]]:
-        if spec.run_id in unit.open:
-            _end(store, unit, spec, "failed", reason, env, owner, ended)
+    _, reason, env = item
+    for spec in [s for s in unit.specs if s.run_id in unit.open]:
+        _end(store, unit, spec, "failed", reason, env, owner, ended)
 
 
 def _end(store: Store, unit: _Unit, spec: RunSpec, status: str | None, reason: str | None, env: dict | None,
