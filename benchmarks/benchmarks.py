@@ -8,8 +8,9 @@ shape, the others being skipped (NotImplementedError in setup). CUDA times are
 synchronised; warm-up (cuDNN autotune, CUDA-graph capture) happens in ``setup``.
 
 ``track_ratio_to_lstm`` is the number a user cares about: throughput relative to
-cuDNN LSTM on the same shape; ``StackedRatio`` tracks it per seed for stacked seeds. ``track_adding_test_mse`` trains a short fixed-seed
-run so that a change that silently breaks learning shows as a regression.
+cuDNN LSTM on the same shape; ``StackedRatio`` tracks it per seed for stacked seeds.
+``track_adding_test_mse`` trains a short fixed-seed run so that a change that silently
+breaks learning shows as a regression.
 """
 
 import os
