@@ -226,6 +226,8 @@ class StartUp:
 def _setup(spec: RunSpec) -> torch.device:
     device = torch.device(spec.device)
     if device.type == "cuda":  # streams and graphs bind to the current device: make it this run's
+        if device.index is None:  # plain "cuda": the current device (set_device needs an index)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     set_precision(spec.train_config.precision)
     return device

@@ -148,3 +148,26 @@ def test_throughput_leaves_start_up_out():
     t = throughput(3, 2.0, (0, 0.0), None, 10)
     assert t == {"samples_per_s": pytest.approx(15.0), "step_ms": pytest.approx(2000 / 3),
                  "warmup_steps": 3, "warmup_s": 2.0}
+
+
+def test_plain_cuda_device_gets_an_index(monkeypatch):
+    """``--device cuda`` (no index) names the current device: ``torch.cuda.set_device``
+    refuses a device without an index (seen on an H100 with torch 2.11: every run of the
+    smoke profile failed)."""
+    from suite import runner
+
+    seen = []
+
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        seen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runner, "set_precision", lambda precision: None)
+    (spec,) = build_specs(task=["adding"], model=["lstm"], task_args={"T": 5}, seeds="0", device="cuda")
+    assert runner._setup(spec) == torch.device("cuda", 3) and seen == [torch.device("cuda", 3)]
+    (spec,) = build_specs(task=["adding"], model=["lstm"], task_args={"T": 5}, seeds="0", device="cuda:1")
+    assert runner._setup(spec) == torch.device("cuda", 1)
