@@ -224,7 +224,7 @@ class LoopCore(nn.Module):
 
     # -- the fast paths ------------------------------------------------------
     fast = True  # False forces the reference loop (TrainConfig.fast_path=false)
-    last_path = "loop"  # what the last forward pass used: "fused", "scan", "scan-cpp" or "loop"
+    last_path = "loop"  # what the last forward pass used: "fused", "scan", "scan-cpp", "scan-triton" or "loop"
 
     def fast_norm_args(self, layer: int, masked: bool) -> dict | None:
         """How the fast recurrence normalizes ``layer``: keyword arguments of
@@ -242,8 +242,9 @@ class LoopCore(nn.Module):
         path), or None where only the reference loop applies (``fast`` off, autocast, or
         a norm neither fast path has). The path is "fused" (one Triton kernel,
         baselines/fused.py) where it is enabled and fits the shape, else "scan"
-        (PyTorch ops with a hand-written backward pass, baselines/scan.py), or
-        "scan-cpp" where its loops run compiled (the CPU; baselines/scan_cpp.py).
+        (PyTorch ops with a hand-written backward pass, baselines/scan.py), "scan-cpp"
+        where its loops run compiled (the CPU; baselines/scan_cpp.py), or "scan-triton"
+        where they run as one Triton kernel per step (CUDA; baselines/scan_triton.py).
         ``input_norm``: xw_all is the bare projection, normalized in the loops (see
         ``loop_input_norm``, which has made sure that this path runs)."""
         if not self.fast_enabled(xw_all):
@@ -258,7 +259,7 @@ class LoopCore(nn.Module):
         out, c, stats = run_recurrence(self.cell, self.nonlinearity, xw_all, h0, c0, w_hh, b_hh, args,
                                        kernel=kernel, input_norm=input_norm)
         self.record_fast_stats(layer, stats, B)
-        return out, out[:, -1], c, ("fused" if kernel else scan.path(xw_all, scan.seeds_of(w_hh)))
+        return out, out[:, -1], c, ("fused" if kernel else scan.last_path())
 
     def uses_kernel(self, x: Tensor) -> bool:
         """Whether the fast path on input like ``x`` (B, T, ·) is the Triton kernel."""

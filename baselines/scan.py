@@ -28,7 +28,9 @@ reference loop in float64 (tests/test_fast_recurrence.py, tests/test_fast_models
 On the CPU the two loops run compiled (``scan_cpp``, csrc/scan_loops.cpp: per step one
 matrix product and one fused elementwise pass, which also computes the gate
 derivatives and the norms' statistics and γ/β gradients); everything around them here
-is shared by both, and the tests run every case on both loops. The compiled loops can
+is shared by both, and the tests run every case on both loops. On CUDA the loops run as
+one Triton kernel per step (``scan_triton``, with the same arguments as the compiled
+loops) where it covers the cell's norms. The compiled CPU loops can
 also batch-normalize the input term step by step (``InputNorm``), reading it where the
 input projection left it: that saves a separate batch norm over the whole (B, T, G*H)
 term and the copy to time-major order, memory passes over a term larger than the cache.
@@ -36,6 +38,7 @@ term and the copy to time-major order, memory passes over a term larger than the
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from baselines import scan_cpp
+from baselines import scan_cpp, scan_triton
 
 NORMS = (None, "batch", "layer")
 _MODES = {None: 0, "batch": 1, "pop": 2, "layer": 3}  # _Norm.mode as csrc/scan_loops.cpp numbers it
@@ -322,6 +325,20 @@ class InputNorm:
         return self.gamma, self.shift, self.eps
 
 
+_ran = threading.local()  # which loops the last call on this thread ran (``last_path``)
+
+
+def _loops(u: Tensor, S: int, cell: str, *norms: _Norm):
+    """The compiled loops that run a call on ``u``: csrc's on the CPU (``scan_cpp``), the
+    Triton step kernels on CUDA where they cover the cell's norms (``scan_triton``), or
+    None: the Python loops."""
+    loops, name = scan_cpp.for_call(u, S), "scan-cpp"
+    if loops is None:
+        loops, name = scan_triton.for_call(u, S, cell, tuple(_MODES[n.mode] for n in norms)), "scan-triton"
+    _ran.path = name if loops is not None else "scan"
+    return loops
+
+
 def _input_norm(gx: Tensor | None, sx: Tensor | None, eps: float, T: int) -> _Norm | None:
     return None if gx is None else _Norm(NormSpec("batch", True, None, None, eps), gx, sx, T)
 
@@ -375,7 +392,7 @@ class ScanRNN(torch.autograd.Function):
         B, T, H = u.shape
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, gamma, None, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = scan_cpp.for_call(u, S)
+        loops = ctx.loops = _loops(u, S, "rnn", nh)
         _check_input_norm(nx, loops, S, nh)
         u = u.contiguous() if nx is not None else u
         hs = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes h_t in place
@@ -438,7 +455,7 @@ class ScanLSTM(torch.autograd.Function):
         H = GH // 4
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = scan_cpp.for_call(u, S)
+        loops = ctx.loops = _loops(u, S, "lstm", nh, nc)
         _check_input_norm(nx, loops, S, nh)
         u = u.contiguous() if nx is not None else u
         sig = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes σ of the gates in place (g unused)
@@ -536,7 +553,7 @@ class ScanGRU(torch.autograd.Function):
         H = GH // 3
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, g, None, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = scan_cpp.for_call(u, S)
+        loops = ctx.loops = _loops(u, S, "gru", nh)
         _check_input_norm(nx, loops, S, nh)
         u = u.contiguous() if nx is not None else u
         gates = _input_buffer(u, bias, S, nx)  # each step's row becomes (r, z, n) in place
@@ -620,10 +637,11 @@ class ScanGRU(torch.autograd.Function):
 
 # -- the functions: arguments and results as baselines/fused.py ------------------------
 
-def path(x: Tensor, seeds: int = 0) -> str:
-    """The recurrence path runs record for a scan call on ``x``: "scan-cpp" where the
-    compiled CPU loops (``scan_cpp``) run it, else "scan"."""
-    return "scan-cpp" if scan_cpp.for_call(x, seeds) is not None else "scan"
+def last_path() -> str:
+    """The recurrence path of the last scan call on this thread, which runs record:
+    "scan-cpp" (the compiled CPU loops), "scan-triton" (the CUDA step kernels) or "scan"
+    (the Python loops)."""
+    return getattr(_ran, "path", "scan")
 
 
 def seeds_of(w_hh: Tensor) -> int:

@@ -9,8 +9,9 @@ version, cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions
 ``make setup`` builds them). Where the build fails, the scan path keeps its Python loops
 and one warning says why.
 
-``RNNBENCH_CPU_LOOPS=0`` turns them off (the Python loops then run, as on CUDA); runs
-record the path as "scan-cpp" when the compiled loops ran and "scan" otherwise.
+``RNNBENCH_CPU_LOOPS=0`` turns them off (the Python loops then run); runs record the
+path as "scan-cpp" when the compiled loops ran and "scan" otherwise. On CUDA the loops
+run as Triton kernels instead (``scan_triton``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import baselines
-from baselines import fused, scan
+from baselines import fused, scan, scan_triton
 from baselines.norm import SeqNorm, pool
 from conftest import use_scan_loops
 
@@ -33,6 +33,7 @@ class Impl(NamedTuple):
     out_tol: float  # relative error bounds against the float64 reference
     grad_tol: float
     compiled: bool = False  # scan: its compiled CPU loops (baselines/scan_cpp.py), not its Python loops
+    steps: bool = False  # scan: its CUDA step kernels (baselines/scan_triton.py), in Triton's interpreter
 
 
 SCAN = (scan.scan_rnn, scan.scan_lstm, scan.scan_gru)
@@ -40,12 +41,16 @@ IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
          "scan-cpp": Impl(*SCAN, torch.float64, 1e-12, 1e-10, compiled=True),
          # float32: the compiled loops' rational tanh (within 5 ulp) and sigmoid (within 1e-7)
          "scan-cpp-f32": Impl(*SCAN, torch.float32, 1e-5, 1e-4, compiled=True),
+         # the step kernels run float32 only (else, and for layer norm, the Python loops run)
+         "scan-triton": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True),
          "fused": Impl(fused.fused_rnn, fused.fused_lstm, fused.fused_gru, torch.float32, 1e-5, 1e-4)}
 
 
-@pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("fused", marks=needs_kernels)])
+@pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("scan-triton", marks=needs_kernels),
+                        pytest.param("fused", marks=needs_kernels)])
 def impl(request, monkeypatch) -> Impl:
     use_scan_loops(monkeypatch, IMPLS[request.param].compiled)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", IMPLS[request.param].steps)
     return IMPLS[request.param]
 
 
@@ -430,6 +435,53 @@ def test_gated_kernels_compile_for_sm90():
     assert res.stdout.count(" ok") == 8
 
 
+STEP_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from baselines import scan_triton as st
+
+SCALARS = {"B": "i32", "H": "i32", "t": "i32", "hoff": "i32", "coff": "i32", "eps": "fp32", "ceps": "fp32"}
+BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
+POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
+CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population or no norm (32 rows)
+    (st._rnn_fwd, dict(BN, RELU=False, BB=128)), (st._rnn_fwd, dict(POP, RELU=True, BB=32)),
+    (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128)), (st._rnn_bwd, dict(MODE=0, RELU=True, HAS_NEXT=True, BB=32)),
+    (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128)),
+    (st._lstm_fwd, dict(POP, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, BB=32)),
+    (st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=128)),
+    (st._lstm_bwd, dict(MODE=0, CMODE=0, HAS_NEXT=False, HAS_LAST=True, BB=32)),
+    (st._gru_fwd, dict(BN, BB=128)), (st._gru_fwd, dict(POP, BB=32)),
+    (st._gru_bwd, dict(MODE=1, HAS_NEXT=True, BB=128)), (st._gru_bwd, dict(MODE=2, HAS_NEXT=True, BB=32)),
+]
+for fn, consts in CASES:
+    consts = dict(consts, BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else SCALARS.get(n, "*fp32") for n in names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8 if consts["BB"] >= 128 else 4))
+    assert k.metadata.shared <= 227 * 1024, (fn.__name__, consts, k.metadata.shared)
+    print(fn.__name__, "ok", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_step_kernels_compile_for_sm90():
+    """The CUDA step kernels (baselines/scan_triton.py) through Triton's compiler for sm_90,
+    with the float32 setting's product (3xTF32)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run([sys.executable, "-c", STEP_COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count(" ok") == 12
+
+
 # -- stacked seeds: one call for S independent models ---------------------------------------
 
 STACK_CASES = [("rnn", None, None, True), ("rnn", "batch", None, True), ("rnn", "batch", None, False),
@@ -579,10 +631,10 @@ def test_compiled_loops_that_cannot_be_built_leave_the_python_loops(monkeypatch)
     monkeypatch.setenv(scan_cpp.ENV, "1")
     u = torch.randn(2, 3, 4)
     with pytest.warns(RuntimeWarning, match="error: no compiler here"):
-        assert scan.path(u) == "scan"
-    assert scan_cpp.build_error() is not None and scan.path(u) == "scan"  # tried once
+        assert scan_cpp.for_call(u) is None
+    assert scan_cpp.build_error() is not None and scan_cpp.for_call(u) is None  # tried once
     h, _, _ = scan.scan_rnn(u, torch.zeros(2, 4), torch.eye(4))
-    assert h.shape == (2, 3, 4)
+    assert h.shape == (2, 3, 4) and scan.last_path() == "scan"
 
 
 def test_compiled_float32_activations_are_accurate(monkeypatch):
@@ -724,3 +776,61 @@ def test_compiled_loops_reject_an_input_term_that_does_not_fit(monkeypatch):
     for u in (torch.randn(B, T + 1, H), torch.randn(B + 1, T, H), torch.randn(B, T, H).double()):
         with pytest.raises(RuntimeError, match="must fit"):
             loops.rnn_forward(hs, None, h0, w, none, False, nx, u)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell,norm,cell_norm,batch_stats", [
+    ("rnn", None, None, True), ("rnn", "batch", None, True), ("lstm", None, None, True),
+    ("lstm", "batch", "batch", True), ("lstm", "batch", "batch", False), ("gru", None, None, True),
+    ("gru", "batch", None, True)])
+def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_stats, monkeypatch):
+    """The CUDA step kernels (interpreted) where a launch has several programs: 40 hidden
+    units are three blocks of units and two chunks of the matrix product; without batch
+    norm 40 rows are two blocks of rows. Against the float64 reference, and the path says
+    that the kernels ran."""
+    impl = IMPLS["scan-triton"]
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    B, T, H = 40, 3, 40
+    if cell == "lstm":
+        run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
+    elif cell == "gru":
+        run_gru_case(impl, B, T, H, norm, batch_stats)
+    else:
+        leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, 7)
+
+        def run_ref(u, h0, w, g=None):
+            h, stats = reference(u, h0, w, g, norm, batch_stats, pm, pv, "tanh")
+            return (h,), ({"hh": stats} if stats else {})
+
+        def run_steps(u, h0, w, g=None):
+            h, mean, var = scan.scan_rnn(u, h0, w, g, norm=norm, batch_stats=batch_stats, pop_mean=pm.float(),
+                                         pop_var=pv.float())
+            return (h,), ({"hh": (mean, var)} if norm == "batch" and batch_stats else {})
+
+        assert_matches(impl, run_steps, run_ref, leaves)
+    assert scan.last_path() == "scan-triton"
+
+
+def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
+    """Layer norm, float64, stacked seeds and batch norm over more rows than one program
+    holds keep the Python loops; on the CPU the kernels run only when a test allows the
+    interpreter."""
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    x = torch.zeros(4, 3, 8)
+    interp = scan_triton.interpreting() and scan_triton.triton is not None
+    assert (scan_triton.for_call(x, 0, "lstm", (0, 1)) is not None) == interp
+    assert (scan_triton.for_call(x, 0, "gru", (2,)) is not None) == interp
+    assert scan_triton.for_call(x, 0, "lstm", (3, 0)) is None  # layer norm
+    assert scan_triton.for_call(x.double(), 0, "rnn", (0,)) is None
+    assert scan_triton.for_call(x, 2, "rnn", (0,)) is None  # stacked seeds
+    big = torch.zeros(scan_triton.MAX_ROWS + 1, 3, 8)
+    assert scan_triton.for_call(big, 0, "rnn", (1,)) is None
+    assert (scan_triton.for_call(big, 0, "rnn", (0,)) is not None) == interp  # rows split over programs
+    monkeypatch.setenv(scan_triton.ENV, "0")
+    assert scan_triton.for_call(x, 0, "rnn", (0,)) is None
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", False)
+    monkeypatch.delenv(scan_triton.ENV)
+    assert scan_triton.for_call(x, 0, "rnn", (0,)) is None
+    with pytest.raises(ValueError, match="norm modes"):
+        scan_triton.Norm(3, torch.ones(8), None, None, None, None, None, None, 1e-5)

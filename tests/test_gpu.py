@@ -63,7 +63,7 @@ def test_runner_uses_and_records_fast_path():
                           model_args={"hidden_size": 16}, train={"max_steps": 20, "eval_every": 10},
                           seeds="0", device="cuda")
     res = train_one(spec)
-    assert res.status == "done" and res.summary["path"] == "cuda_graph/scan"
+    assert res.status == "done" and res.summary["path"] == "cuda_graph/scan-triton"
     assert res.summary["peak_mem_mb"] > 0 and res.env["device_name"]
 
 
@@ -75,11 +75,17 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
 
 @pytest.mark.parametrize("path,name,B,T,H", [("fused", n, 100, 30, 100) for n in RNN_FAMILY]
                          + [("fused", n, 64, 20, 50) for n in GATED] + [("fused", "bn-rnn", 128, 20, 128)]
-                         + [("scan", n, 100, 30, 100) for n in RNN_FAMILY + GATED])
+                         + [("scan-triton", n, 100, 30, 100) for n in RNN_FAMILY + GATED]
+                         + [("scan-triton", n, 128, 25, 128) for n in ("bn-lstm", "gru-loop")]
+                         + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
-    """The scan path and the compiled Triton kernels (not the interpreter) on CUDA."""
-    from baselines import fused
+    """The scan path (its CUDA step kernels, and its Python loops) and the compiled Triton
+    kernels (not the interpreter) on CUDA. Layer norm keeps the Python loops."""
+    from baselines import fused, scan_triton
 
+    monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
+    if path == "scan-triton" and name.startswith("ln-"):
+        path = "scan"
     monkeypatch.setattr(fused, "ENABLED", path == "fused")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -145,11 +151,16 @@ def test_graph_is_captured_anew_when_an_eager_step_replaces_a_buffer():
 
 
 @pytest.mark.parametrize("name", ["bn-lstm", "ln-gru", "bn-rnn"])
-def test_stacked_seeds_graphed_equal_alone_on_gpu(name):
+def test_stacked_seeds_graphed_equal_alone_on_gpu(name, monkeypatch):
     """Three seeds stacked in one CUDA-graphed step end where each seed trained alone
-    (eager) ends: losses and weights after 8 Adam steps."""
+    (eager) ends: losses and weights after 8 Adam steps. Both with the scan path's Python
+    loops (stacked seeds have no step kernels): Adam turns the rounding differences of
+    another implementation into weight differences of the order of its step size."""
+    from baselines import scan_triton
     from baselines.stack import SeedStack
     from suite.fastpath import GraphedStackedTrainStep
+
+    monkeypatch.setenv(scan_triton.ENV, "0")
 
     torch.backends.cuda.matmul.allow_tf32 = False
     sh = bench.SHAPES["graph-test"]
@@ -174,3 +185,40 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name):
     for a, b in zip(alone, stack.models):
         for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("norm", [0, 1, 2])
+def test_step_kernels_write_every_output_and_repeat_exactly(norm):
+    """The LSTM step kernels on CUDA with every output buffer poisoned (NaN) beforehand:
+    all of it is written, and a second run gives the same bits (no race between programs)."""
+    from baselines import scan_triton as st
+
+    torch.manual_seed(0)
+    B, T, H = 100, 12, 100
+    nan = lambda *s: torch.full(s, float("nan"), device=DEV)  # noqa: E731
+
+    def norm_of(F):
+        g = torch.rand(F, device=DEV) + 0.5
+        if norm == 2:
+            return st.Norm(2, g, None, torch.rand(T, F, device=DEV) + 0.5, torch.randn(T, F, device=DEV), None, None,
+                           None, 1e-5)
+        return st.Norm(norm, g, torch.randn(F, device=DEV) if norm else None, None, None, nan(T, F), nan(T, F),
+                       nan(T, F), 1e-5)
+
+    def run():
+        torch.manual_seed(1)
+        u, h0, c0 = torch.randn(T, B, 4 * H, device=DEV), torch.randn(B, H, device=DEV), torch.randn(B, H, device=DEV)
+        w = torch.randn(4 * H, H, device=DEV) / 10
+        nh, nc, off = norm_of(4 * H), norm_of(H), st.Norm(0, torch.ones(1, device=DEV), *[None] * 6, 0.0)
+        sig, tg, cs, tc, hs, zs = u.clone(), nan(T, B, H), nan(T, B, H), nan(T, B, H), nan(T, B, H), nan(T, B, 4 * H)
+        st.lstm_forward(sig, tg, cs, tc, hs, zs, h0, c0, w, nh, nc, off, None)
+        gh, da, dz, dn = torch.randn(T, B, H, device=DEV), nan(T, B, 4 * H), nan(T, B, 4 * H), nan(T, B, H)
+        dc = st.lstm_backward(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, torch.randn(B, H, device=DEV), nh, nc, off,
+                              None, None)
+        outs = [sig, tg, cs, tc, hs, gh, da, dc] + ([zs, dz, dn] if norm else [])
+        outs += [t for n in (nh, nc) for t in (n.mean, n.rstd, n.var, n.dgamma, n.dbeta) if norm == 1]
+        return outs
+
+    first, second = run(), run()
+    for a, b in zip(first, second, strict=True):
+        assert torch.isfinite(a).all() and torch.equal(a, b)

@@ -1,0 +1,585 @@
+"""The scan path's sequential loops on CUDA: one Triton kernel per time step.
+
+On CUDA the Python loops of ``baselines/scan.py`` are captured in the training step's
+CUDA graph, so Python costs nothing there, but each of a step's ops is still a kernel
+of a few microseconds: an LSTM step with batch norm on W_hh h and c_t is 10 kernels
+forward and 7 backward, and at T=784 that is ~13,000 kernels per training step.
+Here each step is one kernel, forward and backward, which does the step's matrix
+product as well as its elementwise work:
+
+- forward, step t: z = h_{t-1} W^T for a block of hidden units (all gates of those
+  units), the norm of z (per-step batch statistics, population statistics or none),
+  the gates, c_t and its norm, h_t;
+- backward, step t: ∂L/∂h_t = dy_t + ∂L/∂z_{t+1} W for the block (the launch
+  boundary makes every unit's ∂L/∂z_{t+1} visible), the gates' derivatives, the
+  norms' backward passes (dγ, dβ summed in place across steps), ∂L/∂z_t.
+
+A program owns a block of hidden units and, without batch norm, a block of rows; with
+batch norm it owns every row of the batch (at most ``MAX_ROWS``), so each unit's batch
+statistics stay within one program. Nothing is shared between programs of one launch,
+so there is no atomic and the sums are in a fixed order: the results are the same from
+run to run.
+
+The functions take the arguments of the compiled CPU loops (``scan_cpp``,
+csrc/scan_loops.cpp) and fill the same buffers, so scan.py runs either with the same
+code around them. They cover the RNN, LSTM and GRU cells of one model with no norm,
+batch norm (batch or population statistics), in float32; layer norm (whose statistics
+span every unit of a row), stacked seeds and float64 keep the Python loops
+(``for_call`` says None). Tests run the kernels in Triton's interpreter on the CPU
+(``TRITON_INTERPRET=1``) against the Python loops; tests/test_gpu.py runs them
+compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
+
+Measured on an H100 (benchmarks/RESULTS.md; training step, ratio to cuDNN LSTM at the
+seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
+0.34x, gru-loop 0.19x -> 0.32x, lstm-loop 0.18x -> 0.25x, bn-gru 0.12x -> 0.13x, bn-lstm
+0.08x -> 0.10x. The batch-norm kernels are the slow ones: a program holds the whole
+batch, so a launch has H/16 programs (7 of 132 multiprocessors at H=100), and Nsight
+Compute shows each latency-bound (bn-lstm: 30 us forward, 37 us backward per step, one
+instruction every 4.7 cycles per scheduler). Spreading a step over more programs (the
+gates of a unit, or rows with a second pass for the statistics) is the next step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # Triton is optional: without it the Python loops run.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+ENV = "RNNBENCH_GPU_STEPS"
+MAX_ROWS = 128  # batch norm: the whole batch in one program
+BJ = 16  # hidden units per program (tl.dot needs 16 at least)
+BK = 32  # the matrix products' reduction, in chunks
+ROWS_FREE = 32  # rows per program where no batch statistics bind them together
+# The matrix products' precision where PyTorch's float32 matmul setting asks for full
+# float32: three TF32 products on the tensor cores (the operands split into a TF32 part
+# and a TF32 remainder; relative error ~1e-6, as float32's accumulation). Triton's plain
+# float32 product ("ieee") runs on the FMA units; on an H100 it made training steps at
+# the seq-MNIST shape slower: bn-lstm 62.7 against 48.0 ms, lstm-loop 26.6 against 20.7,
+# rnn-loop 11.1 against 7.9 (benchmarks/step_sweep.py). With TF32 allowed, one TF32 product.
+FP32_DOT = "tf32x3"
+WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows); else 4
+# On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
+# the compiled CPU loops), so they are used there only when a test switches this on.
+ALLOW_INTERPRETER = False
+
+_NONE, _BATCH, _POP = 0, 1, 2  # csrc/scan_loops.cpp's modes; LAYER (3) is not covered
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
+    """This module where its kernels apply to a recurrence on ``x`` (B, T, ·): CUDA (or
+    the interpreter, when a test allows it), float32, one model, ``modes`` (the norms'
+    csrc numbers) without layer norm, and a batch that fits one program where batch
+    statistics are taken; else None."""
+    if triton is None or not enabled() or seeds or x.dtype != torch.float32 or cell not in ("rnn", "lstm", "gru"):
+        return None
+    if any(m not in (_NONE, _BATCH, _POP) for m in modes) or (_BATCH in modes and x.shape[0] > MAX_ROWS):
+        return None
+    if x.device.type == "cuda":
+        return None if interpreting() else _this()
+    return _this() if x.device.type == "cpu" and interpreting() and ALLOW_INTERPRETER else None
+
+
+def _this():
+    import sys
+
+    return sys.modules[__name__]
+
+
+class Norm:
+    """One term's norm as the kernels take it; the arguments of csrc's ``Norm``:
+    mode, γ, β, population scale and shift (T, F), and the (T, F) tables that the
+    forward pass fills with each step's batch mean, 1/std and variance. ``dgamma`` and
+    ``dbeta`` hold the backward pass's sums (batch norm)."""
+
+    def __init__(self, mode: int, gamma: Tensor, beta: Tensor | None, scale: Tensor | None, shift: Tensor | None,
+                 mean: Tensor | None, rstd: Tensor | None, var: Tensor | None, eps: float) -> None:
+        if mode not in (_NONE, _BATCH, _POP):
+            raise ValueError(f"the step kernels take norm modes 0, 1, 2 (none, batch, population), got {mode}")
+        if mode == _POP and scale is None or mode == _BATCH and (mean is None or rstd is None):
+            raise ValueError("population norm needs its scale; batch norm its mean and rstd tables")
+        self.mode, self.eps = mode, float(eps)
+        self.gamma = gamma.contiguous()
+        self.beta = beta.contiguous() if beta is not None else None
+        self.scale, self.shift, self.mean, self.rstd, self.var = scale, shift, mean, rstd, var
+        self.dgamma = torch.zeros_like(self.gamma) if mode == _BATCH else None
+        self.dbeta = torch.zeros_like(self.gamma) if mode == _BATCH else None
+
+    def zero_grads(self) -> None:
+        if self.dgamma is not None:
+            self.dgamma.zero_()
+            self.dbeta.zero_()
+
+    def args(self) -> tuple:
+        """Pointers and flags in the kernels' order: G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
+        eps, then the constexprs MODE, HAS_BETA, HAS_SHIFT, HAS_VAR. Absent tensors are
+        stood in for by γ (never read: their flags are off)."""
+        g = self.gamma
+        pick = lambda t: t if t is not None else g  # noqa: E731
+        return (g, pick(self.beta), pick(self.scale), pick(self.shift), pick(self.mean), pick(self.rstd),
+                pick(self.var), pick(self.dgamma), pick(self.dbeta), self.eps, self.mode, self.beta is not None,
+                self.shift is not None, self.var is not None)
+
+
+def _inactive_input(nx: Norm, ux: Tensor | None) -> None:
+    if ux is not None or nx.mode != _NONE:
+        raise ValueError("the step kernels take no input norm (it runs in the compiled CPU loops only)")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sigmoid(a):
+        return 1.0 / (1.0 + tl.exp(-a))
+
+    @triton.jit
+    def _tanh(a):
+        return 2.0 * _sigmoid(2.0 * a) - 1.0
+
+    @triton.jit
+    def _mm_t(A, rb, mb, K, W, wrow, mw, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+              PREC: tl.constexpr):
+        """(BB, BJ): A[rb, :K] @ W[wrow, :K]^T (A's rows K apart, W's rows the outputs)."""
+        acc = tl.zeros((BB, BJ), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            mk = rk < K
+            a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            w = tl.load(W + wrow[None, :] * K + rk[:, None], mask=mk[:, None] & mw[None, :], other=0.0)
+            acc += tl.dot(a, w, input_precision=PREC)
+        return acc
+
+    @triton.jit
+    def _mm_gates(A, rb, mb, K, W, H, rj, mj, NG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
+                  BK: tl.constexpr, PREC: tl.constexpr):
+        """z_k = A[rb] @ W[k H + rj]^T for the NG gates (k < NG; the rest zeros), one pass over A."""
+        z0 = tl.zeros((BB, BJ), dtype=tl.float32)
+        z1 = tl.zeros((BB, BJ), dtype=tl.float32)
+        z2 = tl.zeros((BB, BJ), dtype=tl.float32)
+        z3 = tl.zeros((BB, BJ), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            mk = rk < K
+            a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            mw = mk[:, None] & mj[None, :]
+            w = tl.load(W + rj[None, :] * K + rk[:, None], mask=mw, other=0.0)
+            z0 += tl.dot(a, w, input_precision=PREC)
+            w = tl.load(W + (H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
+            z1 += tl.dot(a, w, input_precision=PREC)
+            w = tl.load(W + (2 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
+            z2 += tl.dot(a, w, input_precision=PREC)
+            if NG == 4:
+                w = tl.load(W + (3 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
+                z3 += tl.dot(a, w, input_precision=PREC)
+        return z0, z1, z2, z3
+
+    @triton.jit
+    def _mm_n(A, rb, mb, K, W, N, wcol, mw, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+              PREC: tl.constexpr):
+        """(BB, BJ): A[rb, :K] @ W[:K, wcol] (A's rows K apart, W's rows N apart)."""
+        acc = tl.zeros((BB, BJ), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            mk = rk < K
+            a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            w = tl.load(W + rk[:, None] * N + wcol[None, :], mask=mk[:, None] & mw[None, :], other=0.0)
+            acc += tl.dot(a, w, input_precision=PREC)
+        return acc
+
+    @triton.jit
+    def _nfwd(z, f, mf, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+              MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
+        """N(z) of step t for the features f of a (rows, features) tile; batch norm writes
+        the step's mean, 1/std (and variance) of those features to its tables."""
+        row = t * F + f
+        if MODE == 2:
+            y = z * tl.load(SC + row, mask=mf, other=0.0)[None, :]
+            if HAS_SHIFT:
+                y += tl.load(SH + row, mask=mf, other=0.0)[None, :]
+        elif MODE == 1:
+            mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B
+            d = tl.where(m2, z - mean[None, :], 0.0)
+            var = tl.sum(d * d, axis=0) / B
+            rstd = 1.0 / tl.sqrt(var + eps)
+            tl.store(MEAN + row, mean, mask=mf)
+            tl.store(RSTD + row, rstd, mask=mf)
+            if HAS_VAR:
+                tl.store(VAR + row, var, mask=mf)
+            y = d * (rstd * tl.load(G + f, mask=mf, other=0.0))[None, :]
+            if HAS_BETA:
+                y += tl.load(BE + f, mask=mf, other=0.0)[None, :]
+        else:
+            y = z
+        return y
+
+    @triton.jit
+    def _nbwd(dy, X, xoff, f, mf, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
+        """∂L/∂x of step t from dy = ∂L/∂N(x) for the features f; batch norm reads x at
+        X + xoff and adds the step's share of dγ and dβ to DG and DB."""
+        row = t * F + f
+        if MODE == 2:
+            dx = dy * tl.load(SC + row, mask=mf, other=0.0)[None, :]
+        elif MODE == 1:
+            mean = tl.load(MEAN + row, mask=mf, other=0.0)
+            rstd = tl.load(RSTD + row, mask=mf, other=0.0)
+            x = tl.load(X + xoff, mask=m2, other=0.0)
+            dy = tl.where(m2, dy, 0.0)
+            xh = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.0)
+            sdy = tl.sum(dy, axis=0)
+            sdyx = tl.sum(dy * xh, axis=0)
+            tl.store(DG + f, tl.load(DG + f, mask=mf, other=0.0) + sdyx, mask=mf)
+            tl.store(DB + f, tl.load(DB + f, mask=mf, other=0.0) + sdy, mask=mf)
+            g = tl.load(G + f, mask=mf, other=0.0)
+            dx = (g * rstd)[None, :] * (dy - (sdy / B)[None, :] - xh * (sdyx / B)[None, :])
+        else:
+            dx = dy
+        return dx
+
+    @triton.jit
+    def _tile(B, H, BB: tl.constexpr, BJ: tl.constexpr):
+        rb = tl.program_id(1) * BB + tl.arange(0, BB)
+        rj = tl.program_id(0) * BJ + tl.arange(0, BJ)
+        mb = rb < B
+        mj = rj < H
+        return rb, rj, mb, mj, mb[:, None] & mj[None, :]
+
+    # -- RNN: h_t = act(u_t + N(h_{t-1} W^T)) -------------------------------------------
+
+    @triton.jit(do_not_specialize=["t", "hoff"])
+    def _rnn_fwd(HS, ZS, HP, hoff, W, t, B, H,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                 RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        z = _mm_t(HP + hoff, rb, mb, H, W, rj, mj, BB, BJ, BK, PREC)
+        off = t * B * H + rb[:, None] * H + rj[None, :]
+        if MODE != 0:
+            tl.store(ZS + off, z, mask=m2)
+        a = tl.load(HS + off, mask=m2, other=0.0) + _nfwd(z, rj, mj, m2, t, B, H, G, BE, SC, SH, MEAN, RSTD, VAR,
+                                                            eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        if RELU:
+            h = tl.where((a > 0) | (a != a), a, 0.0)
+        else:
+            h = _tanh(a)
+        tl.store(HS + off, h, mask=m2)
+
+    @triton.jit(do_not_specialize=["t"])
+    def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr, HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
+                 BK: tl.constexpr, PREC: tl.constexpr):
+        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        off = t * B * H + rb[:, None] * H + rj[None, :]
+        g = tl.load(GH + off, mask=m2, other=0.0)
+        if HAS_NEXT:  # ∂L/∂z_{t+1} W: every unit's ∂L/∂z_{t+1} is in DZ since the last launch
+            g += _mm_n(DZ + (t + 1) * B * H, rb, mb, H, W, H, rj, mj, BB, BJ, BK, PREC)
+        tl.store(GH + off, g, mask=m2)
+        h = tl.load(HS + off, mask=m2, other=0.0)
+        if RELU:
+            d = tl.where(h > 0, g, 0.0)
+        else:
+            d = g * (1 - h * h)
+        tl.store(DA + off, d, mask=m2)
+        if MODE != 0:
+            dz = _nbwd(d, ZS, off, rj, mj, m2, t, B, H, G, SC, MEAN, RSTD, DG, DB, MODE)
+            tl.store(DZ + off, dz, mask=m2)
+
+    # -- LSTM: [i f g o] = u_t + N(h_{t-1} W^T), c_t = σ(f) c_{t-1} + σ(i) tanh(g),
+    #    h_t = σ(o) tanh(N_c(c_t)) ----------------------------------------------------------
+
+    @triton.jit(do_not_specialize=["t", "hoff", "coff"])
+    def _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HP, hoff, CP, coff, W, t, B, H,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                  CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                  CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
+                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        F = 4 * H
+        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W, H, rj, mj, 4, BB, BJ, BK, PREC)
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        if MODE != 0:
+            tl.store(ZS + o0, z0, mask=m2)
+            tl.store(ZS + o0 + H, z1, mask=m2)
+            tl.store(ZS + o0 + 2 * H, z2, mask=m2)
+            tl.store(ZS + o0 + 3 * H, z3, mask=m2)
+        a0 = tl.load(SIG + o0, mask=m2, other=0.0) + _nfwd(z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR,
+                                                             eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a1 = tl.load(SIG + o0 + H, mask=m2, other=0.0) + _nfwd(z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN,
+                                                                 RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a2 = tl.load(SIG + o0 + 2 * H, mask=m2, other=0.0) + _nfwd(z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH,
+                                                                     MEAN, RSTD, VAR, eps, MODE, HAS_BETA,
+                                                                     HAS_SHIFT, HAS_VAR)
+        a3 = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0) + _nfwd(z3, 3 * H + rj, mj, m2, t, B, F, G, BE, SC, SH,
+                                                                     MEAN, RSTD, VAR, eps, MODE, HAS_BETA,
+                                                                     HAS_SHIFT, HAS_VAR)
+        i = _sigmoid(a0)
+        f = _sigmoid(a1)
+        g = _tanh(a2)
+        o = _sigmoid(a3)
+        tl.store(SIG + o0, i, mask=m2)
+        tl.store(SIG + o0 + H, f, mask=m2)
+        tl.store(SIG + o0 + 2 * H, a2, mask=m2)  # the g block keeps its pre-activation, as the CPU loops'
+        tl.store(SIG + o0 + 3 * H, o, mask=m2)
+        oh = t * B * H + rb[:, None] * H + rj[None, :]
+        tl.store(TG + oh, g, mask=m2)
+        c = f * tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0) + i * g
+        tl.store(CS + oh, c, mask=m2)
+        tc = _tanh(_nfwd(c, rj, mj, m2, t, B, H, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, ceps,
+                         CMODE, C_BETA, C_SHIFT, C_VAR))
+        tl.store(TC + oh, tc, mask=m2)
+        tl.store(HS + oh, o * tc, mask=m2)
+
+    @triton.jit(do_not_specialize=["t", "coff"])
+    def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                  CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  MODE: tl.constexpr, CMODE: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_LAST: tl.constexpr,
+                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        F = 4 * H
+        oh = t * B * H + rb[:, None] * H + rj[None, :]
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        g = tl.load(GH + oh, mask=m2, other=0.0)
+        if HAS_NEXT:
+            g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W, H, rj, mj, BB, BJ, BK, PREC)
+        tl.store(GH + oh, g, mask=m2)
+        o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
+        y = tl.load(TC + oh, mask=m2, other=0.0)
+        dn = g * (1 - y * y) * o  # ∂L/∂N_c(c_t)
+        if CMODE != 0:
+            tl.store(DN + oh, dn, mask=m2)
+        dc = _nbwd(dn, CS, oh, rj, mj, m2, t, B, H, CG, CSC, CMEAN, CRSTD, CDG, CDB, CMODE)
+        ob = rb[:, None] * H + rj[None, :]
+        if HAS_NEXT:  # + ∂L/∂c_{t+1} σ(f_{t+1})
+            dc += tl.load(DC + ob, mask=m2, other=0.0) * tl.load(SIG + o0 + B * F + H, mask=m2, other=0.0)
+        if HAS_LAST:  # the incoming ∂L/∂c_T
+            dc += tl.load(DCL + ob, mask=m2, other=0.0)
+        tl.store(DC + ob, dc, mask=m2)
+        i = tl.load(SIG + o0, mask=m2, other=0.0)
+        f = tl.load(SIG + o0 + H, mask=m2, other=0.0)
+        gg = tl.load(TG + oh, mask=m2, other=0.0)
+        cp = tl.load(CP + coff + ob, mask=m2, other=0.0)
+        d0 = dc * (1 - i) * i * gg
+        d1 = dc * (1 - f) * f * cp
+        d2 = dc * (1 - gg * gg) * i
+        d3 = g * (1 - o) * o * y
+        tl.store(DA + o0, d0, mask=m2)
+        tl.store(DA + o0 + H, d1, mask=m2)
+        tl.store(DA + o0 + 2 * H, d2, mask=m2)
+        tl.store(DA + o0 + 3 * H, d3, mask=m2)
+        if MODE != 0:
+            tl.store(DZ + o0, _nbwd(d0, ZS, o0, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
+            tl.store(DZ + o0 + H, _nbwd(d1, ZS, o0 + H, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE),
+                     mask=m2)
+            tl.store(DZ + o0 + 2 * H, _nbwd(d2, ZS, o0 + 2 * H, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG,
+                                            DB, MODE), mask=m2)
+            tl.store(DZ + o0 + 3 * H, _nbwd(d3, ZS, o0 + 3 * H, 3 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG,
+                                            DB, MODE), mask=m2)
+
+    # -- GRU: r, z = σ(u_{r,z} + a_{r,z}), n = tanh(u_n + r a_n), h_t = (1 - z) n + z h_{t-1},
+    #    a = N(h_{t-1} W^T) + (0, 0, b_hn) ------------------------------------------------------
+
+    @triton.jit(do_not_specialize=["t", "hoff"])
+    def _gru_fwd(GATES, HW, HS, ZS, HP, hoff, W, t, B, H,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        F = 3 * H
+        z0, z1, z2, _ = _mm_gates(HP + hoff, rb, mb, H, W, H, rj, mj, 3, BB, BJ, BK, PREC)
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        if MODE != 0:
+            tl.store(ZS + o0, z0, mask=m2)
+            tl.store(ZS + o0 + H, z1, mask=m2)
+            tl.store(ZS + o0 + 2 * H, z2, mask=m2)
+        a0 = tl.load(HW + o0, mask=m2, other=0.0) + _nfwd(z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR,
+                                                            eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a1 = tl.load(HW + o0 + H, mask=m2, other=0.0) + _nfwd(z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN,
+                                                                RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a2 = tl.load(HW + o0 + 2 * H, mask=m2, other=0.0) + _nfwd(z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH,
+                                                                    MEAN, RSTD, VAR, eps, MODE, HAS_BETA,
+                                                                    HAS_SHIFT, HAS_VAR)
+        tl.store(HW + o0, a0, mask=m2)
+        tl.store(HW + o0 + H, a1, mask=m2)
+        tl.store(HW + o0 + 2 * H, a2, mask=m2)
+        r = _sigmoid(tl.load(GATES + o0, mask=m2, other=0.0) + a0)
+        zg = _sigmoid(tl.load(GATES + o0 + H, mask=m2, other=0.0) + a1)
+        n = _tanh(tl.load(GATES + o0 + 2 * H, mask=m2, other=0.0) + r * a2)
+        tl.store(GATES + o0, r, mask=m2)
+        tl.store(GATES + o0 + H, zg, mask=m2)
+        tl.store(GATES + o0 + 2 * H, n, mask=m2)
+        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+        tl.store(HS + t * B * H + rb[:, None] * H + rj[None, :], n + zg * (hp - n), mask=m2)
+
+    @triton.jit(do_not_specialize=["t", "hoff"])
+    def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 MODE: tl.constexpr, HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
+                 BK: tl.constexpr, PREC: tl.constexpr):
+        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        F = 3 * H
+        oh = t * B * H + rb[:, None] * H + rj[None, :]
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        g = tl.load(GH + oh, mask=m2, other=0.0)
+        if HAS_NEXT:  # + ∂L/∂h_{t+1} z_{t+1} (the carry) + ∂L/∂z_{t+1} W
+            g += tl.load(GH + oh + B * H, mask=m2, other=0.0) * tl.load(GATES + o0 + B * F + H, mask=m2, other=0.0)
+            g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W, H, rj, mj, BB, BJ, BK, PREC)
+        tl.store(GH + oh, g, mask=m2)
+        r = tl.load(GATES + o0, mask=m2, other=0.0)
+        zg = tl.load(GATES + o0 + H, mask=m2, other=0.0)
+        n = tl.load(GATES + o0 + 2 * H, mask=m2, other=0.0)
+        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+        dn = g * (1 - n * n) * (1 - zg)  # ∂L/∂(u_n + r a_n)
+        dr = dn * tl.load(HW + o0 + 2 * H, mask=m2, other=0.0) * r * (1 - r)
+        dzg = g * (hp - n) * zg * (1 - zg)
+        tl.store(DU + o0, dr, mask=m2)
+        tl.store(DU + o0 + H, dzg, mask=m2)
+        tl.store(DU + o0 + 2 * H, dn, mask=m2)
+        tl.store(DA + o0, dr, mask=m2)
+        tl.store(DA + o0 + H, dzg, mask=m2)
+        tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
+        if MODE != 0:
+            tl.store(DZ + o0, _nbwd(dr, ZS, o0, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
+            tl.store(DZ + o0 + H, _nbwd(dzg, ZS, o0 + H, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE),
+                     mask=m2)
+            tl.store(DZ + o0 + 2 * H, _nbwd(dn * r, ZS, o0 + 2 * H, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD,
+                                            DG, DB, MODE), mask=m2)
+
+
+# -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
+
+def _launch(B: int, H: int, *norms: Norm) -> tuple[tuple[int, int], dict]:
+    """Grid and tile constants: every row in one program where a norm takes batch statistics."""
+    if any(n.mode == _BATCH for n in norms):
+        bb = max(16, triton.next_power_of_2(B))
+        if bb > MAX_ROWS:
+            raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows, got {B}")
+    else:
+        bb = min(ROWS_FREE, max(16, triton.next_power_of_2(B)))
+    prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
+    return (triton.cdiv(H, BJ), triton.cdiv(B, bb)), dict(BB=bb, BJ=BJ, BK=BK, PREC=prec,
+                                                         num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
+
+
+def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:
+    """Step t's h_{t-1} (or c_{t-1}) as a base tensor and an element offset into it."""
+    return (first, 0) if t == 0 else (seq, (t - 1) * seq.shape[1] * seq.shape[2])
+
+
+def _check(*ts: Tensor | None) -> None:
+    for t in ts:
+        if t is not None and not (t.is_contiguous() and t.dtype == torch.float32):
+            raise ValueError("the step kernels take contiguous float32 tensors")
+
+
+def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, relu: bool, nx: Norm,
+                ux: Tensor | None) -> None:
+    """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
+    _inactive_input(nx, ux)
+    _check(hs, zs, h0, w)
+    T, B, H = hs.shape
+    grid, cfg = _launch(B, H, nh)
+    for t in range(T):
+        hp, off = _prev(h0, hs, t)
+        _rnn_fwd[grid](hs, zs if zs is not None else hs, hp, off, w, t, B, H, *nh.args(), RELU=relu, **cfg)
+
+
+def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tensor | None, w: Tensor, nh: Norm,
+                 relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> None:
+    """gh (T, B, H): ∂L/∂h_t, completed in place; da = gh act'(h_t); dz = N'(da) (da itself without a norm)."""
+    _inactive_input(nx, ux)
+    _check(gh, hs, da, dz, zs, w)
+    T, B, H = gh.shape
+    nh.zero_grads()
+    grid, cfg = _launch(B, H, nh)
+    dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    for t in range(T - 1, -1, -1):
+        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, B, H, *nh.args()[:10], MODE=nh.mode, RELU=relu, HAS_NEXT=t < T - 1, **cfg)
+
+
+def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs: Tensor | None, h0: Tensor,
+                 c0: Tensor, w: Tensor, nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None) -> None:
+    """sig (T, B, 4H) holds u_t (+ folded shift); its i, f, o blocks become the gates'
+    sigmoids and the g block keeps its pre-activation. tg = tanh(g), cs = c_t,
+    tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
+    _inactive_input(nx, ux)
+    _check(sig, tg, cs, tc, hs, zs, h0, c0, w)
+    T, B, H = hs.shape
+    grid, cfg = _launch(B, H, nh, nc)
+    hh, cn = nh.args(), nc.args()
+    consts = dict(MODE=hh[10], HAS_BETA=hh[11], HAS_SHIFT=hh[12], HAS_VAR=hh[13],
+                  CMODE=cn[10], C_BETA=cn[11], C_SHIFT=cn[12], C_VAR=cn[13], **cfg)
+    for t in range(T):
+        hp, hoff = _prev(h0, hs, t)
+        cp, coff = _prev(c0, cs, t)
+        _lstm_fwd[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, hp, hoff, cp, coff, w, t, B, H,
+                        *hh[:10], *cn[:10], **consts)
+
+
+def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c0: Tensor, da: Tensor,
+                  dz: Tensor | None, dn: Tensor | None, zs: Tensor | None, w: Tensor, dc_last: Tensor | None,
+                  nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> Tensor:
+    """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
+    completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
+    _inactive_input(nx, ux)
+    _check(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc_last)
+    T, B, H = gh.shape
+    nh.zero_grads()
+    nc.zero_grads()
+    grid, cfg = _launch(B, H, nh, nc)
+    hh, cn = nh.args(), nc.args()
+    dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    dc = gh.new_empty(B, H)
+    for t in range(T - 1, -1, -1):
+        cp, coff = _prev(c0, cs, t)
+        last = t == T - 1 and dc_last is not None
+        _lstm_bwd[grid](gh, sig, tg, cs, tc, cp, coff, da, dz, dn if dn is not None else da,
+                        zs if zs is not None else sig, w, dc, dc_last if last else dc, t, B, H, *hh[:10], *cn[:10],
+                        MODE=nh.mode, CMODE=nc.mode, HAS_NEXT=t < T - 1, HAS_LAST=last, **cfg)
+    return dc
+
+
+def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm,
+                nx: Norm, ux: Tensor | None) -> None:
+    """gates (T, B, 3H) holds u_t and becomes (r, z, n); hw holds (0, 0, b_hn) (+ folded
+    shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
+    _inactive_input(nx, ux)
+    _check(gates, hw, hs, zs, h0, w)
+    T, B, H = hs.shape
+    grid, cfg = _launch(B, H, nh)
+    hh = nh.args()
+    for t in range(T):
+        hp, hoff = _prev(h0, hs, t)
+        _gru_fwd[grid](gates, hw, hs, zs if zs is not None else hw, hp, hoff, w, t, B, H, *hh[:10],
+                       MODE=hh[10], HAS_BETA=hh[11], HAS_SHIFT=hh[12], HAS_VAR=hh[13], **cfg)
+
+
+def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, da: Tensor, du: Tensor,
+                 dz: Tensor | None, zs: Tensor | None, w: Tensor, nh: Norm, nx: Norm, ux: Tensor | None,
+                 dux: Tensor | None) -> None:
+    """The backward loop of ``gru_forward`` (csrc's ``gru_backward``): fills du, da, dz and
+    completes gh (the carry z_t ∂L/∂h_t and ∂L/∂z_t W reach h_{t-1})."""
+    _inactive_input(nx, ux)
+    _check(gh, gates, hw, hs, h0, da, du, dz, zs, w)
+    T, B, H = gh.shape
+    nh.zero_grads()
+    grid, cfg = _launch(B, H, nh)
+    dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    for t in range(T - 1, -1, -1):
+        hp, hoff = _prev(h0, hs, t)
+        _gru_bwd[grid](gh, gates, hw, hp, hoff, da, du, dz, zs if zs is not None else hw, w, t, B, H,
+                       *nh.args()[:10], MODE=nh.mode, HAS_NEXT=t < T - 1, **cfg)
