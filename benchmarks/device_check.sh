@@ -1,47 +1,84 @@
 #!/usr/bin/env bash
 # One GPU session, in one call: CUDA correctness tests, the speed table of every
-# model at the three benchmark shapes (ratio to cuDNN LSTM), the custom cells with
-# 8 seeds stacked per step (ratio per seed), the reference path of the custom cells
-# for comparison, and the smoke profile on CUDA. Prints a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
+# model at the three benchmark shapes (ratio to cuDNN LSTM), an A/B of the scan path's
+# CUDA step kernels against its Python loops, the custom cells with 8 seeds stacked
+# per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
+# a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
+# STAGES (default: all) picks stages by name: tests bench ab sweep stacked reference smoke;
+# "warps" and "profile" (Nsight Compute on the bn-lstm step kernels) run only when named.
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
+STAGES=${STAGES:-tests bench ab sweep stacked reference smoke}
 mkdir -p "$OUTDIR"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 stage() { echo; echo "=== $* ($(date +%T))"; }
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+BENCH="$PY -m suite.cli bench --device cuda --repeats 3"
 
 stage environment
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUTDIR/gpu.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 
-stage "correctness on CUDA (pytest -m gpu)"
-timeout 200 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUTDIR/gpu_tests.log" | tail -25
-
-stage "speed: every model, three shapes, fast path"
-timeout 170 $PY -m suite.cli bench --device cuda --repeats 3 --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt"
-
-stage "speed: 8 seeds stacked per step (ratio per seed)"
-timeout 70 $PY -m suite.cli bench --device cuda --repeats 3 --seeds 8 --shapes seq-mnist,adding \
-  --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm' --json "$OUTDIR/bench_stacked.json" 2>&1 \
-  | tee "$OUTDIR/bench_stacked.txt"
-
-stage "speed: the reference path (explicit loop, eager) of the custom cells"
-timeout 60 $PY -m suite.cli bench --device cuda --reference --repeats 3 --shapes seq-mnist \
-  --models rnn-loop,bn-rnn,bn-lstm --json "$OUTDIR/bench_reference.json" 2>&1 | tee "$OUTDIR/bench_reference.txt"
-
-stage "smoke profile on CUDA"
-rm -f "$OUTDIR/smoke.sqlite"
-timeout 80 $PY -m suite.cli run --profile smoke --device cuda --store "$OUTDIR/smoke.sqlite" -q 2>&1 | tail -3
-$PY - "$OUTDIR/smoke.sqlite" <<'PY' 2>&1 | tee "$OUTDIR/smoke_summary.txt"
+if want tests; then
+  stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels left out)"
+  timeout 150 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused-" 2>&1 \
+    | tee "$OUTDIR/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | tail -15
+fi
+if want bench; then
+  stage "speed: every model, three shapes, fast path"
+  timeout 200 $BENCH --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt" | tail -2
+fi
+if want ab; then
+  stage "A/B: the scan path's Python loops (RNNBENCH_GPU_STEPS=0) at seq-MNIST shape"
+  RNNBENCH_GPU_STEPS=0 timeout 60 $BENCH --shapes seq-mnist --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' \
+    --json "$OUTDIR/bench_ab.json" 2>&1 | tee "$OUTDIR/bench_ab.txt" | tail -2
+fi
+if want sweep; then
+  stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
+  timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
+fi
+if want warps; then
+  stage "sweep: warps of the whole-batch step kernels"
+  timeout 90 $PY benchmarks/step_sweep.py --sweep warps --json "$OUTDIR/sweep_warps.json" 2>&1 \
+    | tee "$OUTDIR/sweep_warps.txt" | tail -3
+fi
+if want profile; then
+  stage "Nsight Compute: the bn-lstm step kernels at seq-MNIST shape (benchmarks/profile_steps.py)"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for k in _lstm_fwd _lstm_bwd; do
+    timeout 60 "$NCU" --clock-control none -k "regex:$k" --launch-skip 50 --launch-count 1 --section SpeedOfLight \
+      --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats \
+      $PY benchmarks/profile_steps.py bn-lstm seq-mnist > "$OUTDIR/ncu$k.txt" 2>&1
+    grep -E "Duration|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Memory Throughput|Compute \(SM\) Th|stalled|Block Size|Grid Size" \
+      "$OUTDIR/ncu$k.txt" | cut -c1-260
+  done
+fi
+if want stacked; then
+  stage "speed: 8 seeds stacked per step (ratio per seed)"
+  timeout 70 $BENCH --seeds 8 --shapes seq-mnist,adding --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm' \
+    --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
+fi
+if want reference; then
+  stage "speed: the reference path (explicit loop, eager) of the custom cells"
+  timeout 60 $BENCH --reference --shapes seq-mnist --models rnn-loop,bn-rnn,bn-lstm \
+    --json "$OUTDIR/bench_reference.json" 2>&1 | tee "$OUTDIR/bench_reference.txt" | tail -2
+fi
+if want smoke; then
+  stage "smoke profile on CUDA"
+  rm -f "$OUTDIR/smoke.sqlite"
+  timeout 100 $PY -m suite.cli run --profile smoke --device cuda --store "$OUTDIR/smoke.sqlite" -q 2>&1 | tail -3
+  $PY - "$OUTDIR/smoke.sqlite" <<'PY' 2>&1 | tee "$OUTDIR/smoke_summary.txt"
 import sys
 from suite.store import Store
 s = Store(sys.argv[1]).summaries()
-cols = [c for c in ("test_mse", "test_acc", "samples_per_s", "timesteps_per_s", "step_ms", "peak_mem_mb") if c in s]
+cols = [c for c in ("test_mse", "test_acc", "samples_per_s", "step_ms", "peak_mem_mb") if c in s]
 print(s.groupby(["task", "model"])[cols].mean().round(4).to_string())
 print(s["status"].value_counts().to_string())
 PY
+fi
 
 stage "summary"
-tail -4 "$OUTDIR/gpu_tests.log"
-cat "$OUTDIR/bench.txt" "$OUTDIR/bench_stacked.txt"
+want tests && tail -1 "$OUTDIR/gpu_tests.log"
+for f in sweep sweep_warps bench_ab bench_stacked bench; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import baselines
+
 
 @pytest.fixture(scope="module")
 def bm():
@@ -111,3 +113,15 @@ def test_cpu_bench_times_the_reference_beside_each_model(monkeypatch):
     gru = next(r for r in rows if r["model"] == "gru")
     assert (gru["ms"], gru["lstm_ms"]) == (2.0, 1.0)
     assert gru["ratio_to_lstm"] == pytest.approx(1.0)  # median of 1/1, 1/3, 5/2; the medians' ratio is 0.5
+
+
+def test_step_sweep_defaults_are_the_kernels_defaults():
+    """The tuning sweep (benchmarks/step_sweep.py) varies settings around the step
+    kernels' defaults and puts them back afterwards: its DEFAULTS must be those."""
+    from baselines import scan_triton
+    from benchmarks import step_sweep
+
+    assert step_sweep.DEFAULTS == {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS}
+    for variants, cases in step_sweep.SWEEPS.values():
+        assert all(set(v) <= set(step_sweep.DEFAULTS) for v in variants)
+        assert all(m in baselines.names() for models in cases.values() for m in models)
