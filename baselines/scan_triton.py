@@ -54,6 +54,11 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 ENV = "RNNBENCH_GPU_STEPS"
 MAX_ROWS = 128  # batch norm: the whole batch in one program
+# Measured on an H100 (benchmarks/RESULTS.md), the kernels beat the graphed Python loops
+# at H=100 and 128 and lost to them at H=1000 (char-LM shape: lstm-loop 0.79x against
+# 1.09x, rnn-loop 2.58x against 2.96x), where cuBLAS spreads each step's product over
+# the chip; between the two it is not measured, so larger H keeps the Python loops.
+MAX_HIDDEN = 128
 BJ = 16  # hidden units per program (tl.dot needs 16 at least)
 BK = 32  # the matrix products' reduction, in chunks
 ROWS_FREE = 32  # rows per program where no batch statistics bind them together
@@ -69,6 +74,7 @@ WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
 
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 _NONE, _BATCH, _POP = 0, 1, 2  # csrc/scan_loops.cpp's modes; LAYER (3) is not covered
 
 
@@ -84,8 +90,10 @@ def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
     """This module where its kernels apply to a recurrence on ``x`` (B, T, ·): CUDA (or
     the interpreter, when a test allows it), float32, one model, ``modes`` (the norms'
     csrc numbers) without layer norm, and a batch that fits one program where batch
-    statistics are taken; else None."""
-    if triton is None or not enabled() or seeds or x.dtype != torch.float32 or cell not in ("rnn", "lstm", "gru"):
+    statistics are taken, and at most ``MAX_HIDDEN`` hidden units; else None."""
+    if triton is None or not enabled() or seeds or x.dtype != torch.float32 or cell not in GATES:
+        return None
+    if x.shape[-1] // GATES[cell] > MAX_HIDDEN:
         return None
     if any(m not in (_NONE, _BATCH, _POP) for m in modes) or (_BATCH in modes and x.shape[0] > MAX_ROWS):
         return None

@@ -813,9 +813,9 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
 
 
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
-    """Layer norm, float64, stacked seeds and batch norm over more rows than one program
-    holds keep the Python loops; on the CPU the kernels run only when a test allows the
-    interpreter."""
+    """Layer norm, float64, stacked seeds, more than MAX_HIDDEN units and batch norm over
+    more rows than one program holds keep the Python loops; on the CPU the kernels run
+    only when a test allows the interpreter."""
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     x = torch.zeros(4, 3, 8)
     interp = scan_triton.interpreting() and scan_triton.triton is not None
@@ -824,6 +824,9 @@ def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypat
     assert scan_triton.for_call(x, 0, "lstm", (3, 0)) is None  # layer norm
     assert scan_triton.for_call(x.double(), 0, "rnn", (0,)) is None
     assert scan_triton.for_call(x, 2, "rnn", (0,)) is None  # stacked seeds
+    wide = torch.zeros(4, 3, 4 * (scan_triton.MAX_HIDDEN + 1))  # H = MAX_HIDDEN + 1
+    assert scan_triton.for_call(wide, 0, "lstm", (0, 0)) is None
+    assert (scan_triton.for_call(wide[..., :4 * scan_triton.MAX_HIDDEN], 0, "lstm", (0, 0)) is not None) == interp
     big = torch.zeros(scan_triton.MAX_ROWS + 1, 3, 8)
     assert scan_triton.for_call(big, 0, "rnn", (1,)) is None
     assert (scan_triton.for_call(big, 0, "rnn", (0,)) is not None) == interp  # rows split over programs
