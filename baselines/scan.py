@@ -328,12 +328,12 @@ class InputNorm:
 _ran = threading.local()  # which loops the last call on this thread ran (``last_path``)
 
 
-def _loops(u: Tensor, S: int, cell: str, *norms: _Norm):
+def _loops(u: Tensor, S: int, cell: str, *norms: _Norm, input_norm: bool = False):
     """The compiled loops that run a call on ``u``: csrc's on the CPU (``scan_cpp``), the
-    Triton step kernels on CUDA where they cover the cell's norms (``scan_triton``), or
-    None: the Python loops."""
+    Triton step kernels on CUDA where they cover the cell's norms (``scan_triton``; not
+    with an input norm, which only csrc's take), or None: the Python loops."""
     loops, name = scan_cpp.for_call(u, S), "scan-cpp"
-    if loops is None:
+    if loops is None and not input_norm:
         loops, name = scan_triton.for_call(u, S, cell, tuple(_MODES[n.mode] for n in norms)), "scan-triton"
     _ran.path = name if loops is not None else "scan"
     return loops
@@ -392,7 +392,7 @@ class ScanRNN(torch.autograd.Function):
         B, T, H = u.shape
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, gamma, None, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = _loops(u, S, "rnn", nh)
+        loops = ctx.loops = _loops(u, S, "rnn", nh, input_norm=nx is not None)
         _check_input_norm(nx, loops, S, nh)
         u = u.contiguous() if nx is not None else u
         hs = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes h_t in place
@@ -455,7 +455,7 @@ class ScanLSTM(torch.autograd.Function):
         H = GH // 4
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = _loops(u, S, "lstm", nh, nc)
+        loops = ctx.loops = _loops(u, S, "lstm", nh, nc, input_norm=nx is not None)
         _check_input_norm(nx, loops, S, nh)
         u = u.contiguous() if nx is not None else u
         sig = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes σ of the gates in place (g unused)
@@ -553,7 +553,7 @@ class ScanGRU(torch.autograd.Function):
         H = GH // 3
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, g, None, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = _loops(u, S, "gru", nh)
+        loops = ctx.loops = _loops(u, S, "gru", nh, input_norm=nx is not None)
         _check_input_norm(nx, loops, S, nh)
         u = u.contiguous() if nx is not None else u
         gates = _input_buffer(u, bias, S, nx)  # each step's row becomes (r, z, n) in place

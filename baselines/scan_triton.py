@@ -29,8 +29,8 @@ span every unit of a row), stacked seeds and float64 keep the Python loops
 (``TRITON_INTERPRET=1``) against the Python loops; tests/test_gpu.py runs them
 compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
 
-Measured on an H100 (benchmarks/RESULTS.md; training step, ratio to cuDNN LSTM at the
-seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
+Measured on an H100 (benchmarks/RESULTS.md, code of b6af4d6; training step, ratio to
+cuDNN LSTM at the seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
 0.34x, gru-loop 0.19x -> 0.32x, lstm-loop 0.18x -> 0.25x, bn-gru 0.12x -> 0.13x, bn-lstm
 0.08x -> 0.10x. The batch-norm kernels are the slow ones: a program holds the whole
 batch, so a launch has H/16 programs (7 of 132 multiprocessors at H=100), and Nsight
@@ -42,6 +42,7 @@ gates of a unit, or rows with a second pass for the statistics) is the next step
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -93,13 +94,40 @@ def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
     statistics are taken, and at most ``MAX_HIDDEN`` hidden units; else None."""
     if triton is None or not enabled() or seeds or x.dtype != torch.float32 or cell not in GATES:
         return None
-    if x.shape[-1] // GATES[cell] > MAX_HIDDEN:
+    if x.shape[-1] // GATES[cell] > MAX_HIDDEN or x.numel() >= 2**31:  # offsets are int32
         return None
     if any(m not in (_NONE, _BATCH, _POP) for m in modes) or (_BATCH in modes and x.shape[0] > MAX_ROWS):
         return None
-    if x.device.type == "cuda":
-        return None if interpreting() else _this()
-    return _this() if x.device.type == "cpu" and interpreting() and ALLOW_INTERPRETER else None
+    if x.device.type == "cuda":  # NVIDIA only: the float32 product (3xTF32) is NVIDIA's
+        usable = not interpreting() and torch.version.hip is None
+    else:
+        usable = x.device.type == "cpu" and interpreting() and ALLOW_INTERPRETER
+    return _this() if usable and _runs_here(x.device) else None
+
+
+_failed: str | None = None  # why the kernels could not run here, once tried
+_tried = False
+
+
+def _runs_here(device: torch.device) -> bool:
+    """Whether the kernels compile and run here, tried once per process on a one-step
+    recurrence (Triton needs a C compiler for its launcher, and a driver it supports);
+    where they do not, one warning says why and the Python loops run."""
+    global _failed, _tried
+    if _tried or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return _failed is None
+    _tried = True
+    try:
+        one = torch.ones(1, 1, device=device)
+        off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
+        rnn_forward(one.view(1, 1, 1).clone(), None, one, one, off, False, off, None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as e:  # a compiler, driver or launcher failure: keep the Python loops
+        _failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        warnings.warn(f"rnnbench: the CUDA step kernels could not run ({_failed}); the scan path runs its Python "
+                      f"loops. Set {ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
+    return _failed is None
 
 
 def _this():
@@ -120,6 +148,9 @@ class Norm:
             raise ValueError(f"the step kernels take norm modes 0, 1, 2 (none, batch, population), got {mode}")
         if mode == _POP and scale is None or mode == _BATCH and (mean is None or rstd is None):
             raise ValueError("population norm needs its scale; batch norm its mean and rstd tables")
+        for t in (scale, shift, mean, rstd, var):
+            if t is not None and not (t.is_contiguous() and t.device == gamma.device):
+                raise ValueError("norm tables must be contiguous and on γ's device")
         self.mode, self.eps = mode, float(eps)
         self.gamma = gamma.contiguous()
         self.beta = beta.contiguous() if beta is not None else None
@@ -156,7 +187,11 @@ if triton is not None:
 
     @triton.jit
     def _tanh(a):
-        return 2.0 * _sigmoid(2.0 * a) - 1.0
+        """2σ(2a) - 1, and near 0 (where that difference loses its relative accuracy) the
+        series a - a³/3 + 2a⁵/15 - 17a⁷/315 + 62a⁹/2835, within float32 rounding for |a| < 0.3."""
+        a2 = a * a
+        series = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0 + a2 * (62.0 / 2835.0)))))
+        return tl.where(tl.abs(a) < 0.3, series, 2.0 * _sigmoid(2.0 * a) - 1.0)
 
     @triton.jit
     def _mm_t(A, rb, mb, K, W, wrow, mw, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
@@ -222,7 +257,7 @@ if triton is not None:
             mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B
             d = tl.where(m2, z - mean[None, :], 0.0)
             var = tl.sum(d * d, axis=0) / B
-            rstd = 1.0 / tl.sqrt(var + eps)
+            rstd = 1.0 / tl.sqrt_rn(var + eps)  # IEEE square root, as the other paths
             tl.store(MEAN + row, mean, mask=mf)
             tl.store(RSTD + row, rstd, mask=mf)
             if HAS_VAR:
@@ -258,6 +293,23 @@ if triton is not None:
         return dx
 
     @triton.jit
+    def _term(P, ZS, o, z, f, mf, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+              MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
+        """One block's pre-activation P[o] + N(z) for the features f; with a norm, z goes
+        to ZS[o] for the backward pass."""
+        if MODE != 0:
+            tl.store(ZS + o, z, mask=m2)
+        return tl.load(P + o, mask=m2, other=0.0) + _nfwd(z, f, mf, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                                                          MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+
+    @triton.jit
+    def _store_dz(DZ, ZS, o, d, f, mf, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
+        """With a norm, DZ[o] = ∂L/∂z from d = ∂L/∂N(z) for the features f (without one,
+        ∂L/∂z is d, already in DA, which the callers pass as DZ)."""
+        if MODE != 0:
+            tl.store(DZ + o, _nbwd(d, ZS, o, f, mf, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
+
+    @triton.jit
     def _tile(B, H, BB: tl.constexpr, BJ: tl.constexpr):
         rb = tl.program_id(1) * BB + tl.arange(0, BB)
         rj = tl.program_id(0) * BJ + tl.arange(0, BJ)
@@ -275,10 +327,8 @@ if triton is not None:
         rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
         z = _mm_t(HP + hoff, rb, mb, H, W, rj, mj, BB, BJ, BK, PREC)
         off = t * B * H + rb[:, None] * H + rj[None, :]
-        if MODE != 0:
-            tl.store(ZS + off, z, mask=m2)
-        a = tl.load(HS + off, mask=m2, other=0.0) + _nfwd(z, rj, mj, m2, t, B, H, G, BE, SC, SH, MEAN, RSTD, VAR,
-                                                            eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a = _term(HS, ZS, off, z, rj, mj, m2, t, B, H, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                  MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         if RELU:
             h = tl.where((a > 0) | (a != a), a, 0.0)
         else:
@@ -287,8 +337,8 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["t"])
     def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H,
-                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr, HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
-                 BK: tl.constexpr, PREC: tl.constexpr):
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr,
+                 HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         g = tl.load(GH + off, mask=m2, other=0.0)
@@ -301,9 +351,7 @@ if triton is not None:
         else:
             d = g * (1 - h * h)
         tl.store(DA + off, d, mask=m2)
-        if MODE != 0:
-            dz = _nbwd(d, ZS, off, rj, mj, m2, t, B, H, G, SC, MEAN, RSTD, DG, DB, MODE)
-            tl.store(DZ + off, dz, mask=m2)
+        _store_dz(DZ, ZS, off, d, rj, mj, m2, t, B, H, G, SC, MEAN, RSTD, DG, DB, MODE)
 
     # -- LSTM: [i f g o] = u_t + N(h_{t-1} W^T), c_t = σ(f) c_{t-1} + σ(i) tanh(g),
     #    h_t = σ(o) tanh(N_c(c_t)) ----------------------------------------------------------
@@ -319,21 +367,14 @@ if triton is not None:
         F = 4 * H
         z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W, H, rj, mj, 4, BB, BJ, BK, PREC)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        if MODE != 0:
-            tl.store(ZS + o0, z0, mask=m2)
-            tl.store(ZS + o0 + H, z1, mask=m2)
-            tl.store(ZS + o0 + 2 * H, z2, mask=m2)
-            tl.store(ZS + o0 + 3 * H, z3, mask=m2)
-        a0 = tl.load(SIG + o0, mask=m2, other=0.0) + _nfwd(z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR,
-                                                             eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = tl.load(SIG + o0 + H, mask=m2, other=0.0) + _nfwd(z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN,
-                                                                 RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = tl.load(SIG + o0 + 2 * H, mask=m2, other=0.0) + _nfwd(z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH,
-                                                                     MEAN, RSTD, VAR, eps, MODE, HAS_BETA,
-                                                                     HAS_SHIFT, HAS_VAR)
-        a3 = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0) + _nfwd(z3, 3 * H + rj, mj, m2, t, B, F, G, BE, SC, SH,
-                                                                     MEAN, RSTD, VAR, eps, MODE, HAS_BETA,
-                                                                     HAS_SHIFT, HAS_VAR)
+        a0 = _term(SIG, ZS, o0, z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a1 = _term(SIG, ZS, o0 + H, z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a2 = _term(SIG, ZS, o0 + 2 * H, z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a3 = _term(SIG, ZS, o0 + 3 * H, z3, 3 * H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         i = _sigmoid(a0)
         f = _sigmoid(a1)
         g = _tanh(a2)
@@ -389,14 +430,10 @@ if triton is not None:
         tl.store(DA + o0 + H, d1, mask=m2)
         tl.store(DA + o0 + 2 * H, d2, mask=m2)
         tl.store(DA + o0 + 3 * H, d3, mask=m2)
-        if MODE != 0:
-            tl.store(DZ + o0, _nbwd(d0, ZS, o0, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
-            tl.store(DZ + o0 + H, _nbwd(d1, ZS, o0 + H, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE),
-                     mask=m2)
-            tl.store(DZ + o0 + 2 * H, _nbwd(d2, ZS, o0 + 2 * H, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG,
-                                            DB, MODE), mask=m2)
-            tl.store(DZ + o0 + 3 * H, _nbwd(d3, ZS, o0 + 3 * H, 3 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG,
-                                            DB, MODE), mask=m2)
+        _store_dz(DZ, ZS, o0, d0, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + H, d1, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + 2 * H, d2, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + 3 * H, d3, 3 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
 
     # -- GRU: r, z = σ(u_{r,z} + a_{r,z}), n = tanh(u_n + r a_n), h_t = (1 - z) n + z h_{t-1},
     #    a = N(h_{t-1} W^T) + (0, 0, b_hn) ------------------------------------------------------
@@ -410,17 +447,12 @@ if triton is not None:
         F = 3 * H
         z0, z1, z2, _ = _mm_gates(HP + hoff, rb, mb, H, W, H, rj, mj, 3, BB, BJ, BK, PREC)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        if MODE != 0:
-            tl.store(ZS + o0, z0, mask=m2)
-            tl.store(ZS + o0 + H, z1, mask=m2)
-            tl.store(ZS + o0 + 2 * H, z2, mask=m2)
-        a0 = tl.load(HW + o0, mask=m2, other=0.0) + _nfwd(z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR,
-                                                            eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = tl.load(HW + o0 + H, mask=m2, other=0.0) + _nfwd(z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN,
-                                                                RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = tl.load(HW + o0 + 2 * H, mask=m2, other=0.0) + _nfwd(z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH,
-                                                                    MEAN, RSTD, VAR, eps, MODE, HAS_BETA,
-                                                                    HAS_SHIFT, HAS_VAR)
+        a0 = _term(HW, ZS, o0, z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a1 = _term(HW, ZS, o0 + H, z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a2 = _term(HW, ZS, o0 + 2 * H, z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         tl.store(HW + o0, a0, mask=m2)
         tl.store(HW + o0 + H, a1, mask=m2)
         tl.store(HW + o0 + 2 * H, a2, mask=m2)
@@ -460,12 +492,9 @@ if triton is not None:
         tl.store(DA + o0, dr, mask=m2)
         tl.store(DA + o0 + H, dzg, mask=m2)
         tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
-        if MODE != 0:
-            tl.store(DZ + o0, _nbwd(dr, ZS, o0, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
-            tl.store(DZ + o0 + H, _nbwd(dzg, ZS, o0 + H, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE),
-                     mask=m2)
-            tl.store(DZ + o0 + 2 * H, _nbwd(dn * r, ZS, o0 + 2 * H, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD,
-                                            DG, DB, MODE), mask=m2)
+        _store_dz(DZ, ZS, o0, dr, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + H, dzg, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + 2 * H, dn * r, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
 
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
@@ -489,15 +518,18 @@ def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:
 
 
 def _check(*ts: Tensor | None) -> None:
+    """The buffers' contract (csrc's ``check``): contiguous float32, on one device."""
+    dev = next(t.device for t in ts if t is not None)
     for t in ts:
-        if t is not None and not (t.is_contiguous() and t.dtype == torch.float32):
-            raise ValueError("the step kernels take contiguous float32 tensors")
+        if t is not None and not (t.is_contiguous() and t.dtype == torch.float32 and t.device == dev):
+            raise ValueError("the step kernels take contiguous float32 tensors on one device")
 
 
 def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, relu: bool, nx: Norm,
                 ux: Tensor | None) -> None:
     """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
     _inactive_input(nx, ux)
+    w = w.contiguous()  # as csrc's, any layout of W_hh (its matrix product takes strides)
     _check(hs, zs, h0, w)
     T, B, H = hs.shape
     grid, cfg = _launch(B, H, nh)
@@ -510,13 +542,15 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
                  relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> None:
     """gh (T, B, H): ∂L/∂h_t, completed in place; da = gh act'(h_t); dz = N'(da) (da itself without a norm)."""
     _inactive_input(nx, ux)
+    w = w.contiguous()
     _check(gh, hs, da, dz, zs, w)
     T, B, H = gh.shape
     nh.zero_grads()
     grid, cfg = _launch(B, H, nh)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     for t in range(T - 1, -1, -1):
-        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, B, H, *nh.args()[:10], MODE=nh.mode, RELU=relu, HAS_NEXT=t < T - 1, **cfg)
+        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, B, H, *nh.args()[:10], MODE=nh.mode,
+                       RELU=relu, HAS_NEXT=t < T - 1, **cfg)
 
 
 def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs: Tensor | None, h0: Tensor,
@@ -525,6 +559,7 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     sigmoids and the g block keeps its pre-activation. tg = tanh(g), cs = c_t,
     tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
     _inactive_input(nx, ux)
+    w = w.contiguous()
     _check(sig, tg, cs, tc, hs, zs, h0, c0, w)
     T, B, H = hs.shape
     grid, cfg = _launch(B, H, nh, nc)
@@ -544,6 +579,7 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
     """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
     completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
     _inactive_input(nx, ux)
+    w = w.contiguous()
     _check(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc_last)
     T, B, H = gh.shape
     nh.zero_grads()
@@ -566,6 +602,7 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
     """gates (T, B, 3H) holds u_t and becomes (r, z, n); hw holds (0, 0, b_hn) (+ folded
     shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
     _inactive_input(nx, ux)
+    w = w.contiguous()
     _check(gates, hw, hs, zs, h0, w)
     T, B, H = hs.shape
     grid, cfg = _launch(B, H, nh)
@@ -582,6 +619,7 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
     """The backward loop of ``gru_forward`` (csrc's ``gru_backward``): fills du, da, dz and
     completes gh (the carry z_t ∂L/∂h_t and ∂L/∂z_t W reach h_{t-1})."""
     _inactive_input(nx, ux)
+    w = w.contiguous()
     _check(gh, gates, hw, hs, h0, da, du, dz, zs, w)
     T, B, H = gh.shape
     nh.zero_grads()

@@ -391,11 +391,38 @@ def test_fast_equals_model_core(impl, name, overrides):
 # The interpreter runs a kernel as Python and misses what only Triton's compiler checks
 # (every return of a helper agreeing in type, loop-carried values keeping theirs, shared
 # memory): compile the gated kernels for sm_90, which needs no GPU (Triton ships ptxas).
-COMPILE_SCRIPT = r"""
-import sys
+def compile_for_sm90(cases: str, count: int) -> None:
+    """Compile each (kernel, constexprs) of ``cases`` (a script that defines CASES,
+    SCALARS, TILES and OPTIONS) for sm_90 in a fresh process without the interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    script = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+""" + cases + r"""
+for fn, consts in CASES:
+    consts = dict(TILES, **consts)
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else SCALARS.get(n, "*fp32") for n in names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=OPTIONS(consts))
+    assert k.metadata.shared <= 227 * 1024, (fn.__name__, consts, k.metadata.shared)
+    print(fn.__name__, "ok", flush=True)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count(" ok") == count
+
+
+@pytest.mark.slow
+def test_gated_kernels_compile_for_sm90():
+    compile_for_sm90(r"""
 from baselines import fused
 
 SCALARS = {"B": "i32", "T": "i32", "HN": "i32", "ROWS": "i32", "CROWS": "i32", "eps": "fp32"}
@@ -409,36 +436,16 @@ CASES = [  # BB != BH; both statistics layouts; weights held and reloaded; both 
     (fused._gru_fwd, dict(NORM=2, BATCH_STATS=False, HOIST=True, PREC="tf32")),
     (fused._gru_bwd, dict(NORM=2, BATCH_STATS=False, HOIST=True, PREC="tf32")),
 ]
-for fn, consts in CASES:
-    consts = dict(consts, BB=16, BH=32)
-    names = fn.arg_names
-    sig = {n: "constexpr" if n in consts else SCALARS.get(n, "*fp32") for n in names}
-    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=1))
-    assert k.metadata.shared <= 227 * 1024, (fn.__name__, consts, k.metadata.shared)
-    print(fn.__name__, "ok", flush=True)
-"""
+TILES = dict(BB=16, BH=32)
+OPTIONS = lambda consts: dict(num_warps=4, num_stages=1)
+""", 8)
 
 
 @pytest.mark.slow
-def test_gated_kernels_compile_for_sm90():
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count(" ok") == 8
-
-
-STEP_COMPILE_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+def test_step_kernels_compile_for_sm90():
+    """The CUDA step kernels (baselines/scan_triton.py) through Triton's compiler for sm_90,
+    with the float32 setting's product (3xTF32)."""
+    compile_for_sm90(r"""
 from baselines import scan_triton as st
 
 SCALARS = {"B": "i32", "H": "i32", "t": "i32", "hoff": "i32", "coff": "i32", "eps": "fp32", "ceps": "fp32"}
@@ -446,40 +453,21 @@ BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
 CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population or no norm (32 rows)
     (st._rnn_fwd, dict(BN, RELU=False, BB=128)), (st._rnn_fwd, dict(POP, RELU=True, BB=32)),
-    (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128)), (st._rnn_bwd, dict(MODE=0, RELU=True, HAS_NEXT=True, BB=32)),
+    (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128)),
+    (st._rnn_bwd, dict(MODE=0, RELU=True, HAS_NEXT=True, BB=32)),
     (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128)),
     (st._lstm_fwd, dict(POP, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, BB=32)),
     (st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=128)),
     (st._lstm_bwd, dict(MODE=0, CMODE=0, HAS_NEXT=False, HAS_LAST=True, BB=32)),
     (st._gru_fwd, dict(BN, BB=128)), (st._gru_fwd, dict(POP, BB=32)),
     (st._gru_bwd, dict(MODE=1, HAS_NEXT=True, BB=128)), (st._gru_bwd, dict(MODE=2, HAS_NEXT=True, BB=32)),
+    # other row blocks (a batch of 64 or fewer rows); TF32 products (PyTorch's TF32 setting)
+    (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=64, PREC="tf32")),
+    (st._lstm_bwd, dict(MODE=1, CMODE=0, HAS_NEXT=True, HAS_LAST=True, BB=16, PREC="tf32")),
 ]
-for fn, consts in CASES:
-    consts = dict(consts, BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
-    names = fn.arg_names
-    sig = {n: "constexpr" if n in consts else SCALARS.get(n, "*fp32") for n in names}
-    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8 if consts["BB"] >= 128 else 4))
-    assert k.metadata.shared <= 227 * 1024, (fn.__name__, consts, k.metadata.shared)
-    print(fn.__name__, "ok", flush=True)
-"""
-
-
-@pytest.mark.slow
-def test_step_kernels_compile_for_sm90():
-    """The CUDA step kernels (baselines/scan_triton.py) through Triton's compiler for sm_90,
-    with the float32 setting's product (3xTF32)."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", STEP_COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count(" ok") == 12
+TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
+OPTIONS = lambda consts: dict(num_warps=st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else 4)
+""", 14)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------
@@ -837,3 +825,50 @@ def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypat
     assert scan_triton.for_call(x, 0, "rnn", (0,)) is None
     with pytest.raises(ValueError, match="norm modes"):
         scan_triton.Norm(3, torch.ones(8), None, None, None, None, None, None, 1e-5)
+
+
+@needs_kernels
+def test_step_kernels_edge_routing(monkeypatch):
+    """Offsets past int32 keep the Python loops; a strided W_hh runs on the kernels with
+    the contiguous result; an input norm (csrc's loops only) is refused with its own
+    message; kernels that cannot run here warn once and leave the Python loops."""
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    huge = torch.zeros(1).expand(2**16, 2**8, 2**7)  # 2**31 elements, no memory
+    assert scan_triton.for_call(huge, 0, "rnn", (0,)) is None
+    assert scan_triton.for_call(huge[:, :, :64], 0, "rnn", (0,)) is not None
+    torch.manual_seed(0)
+    B, T, H = 3, 4, 16
+    u, h0, c0, w = torch.randn(B, T, 4 * H), torch.randn(B, H), torch.randn(B, H), torch.randn(H, 4 * H) / 4
+    strided, _, _ = scan.scan_lstm(u, h0, c0, w.t())
+    assert scan.last_path() == "scan-triton"
+    torch.testing.assert_close(strided, scan.scan_lstm(u, h0, c0, w.t().contiguous())[0], rtol=0, atol=0)
+    xn = scan.InputNorm(torch.ones(H), torch.zeros(H))
+    with pytest.raises(ValueError, match="compiled CPU loops"):
+        scan.scan_rnn(torch.randn(B, T, H), h0, torch.eye(H), input_norm=xn)
+
+    def broken(*_, **__):
+        raise RuntimeError("Failed to compile the launcher\nno C compiler")
+
+    monkeypatch.setattr(scan_triton, "_tried", False)
+    monkeypatch.setattr(scan_triton, "_failed", None)
+    monkeypatch.setattr(scan_triton, "rnn_forward", broken)
+    with pytest.warns(RuntimeWarning, match="could not run .*Failed to compile the launcher"):
+        assert scan_triton.for_call(u, 0, "lstm", (0, 0)) is None
+    assert scan_triton.for_call(u, 0, "lstm", (0, 0)) is None  # tried once
+    scan.scan_lstm(u, h0, c0, w.t())
+    assert scan.last_path() == "scan"
+
+
+@needs_kernels
+def test_step_kernels_tanh_is_accurate_near_zero_and_far_out(monkeypatch):
+    """h = tanh(u) through an RNN with no recurrent weight, against torch.tanh: relative
+    error at float32 rounding from 1e-6 to 20 (2σ(2a) - 1 alone loses it near zero)."""
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    a = torch.logspace(-6, 1.3, 64)
+    u = torch.cat([a, -a]).view(1, -1, 1).expand(16, -1, 16).contiguous()
+    h, _, _ = scan.scan_rnn(u, torch.zeros(16, 16), torch.zeros(16, 16))
+    assert scan.last_path() == "scan-triton"
+    want = torch.tanh(u.double())
+    assert ((h.double() - want).abs() / want.abs()).max() < 5e-7
