@@ -16,15 +16,18 @@ product as well as its elementwise work:
 
 A program owns a block of hidden units and, without batch norm, a block of rows; with
 batch norm it owns every row of the batch (at most ``MAX_ROWS``), so each unit's batch
-statistics stay within one program. Nothing is shared between programs of one launch,
-so there is no atomic and the sums are in a fixed order: the results are the same from
-run to run.
+statistics stay within one program. Stacked seeds (``baselines/stack.py``: W_hh of shape
+(S, G*H, H), rows seed-major) are a third grid axis: each seed's programs do what one
+model's do, with its own weights, norm parameters and statistics, so a launch has S
+times the programs (the batch-norm kernels above have few). Nothing is shared between
+programs of one launch, so there is no atomic and the sums are in a fixed order: the
+results are the same from run to run, and a stacked seed's are those of the seed alone.
 
 The functions take the arguments of the compiled CPU loops (``scan_cpp``,
 csrc/scan_loops.cpp) and fill the same buffers, so scan.py runs either with the same
-code around them. They cover the RNN, LSTM and GRU cells of one model with no norm,
-batch norm (batch or population statistics), in float32; layer norm (whose statistics
-span every unit of a row), stacked seeds and float64 keep the Python loops
+code around them. They cover the RNN, LSTM and GRU cells, one model or stacked seeds,
+with no norm or batch norm (batch or population statistics), in float32; layer norm
+(whose statistics span every unit of a row) and float64 keep the Python loops
 (``for_call`` says None). Tests run the kernels in Triton's interpreter on the CPU
 (``TRITON_INTERPRET=1``) against the Python loops; tests/test_gpu.py runs them
 compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
@@ -37,6 +40,7 @@ batch, so a launch has H/16 programs (7 of 132 multiprocessors at H=100), and Ns
 Compute shows each latency-bound (bn-lstm: 30 us forward, 37 us backward per step, one
 instruction every 4.7 cycles per scheduler). Spreading a step over more programs (the
 gates of a unit, or rows with a second pass for the statistics) is the next step.
+Stacked seeds on the kernels (since the commit after 2881c20) are not yet timed.
 """
 
 from __future__ import annotations
@@ -88,15 +92,17 @@ def interpreting() -> bool:
 
 
 def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
-    """This module where its kernels apply to a recurrence on ``x`` (B, T, ·): CUDA (or
-    the interpreter, when a test allows it), float32, one model, ``modes`` (the norms'
-    csrc numbers) without layer norm, and a batch that fits one program where batch
-    statistics are taken, and at most ``MAX_HIDDEN`` hidden units; else None."""
-    if triton is None or not enabled() or seeds or x.dtype != torch.float32 or cell not in GATES:
+    """This module where its kernels apply to a recurrence on ``x`` (B, T, ·) of one model
+    or of ``seeds`` stacked seeds: CUDA (or the interpreter, when a test allows it),
+    float32, ``modes`` (the norms' csrc numbers) without layer norm, a seed's rows in one
+    program where batch statistics are taken, and at most ``MAX_HIDDEN`` hidden units;
+    else None."""
+    if triton is None or not enabled() or x.dtype != torch.float32 or cell not in GATES:
         return None
     if x.shape[-1] // GATES[cell] > MAX_HIDDEN or x.numel() >= 2**31:  # offsets are int32
         return None
-    if any(m not in (_NONE, _BATCH, _POP) for m in modes) or (_BATCH in modes and x.shape[0] > MAX_ROWS):
+    rows = x.shape[0] // max(seeds, 1)  # of one seed
+    if any(m not in (_NONE, _BATCH, _POP) for m in modes) or (_BATCH in modes and rows > MAX_ROWS):
         return None
     if x.device.type == "cuda":  # NVIDIA only: the float32 product (3xTF32) is NVIDIA's
         usable = not interpreting() and torch.version.hip is None
@@ -157,6 +163,19 @@ class Norm:
         self.scale, self.shift, self.mean, self.rstd, self.var = scale, shift, mean, rstd, var
         self.dgamma = torch.zeros_like(self.gamma) if mode == _BATCH else None
         self.dbeta = torch.zeros_like(self.gamma) if mode == _BATCH else None
+
+    def check_fits(self, S: int, T: int, F: int) -> None:
+        """ValueError unless the parameters and tables fit S seeds of F features over T
+        steps (the kernels index them without bounds)."""
+        need = {"gamma": (self.gamma, S * F)} if self.mode != _NONE else {}
+        if self.mode == _POP:
+            need.update(scale=(self.scale, T * S * F), shift=(self.shift, T * S * F))
+        if self.mode == _BATCH:
+            need.update(beta=(self.beta, S * F), mean=(self.mean, T * S * F), rstd=(self.rstd, T * S * F),
+                        var=(self.var, T * S * F))
+        for name, (t, n) in need.items():
+            if t is not None and t.numel() < n:
+                raise ValueError(f"norm {name} has {t.numel()} values; {S} seed(s) x {T} steps x {F} features need {n}")
 
     def zero_grads(self) -> None:
         if self.dgamma is not None:
@@ -244,36 +263,37 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _nfwd(z, f, mf, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+    def _nfwd(z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
               MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
-        """N(z) of step t for the features f of a (rows, features) tile; batch norm writes
-        the step's mean, 1/std (and variance) of those features to its tables."""
-        row = t * F + f
+        """N(z) for a (rows, features) tile of one seed's B0 rows: ``fs`` its features'
+        indices in the seed-major (S*F) parameters, ``tab`` the step's offset in the
+        (T, S*F) tables. Batch norm writes the step's mean, 1/std (and variance) there."""
+        row = tab + fs
         if MODE == 2:
             y = z * tl.load(SC + row, mask=mf, other=0.0)[None, :]
             if HAS_SHIFT:
                 y += tl.load(SH + row, mask=mf, other=0.0)[None, :]
         elif MODE == 1:
-            mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B
+            mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B0
             d = tl.where(m2, z - mean[None, :], 0.0)
-            var = tl.sum(d * d, axis=0) / B
+            var = tl.sum(d * d, axis=0) / B0
             rstd = 1.0 / tl.sqrt_rn(var + eps)  # IEEE square root, as the other paths
             tl.store(MEAN + row, mean, mask=mf)
             tl.store(RSTD + row, rstd, mask=mf)
             if HAS_VAR:
                 tl.store(VAR + row, var, mask=mf)
-            y = d * (rstd * tl.load(G + f, mask=mf, other=0.0))[None, :]
+            y = d * (rstd * tl.load(G + fs, mask=mf, other=0.0))[None, :]
             if HAS_BETA:
-                y += tl.load(BE + f, mask=mf, other=0.0)[None, :]
+                y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
         else:
             y = z
         return y
 
     @triton.jit
-    def _nbwd(dy, X, xoff, f, mf, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
-        """∂L/∂x of step t from dy = ∂L/∂N(x) for the features f; batch norm reads x at
-        X + xoff and adds the step's share of dγ and dβ to DG and DB."""
-        row = t * F + f
+    def _nbwd(dy, X, xoff, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
+        """∂L/∂x from dy = ∂L/∂N(x) for the features ``fs`` (as ``_nfwd``); batch norm reads
+        x at X + xoff and adds the step's share of dγ and dβ to DG and DB."""
+        row = tab + fs
         if MODE == 2:
             dx = dy * tl.load(SC + row, mask=mf, other=0.0)[None, :]
         elif MODE == 1:
@@ -284,50 +304,53 @@ if triton is not None:
             xh = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.0)
             sdy = tl.sum(dy, axis=0)
             sdyx = tl.sum(dy * xh, axis=0)
-            tl.store(DG + f, tl.load(DG + f, mask=mf, other=0.0) + sdyx, mask=mf)
-            tl.store(DB + f, tl.load(DB + f, mask=mf, other=0.0) + sdy, mask=mf)
-            g = tl.load(G + f, mask=mf, other=0.0)
-            dx = (g * rstd)[None, :] * (dy - (sdy / B)[None, :] - xh * (sdyx / B)[None, :])
+            tl.store(DG + fs, tl.load(DG + fs, mask=mf, other=0.0) + sdyx, mask=mf)
+            tl.store(DB + fs, tl.load(DB + fs, mask=mf, other=0.0) + sdy, mask=mf)
+            g = tl.load(G + fs, mask=mf, other=0.0)
+            dx = (g * rstd)[None, :] * (dy - (sdy / B0)[None, :] - xh * (sdyx / B0)[None, :])
         else:
             dx = dy
         return dx
 
     @triton.jit
-    def _term(P, ZS, o, z, f, mf, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+    def _term(P, ZS, o, z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
               MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
-        """One block's pre-activation P[o] + N(z) for the features f; with a norm, z goes
+        """One block's pre-activation P[o] + N(z) for the features fs; with a norm, z goes
         to ZS[o] for the backward pass."""
         if MODE != 0:
             tl.store(ZS + o, z, mask=m2)
-        return tl.load(P + o, mask=m2, other=0.0) + _nfwd(z, f, mf, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                                                          MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        return tl.load(P + o, mask=m2, other=0.0) + _nfwd(z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
+                                                          eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
 
     @triton.jit
-    def _store_dz(DZ, ZS, o, d, f, mf, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
-        """With a norm, DZ[o] = ∂L/∂z from d = ∂L/∂N(z) for the features f (without one,
+    def _store_dz(DZ, ZS, o, d, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
+        """With a norm, DZ[o] = ∂L/∂z from d = ∂L/∂N(z) for the features fs (without one,
         ∂L/∂z is d, already in DA, which the callers pass as DZ)."""
         if MODE != 0:
-            tl.store(DZ + o, _nbwd(d, ZS, o, f, mf, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
+            tl.store(DZ + o, _nbwd(d, ZS, o, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
 
     @triton.jit
-    def _tile(B, H, BB: tl.constexpr, BJ: tl.constexpr):
-        rb = tl.program_id(1) * BB + tl.arange(0, BB)
+    def _tile(B0, H, BB: tl.constexpr, BJ: tl.constexpr):
+        """The program's rows (of all S*B0; seed s = program_id(2) owns rows s*B0 to
+        (s+1)*B0), hidden units, their masks and the seed."""
+        s = tl.program_id(2)
+        rl = tl.program_id(1) * BB + tl.arange(0, BB)
         rj = tl.program_id(0) * BJ + tl.arange(0, BJ)
-        mb = rb < B
+        mb = rl < B0
         mj = rj < H
-        return rb, rj, mb, mj, mb[:, None] & mj[None, :]
+        return s * B0 + rl, rj, mb, mj, mb[:, None] & mj[None, :], s
 
     # -- RNN: h_t = act(u_t + N(h_{t-1} W^T)) -------------------------------------------
 
     @triton.jit(do_not_specialize=["t", "hoff"])
-    def _rnn_fwd(HS, ZS, HP, hoff, W, t, B, H,
+    def _rnn_fwd(HS, ZS, HP, hoff, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                  RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
-        z = _mm_t(HP + hoff, rb, mb, H, W, rj, mj, BB, BJ, BK, PREC)
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
+        z = _mm_t(HP + hoff, rb, mb, H, W + s * H * H, rj, mj, BB, BJ, BK, PREC)
         off = t * B * H + rb[:, None] * H + rj[None, :]
-        a = _term(HS, ZS, off, z, rj, mj, m2, t, B, H, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a = _term(HS, ZS, off, z, s * H + rj, mj, m2, t * S * H, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         if RELU:
             h = tl.where((a > 0) | (a != a), a, 0.0)
@@ -336,14 +359,14 @@ if triton is not None:
         tl.store(HS + off, h, mask=m2)
 
     @triton.jit(do_not_specialize=["t"])
-    def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H,
+    def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr,
                  HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         g = tl.load(GH + off, mask=m2, other=0.0)
         if HAS_NEXT:  # ∂L/∂z_{t+1} W: every unit's ∂L/∂z_{t+1} is in DZ since the last launch
-            g += _mm_n(DZ + (t + 1) * B * H, rb, mb, H, W, H, rj, mj, BB, BJ, BK, PREC)
+            g += _mm_n(DZ + (t + 1) * B * H, rb, mb, H, W + s * H * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + off, g, mask=m2)
         h = tl.load(HS + off, mask=m2, other=0.0)
         if RELU:
@@ -351,29 +374,30 @@ if triton is not None:
         else:
             d = g * (1 - h * h)
         tl.store(DA + off, d, mask=m2)
-        _store_dz(DZ, ZS, off, d, rj, mj, m2, t, B, H, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, off, d, s * H + rj, mj, m2, t * S * H, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
     # -- LSTM: [i f g o] = u_t + N(h_{t-1} W^T), c_t = σ(f) c_{t-1} + σ(i) tanh(g),
     #    h_t = σ(o) tanh(N_c(c_t)) ----------------------------------------------------------
 
     @triton.jit(do_not_specialize=["t", "hoff", "coff"])
-    def _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HP, hoff, CP, coff, W, t, B, H,
+    def _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HP, hoff, CP, coff, W, t, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                   CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                   CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         F = 4 * H
-        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W, H, rj, mj, 4, BB, BJ, BK, PREC)
+        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, 4, BB, BJ, BK, PREC)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        a0 = _term(SIG, ZS, o0, z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        fs, tab = s * F + rj, t * S * F
+        a0 = _term(SIG, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = _term(SIG, ZS, o0 + H, z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a1 = _term(SIG, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = _term(SIG, ZS, o0 + 2 * H, z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a2 = _term(SIG, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a3 = _term(SIG, ZS, o0 + 3 * H, z3, 3 * H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a3 = _term(SIG, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         i = _sigmoid(a0)
         f = _sigmoid(a1)
@@ -387,31 +411,31 @@ if triton is not None:
         tl.store(TG + oh, g, mask=m2)
         c = f * tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0) + i * g
         tl.store(CS + oh, c, mask=m2)
-        tc = _tanh(_nfwd(c, rj, mj, m2, t, B, H, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, ceps,
+        tc = _tanh(_nfwd(c, s * H + rj, mj, m2, t * S * H, B0, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, ceps,
                          CMODE, C_BETA, C_SHIFT, C_VAR))
         tl.store(TC + oh, tc, mask=m2)
         tl.store(HS + oh, o * tc, mask=m2)
 
     @triton.jit(do_not_specialize=["t", "coff"])
-    def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H,
+    def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                   CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE: tl.constexpr, CMODE: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_LAST: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         F = 4 * H
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         g = tl.load(GH + oh, mask=m2, other=0.0)
         if HAS_NEXT:
-            g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W, H, rj, mj, BB, BJ, BK, PREC)
+            g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + oh, g, mask=m2)
         o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
         y = tl.load(TC + oh, mask=m2, other=0.0)
         dn = g * (1 - y * y) * o  # ∂L/∂N_c(c_t)
         if CMODE != 0:
             tl.store(DN + oh, dn, mask=m2)
-        dc = _nbwd(dn, CS, oh, rj, mj, m2, t, B, H, CG, CSC, CMEAN, CRSTD, CDG, CDB, CMODE)
+        dc = _nbwd(dn, CS, oh, s * H + rj, mj, m2, t * S * H, B0, CG, CSC, CMEAN, CRSTD, CDG, CDB, CMODE)
         ob = rb[:, None] * H + rj[None, :]
         if HAS_NEXT:  # + ∂L/∂c_{t+1} σ(f_{t+1})
             dc += tl.load(DC + ob, mask=m2, other=0.0) * tl.load(SIG + o0 + B * F + H, mask=m2, other=0.0)
@@ -430,28 +454,30 @@ if triton is not None:
         tl.store(DA + o0 + H, d1, mask=m2)
         tl.store(DA + o0 + 2 * H, d2, mask=m2)
         tl.store(DA + o0 + 3 * H, d3, mask=m2)
-        _store_dz(DZ, ZS, o0, d0, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + H, d1, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + 2 * H, d2, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + 3 * H, d3, 3 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        fs, tab = s * F + rj, t * S * F
+        _store_dz(DZ, ZS, o0, d0, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + H, d1, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + 2 * H, d2, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + 3 * H, d3, fs + 3 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
     # -- GRU: r, z = σ(u_{r,z} + a_{r,z}), n = tanh(u_n + r a_n), h_t = (1 - z) n + z h_{t-1},
     #    a = N(h_{t-1} W^T) + (0, 0, b_hn) ------------------------------------------------------
 
     @triton.jit(do_not_specialize=["t", "hoff"])
-    def _gru_fwd(GATES, HW, HS, ZS, HP, hoff, W, t, B, H,
+    def _gru_fwd(GATES, HW, HS, ZS, HP, hoff, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         F = 3 * H
-        z0, z1, z2, _ = _mm_gates(HP + hoff, rb, mb, H, W, H, rj, mj, 3, BB, BJ, BK, PREC)
+        z0, z1, z2, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, 3, BB, BJ, BK, PREC)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        a0 = _term(HW, ZS, o0, z0, rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        fs, tab = s * F + rj, t * S * F
+        a0 = _term(HW, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = _term(HW, ZS, o0 + H, z1, H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a1 = _term(HW, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = _term(HW, ZS, o0 + 2 * H, z2, 2 * H + rj, mj, m2, t, B, F, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a2 = _term(HW, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                    MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         tl.store(HW + o0, a0, mask=m2)
         tl.store(HW + o0 + H, a1, mask=m2)
@@ -466,18 +492,18 @@ if triton is not None:
         tl.store(HS + t * B * H + rb[:, None] * H + rj[None, :], n + zg * (hp - n), mask=m2)
 
     @triton.jit(do_not_specialize=["t", "hoff"])
-    def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H,
+    def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE: tl.constexpr, HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
                  BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2 = _tile(B, H, BB, BJ)
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         F = 3 * H
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         g = tl.load(GH + oh, mask=m2, other=0.0)
         if HAS_NEXT:  # + ∂L/∂h_{t+1} z_{t+1} (the carry) + ∂L/∂z_{t+1} W
             g += tl.load(GH + oh + B * H, mask=m2, other=0.0) * tl.load(GATES + o0 + B * F + H, mask=m2, other=0.0)
-            g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W, H, rj, mj, BB, BJ, BK, PREC)
+            g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + oh, g, mask=m2)
         r = tl.load(GATES + o0, mask=m2, other=0.0)
         zg = tl.load(GATES + o0 + H, mask=m2, other=0.0)
@@ -492,24 +518,32 @@ if triton is not None:
         tl.store(DA + o0, dr, mask=m2)
         tl.store(DA + o0 + H, dzg, mask=m2)
         tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
-        _store_dz(DZ, ZS, o0, dr, rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + H, dzg, H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + 2 * H, dn * r, 2 * H + rj, mj, m2, t, B, F, G, SC, MEAN, RSTD, DG, DB, MODE)
+        fs, tab = s * F + rj, t * S * F
+        _store_dz(DZ, ZS, o0, dr, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + H, dzg, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, o0 + 2 * H, dn * r, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
-def _launch(B: int, H: int, *norms: Norm) -> tuple[tuple[int, int], dict]:
-    """Grid and tile constants: every row in one program where a norm takes batch statistics."""
+def _launch(B: int, H: int, w: Tensor, *norms: Norm) -> tuple[tuple[int, int, int], tuple[int, ...], dict]:
+    """Grid, the kernels' size arguments (B, H, S, B0) and tile constants. W_hh of shape
+    (S, G*H, H) means S stacked seeds, each of B0 = B/S rows (seed-major), on a grid
+    axis of their own; every row of a seed is in one program where a norm takes batch
+    statistics."""
+    S = w.shape[0] if w.dim() == 3 else 1
+    if B % S:
+        raise ValueError(f"{B} rows do not split into {S} seeds")
+    B0 = B // S
     if any(n.mode == _BATCH for n in norms):
-        bb = max(16, triton.next_power_of_2(B))
+        bb = max(16, triton.next_power_of_2(B0))
         if bb > MAX_ROWS:
-            raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows, got {B}")
+            raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
     else:
-        bb = min(ROWS_FREE, max(16, triton.next_power_of_2(B)))
+        bb = min(ROWS_FREE, max(16, triton.next_power_of_2(B0)))
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
-    return (triton.cdiv(H, BJ), triton.cdiv(B, bb)), dict(BB=bb, BJ=BJ, BK=BK, PREC=prec,
-                                                         num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
+    cfg = dict(BB=bb, BJ=BJ, BK=BK, PREC=prec, num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
+    return (triton.cdiv(H, BJ), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:
@@ -532,10 +566,11 @@ def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, 
     w = w.contiguous()  # as csrc's, any layout of W_hh (its matrix product takes strides)
     _check(hs, zs, h0, w)
     T, B, H = hs.shape
-    grid, cfg = _launch(B, H, nh)
+    grid, dims, cfg = _launch(B, H, w, nh)
+    nh.check_fits(dims[2], T, H)
     for t in range(T):
         hp, off = _prev(h0, hs, t)
-        _rnn_fwd[grid](hs, zs if zs is not None else hs, hp, off, w, t, B, H, *nh.args(), RELU=relu, **cfg)
+        _rnn_fwd[grid](hs, zs if zs is not None else hs, hp, off, w, t, *dims, *nh.args(), RELU=relu, **cfg)
 
 
 def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tensor | None, w: Tensor, nh: Norm,
@@ -546,10 +581,11 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
     _check(gh, hs, da, dz, zs, w)
     T, B, H = gh.shape
     nh.zero_grads()
-    grid, cfg = _launch(B, H, nh)
+    grid, dims, cfg = _launch(B, H, w, nh)
+    nh.check_fits(dims[2], T, H)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     for t in range(T - 1, -1, -1):
-        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, B, H, *nh.args()[:10], MODE=nh.mode,
+        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, *dims, *nh.args()[:10], MODE=nh.mode,
                        RELU=relu, HAS_NEXT=t < T - 1, **cfg)
 
 
@@ -562,14 +598,16 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     w = w.contiguous()
     _check(sig, tg, cs, tc, hs, zs, h0, c0, w)
     T, B, H = hs.shape
-    grid, cfg = _launch(B, H, nh, nc)
+    grid, dims, cfg = _launch(B, H, w, nh, nc)
+    nh.check_fits(dims[2], T, 4 * H)
+    nc.check_fits(dims[2], T, H)
     hh, cn = nh.args(), nc.args()
     consts = dict(MODE=hh[10], HAS_BETA=hh[11], HAS_SHIFT=hh[12], HAS_VAR=hh[13],
                   CMODE=cn[10], C_BETA=cn[11], C_SHIFT=cn[12], C_VAR=cn[13], **cfg)
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
         cp, coff = _prev(c0, cs, t)
-        _lstm_fwd[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, hp, hoff, cp, coff, w, t, B, H,
+        _lstm_fwd[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, hp, hoff, cp, coff, w, t, *dims,
                         *hh[:10], *cn[:10], **consts)
 
 
@@ -584,7 +622,9 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
     T, B, H = gh.shape
     nh.zero_grads()
     nc.zero_grads()
-    grid, cfg = _launch(B, H, nh, nc)
+    grid, dims, cfg = _launch(B, H, w, nh, nc)
+    nh.check_fits(dims[2], T, 4 * H)
+    nc.check_fits(dims[2], T, H)
     hh, cn = nh.args(), nc.args()
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     dc = gh.new_empty(B, H)
@@ -592,7 +632,7 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
         cp, coff = _prev(c0, cs, t)
         last = t == T - 1 and dc_last is not None
         _lstm_bwd[grid](gh, sig, tg, cs, tc, cp, coff, da, dz, dn if dn is not None else da,
-                        zs if zs is not None else sig, w, dc, dc_last if last else dc, t, B, H, *hh[:10], *cn[:10],
+                        zs if zs is not None else sig, w, dc, dc_last if last else dc, t, *dims, *hh[:10], *cn[:10],
                         MODE=nh.mode, CMODE=nc.mode, HAS_NEXT=t < T - 1, HAS_LAST=last, **cfg)
     return dc
 
@@ -605,11 +645,12 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
     w = w.contiguous()
     _check(gates, hw, hs, zs, h0, w)
     T, B, H = hs.shape
-    grid, cfg = _launch(B, H, nh)
+    grid, dims, cfg = _launch(B, H, w, nh)
+    nh.check_fits(dims[2], T, 3 * H)
     hh = nh.args()
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
-        _gru_fwd[grid](gates, hw, hs, zs if zs is not None else hw, hp, hoff, w, t, B, H, *hh[:10],
+        _gru_fwd[grid](gates, hw, hs, zs if zs is not None else hw, hp, hoff, w, t, *dims, *hh[:10],
                        MODE=hh[10], HAS_BETA=hh[11], HAS_SHIFT=hh[12], HAS_VAR=hh[13], **cfg)
 
 
@@ -623,9 +664,10 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
     _check(gh, gates, hw, hs, h0, da, du, dz, zs, w)
     T, B, H = gh.shape
     nh.zero_grads()
-    grid, cfg = _launch(B, H, nh)
+    grid, dims, cfg = _launch(B, H, w, nh)
+    nh.check_fits(dims[2], T, 3 * H)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     for t in range(T - 1, -1, -1):
         hp, hoff = _prev(h0, hs, t)
-        _gru_bwd[grid](gh, gates, hw, hp, hoff, da, du, dz, zs if zs is not None else hw, w, t, B, H,
+        _gru_bwd[grid](gh, gates, hw, hp, hoff, da, du, dz, zs if zs is not None else hw, w, t, *dims,
                        *nh.args()[:10], MODE=nh.mode, HAS_NEXT=t < T - 1, **cfg)

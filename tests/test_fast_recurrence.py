@@ -448,7 +448,8 @@ def test_step_kernels_compile_for_sm90():
     compile_for_sm90(r"""
 from baselines import scan_triton as st
 
-SCALARS = {"B": "i32", "H": "i32", "t": "i32", "hoff": "i32", "coff": "i32", "eps": "fp32", "ceps": "fp32"}
+SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "hoff": "i32", "coff": "i32", "eps": "fp32",
+           "ceps": "fp32"}
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
 CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population or no norm (32 rows)
@@ -801,9 +802,9 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
 
 
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
-    """Layer norm, float64, stacked seeds, more than MAX_HIDDEN units and batch norm over
-    more rows than one program holds keep the Python loops; on the CPU the kernels run
-    only when a test allows the interpreter."""
+    """Layer norm, float64, more than MAX_HIDDEN units and batch norm over more rows (of a
+    seed) than one program holds keep the Python loops; on the CPU the kernels run only
+    when a test allows the interpreter."""
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     x = torch.zeros(4, 3, 8)
     interp = scan_triton.interpreting() and scan_triton.triton is not None
@@ -811,13 +812,15 @@ def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypat
     assert (scan_triton.for_call(x, 0, "gru", (2,)) is not None) == interp
     assert scan_triton.for_call(x, 0, "lstm", (3, 0)) is None  # layer norm
     assert scan_triton.for_call(x.double(), 0, "rnn", (0,)) is None
-    assert scan_triton.for_call(x, 2, "rnn", (0,)) is None  # stacked seeds
     wide = torch.zeros(4, 3, 4 * (scan_triton.MAX_HIDDEN + 1))  # H = MAX_HIDDEN + 1
     assert scan_triton.for_call(wide, 0, "lstm", (0, 0)) is None
     assert (scan_triton.for_call(wide[..., :4 * scan_triton.MAX_HIDDEN], 0, "lstm", (0, 0)) is not None) == interp
     big = torch.zeros(scan_triton.MAX_ROWS + 1, 3, 8)
     assert scan_triton.for_call(big, 0, "rnn", (1,)) is None
     assert (scan_triton.for_call(big, 0, "rnn", (0,)) is not None) == interp  # rows split over programs
+    stacked = torch.zeros(2 * scan_triton.MAX_ROWS, 3, 8)  # two seeds: each seed's rows in one program
+    assert (scan_triton.for_call(stacked, 2, "rnn", (1,)) is not None) == interp
+    assert scan_triton.for_call(torch.zeros(2 * scan_triton.MAX_ROWS + 2, 3, 8), 2, "rnn", (1,)) is None
     monkeypatch.setenv(scan_triton.ENV, "0")
     assert scan_triton.for_call(x, 0, "rnn", (0,)) is None
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", False)
@@ -825,6 +828,10 @@ def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypat
     assert scan_triton.for_call(x, 0, "rnn", (0,)) is None
     with pytest.raises(ValueError, match="norm modes"):
         scan_triton.Norm(3, torch.ones(8), None, None, None, None, None, None, 1e-5)
+    one_model = scan_triton.Norm(2, torch.ones(8), None, torch.ones(3, 8), None, None, None, None, 1e-5)
+    one_model.check_fits(1, 3, 8)
+    with pytest.raises(ValueError, match="gamma has 8 values; 2 seed"):  # parameters of one model, W_hh of two
+        one_model.check_fits(2, 3, 8)
 
 
 @needs_kernels
@@ -872,3 +879,68 @@ def test_step_kernels_tanh_is_accurate_near_zero_and_far_out(monkeypatch):
     assert scan.last_path() == "scan-triton"
     want = torch.tanh(u.double())
     assert ((h.double() - want).abs() / want.abs()).max() < 5e-7
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell,norm,cell_norm,batch_stats,B", [
+    ("rnn", "batch", None, True, 5), ("rnn", None, None, True, 40), ("rnn", "batch", None, False, 5),
+    ("lstm", "batch", "batch", True, 5), ("lstm", "batch", "batch", False, 5), ("lstm", None, None, True, 40),
+    ("gru", "batch", None, True, 5), ("gru", None, None, True, 40)])
+def test_step_kernels_stack_seeds_as_one_by_one(cell, norm, cell_norm, batch_stats, B, monkeypatch):
+    """Three seeds stacked in one call of the step kernels (a grid axis per seed) give each
+    seed what the kernels give it alone: outputs, batch statistics, every gradient; with
+    40 rows a seed, each seed's rows span two programs."""
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    S, T, H = 3, 4, 20
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    torch.manual_seed(3)
+    per_seed = []
+    for _ in range(S):
+        a = dict(u=torch.randn(B, T, G * H), h0=torch.randn(B, H), w_hh=torch.randn(G * H, H) / 4,
+                 gamma_hh=torch.rand(G * H) + 0.5)
+        if cell == "lstm":
+            a.update(c0=torch.randn(B, H), gamma_c=torch.rand(H) + 0.5, beta_c=torch.randn(H) * 0.1)
+        if cell == "gru":
+            a["b_hn"] = torch.randn(H)
+        per_seed.append(a)
+    pops = dict(pop_mean=torch.randn(S, 2, G * H), pop_var=torch.rand(S, 2, G * H) + 0.5,
+                cell_pop_mean=torch.randn(S, 3, H), cell_pop_var=torch.rand(S, 3, H) + 0.5)
+
+    def call(a, pop):
+        kw = dict(norm=norm, batch_stats=batch_stats, pop_mean=pop["pop_mean"], pop_var=pop["pop_var"])
+        if cell == "rnn":
+            h, mean, var = scan.scan_rnn(a["u"], a["h0"], a["w_hh"], a["gamma_hh"], **kw)
+            out = [h], [mean, var]
+        elif cell == "gru":
+            h, stats = scan.scan_gru(a["u"], a["h0"], a["w_hh"], a["b_hn"], a["gamma_hh"], **kw)
+            out = [h], [t for k in sorted(stats) for t in stats[k]]
+        else:
+            h, c, stats = scan.scan_lstm(a["u"], a["h0"], a["c0"], a["w_hh"], a["gamma_hh"], cell_norm=cell_norm,
+                                         gamma_c=a["gamma_c"], beta_c=a["beta_c"], cell_pop_mean=pop["cell_pop_mean"],
+                                         cell_pop_var=pop["cell_pop_var"], **kw)
+            out = [h, c], [t for k in sorted(stats) for t in stats[k]]
+        assert scan.last_path() == "scan-triton"
+        return out
+
+    cots = [torch.randn(S * B, T, H), torch.randn(S * B, H)]
+    stacked = {k: (torch.cat if k in ("u", "h0", "c0") else torch.stack)([a[k] for a in per_seed]).requires_grad_()
+               for k in per_seed[0]}
+    outs, stats = call(stacked, pops)
+    grads = torch.autograd.grad(sum((o * c).sum() for o, c in zip(outs, cots)), list(stacked.values()),
+                                allow_unused=True)
+    close = dict(rtol=1e-5, atol=1e-6)  # the kernels' results are equal to the bit; the sums after them are not
+    for s, a in enumerate(per_seed):
+        leaves = {k: v.clone().requires_grad_() for k, v in a.items()}
+        want, want_stats = call(leaves, {k: v[s] for k, v in pops.items()})
+        rows = slice(s * B, (s + 1) * B)
+        want_grads = torch.autograd.grad(sum((o * c[rows]).sum() for o, c in zip(want, cots)), list(leaves.values()),
+                                         allow_unused=True)
+        for o, w in zip(outs, want):
+            torch.testing.assert_close(o[rows], w, **close)
+        if norm == "batch" and batch_stats or cell_norm == "batch" and batch_stats:
+            for got, w in zip(stats, want_stats):  # (T, S, F) against (T, F)
+                torch.testing.assert_close(got[:, s], w, **close)
+        for k, g, w in zip(leaves, grads, want_grads):
+            if w is not None:
+                torch.testing.assert_close(g[rows] if k in ("u", "h0", "c0") else g[s], w, **close, msg=k)

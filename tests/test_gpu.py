@@ -150,17 +150,18 @@ def test_graph_is_captured_anew_when_an_eager_step_replaces_a_buffer():
     assert not torch.equal(norm.running_mean[:sh.T], before[:sh.T])
 
 
+@pytest.mark.parametrize("steps", ["1", "0"])
 @pytest.mark.parametrize("name", ["bn-lstm", "ln-gru", "bn-rnn"])
-def test_stacked_seeds_graphed_equal_alone_on_gpu(name, monkeypatch):
+def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, monkeypatch):
     """Three seeds stacked in one CUDA-graphed step end where each seed trained alone
-    (eager) ends: losses and weights after 8 Adam steps. Both with the scan path's Python
-    loops (stacked seeds have no step kernels): Adam turns the rounding differences of
-    another implementation into weight differences of the order of its step size."""
+    (eager) ends: losses and weights after 8 Adam steps; with the step kernels on both
+    sides, and with the Python loops on both (Adam turns the rounding differences of two
+    implementations into weight differences of the order of its step size)."""
     from baselines import scan_triton
     from baselines.stack import SeedStack
     from suite.fastpath import GraphedStackedTrainStep
 
-    monkeypatch.setenv(scan_triton.ENV, "0")
+    monkeypatch.setenv(scan_triton.ENV, steps)
 
     torch.backends.cuda.matmul.allow_tf32 = False
     sh = bench.SHAPES["graph-test"]
