@@ -213,22 +213,10 @@ if triton is not None:
         return tl.where(tl.abs(a) < 0.3, series, 2.0 * _sigmoid(2.0 * a) - 1.0)
 
     @triton.jit
-    def _mm_t(A, rb, mb, K, W, wrow, mw, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-              PREC: tl.constexpr):
-        """(BB, BJ): A[rb, :K] @ W[wrow, :K]^T (A's rows K apart, W's rows the outputs)."""
-        acc = tl.zeros((BB, BJ), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            rk = k0 + tl.arange(0, BK)
-            mk = rk < K
-            a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
-            w = tl.load(W + wrow[None, :] * K + rk[:, None], mask=mk[:, None] & mw[None, :], other=0.0)
-            acc += tl.dot(a, w, input_precision=PREC)
-        return acc
-
-    @triton.jit
     def _mm_gates(A, rb, mb, K, W, H, rj, mj, NG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
                   BK: tl.constexpr, PREC: tl.constexpr):
-        """z_k = A[rb] @ W[k H + rj]^T for the NG gates (k < NG; the rest zeros), one pass over A."""
+        """z_k = A[rb] @ W[k H + rj]^T for the NG gates (1, 3 or 4; the rest zeros), one pass over
+        A (A's rows K apart, W's rows the outputs)."""
         z0 = tl.zeros((BB, BJ), dtype=tl.float32)
         z1 = tl.zeros((BB, BJ), dtype=tl.float32)
         z2 = tl.zeros((BB, BJ), dtype=tl.float32)
@@ -240,10 +228,11 @@ if triton is not None:
             mw = mk[:, None] & mj[None, :]
             w = tl.load(W + rj[None, :] * K + rk[:, None], mask=mw, other=0.0)
             z0 += tl.dot(a, w, input_precision=PREC)
-            w = tl.load(W + (H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
-            z1 += tl.dot(a, w, input_precision=PREC)
-            w = tl.load(W + (2 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
-            z2 += tl.dot(a, w, input_precision=PREC)
+            if NG > 1:
+                w = tl.load(W + (H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
+                z1 += tl.dot(a, w, input_precision=PREC)
+                w = tl.load(W + (2 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
+                z2 += tl.dot(a, w, input_precision=PREC)
             if NG == 4:
                 w = tl.load(W + (3 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
                 z3 += tl.dot(a, w, input_precision=PREC)
@@ -323,6 +312,29 @@ if triton is not None:
                                                           eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
 
     @triton.jit
+    def _gate_terms(P, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
+                    G, BE, SC, SH, MEAN, RSTD, VAR, eps, NG: tl.constexpr,
+                    MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        """The NG gates' pre-activations P[t] + N(h_{t-1} W_k^T) for the program's units
+        (the fourth is zeros for the GRU), and the offset of gate 0's block in P."""
+        F = NG * H
+        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, NG, BB, BJ, BK, PREC)
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        fs, tab = s * F + rj, t * S * F
+        a0 = _term(P, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a1 = _term(P, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a2 = _term(P, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a3 = z3
+        if NG == 4:
+            a3 = _term(P, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                       MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        return a0, a1, a2, a3, o0
+
+    @triton.jit
     def _store_dz(DZ, ZS, o, d, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
         """With a norm, DZ[o] = ∂L/∂z from d = ∂L/∂N(z) for the features fs (without one,
         ∂L/∂z is d, already in DA, which the callers pass as DZ)."""
@@ -348,7 +360,7 @@ if triton is not None:
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                  RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        z = _mm_t(HP + hoff, rb, mb, H, W + s * H * H, rj, mj, BB, BJ, BK, PREC)
+        z, _, _, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         a = _term(HS, ZS, off, z, s * H + rj, mj, m2, t * S * H, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
@@ -387,18 +399,9 @@ if triton is not None:
                   CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        F = 4 * H
-        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, 4, BB, BJ, BK, PREC)
-        o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        fs, tab = s * F + rj, t * S * F
-        a0 = _term(SIG, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = _term(SIG, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = _term(SIG, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a3 = _term(SIG, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a0, a1, a2, a3, o0 = _gate_terms(SIG, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
+                                         G, BE, SC, SH, MEAN, RSTD, VAR, eps, 4, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
+                                         BB, BJ, BK, PREC)
         i = _sigmoid(a0)
         f = _sigmoid(a1)
         g = _tanh(a2)
@@ -469,16 +472,9 @@ if triton is not None:
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        F = 3 * H
-        z0, z1, z2, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, 3, BB, BJ, BK, PREC)
-        o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        fs, tab = s * F + rj, t * S * F
-        a0 = _term(HW, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = _term(HW, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = _term(HW, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        a0, a1, a2, _, o0 = _gate_terms(HW, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
+                                        G, BE, SC, SH, MEAN, RSTD, VAR, eps, 3, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
+                                        BB, BJ, BK, PREC)
         tl.store(HW + o0, a0, mask=m2)
         tl.store(HW + o0 + H, a1, mask=m2)
         tl.store(HW + o0 + 2 * H, a2, mask=m2)
