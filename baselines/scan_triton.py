@@ -183,14 +183,18 @@ class Norm:
             self.dbeta.zero_()
 
     def args(self) -> tuple:
-        """Pointers and flags in the kernels' order: G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
-        eps, then the constexprs MODE, HAS_BETA, HAS_SHIFT, HAS_VAR. Absent tensors are
-        stood in for by γ (never read: their flags are off)."""
+        """Pointers in the kernels' order: G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps. Absent
+        tensors are stood in for by γ (never read: their ``flags`` are off)."""
         g = self.gamma
         pick = lambda t: t if t is not None else g  # noqa: E731
         return (g, pick(self.beta), pick(self.scale), pick(self.shift), pick(self.mean), pick(self.rstd),
-                pick(self.var), pick(self.dgamma), pick(self.dbeta), self.eps, self.mode, self.beta is not None,
-                self.shift is not None, self.var is not None)
+                pick(self.var), pick(self.dgamma), pick(self.dbeta), self.eps)
+
+    def flags(self, cell: bool = False) -> dict:
+        """The forward kernels' constexprs for this norm: MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
+        or the LSTM's cell-norm names (``cell``): CMODE, C_BETA, C_SHIFT, C_VAR."""
+        names = ("CMODE", "C_BETA", "C_SHIFT", "C_VAR") if cell else ("MODE", "HAS_BETA", "HAS_SHIFT", "HAS_VAR")
+        return dict(zip(names, (self.mode, self.beta is not None, self.shift is not None, self.var is not None)))
 
 
 def _inactive_input(nx: Norm, ux: Tensor | None) -> None:
@@ -522,16 +526,27 @@ if triton is not None:
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
-def _launch(B: int, H: int, w: Tensor, *norms: Norm) -> tuple[tuple[int, int, int], tuple[int, ...], dict]:
-    """Grid, the kernels' size arguments (B, H, S, B0) and tile constants. W_hh of shape
-    (S, G*H, H) means S stacked seeds, each of B0 = B/S rows (seed-major), on a grid
-    axis of their own; every row of a seed is in one program where a norm takes batch
+def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffers: tuple,
+           norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict]:
+    """What every loop does first: refuse an input norm, check the buffers (and W_hh, made
+    contiguous as csrc's takes any layout) and each (norm, its features) against the
+    seeds, zero the norms' dγ, dβ before a backward loop. Returns W_hh, the grid, the
+    kernels' size arguments (B, H, S, B0) and the tile constants. W_hh of shape
+    (S, G*H, H) means S stacked seeds, each of B0 = B/S rows (seed-major), on a grid axis
+    of their own; every row of a seed is in one program where a norm takes batch
     statistics."""
+    _inactive_input(nx, ux)
+    w = w.contiguous()
+    _check(*buffers, w)
     S = w.shape[0] if w.dim() == 3 else 1
     if B % S:
         raise ValueError(f"{B} rows do not split into {S} seeds")
     B0 = B // S
-    if any(n.mode == _BATCH for n in norms):
+    for n, F in norms:
+        n.check_fits(S, T, F)
+        if backward:
+            n.zero_grads()
+    if any(n.mode == _BATCH for n, _ in norms):
         bb = max(16, triton.next_power_of_2(B0))
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
@@ -539,7 +554,7 @@ def _launch(B: int, H: int, w: Tensor, *norms: Norm) -> tuple[tuple[int, int, in
         bb = min(ROWS_FREE, max(16, triton.next_power_of_2(B0)))
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
     cfg = dict(BB=bb, BJ=BJ, BK=BK, PREC=prec, num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
-    return (triton.cdiv(H, BJ), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg
+    return w, (triton.cdiv(H, BJ), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:
@@ -558,30 +573,22 @@ def _check(*ts: Tensor | None) -> None:
 def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, relu: bool, nx: Norm,
                 ux: Tensor | None) -> None:
     """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
-    _inactive_input(nx, ux)
-    w = w.contiguous()  # as csrc's, any layout of W_hh (its matrix product takes strides)
-    _check(hs, zs, h0, w)
     T, B, H = hs.shape
-    grid, dims, cfg = _launch(B, H, w, nh)
-    nh.check_fits(dims[2], T, H)
+    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
     for t in range(T):
         hp, off = _prev(h0, hs, t)
-        _rnn_fwd[grid](hs, zs if zs is not None else hs, hp, off, w, t, *dims, *nh.args(), RELU=relu, **cfg)
+        _rnn_fwd[grid](hs, zs if zs is not None else hs, hp, off, w, t, *dims, *nh.args(), RELU=relu, **nh.flags(),
+                       **cfg)
 
 
 def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tensor | None, w: Tensor, nh: Norm,
                  relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> None:
     """gh (T, B, H): ∂L/∂h_t, completed in place; da = gh act'(h_t); dz = N'(da) (da itself without a norm)."""
-    _inactive_input(nx, ux)
-    w = w.contiguous()
-    _check(gh, hs, da, dz, zs, w)
     T, B, H = gh.shape
-    nh.zero_grads()
-    grid, dims, cfg = _launch(B, H, w, nh)
-    nh.check_fits(dims[2], T, H)
+    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     for t in range(T - 1, -1, -1):
-        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, *dims, *nh.args()[:10], MODE=nh.mode,
+        _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, *dims, *nh.args(), MODE=nh.mode,
                        RELU=relu, HAS_NEXT=t < T - 1, **cfg)
 
 
@@ -590,21 +597,15 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     """sig (T, B, 4H) holds u_t (+ folded shift); its i, f, o blocks become the gates'
     sigmoids and the g block keeps its pre-activation. tg = tanh(g), cs = c_t,
     tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
-    _inactive_input(nx, ux)
-    w = w.contiguous()
-    _check(sig, tg, cs, tc, hs, zs, h0, c0, w)
     T, B, H = hs.shape
-    grid, dims, cfg = _launch(B, H, w, nh, nc)
-    nh.check_fits(dims[2], T, 4 * H)
-    nc.check_fits(dims[2], T, H)
+    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
     hh, cn = nh.args(), nc.args()
-    consts = dict(MODE=hh[10], HAS_BETA=hh[11], HAS_SHIFT=hh[12], HAS_VAR=hh[13],
-                  CMODE=cn[10], C_BETA=cn[11], C_SHIFT=cn[12], C_VAR=cn[13], **cfg)
+    consts = dict(**nh.flags(), **nc.flags(cell=True), **cfg)
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
         cp, coff = _prev(c0, cs, t)
         _lstm_fwd[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, hp, hoff, cp, coff, w, t, *dims,
-                        *hh[:10], *cn[:10], **consts)
+                        *hh, *cn, **consts)
 
 
 def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c0: Tensor, da: Tensor,
@@ -612,15 +613,9 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
                   nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> Tensor:
     """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
     completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
-    _inactive_input(nx, ux)
-    w = w.contiguous()
-    _check(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc_last)
     T, B, H = gh.shape
-    nh.zero_grads()
-    nc.zero_grads()
-    grid, dims, cfg = _launch(B, H, w, nh, nc)
-    nh.check_fits(dims[2], T, 4 * H)
-    nc.check_fits(dims[2], T, H)
+    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
+                                ((nh, 4 * H), (nc, H)), backward=True)
     hh, cn = nh.args(), nc.args()
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     dc = gh.new_empty(B, H)
@@ -628,7 +623,7 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
         cp, coff = _prev(c0, cs, t)
         last = t == T - 1 and dc_last is not None
         _lstm_bwd[grid](gh, sig, tg, cs, tc, cp, coff, da, dz, dn if dn is not None else da,
-                        zs if zs is not None else sig, w, dc, dc_last if last else dc, t, *dims, *hh[:10], *cn[:10],
+                        zs if zs is not None else sig, w, dc, dc_last if last else dc, t, *dims, *hh, *cn,
                         MODE=nh.mode, CMODE=nc.mode, HAS_NEXT=t < T - 1, HAS_LAST=last, **cfg)
     return dc
 
@@ -637,17 +632,12 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
                 nx: Norm, ux: Tensor | None) -> None:
     """gates (T, B, 3H) holds u_t and becomes (r, z, n); hw holds (0, 0, b_hn) (+ folded
     shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
-    _inactive_input(nx, ux)
-    w = w.contiguous()
-    _check(gates, hw, hs, zs, h0, w)
     T, B, H = hs.shape
-    grid, dims, cfg = _launch(B, H, w, nh)
-    nh.check_fits(dims[2], T, 3 * H)
+    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
     hh = nh.args()
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
-        _gru_fwd[grid](gates, hw, hs, zs if zs is not None else hw, hp, hoff, w, t, *dims, *hh[:10],
-                       MODE=hh[10], HAS_BETA=hh[11], HAS_SHIFT=hh[12], HAS_VAR=hh[13], **cfg)
+        _gru_fwd[grid](gates, hw, hs, zs if zs is not None else hw, hp, hoff, w, t, *dims, *hh, **nh.flags(), **cfg)
 
 
 def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, da: Tensor, du: Tensor,
@@ -655,15 +645,11 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
                  dux: Tensor | None) -> None:
     """The backward loop of ``gru_forward`` (csrc's ``gru_backward``): fills du, da, dz and
     completes gh (the carry z_t ∂L/∂h_t and ∂L/∂z_t W reach h_{t-1})."""
-    _inactive_input(nx, ux)
-    w = w.contiguous()
-    _check(gh, gates, hw, hs, h0, da, du, dz, zs, w)
     T, B, H = gh.shape
-    nh.zero_grads()
-    grid, dims, cfg = _launch(B, H, w, nh)
-    nh.check_fits(dims[2], T, 3 * H)
+    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
+                                backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     for t in range(T - 1, -1, -1):
         hp, hoff = _prev(h0, hs, t)
         _gru_bwd[grid](gh, gates, hw, hp, hoff, da, du, dz, zs if zs is not None else hw, w, t, *dims,
-                       *nh.args()[:10], MODE=nh.mode, HAS_NEXT=t < T - 1, **cfg)
+                       *nh.args(), MODE=nh.mode, HAS_NEXT=t < T - 1, **cfg)
