@@ -328,14 +328,19 @@ class InputNorm:
 _ran = threading.local()  # which loops the last call on this thread ran (``last_path``)
 
 
-def _loops(u: Tensor, S: int, cell: str, *norms: _Norm, input_norm: bool = False):
+def _loops(u: Tensor, S: int, cell: str, nx: _Norm | None, nh: _Norm, *others: _Norm):
     """The compiled loops that run a call on ``u``: csrc's on the CPU (``scan_cpp``), the
-    Triton step kernels on CUDA where they cover the cell's norms (``scan_triton``; not
-    with an input norm, which only csrc's take), or None: the Python loops."""
+    Triton step kernels on CUDA where they cover the cell's norms (``scan_triton``), or
+    None: the Python loops. An input norm ``nx`` runs in csrc's loops only, for one model
+    and without population statistics on the recurrent term (ValueError otherwise)."""
     loops, name = scan_cpp.for_call(u, S), "scan-cpp"
-    if loops is None and not input_norm:
-        loops, name = scan_triton.for_call(u, S, cell, tuple(_MODES[n.mode] for n in norms)), "scan-triton"
+    if loops is None and nx is None:
+        loops, name = scan_triton.for_call(u, S, cell, tuple(_MODES[n.mode] for n in (nh, *others))), "scan-triton"
     _ran.path = name if loops is not None else "scan"
+    if nx is not None and (loops is None or S):
+        raise ValueError("an input norm runs in the compiled CPU loops, for one model (see InputNorm.available)")
+    if nx is not None and nh.mode == "pop":  # its shift would go into the buffer that the input norm writes
+        raise ValueError("an input norm (batch statistics) with population statistics on the recurrent term")
     return loops
 
 
@@ -375,15 +380,6 @@ def _inactive(loops, like: Tensor):
     return loops.Norm(_MODES[None], like.new_ones(1), None, None, None, None, None, None, 0.0)
 
 
-def _check_input_norm(nx: _Norm | None, loops, S: int, nh: _Norm) -> None:
-    if nx is None:
-        return
-    if loops is None or S:
-        raise ValueError("an input norm runs in the compiled CPU loops, for one model (see InputNorm.available)")
-    if nh.mode == "pop":  # its shift would go into the buffer that the input norm writes
-        raise ValueError("an input norm (batch statistics) with population statistics on the recurrent term")
-
-
 class ScanRNN(torch.autograd.Function):
     """h_t = act(u_t + N(h_{t-1} W^T)); see ``fused.fused_rnn``."""
 
@@ -392,8 +388,7 @@ class ScanRNN(torch.autograd.Function):
         B, T, H = u.shape
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, gamma, None, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = _loops(u, S, "rnn", nh, input_norm=nx is not None)
-        _check_input_norm(nx, loops, S, nh)
+        loops = ctx.loops = _loops(u, S, "rnn", nx, nh)
         u = u.contiguous() if nx is not None else u
         hs = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes h_t in place
         zs = u.new_empty(T, B, H) if nh.mode else None
@@ -455,8 +450,7 @@ class ScanLSTM(torch.autograd.Function):
         H = GH // 4
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = _loops(u, S, "lstm", nh, nc, input_norm=nx is not None)
-        _check_input_norm(nx, loops, S, nh)
+        loops = ctx.loops = _loops(u, S, "lstm", nx, nh, nc)
         u = u.contiguous() if nx is not None else u
         sig = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes σ of the gates in place (g unused)
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
@@ -553,8 +547,7 @@ class ScanGRU(torch.autograd.Function):
         H = GH // 3
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, g, None, T, S), _input_norm(gx, sx, x_eps, T)
-        loops = ctx.loops = _loops(u, S, "gru", nh, input_norm=nx is not None)
-        _check_input_norm(nx, loops, S, nh)
+        loops = ctx.loops = _loops(u, S, "gru", nx, nh)
         u = u.contiguous() if nx is not None else u
         gates = _input_buffer(u, bias, S, nx)  # each step's row becomes (r, z, n) in place
         zero = torch.zeros_like(b_hn)
