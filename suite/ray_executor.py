@@ -172,6 +172,10 @@ class _Unit:
     def end(self, run_id: str) -> None:
         self.open.remove(run_id)
 
+    def open_specs(self) -> list[RunSpec]:
+        """The runs not yet ended, as a list of their own (ending one does not disturb it)."""
+        return [s for s in self.specs if s.run_id in self.open]
+
 
 def _record(store: Store, unit: _Unit, item: tuple, owner: str, ended: Callable[[RunSpec, str | None], None]) -> None:
     """Write one message of a unit's stream; ``ended(run, status)`` for each run it ends.
@@ -188,7 +192,7 @@ def _record(store: Store, unit: _Unit, item: tuple, owner: str, ended: Callable[
         ended(spec, status)
         return
     _, reason, env = item
-    for spec in [s for s in unit.specs if s.run_id in unit.open]:
+    for spec in unit.open_specs():
         _end(store, unit, spec, "failed", reason, env, owner, ended)
 
 
@@ -229,7 +233,7 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
 
     def give_up(gen: Any, unit: _Unit, status: str | None, reason: str | None = None) -> None:
         """End the unit's open runs: failed with ``reason``, or given back (status None)."""
-        for spec in [s for s in unit.specs if s.run_id in unit.open]:
+        for spec in unit.open_specs():
             _end(store, unit, spec, status, reason, None, owner, ended)
         running.pop(gen)
 
