@@ -64,7 +64,12 @@ MAX_ROWS = 128  # batch norm: the whole batch in one program
 # 1.09x, rnn-loop 2.58x against 2.96x), where cuBLAS spreads each step's product over
 # the chip; between the two it is not measured, so larger H keeps the Python loops.
 MAX_HIDDEN = 128
-BJ = 16  # hidden units per program (tl.dot needs 16 at least)
+BJ = 16  # hidden units per program where the rows are split over programs
+# Hidden units per program where a program holds the whole batch (batch norm): fewer
+# units spread a step over more programs (H/BJ of them: 7 at H=100 with 16), at the
+# cost of narrower products (Triton pads a float32 product narrower than 8 columns).
+# 16 is what was timed (benchmarks/RESULTS.md); ``step_sweep.py --sweep units`` times 8 and 4.
+BJ_WHOLE_BATCH = 16
 BK = 32  # the matrix products' reduction, in chunks
 ROWS_FREE = 32  # rows per program where no batch statistics bind them together
 # The matrix products' precision where PyTorch's float32 matmul setting asks for full
@@ -547,14 +552,14 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
         if backward:
             n.zero_grads()
     if any(n.mode == _BATCH for n, _ in norms):
-        bb = max(16, triton.next_power_of_2(B0))
+        bb, bj = max(16, triton.next_power_of_2(B0)), BJ_WHOLE_BATCH
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
     else:
-        bb = min(ROWS_FREE, max(16, triton.next_power_of_2(B0)))
+        bb, bj = min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
-    cfg = dict(BB=bb, BJ=BJ, BK=BK, PREC=prec, num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
-    return w, (triton.cdiv(H, BJ), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg
+    cfg = dict(BB=bb, BJ=bj, BK=BK, PREC=prec, num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
+    return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:

@@ -4,14 +4,14 @@
 # CUDA step kernels against its Python loops, the custom cells with 8 seeds stacked
 # per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
 # a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
-# STAGES (default: all) picks stages by name: tests bench ab sweep stacked reference smoke;
+# STAGES (default: all) picks stages by name: tests bench ab sweep units stacked reference smoke;
 # "warps" and "profile" (Nsight Compute on the bn-lstm step kernels) run only when named.
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-74 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, warps 36 s, profile 29 s, stacked 37 s, smoke 44 s; a call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
-STAGES=${STAGES:-tests bench ab sweep stacked reference smoke}
+STAGES=${STAGES:-tests bench ab sweep units stacked reference smoke}
 mkdir -p "$OUTDIR"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -40,6 +40,11 @@ fi
 if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
+fi
+if want units; then
+  stage "sweep: hidden units per program (how many programs share a step; not yet timed)"
+  timeout 200 $PY benchmarks/step_sweep.py --sweep units --json "$OUTDIR/sweep_units.json" 2>&1 \
+    | tee "$OUTDIR/sweep_units.txt" | tail -3
 fi
 if want warps; then
   stage "sweep: warps of the whole-batch step kernels"
@@ -83,4 +88,4 @@ fi
 
 stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
-for f in sweep sweep_warps bench_ab bench_stacked bench; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done
+for f in sweep sweep_units sweep_warps bench_ab bench_stacked bench; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done

@@ -3,11 +3,17 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
 
 - ``tiles``: the matrix products' float32 precision, the reduction chunk and the rows
   per program where no batch norm binds the rows together;
-- ``warps``: the warps of a program that holds the whole batch (batch norm).
+- ``warps``: the warps of a program that holds the whole batch (batch norm);
+- ``units``: the hidden units per program, which set how many programs share a step
+  (H/units): 16 (the default, timed), 8 and 4 where a program holds the whole batch,
+  and 8 where rows are split (``BJ``).
 
-    python3 benchmarks/step_sweep.py [--sweep tiles|warps] [--json FILE]
+    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units] [--json FILE]
 
-Run on a CUDA machine (benchmarks/device_check.sh runs it as its ``sweep`` stage).
+Run on a CUDA machine (benchmarks/device_check.sh runs it as its ``sweep`` and
+``units`` stages). Before timing a setting, one eager training step of each model at
+the shape compiles its kernels outside any CUDA graph; a setting that this Triton
+cannot compile prints one line and is skipped.
 """
 
 from __future__ import annotations
@@ -15,37 +21,64 @@ from __future__ import annotations
 import argparse
 import json
 
-from baselines import scan_triton
-from suite.bench import bench
+import torch
 
-DEFAULTS = dict(FP32_DOT="tf32x3", BK=32, ROWS_FREE=32, WARPS_WHOLE_BATCH=8)
+from baselines import scan_triton, set_fast_path
+from suite.bench import SHAPES, build_step, bench, make_batch
+
+DEFAULTS = dict(FP32_DOT="tf32x3", BK=32, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, BJ=16, BJ_WHOLE_BATCH=16)
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=64), dict(ROWS_FREE=16)],
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
     "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
+    "units": ([{}, dict(BJ_WHOLE_BATCH=8, BJ=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK=64),
+               dict(BJ_WHOLE_BATCH=4, WARPS_WHOLE_BATCH=4)],
+              {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn", "lstm-loop", "gru-loop"]}),
 }
 
 
-def main() -> None:
+def compiles(model: str, shape: str, device: str = "cuda") -> str | None:
+    """None where one eager training step of ``model`` at ``shape`` runs with the current
+    settings (on CUDA: compiling its step kernels outside any CUDA graph); else why not."""
+    dev = torch.device(device)
+    try:
+        step = build_step(model, SHAPES[shape], dev, fast_path=False)  # eager: no graph to break
+        set_fast_path(step.model, True)  # with the fast recurrence
+        step(make_batch(SHAPES[shape], dev))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return None
+    except Exception as e:  # a setting this Triton cannot compile
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", choices=sorted(SWEEPS), default="tiles")
     ap.add_argument("--json", help="write every row here")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cuda", help="where to time (the kernels run on CUDA only; cpu: a dry run)")
+    args = ap.parse_args(argv)
     variants, cases = SWEEPS[args.sweep]
     rows = []
-    for change in variants:
-        settings = {**DEFAULTS, **change}
-        for k, v in settings.items():
+    try:
+        for change in variants:
+            settings = {**DEFAULTS, **change}
+            for k, v in settings.items():
+                setattr(scan_triton, k, v)
+            label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+            for shape, models in cases.items():
+                failed = {m: why for m in models if (why := compiles(m, shape, args.device))}
+                for m, why in failed.items():
+                    print(f"{label:<34}{m:<10}{shape:<10} skipped: {why}", flush=True)
+                timed = [m for m in models if m not in failed]
+                for r in bench(timed, [shape], args.device, repeats=3) if timed else []:
+                    if r["model"] != "lstm":
+                        rows.append({**r, **settings})
+                        print(f"{label:<34}{r['model']:<10}{shape:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
+                              f"{r['path']}", flush=True)
+    finally:
+        for k, v in DEFAULTS.items():
             setattr(scan_triton, k, v)
-        label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
-        for shape, models in cases.items():
-            for r in bench(models, [shape], "cuda", repeats=3):
-                if r["model"] != "lstm":
-                    rows.append({**r, **settings})
-                    print(f"{label:<22}{r['model']:<10}{shape:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
-                          f"{r['path']}", flush=True)
-    for k, v in DEFAULTS.items():
-        setattr(scan_triton, k, v)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

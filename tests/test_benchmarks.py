@@ -125,3 +125,39 @@ def test_step_sweep_defaults_are_the_kernels_defaults():
     for variants, cases in step_sweep.SWEEPS.values():
         assert all(set(v) <= set(step_sweep.DEFAULTS) for v in variants)
         assert all(m in baselines.names() for models in cases.values() for m in models)
+
+
+def test_step_sweep_probe_says_why_a_setting_cannot_run():
+    """The sweep's probe runs one eager training step before timing a setting: None where
+    it runs, one line naming the failure where it does not (the sweep then skips it)."""
+    from baselines import scan_triton
+    from benchmarks import step_sweep
+
+    assert step_sweep.compiles("bn-lstm", "tiny", "cpu") is None
+    assert step_sweep.compiles("no-such-model", "tiny", "cpu").startswith("UserError: unknown model")
+    with pytest.MonkeyPatch.context() as mp:  # a failure inside the step, as a kernel that will not compile
+        mp.setattr(baselines, "set_fast_path", lambda *a: (_ for _ in ()).throw(RuntimeError("PTX error\nmore")))
+        mp.setattr(step_sweep, "set_fast_path", baselines.set_fast_path)
+        assert step_sweep.compiles("rnn-loop", "tiny", "cpu") == "RuntimeError: PTX error"
+    assert scan_triton.BJ_WHOLE_BATCH == step_sweep.DEFAULTS["BJ_WHOLE_BATCH"]
+
+
+def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monkeypatch, capsys):
+    """A dry run of the sweep on the CPU at the tiny shape: one row per (setting, model)
+    with the setting recorded, a model that cannot run skipped with its reason, and the
+    kernels' settings as they were afterwards."""
+    import json
+
+    from baselines import scan_triton
+    from benchmarks import step_sweep
+
+    monkeypatch.setitem(step_sweep.SWEEPS, "units", ([{}, dict(BJ_WHOLE_BATCH=4)], {"tiny": ["bn-rnn", "rnn-loop"]}))
+    real = step_sweep.compiles
+    monkeypatch.setattr(step_sweep, "compiles", lambda m, shape, device: (
+        "RuntimeError: no" if m == "rnn-loop" and scan_triton.BJ_WHOLE_BATCH == 4 else real(m, shape, device)))
+    out = tmp_path / "units.json"
+    step_sweep.main(["--sweep", "units", "--device", "cpu", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["BJ_WHOLE_BATCH"]) for r in rows] == [("bn-rnn", 16), ("rnn-loop", 16), ("bn-rnn", 4)]
+    assert "rnn-loop  tiny       skipped: RuntimeError: no" in capsys.readouterr().out
+    assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS

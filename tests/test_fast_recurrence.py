@@ -465,10 +465,15 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     # other row blocks (a batch of 64 or fewer rows); TF32 products (PyTorch's TF32 setting)
     (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=64, PREC="tf32")),
     (st._lstm_bwd, dict(MODE=1, CMODE=0, HAS_NEXT=True, HAS_LAST=True, BB=16, PREC="tf32")),
+    # fewer units per program than the tensor cores' tile (step_sweep.py --sweep units)
+    (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128, BJ=4)),
+    (st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=128, BJ=4)),
+    (st._gru_fwd, dict(BN, BB=128, BJ=8)), (st._gru_bwd, dict(MODE=1, HAS_NEXT=True, BB=128, BJ=8)),
+    (st._rnn_fwd, dict(BN, RELU=False, BB=128, BJ=4)), (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128, BJ=4)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else 4)
-""", 14)
+""", 20)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------
@@ -772,14 +777,18 @@ def test_compiled_loops_reject_an_input_term_that_does_not_fit(monkeypatch):
     ("rnn", None, None, True), ("rnn", "batch", None, True), ("lstm", None, None, True),
     ("lstm", "batch", "batch", True), ("lstm", "batch", "batch", False), ("gru", None, None, True),
     ("gru", "batch", None, True)])
-def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_stats, monkeypatch):
+@pytest.mark.parametrize("units", [16, 4])
+def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_stats, units, monkeypatch):
     """The CUDA step kernels (interpreted) where a launch has several programs: 40 hidden
-    units are three blocks of units and two chunks of the matrix product; without batch
-    norm 40 rows are two blocks of rows. Against the float64 reference, and the path says
-    that the kernels ran."""
+    units are three blocks of 16 units (or ten of 4: products narrower than Triton's
+    tensor-core tile) and two chunks of the matrix product; without batch norm 40 rows
+    are two blocks of rows. Against the float64 reference, and the path says that the
+    kernels ran."""
     impl = IMPLS["scan-triton"]
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    monkeypatch.setattr(scan_triton, "BJ", units)
+    monkeypatch.setattr(scan_triton, "BJ_WHOLE_BATCH", units)
     B, T, H = 40, 3, 40
     if cell == "lstm":
         run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
