@@ -6,7 +6,8 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
 - ``warps``: the warps of a program that holds the whole batch (batch norm);
 - ``units``: the hidden units per program, which set how many programs share a step
   (H/units): 16 (the default, timed), 8 and 4 where a program holds the whole batch,
-  and 8 where rows are split (``BJ``).
+  and 8 where rows are split (``BJ``); with 4, longer reduction chunks (fewer steps
+  in each product's loop) and fewer warps.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units] [--json FILE]
 
@@ -32,7 +33,7 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
     "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
     "units": ([{}, dict(BJ_WHOLE_BATCH=8, BJ=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK=64),
-               dict(BJ_WHOLE_BATCH=4, WARPS_WHOLE_BATCH=4)],
+               dict(BJ_WHOLE_BATCH=4, BK=128), dict(BJ_WHOLE_BATCH=4, WARPS_WHOLE_BATCH=4)],
               {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn", "lstm-loop", "gru-loop"]}),
 }
 
