@@ -129,16 +129,12 @@ class NormLoopCore(LoopCore):
     def loop_input_norm(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, InputNorm] | None:
         """The input term's batch norm in the compiled loops (``scan.InputNorm``): per-step
         batch statistics of an unpadded batch of two or more, on the fast path, on the
-        CPU, with one PyTorch thread. Same values as ``input_term``'s norm; its statistics
-        return under "x". One thread only: the loops are serial, while ``F.batch_norm``
-        and the time-major copy that it replaces spread over the threads. On a 2-core
-        machine at the small shape, at one thread (the suite's local runs with one job
-        per core) bn-lstm trained 3% to 9% faster in three A/B runs, bn-gru and bn-rnn
-        2%; at two threads bn-lstm was no faster and bn-gru 6% slower
-        (benchmarks/RESULTS.md)."""
+        CPU. Same values as ``input_term``'s norm; its statistics return under "x". The
+        loops normalize every step before the forward loop and take the gradient after
+        the backward loop, on PyTorch's CPU threads, in place of ``F.batch_norm`` and the
+        copies to and from time-major order (benchmarks/RESULTS.md has the A/B)."""
         n = self.norm_ih[layer] if self.norm_ih is not None else None
         if (n is None or n.kind != "batch" or n.stats != "per_step" or not n.uses_batch_stats() or mask is not None
-                or torch.get_num_threads() != 1
                 or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.fast_enabled(seq)
                 or self.uses_kernel(seq) or self.fast_norm_args(layer, False) is None):
             return None

@@ -31,9 +31,11 @@ derivatives and the norms' statistics and γ/β gradients); everything around th
 is shared by both, and the tests run every case on both loops. On CUDA the loops run as
 one Triton kernel per step (``scan_triton``, with the same arguments as the compiled
 loops) where it covers the cell's norms. The compiled CPU loops can
-also batch-normalize the input term step by step (``InputNorm``), reading it where the
-input projection left it: that saves a separate batch norm over the whole (B, T, G*H)
-term and the copy to time-major order, memory passes over a term larger than the cache.
+also batch-normalize the input term with per-step statistics (``InputNorm``), reading it
+where the input projection left it and writing it time-major for the forward loop (and
+its gradient back after the backward loop), on PyTorch's CPU threads: that saves a
+separate batch norm over the whole (B, T, G*H) term and the copies to and from
+time-major order, memory passes over a term larger than the cache.
 """
 
 from __future__ import annotations

@@ -39,35 +39,53 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def _flags() -> tuple[str, list[str]]:
-    """The module's name and compiler flags. -fno-trapping-math and -fopenmp-simd let
-    the compiler vectorise the elementwise loops (no fast-math: NaN and infinities keep
-    their meaning). On x86-64 CPUs with AVX2, the loops are built for AVX2 and FMA
+def _flags(openmp: bool = True) -> tuple[str, list[str], list[str]]:
+    """The module's name, compiler and linker flags. -fno-trapping-math and -fopenmp-simd
+    let the compiler vectorise the elementwise loops (no fast-math: NaN and infinities
+    keep their meaning). On x86-64 CPUs with AVX2, the loops are built for AVX2 and FMA
     (about 3x faster than SSE2 at H=64) under a name of their own, so a shared cache
-    never hands that build to an older CPU (nor one built against another torch)."""
-    flags = ["-O3", "-fno-trapping-math", "-fopenmp-simd"]
+    never hands that build to an older CPU (nor one built against another torch). Where
+    PyTorch runs its CPU threads with OpenMP (its Linux builds) and ``openmp`` is on,
+    -fopenmp lets the input norm's passes share PyTorch's threads (``at::parallel_for``,
+    whose OpenMP version is compiled into the module; the OpenMP runtime is the one
+    PyTorch has loaded, found by its library name); else they run on one thread."""
+    flags, ldflags = ["-O3", "-fno-trapping-math", "-fopenmp-simd"], []
     # the torch version in the name: a build against another torch's headers is not reused
     name = "rnnbench_scan_loops_" + re.sub(r"\W", "_", torch.__version__)
     if platform.machine() in ("x86_64", "AMD64") and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
         name += "_avx2"
-    return name, flags
+    if openmp and platform.system() == "Linux" and "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        flags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+        name += "_omp"
+    return name, flags, ldflags
+
+
+def _build(openmp: bool) -> ModuleType:
+    from torch.utils.cpp_extension import load as load_extension
+
+    name, flags, ldflags = _flags(openmp)
+    return load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags, verbose=False)
 
 
 def load() -> ModuleType | None:
-    """The compiled module, building it the first time; None where it cannot be built."""
+    """The compiled module, building it the first time (where the build with OpenMP
+    fails, once more without it); None where it cannot be built."""
     global _module, _failed
     if _module is not None or _failed is not None:
         return _module
     try:
-        from torch.utils.cpp_extension import load as load_extension
-
         if shutil.which("ninja") is None:  # the ninja wheel's binary sits beside this venv's python
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        name, flags = _flags()
-        _module = load_extension(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+        try:
+            _module = _build(openmp=True)
+        except Exception:  # e.g. a compiler without OpenMP: the loops without their threads
+            if _flags(True)[0] == _flags(False)[0]:
+                raise
+            _module = _build(openmp=False)
     except Exception as e:  # a missing compiler or ninja, a failed build: keep the Python loops
         lines = str(e).strip().splitlines() or [""]
         _failed = f"{type(e).__name__}: {next((ln for ln in lines if 'error' in ln), lines[-1]).strip()}"

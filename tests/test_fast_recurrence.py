@@ -631,6 +631,36 @@ def test_compiled_loops_that_cannot_be_built_leave_the_python_loops(monkeypatch)
     assert h.shape == (2, 3, 4) and scan.last_path() == "scan"
 
 
+def test_compiled_loops_build_without_openmp_where_it_fails(monkeypatch):
+    """Where the build with OpenMP fails (a compiler without it), the loops are built once
+    more without -fopenmp, under a name of their own, and no warning is raised."""
+    import warnings
+
+    from torch.utils import cpp_extension
+
+    from baselines import scan_cpp
+
+    monkeypatch.setattr(scan_cpp.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP")
+    with_omp, without = scan_cpp._flags(True), scan_cpp._flags(False)
+    assert "-fopenmp" in with_omp[1] and "-fopenmp" not in without[1] and with_omp[0] == without[0] + "_omp"
+    built = []
+
+    def build(name, sources, extra_cflags, extra_ldflags, verbose):
+        built.append(name)
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("x.cpp:1: fatal error: omp.h: No such file or directory")
+        return "the module"
+
+    monkeypatch.setattr(cpp_extension, "load", build)
+    monkeypatch.setattr(scan_cpp, "_module", None)
+    monkeypatch.setattr(scan_cpp, "_failed", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_cpp.load() == "the module"
+    assert built == [with_omp[0], without[0]] and scan_cpp.build_error() is None
+
+
 def test_compiled_float32_activations_are_accurate(monkeypatch):
     """The rational tanh and the sigmoid built on it (float32) against torch's, over a
     grid and at ±inf: tanh through an RNN with no recurrent weight (h = tanh(u)),

@@ -9,8 +9,9 @@
 // plain arrays, with the step's norm (batch, population or layer statistics) computed
 // in the same pass; the backward loop also computes the gates' derivatives step by
 // step and sums the norms' dgamma/dbeta. The loops can also batch-normalize the input
-// term step by step, reading it where the input projection left it (InputNorm below;
-// scan.InputNorm says when). Everything outside the loops (buffers, the
+// term with per-step statistics, reading it where the input projection left it, in a
+// pass before the forward loop and one after the backward loop that share PyTorch's
+// CPU threads (InputNorm below; scan.InputNorm says when). Everything outside the loops (buffers, the
 // matrix products over all steps, running statistics) stays in scan.py, shared with
 // the Python loops; tests/test_fast_recurrence.py checks this path against a float64
 // reference loop and against the Python loops.
@@ -24,6 +25,7 @@
 // downstream); +-inf give +-1 (tanh) and 1/0 (sigmoid). Every buffer must be
 // contiguous; the Python side allocates them so.
 
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -157,7 +159,7 @@ struct Norm {
       return;
     }
     if (mode == BATCH) {
-      batch_forward(row, g, be, x, F, out, B, F, accumulate);
+      batch_forward(row, g, be, x, F, out, F, B, F, accumulate);
       return;
     }
     // LAYER: statistics per row
@@ -184,26 +186,11 @@ struct Norm {
     }
   }
 
-  // The input term's batch norm inside the loops (one model, per-step batch statistics):
-  // out (B, F) = N(u_t) from the B rows of step t of u (B, T, F), whose rows are ``us``
-  // apart; its backward writes dL/du_t into the same rows of du. Reading u where the
-  // projection left it saves the passes of a separate batch norm and of the copy to
-  // time-major order, over a term too large for the cache.
+  // Batch norm of B rows of F features (x's rows ``xs`` apart, out's ``os`` apart) with
+  // the statistics of row ``row`` of the (T, S*F) tables: out (+)= gamma xhat (+ beta).
   template <typename T>
-  void input_forward(int64_t t, const T* u, int64_t us, T* out, int64_t B, int64_t F) const {
-    batch_forward(t * F, ptr<T>(gamma), ptr<T>(beta), u, us, out, B, F, false);
-  }
-
-  template <typename T>
-  void input_backward(int64_t t, const T* dy, const T* u, int64_t us, T* du, int64_t B, int64_t F) const {
-    batch_backward(t * F, ptr<T>(gamma), ptr<T>(dgamma), ptr<T>(dbeta), dy, u, us, du, B, F);
-  }
-
-  // Batch norm of B rows of F features (x's rows ``xs`` apart, out's F apart) with the
-  // statistics of row ``row`` of the (T, S*F) tables: out (+)= gamma xhat (+ beta).
-  template <typename T>
-  void batch_forward(int64_t row, const T* g, const T* be, const T* x, int64_t xs, T* out, int64_t B, int64_t F,
-                     bool accumulate) const {
+  void batch_forward(int64_t row, const T* g, const T* be, const T* x, int64_t xs, T* out, int64_t os, int64_t B,
+                     int64_t F, bool accumulate) const {
     T* mu = ptr<T>(mean, row);
     T* rs = ptr<T>(rstd, row);
     std::fill(mu, mu + F, T(0));
@@ -228,7 +215,7 @@ struct Norm {
     for (int64_t f = 0; f < F; ++f) rs[f] = T(1) / std::sqrt(rs[f] / T(B) + T(eps));
     for (int64_t b = 0; b < B; ++b) {
       const T* xb = x + b * xs;
-      T* ob = out + b * F;
+      T* ob = out + b * os;
       SIMD
       for (int64_t f = 0; f < F; ++f) {
         T y = (xb[f] - mu[f]) * rs[f] * g[f] + (be ? be[f] : T(0));
@@ -238,17 +225,17 @@ struct Norm {
   }
 
   // The backward pass of ``batch_forward``: dx (rows ``xs`` apart, as x's; dx may be dy
-  // where xs is F) from dy (rows F apart); dgamma/dbeta accumulate.
+  // where both are F apart) from dy (rows ``ys`` apart); dgamma/dbeta accumulate.
   template <typename T>
-  void batch_backward(int64_t row, const T* g, T* dg, T* dbe, const T* dy, const T* x, int64_t xs, T* dx, int64_t B,
-                      int64_t F) const {
+  void batch_backward(int64_t row, const T* g, T* dg, T* dbe, const T* dy, int64_t ys, const T* x, int64_t xs, T* dx,
+                      int64_t B, int64_t F) const {
     const T* mu = ptr<T>(mean, row);
     const T* rs = ptr<T>(rstd, row);
     std::vector<T> sdy(F, T(0)), sdyx(F, T(0));
     for (int64_t b = 0; b < B; ++b)
       SIMD
       for (int64_t f = 0; f < F; ++f) {
-        const T d = dy[b * F + f];
+        const T d = dy[b * ys + f];
         sdy[f] += d;
         sdyx[f] += d * (x[b * xs + f] - mu[f]) * rs[f];
       }
@@ -263,7 +250,7 @@ struct Norm {
       SIMD
       for (int64_t f = 0; f < F; ++f) {
         const T xh = (x[b * xs + f] - mu[f]) * rs[f];
-        dx[b * xs + f] = g[f] * rs[f] * (dy[b * F + f] - sdy[f] - xh * sdyx[f]);
+        dx[b * xs + f] = g[f] * rs[f] * (dy[b * ys + f] - sdy[f] - xh * sdyx[f]);
       }
   }
 
@@ -286,7 +273,7 @@ struct Norm {
     T* dg = ptr<T>(dgamma, s * F);  // batch and layer norm from here on
     T* dbe = ptr<T>(dbeta, s * F);
     if (mode == BATCH) {
-      batch_backward(row, g, dg, dbe, dy, x, F, dx, B, F);
+      batch_backward(row, g, dg, dbe, dy, F, x, F, dx, B, F);
       return;
     }
     const T* mu = ptr<T>(mean, (t * seeds + s) * B);
@@ -360,8 +347,16 @@ void recurrent_back(const Norm& n, int64_t t, at::Tensor& da, at::Tensor& dz, co
     gh[t - 1].addmm_(d, w);
 }
 
-// The input term's norm of one loop: u (B, T, F) as the projection left it, and du for
-// its gradient; inactive (the loops' buffer already holds the input term) without u.
+// The input term's batch norm in the loops (one model, per-step batch statistics):
+// N(u_t) for every step from u (B, T, F) as the input projection left it, written
+// time-major into the loop's (T, B, F) buffer before the forward loop; dL/du from the
+// loop's (T, B, F) gradient of the input term after the backward loop. This saves a
+// separate batch norm's passes and the copies to and from time-major order, over a term
+// too large for the cache. Neither pass depends on the recurrence, so they run outside
+// the serial loops, the features split over PyTorch's CPU threads: each thread owns its
+// features' statistics and dgamma/dbeta sums (which add over steps in the order of the
+// backward loop, T-1 down to 0), so the result does not depend on the thread count.
+// Inactive (the loops' buffer already holds the input term) without u.
 struct InputNorm {
   const Norm& n;
   at::Tensor u, du;
@@ -384,15 +379,36 @@ struct InputNorm {
                 "the loops' input norm: u (B, T, F), du and the norm's tables must fit the (T, B, F) loop");
   }
 
+  // out (T, B, F) = N(u_t) for every step
   template <typename S>
-  void forward(int64_t t, at::Tensor& out) const {
-    if (u.defined()) n.input_forward<S>(t, ptr<S>(u, t * F), T * F, ptr<S>(out), u.size(0), F);
+  void forward_all(const at::Tensor& out) const {
+    if (!u.defined()) return;
+    const int64_t B = u.size(0);
+    const S *up = ptr<S>(u), *g = ptr<S>(n.gamma), *be = ptr<S>(n.beta);
+    S* op = ptr<S>(out);
+    at::parallel_for(0, F, kFeatureGrain, [&](int64_t f0, int64_t f1) {
+      for (int64_t t = 0; t < T; ++t)
+        n.batch_forward(t * F + f0, g + f0, be + f0, up + t * F + f0, T * F, op + t * B * F + f0, F, B, f1 - f0,
+                        false);
+    });
   }
 
+  // du = dL/du from dy (T, B, F) = dL/dN(u_t) for every step; dgamma/dbeta accumulate
   template <typename S>
-  void backward(int64_t t, const S* dy) const {
-    if (u.defined()) n.input_backward<S>(t, dy, ptr<S>(u, t * F), T * F, ptr<S>(du, t * F), u.size(0), F);
+  void backward_all(const at::Tensor& dy) const {
+    if (!u.defined()) return;
+    const int64_t B = u.size(0);
+    const S *up = ptr<S>(u), *g = ptr<S>(n.gamma), *dyp = ptr<S>(dy);
+    S *dup = ptr<S>(du), *dg = ptr<S>(n.dgamma), *dbe = ptr<S>(n.dbeta);
+    at::parallel_for(0, F, kFeatureGrain, [&](int64_t f0, int64_t f1) {
+      for (int64_t t = T - 1; t >= 0; --t)
+        n.batch_backward(t * F + f0, g + f0, dg + f0, dbe + f0, dyp + t * B * F + f0, F, up + t * F + f0, T * F,
+                         dup + t * F + f0, B, f1 - f0);
+    });
   }
+
+  // features per thread at least: below this the passes run on one thread
+  static constexpr int64_t kFeatureGrain = 32;
 };
 
 std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
@@ -411,8 +427,8 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
   const InputNorm in(nx, hs, ux);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
+    in.forward_all<scalar_t>(hs);
     for (int64_t t = 0; t < T; ++t) {
-      in.forward<scalar_t>(t, h_s[t]);
       recurrent_term<scalar_t>(nh, t, h, w_t, h_s[t], z_s[t]);
       scalar_t* a = ptr<scalar_t>(h_s[t]);
       if (relu)
@@ -450,8 +466,8 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
         for (int64_t i = 0; i < n; ++i) d[i] = g[i] * (1 - h[i] * h[i]);
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
-      in.backward<scalar_t>(t, d);
     }
+    in.backward_all<scalar_t>(da);
   });
 }
 
@@ -471,9 +487,9 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
   const InputNorm in(nx, sig, ux);
   AT_DISPATCH_FLOATING_TYPES(sig.scalar_type(), "lstm_forward", [&] {
+    in.forward_all<scalar_t>(sig);
     const scalar_t* cprev = ptr<scalar_t>(c0);
     for (int64_t t = 0; t < T; ++t) {
-      in.forward<scalar_t>(t, sig_s[t]);
       recurrent_term<scalar_t>(nh, t, h, w_t, sig_s[t], z_s[t]);
       scalar_t* a = ptr<scalar_t>(sig_s[t]);
       scalar_t* tgt = ptr<scalar_t>(tg, t * B * H);
@@ -572,8 +588,8 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
         }
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
-      in.backward<scalar_t>(t, d);
     }
+    in.backward_all<scalar_t>(da);
   });
   return dc;
 }
@@ -591,10 +607,9 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   auto hw_s = steps(hw, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
   const InputNorm in(nx, gates, ux);
-  auto g_s = steps(in.u.defined() ? gates : at::Tensor(), T);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
+    in.forward_all<scalar_t>(gates);
     for (int64_t t = 0; t < T; ++t) {
-      in.forward<scalar_t>(t, g_s[t]);
       recurrent_term<scalar_t>(nh, t, h, w_t, hw_s[t], z_s[t]);
       const scalar_t* hp = ptr<scalar_t>(h);
       const scalar_t* a = ptr<scalar_t>(hw_s[t]);
@@ -659,8 +674,8 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
         }
       }
       recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
-      in.backward<scalar_t>(t, dut);
     }
+    in.backward_all<scalar_t>(du);
   });
 }
 
