@@ -224,7 +224,7 @@ class LoopCore(nn.Module):
 
     # -- the fast paths ------------------------------------------------------
     fast = True  # False forces the reference loop (TrainConfig.fast_path=false)
-    last_path = "loop"  # what the last forward pass used: "fused", "scan", "scan-cpp", "scan-triton" or "loop"
+    last_path = "loop"  # the last forward pass's: "fused", "scan", "scan-cpp", "scan-triton(-seq)" or "loop"
 
     def fast_norm_args(self, layer: int, masked: bool) -> dict | None:
         """How the fast recurrence normalizes ``layer``: keyword arguments of
@@ -244,7 +244,8 @@ class LoopCore(nn.Module):
         baselines/fused.py) where it is enabled and fits the shape, else "scan"
         (PyTorch ops with a hand-written backward pass, baselines/scan.py), "scan-cpp"
         where its loops run compiled (the CPU; baselines/scan_cpp.py), or "scan-triton"
-        where they run as one Triton kernel per step (CUDA; baselines/scan_triton.py).
+        where they run as one Triton kernel per step (CUDA; baselines/scan_triton.py),
+        "scan-triton-seq" where those run every step in one launch (``scan_triton.SEQUENCE``).
         ``input_norm``: xw_all is the bare projection, normalized in the loops (see
         ``loop_input_norm``, which has made sure that this path runs)."""
         if not self.fast_enabled(xw_all):

@@ -337,7 +337,9 @@ def _loops(u: Tensor, S: int, cell: str, nx: _Norm | None, nh: _Norm, *others: _
     and without population statistics on the recurrent term (ValueError otherwise)."""
     loops, name = scan_cpp.for_call(u, S), "scan-cpp"
     if loops is None and nx is None:
-        loops, name = scan_triton.for_call(u, S, cell, tuple(_MODES[n.mode] for n in (nh, *others))), "scan-triton"
+        modes = tuple(_MODES[n.mode] for n in (nh, *others))
+        loops = scan_triton.for_call(u, S, cell, modes)
+        name = "scan-triton-seq" if scan_triton.whole_sequence(u.shape[1], modes) else "scan-triton"
     _ran.path = name if loops is not None else "scan"
     if nx is not None and (loops is None or S):
         raise ValueError("an input norm runs in the compiled CPU loops, for one model (see InputNorm.available)")

@@ -41,6 +41,15 @@ Compute shows each latency-bound (bn-lstm: 30 us forward, 37 us backward per ste
 instruction every 4.7 cycles per scheduler). Spreading a step over more programs (the
 gates of a unit, or rows with a second pass for the statistics) is the next step.
 Stacked seeds on the kernels (since e0e6440) are not yet timed.
+
+Whole sequences in one launch (opt-in: ``SEQUENCE``, ``RNNBENCH_GPU_SEQUENCE=1``): where
+no norm takes batch statistics (no norm, population statistics in evaluation), each
+row's recurrence is independent of the other rows'. A program then owns ROWS_SEQ rows
+and every hidden unit, and runs the step kernels' code for t = 0 .. T-1 (backward:
+T-1 .. 0) in one launch, with a barrier between steps for its own warps: no launch per
+step, no other program to wait for. Runs record "scan-triton-seq". Tested in the
+interpreter against the float64 reference and compiled for sm_90; not yet timed on a
+GPU (``benchmarks/step_sweep.py --sweep sequence``), hence opt-in.
 """
 
 from __future__ import annotations
@@ -79,7 +88,23 @@ ROWS_FREE = 32  # rows per program where no batch statistics bind them together
 # the seq-MNIST shape slower: bn-lstm 62.7 against 48.0 ms, lstm-loop 26.6 against 20.7,
 # rnn-loop 11.1 against 7.9 (benchmarks/step_sweep.py). With TF32 allowed, one TF32 product.
 FP32_DOT = "tf32x3"
-WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows); else 4
+WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows)
+# Warps of a program of ROWS_FREE rows. Compiled for sm_90, the LSTM's forward kernel
+# there uses 254 registers and spills 32 bytes a thread with 4 warps and chunks of 32;
+# 8 warps or chunks of 16 need 179 or 136 (``step_sweep.py --sweep rows`` times them).
+WARPS_FREE = 4
+# Whole-sequence kernels (``_*_seq``): where no batch statistics bind the rows together,
+# a program owns ROWS_SEQ rows and every hidden unit and runs all steps in one launch.
+# Opt-in (RNNBENCH_GPU_SEQUENCE=1, or this setting) until timed on a GPU; tested in
+# Triton's interpreter and compiled for sm_90. ``step_sweep.py --sweep sequence`` times it.
+ENV_SEQUENCE = "RNNBENCH_GPU_SEQUENCE"
+SEQUENCE = os.environ.get(ENV_SEQUENCE) == "1"
+ROWS_SEQ = 16
+# A program holds every unit (a tile of up to 128): compiled for sm_90 with 4 warps and
+# chunks of 32, the LSTM's forward kernel used 255 registers and spilled 2.4 KB a
+# thread; with 8 warps and chunks of 16, 40 bytes (cuobjdump --dump-resource-usage).
+WARPS_SEQ = 8
+BK_SEQ = 16
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
@@ -139,6 +164,12 @@ def _runs_here(device: torch.device) -> bool:
         warnings.warn(f"rnnbench: the CUDA step kernels could not run ({_failed}); the scan path runs its Python "
                       f"loops. Set {ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
     return _failed is None
+
+
+def whole_sequence(T: int, modes: tuple[int, ...]) -> bool:
+    """Whether a recurrence of ``T`` steps whose norms have ``modes`` (csrc's numbers) runs
+    as one launch per direction (``SEQUENCE`` on, two steps or more, no batch statistics)."""
+    return SEQUENCE and T >= 2 and _BATCH not in modes
 
 
 def _this():
@@ -529,17 +560,115 @@ if triton is not None:
         _store_dz(DZ, ZS, o0 + 2 * H, dn * r, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
 
+    # -- whole sequences: every step in one launch, where the rows are independent -------
+    # Without batch statistics (no norm, population statistics) each row's recurrence is
+    # its own. A program that owns a block of rows and every hidden unit (BJ >= H) then
+    # needs no other program's h_{t-1} or ∂L/∂z_{t+1}, so it runs all T steps of the
+    # kernels above in one launch: no launch per step, and every step's matrix product
+    # reads the weights where the last step left them in cache. Between steps a barrier
+    # makes what the program's warps stored visible to all of them. T >= 2.
+
+    @triton.jit(do_not_specialize=["T"])
+    def _rnn_fwd_seq(HS, ZS, H0, W, T, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                     RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        _rnn_fwd(HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
+        for t in range(1, T):
+            tl.debug_barrier()
+            _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
+
+    @triton.jit(do_not_specialize=["T"])
+    def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 MODE, RELU, False, BB, BJ, BK, PREC)
+        for i in range(1, T):
+            tl.debug_barrier()
+            _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     MODE, RELU, True, BB, BJ, BK, PREC)
+
+    @triton.jit(do_not_specialize=["T"])
+    def _lstm_fwd_seq(SIG, TG, CS, TC, HS, ZS, H0, C0, W, T, B, H, S, B0,
+                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                      CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                      MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                      CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
+                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        _lstm_fwd(SIG, TG, CS, TC, HS, ZS, H0, 0, C0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
+                  eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
+                  CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
+        for t in range(1, T):
+            tl.debug_barrier()
+            prev = (t - 1) * B * H
+            _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HS, prev, CS, prev, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
+                      DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT,
+                      HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
+
+    @triton.jit(do_not_specialize=["T"])
+    def _lstm_bwd_seq(GH, SIG, TG, CS, TC, C0, DA, DZ, DN, ZS, W, DC, DCL, T, B, H, S, B0,
+                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                      CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                      MODE: tl.constexpr, CMODE: tl.constexpr, HAS_LAST: tl.constexpr,
+                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        # step T-1 (nothing after it; the incoming ∂L/∂c_T), steps T-2 .. 1, step 0 (c_{-1} = c0)
+        _lstm_bwd(GH, SIG, TG, CS, TC, CS, (T - 2) * B * H, DA, DZ, DN, ZS, W, DC, DCL, T - 1, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  MODE, CMODE, False, HAS_LAST, BB, BJ, BK, PREC)
+        for i in range(2, T):
+            tl.debug_barrier()
+            t = T - i
+            _lstm_bwd(GH, SIG, TG, CS, TC, CS, (t - 1) * B * H, DA, DZ, DN, ZS, W, DC, DC, t, B, H, S, B0,
+                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB,
+                      ceps, MODE, CMODE, True, False, BB, BJ, BK, PREC)
+        tl.debug_barrier()
+        _lstm_bwd(GH, SIG, TG, CS, TC, C0, 0, DA, DZ, DN, ZS, W, DC, DC, 0, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  MODE, CMODE, True, False, BB, BJ, BK, PREC)
+
+    @triton.jit(do_not_specialize=["T"])
+    def _gru_fwd_seq(GATES, HW, HS, ZS, H0, W, T, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        _gru_fwd(GATES, HW, HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
+        for t in range(1, T):
+            tl.debug_barrier()
+            _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
+                     DB, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
+
+    @triton.jit(do_not_specialize=["T"])
+    def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     MODE: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+        _gru_bwd(GH, GATES, HW, HS, (T - 2) * B * H, DA, DU, DZ, ZS, W, T - 1, B, H, S, B0,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, False, BB, BJ, BK, PREC)
+        for i in range(2, T):
+            tl.debug_barrier()
+            t = T - i
+            _gru_bwd(GH, GATES, HW, HS, (t - 1) * B * H, DA, DU, DZ, ZS, W, t, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
+        tl.debug_barrier()
+        _gru_bwd(GH, GATES, HW, H0, 0, DA, DU, DZ, ZS, W, 0, B, H, S, B0,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
+
+
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
 def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffers: tuple,
-           norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict]:
+           norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict, bool]:
     """What every loop does first: refuse an input norm, check the buffers (and W_hh, made
     contiguous as csrc's takes any layout) and each (norm, its features) against the
     seeds, zero the norms' dγ, dβ before a backward loop. Returns W_hh, the grid, the
-    kernels' size arguments (B, H, S, B0) and the tile constants. W_hh of shape
-    (S, G*H, H) means S stacked seeds, each of B0 = B/S rows (seed-major), on a grid axis
-    of their own; every row of a seed is in one program where a norm takes batch
-    statistics."""
+    kernels' size arguments (B, H, S, B0), the tile constants and whether the whole
+    sequence runs in one launch (``whole_sequence``). W_hh of shape (S, G*H, H) means S
+    stacked seeds, each of B0 = B/S rows (seed-major), on a grid axis of their own; every
+    row of a seed is in one program where a norm takes batch statistics, and every unit
+    of a row in one program where the whole sequence runs in one launch."""
     _inactive_input(nx, ux)
     w = w.contiguous()
     _check(*buffers, w)
@@ -551,15 +680,21 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
         n.check_fits(S, T, F)
         if backward:
             n.zero_grads()
-    if any(n.mode == _BATCH for n, _ in norms):
+    seq = whole_sequence(T, tuple(n.mode for n, _ in norms))
+    warps, bk = 4, BK
+    if seq:
+        bb, bj = min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H))
+        warps, bk = WARPS_SEQ, BK_SEQ
+    elif any(n.mode == _BATCH for n, _ in norms):
         bb, bj = max(16, triton.next_power_of_2(B0)), BJ_WHOLE_BATCH
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
+        warps = WARPS_WHOLE_BATCH if bb >= 128 else 4
     else:
-        bb, bj = min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ
+        bb, bj, warps = min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, WARPS_FREE
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
-    cfg = dict(BB=bb, BJ=bj, BK=BK, PREC=prec, num_warps=WARPS_WHOLE_BATCH if bb >= 128 else 4)
-    return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg
+    cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
+    return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg, seq
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:
@@ -579,7 +714,11 @@ def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, 
                 ux: Tensor | None) -> None:
     """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
+    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
+    if seq:
+        _rnn_fwd_seq[grid](hs, zs if zs is not None else hs, h0, w, T, *dims, *nh.args(), RELU=relu, **nh.flags(),
+                           **cfg)
+        return
     for t in range(T):
         hp, off = _prev(h0, hs, t)
         _rnn_fwd[grid](hs, zs if zs is not None else hs, hp, off, w, t, *dims, *nh.args(), RELU=relu, **nh.flags(),
@@ -590,8 +729,12 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
                  relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> None:
     """gh (T, B, H): ∂L/∂h_t, completed in place; da = gh act'(h_t); dz = N'(da) (da itself without a norm)."""
     T, B, H = gh.shape
-    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
+    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    if seq:
+        _rnn_bwd_seq[grid](gh, hs, da, dz, zs if zs is not None else hs, w, T, *dims, *nh.args(), MODE=nh.mode,
+                           RELU=relu, **cfg)
+        return
     for t in range(T - 1, -1, -1):
         _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, *dims, *nh.args(), MODE=nh.mode,
                        RELU=relu, HAS_NEXT=t < T - 1, **cfg)
@@ -603,9 +746,13 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     sigmoids and the g block keeps its pre-activation. tg = tanh(g), cs = c_t,
     tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
+    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
     hh, cn = nh.args(), nc.args()
     consts = dict(**nh.flags(), **nc.flags(cell=True), **cfg)
+    if seq:
+        _lstm_fwd_seq[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, h0, c0, w, T, *dims, *hh, *cn,
+                            **consts)
+        return
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
         cp, coff = _prev(c0, cs, t)
@@ -619,11 +766,16 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
     """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
     completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
     T, B, H = gh.shape
-    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
-                                ((nh, 4 * H), (nc, H)), backward=True)
+    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
+                                     ((nh, 4 * H), (nc, H)), backward=True)
     hh, cn = nh.args(), nc.args()
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     dc = gh.new_empty(B, H)
+    if seq:
+        _lstm_bwd_seq[grid](gh, sig, tg, cs, tc, c0, da, dz, dn if dn is not None else da,
+                            zs if zs is not None else sig, w, dc, dc_last if dc_last is not None else dc, T, *dims,
+                            *hh, *cn, MODE=nh.mode, CMODE=nc.mode, HAS_LAST=dc_last is not None, **cfg)
+        return dc
     for t in range(T - 1, -1, -1):
         cp, coff = _prev(c0, cs, t)
         last = t == T - 1 and dc_last is not None
@@ -638,8 +790,11 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
     """gates (T, B, 3H) holds u_t and becomes (r, z, n); hw holds (0, 0, b_hn) (+ folded
     shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
+    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
     hh = nh.args()
+    if seq:
+        _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **cfg)
+        return
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
         _gru_fwd[grid](gates, hw, hs, zs if zs is not None else hw, hp, hoff, w, t, *dims, *hh, **nh.flags(), **cfg)
@@ -651,9 +806,13 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
     """The backward loop of ``gru_forward`` (csrc's ``gru_backward``): fills du, da, dz and
     completes gh (the carry z_t ∂L/∂h_t and ∂L/∂z_t W reach h_{t-1})."""
     T, B, H = gh.shape
-    w, grid, dims, cfg = _start(T, B, H, w, nx, ux, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
-                                backward=True)
+    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
+                                     backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    if seq:
+        _gru_bwd_seq[grid](gh, gates, hw, hs, h0, da, du, dz, zs if zs is not None else hw, w, T, *dims, *nh.args(),
+                           MODE=nh.mode, **cfg)
+        return
     for t in range(T - 1, -1, -1):
         hp, hoff = _prev(h0, hs, t)
         _gru_bwd[grid](gh, gates, hw, hp, hoff, da, du, dz, zs if zs is not None else hw, w, t, *dims,

@@ -4,14 +4,17 @@
 # CUDA step kernels against its Python loops, the custom cells with 8 seeds stacked
 # per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
 # a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
-# STAGES (default: all) picks stages by name: tests bench ab sweep units stacked reference smoke;
-# "warps" and "profile" (Nsight Compute on the bn-lstm step kernels) run only when named.
+# STAGES (default: all) picks stages by name: tests bench ab sweep units rows sequence stacked
+# reference smoke; "warps" and "profile" (Nsight Compute on the bn-lstm step kernels) run only
+# when named. Not yet run on a GPU: units, rows, sequence and the whole-sequence tests (each
+# sweep stage is 4-5 settings x 3-5 models, about a minute). A first call for a session:
+# STAGES="tests units rows sequence"; a second: STAGES="bench stacked".
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-74 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, warps 36 s, profile 29 s, stacked 37 s, smoke 44 s; a call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
-STAGES=${STAGES:-tests bench ab sweep units stacked reference smoke}
+STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked reference smoke}
 mkdir -p "$OUTDIR"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -25,7 +28,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 
 if want tests; then
   stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels left out)"
-  timeout 150 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused-" 2>&1 \
+  timeout 240 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused-" 2>&1 \
     | tee "$OUTDIR/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | tail -15
 fi
 if want bench; then
@@ -41,11 +44,13 @@ if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
 fi
-if want units; then
-  stage "sweep: hidden units per program (how many programs share a step; not yet timed)"
-  timeout 200 $PY benchmarks/step_sweep.py --sweep units --json "$OUTDIR/sweep_units.json" 2>&1 \
-    | tee "$OUTDIR/sweep_units.txt" | tail -3
-fi
+for sw in units rows sequence; do
+  if want $sw; then
+    stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
+    timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \
+      | tee "$OUTDIR/sweep_$sw.txt" | tail -3
+  fi
+done
 if want warps; then
   stage "sweep: warps of the whole-batch step kernels"
   timeout 90 $PY benchmarks/step_sweep.py --sweep warps --json "$OUTDIR/sweep_warps.json" 2>&1 \
@@ -88,4 +93,4 @@ fi
 
 stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
-for f in sweep sweep_units sweep_warps bench_ab bench_stacked bench; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done
+for f in sweep sweep_units sweep_rows sweep_sequence sweep_warps bench_ab bench_stacked bench; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done

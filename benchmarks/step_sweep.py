@@ -4,15 +4,19 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
 - ``tiles``: the matrix products' float32 precision, the reduction chunk and the rows
   per program where no batch norm binds the rows together;
 - ``warps``: the warps of a program that holds the whole batch (batch norm);
-- ``units``: the hidden units per program, which set how many programs share a step
-  (H/units): 16 (the default, timed), 8 and 4 where a program holds the whole batch,
-  and 8 where rows are split (``BJ``); with 4, longer reduction chunks (fewer steps
-  in each product's loop) and fewer warps.
+- ``units``: the hidden units of a program that holds the whole batch (batch norm),
+  which set how many programs share a step (H/units): 16 (the default, timed), 8 and
+  4; with 4, shorter and longer reduction chunks;
+- ``rows``: the kernels whose rows are split over programs (no batch statistics):
+  reduction chunks of 16, 8 warps, 8 units per program (their registers, compiled for
+  sm_90, are in scan_triton.py);
+- ``sequence``: the whole-sequence launches (``scan_triton.SEQUENCE``) against a launch
+  per step, with 32 rows a program and chunks of 32.
 
-    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units] [--json FILE]
+    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence] [--json FILE]
 
-Run on a CUDA machine (benchmarks/device_check.sh runs it as its ``sweep`` and
-``units`` stages). Before timing a setting, one eager training step of each model at
+Run on a CUDA machine (benchmarks/device_check.sh runs each as a stage of its name,
+``tiles`` as ``sweep``). Before timing a setting, one eager training step of each model at
 the shape compiles its kernels outside any CUDA graph; a setting that this Triton
 cannot compile prints one line and is skipped.
 """
@@ -27,14 +31,19 @@ import torch
 from baselines import scan_triton, set_fast_path
 from suite.bench import SHAPES, build_step, bench, make_batch
 
-DEFAULTS = dict(FP32_DOT="tf32x3", BK=32, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, BJ=16, BJ_WHOLE_BATCH=16)
+DEFAULTS = dict(FP32_DOT="tf32x3", BK=32, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=16, BJ_WHOLE_BATCH=16,
+                SEQUENCE=False, ROWS_SEQ=16, WARPS_SEQ=8, BK_SEQ=16)
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=64), dict(ROWS_FREE=16)],
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
     "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
-    "units": ([{}, dict(BJ_WHOLE_BATCH=8, BJ=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK=64),
-               dict(BJ_WHOLE_BATCH=4, BK=128), dict(BJ_WHOLE_BATCH=4, WARPS_WHOLE_BATCH=4)],
-              {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn", "lstm-loop", "gru-loop"]}),
+    "units": ([{}, dict(BJ_WHOLE_BATCH=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK=16),
+               dict(BJ_WHOLE_BATCH=4, BK=64)],
+              {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
+    "rows": ([{}, dict(BK=16), dict(WARPS_FREE=8), dict(BJ=8, BK=16)],
+             {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"]}),
+    "sequence": ([{}, dict(SEQUENCE=True), dict(SEQUENCE=True, ROWS_SEQ=32), dict(SEQUENCE=True, BK_SEQ=32)],
+                 {"seq-mnist": ["rnn-loop", "lstm-loop", "gru-loop", "bn-rnn-input"], "adding": ["lstm-loop"]}),
 }
 
 

@@ -34,6 +34,7 @@ class Impl(NamedTuple):
     grad_tol: float
     compiled: bool = False  # scan: its compiled CPU loops (baselines/scan_cpp.py), not its Python loops
     steps: bool = False  # scan: its CUDA step kernels (baselines/scan_triton.py), in Triton's interpreter
+    seq: bool = False  # the step kernels' whole-sequence launches where they apply (scan_triton.SEQUENCE)
 
 
 SCAN = (scan.scan_rnn, scan.scan_lstm, scan.scan_gru)
@@ -43,14 +44,17 @@ IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
          "scan-cpp-f32": Impl(*SCAN, torch.float32, 1e-5, 1e-4, compiled=True),
          # the step kernels run float32 only (else, and for layer norm, the Python loops run)
          "scan-triton": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True),
+         "scan-triton-seq": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True, seq=True),
          "fused": Impl(fused.fused_rnn, fused.fused_lstm, fused.fused_gru, torch.float32, 1e-5, 1e-4)}
 
 
 @pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("scan-triton", marks=needs_kernels),
+                        pytest.param("scan-triton-seq", marks=needs_kernels),
                         pytest.param("fused", marks=needs_kernels)])
 def impl(request, monkeypatch) -> Impl:
     use_scan_loops(monkeypatch, IMPLS[request.param].compiled)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", IMPLS[request.param].steps)
+    monkeypatch.setattr(scan_triton, "SEQUENCE", IMPLS[request.param].seq)
     return IMPLS[request.param]
 
 
@@ -443,13 +447,14 @@ OPTIONS = lambda consts: dict(num_warps=4, num_stages=1)
 
 @pytest.mark.slow
 def test_step_kernels_compile_for_sm90():
-    """The CUDA step kernels (baselines/scan_triton.py) through Triton's compiler for sm_90,
-    with the float32 setting's product (3xTF32)."""
+    """The CUDA step kernels (baselines/scan_triton.py) and their whole-sequence launches
+    through Triton's compiler for sm_90, with the float32 setting's product (3xTF32)."""
     compile_for_sm90(r"""
 from baselines import scan_triton as st
 
-SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "hoff": "i32", "coff": "i32", "eps": "fp32",
-           "ceps": "fp32"}
+SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
+           "eps": "fp32", "ceps": "fp32"}
+SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ)
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
 CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population or no norm (32 rows)
@@ -469,11 +474,18 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128, BJ=4)),
     (st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=128, BJ=4)),
     (st._gru_fwd, dict(BN, BB=128, BJ=8)), (st._gru_bwd, dict(MODE=1, HAS_NEXT=True, BB=128, BJ=8)),
-    (st._rnn_fwd, dict(BN, RELU=False, BB=128, BJ=4)), (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128, BJ=4)),
+    (st._rnn_fwd, dict(BN, RELU=False, BB=128, BJ=4)),
+    (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128, BJ=4)),
+    # whole sequences in one launch: every unit of 16 rows in a program
+    (st._rnn_fwd_seq, dict(POP, RELU=False, **SEQ)), (st._rnn_bwd_seq, dict(MODE=0, RELU=True, **SEQ)),
+    (st._lstm_fwd_seq, dict(POP, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, **SEQ)),
+    (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=True, **SEQ)),
+    (st._gru_fwd_seq, dict(POP, **SEQ)), (st._gru_bwd_seq, dict(MODE=2, **SEQ)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
-OPTIONS = lambda consts: dict(num_warps=st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else 4)
-""", 20)
+OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
+                              st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
+""", 26)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------
@@ -921,16 +933,64 @@ def test_step_kernels_tanh_is_accurate_near_zero_and_far_out(monkeypatch):
 
 
 @needs_kernels
+@pytest.mark.parametrize("cell,norm,cell_norm,batch_stats", [
+    ("rnn", None, None, True), ("rnn", "batch", None, False), ("lstm", None, None, True),
+    ("lstm", "batch", "batch", False), ("lstm", None, "batch", False), ("gru", None, None, True),
+    ("gru", "batch", None, False)])
+def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batch_stats, monkeypatch):
+    """Where no batch statistics bind the rows (no norm, population statistics), the step
+    kernels run every step in one launch (``scan_triton.SEQUENCE``): 40 rows are three
+    programs of 16, the last partly masked, each with all 40 hidden units (a tile of 64).
+    Against the float64 reference, and the path says that the whole-sequence launches ran."""
+    impl = IMPLS["scan-triton-seq"]
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    B, T, H = 40, 4, 40
+    if cell == "lstm":
+        run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
+    elif cell == "gru":
+        run_gru_case(impl, B, T, H, norm, batch_stats)
+    else:
+        leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, 7)
+
+        def run_ref(u, h0, w, g=None):
+            return (reference(u, h0, w, g, norm, batch_stats, pm, pv, "tanh")[0],), {}
+
+        def run_seq(u, h0, w, g=None):
+            return (scan.scan_rnn(u, h0, w, g, norm=norm, batch_stats=batch_stats, pop_mean=pm.float(),
+                                  pop_var=pv.float())[0],), {}
+
+        assert_matches(impl, run_seq, run_ref, leaves)
+    assert scan.last_path() == "scan-triton-seq"
+
+
+def test_whole_sequence_launches_only_where_rows_are_independent(monkeypatch):
+    """One launch per sequence needs the setting, two steps or more and no batch
+    statistics in any of the cell's norms; else a launch per step."""
+    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    assert scan_triton.whole_sequence(2, (0, 2)) and scan_triton.whole_sequence(100, (0,))
+    assert not scan_triton.whole_sequence(1, (0,))  # one step: the step kernel itself
+    assert not scan_triton.whole_sequence(10, (2, 1)) and not scan_triton.whole_sequence(10, (1,))
+    monkeypatch.setattr(scan_triton, "SEQUENCE", False)
+    assert not scan_triton.whole_sequence(10, (0,))
+
+
+@needs_kernels
 @pytest.mark.parametrize("cell,norm,cell_norm,batch_stats,B", [
     ("rnn", "batch", None, True, 5), ("rnn", None, None, True, 40), ("rnn", "batch", None, False, 5),
     ("lstm", "batch", "batch", True, 5), ("lstm", "batch", "batch", False, 5), ("lstm", None, None, True, 40),
     ("gru", "batch", None, True, 5), ("gru", None, None, True, 40)])
-def test_step_kernels_stack_seeds_as_one_by_one(cell, norm, cell_norm, batch_stats, B, monkeypatch):
+@pytest.mark.parametrize("seq", [False, True])
+def test_step_kernels_stack_seeds_as_one_by_one(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch):
     """Three seeds stacked in one call of the step kernels (a grid axis per seed) give each
     seed what the kernels give it alone: outputs, batch statistics, every gradient; with
-    40 rows a seed, each seed's rows span two programs."""
+    40 rows a seed, each seed's rows span two programs (three in whole-sequence launches,
+    ``seq``, which run where there are no batch statistics)."""
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    monkeypatch.setattr(scan_triton, "SEQUENCE", seq)
+    path = "scan-triton-seq" if seq and not (batch_stats and "batch" in (norm, cell_norm)) else "scan-triton"
     S, T, H = 3, 4, 20
     G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     torch.manual_seed(3)
@@ -959,7 +1019,7 @@ def test_step_kernels_stack_seeds_as_one_by_one(cell, norm, cell_norm, batch_sta
                                          gamma_c=a["gamma_c"], beta_c=a["beta_c"], cell_pop_mean=pop["cell_pop_mean"],
                                          cell_pop_var=pop["cell_pop_var"], **kw)
             out = [h, c], [t for k in sorted(stats) for t in stats[k]]
-        assert scan.last_path() == "scan-triton"
+        assert scan.last_path() == path
         return out
 
     cots = [torch.randn(S * B, T, H), torch.randn(S * B, H)]

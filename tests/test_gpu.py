@@ -77,15 +77,24 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
                          + [("fused", n, 64, 20, 50) for n in GATED] + [("fused", "bn-rnn", 128, 20, 128)]
                          + [("scan-triton", n, 100, 30, 100) for n in RNN_FAMILY + GATED]
                          + [("scan-triton", n, 128, 25, 128) for n in ("bn-lstm", "gru-loop")]
+                         + [("scan-triton-seq", n, 100, 30, 100)
+                            for n in ("rnn-loop", "bn-rnn-input", "lstm-loop", "gru-loop", "bn-lstm", "bn-gru")]
+                         + [("scan-triton-seq", n, 128, 25, 128) for n in ("lstm-loop", "irnn-loop")]
                          + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
-    """The scan path (its CUDA step kernels, and its Python loops) and the compiled Triton
-    kernels (not the interpreter) on CUDA. Layer norm keeps the Python loops."""
+    """The scan path (its CUDA step kernels, their whole-sequence launches, and its Python
+    loops) and the compiled Triton kernels (not the interpreter) on CUDA. Layer norm keeps
+    the Python loops; batch statistics keep a launch per step in training (and run whole
+    sequences in evaluation, with population statistics)."""
     from baselines import fused, scan_triton
 
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
-    if path == "scan-triton" and name.startswith("ln-"):
+    monkeypatch.setattr(scan_triton, "SEQUENCE", path == "scan-triton-seq")
+    eval_path = path
+    if path.startswith("scan-triton") and name.startswith("ln-"):
         path = "scan"
+    if path == "scan-triton-seq" and name in ("bn-lstm", "bn-gru", "bn-rnn"):
+        path = "scan-triton"
     monkeypatch.setattr(fused, "ENABLED", path == "fused")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -109,6 +118,8 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
     ref.eval(), fast.eval()
     x = torch.rand(B, T + 7, 2, device=DEV)
     assert rel(fast(x), ref(x)) < 1e-4
+    if eval_path == "scan-triton-seq" and not name.startswith("ln-"):  # population statistics: whole sequences
+        assert baselines.recurrence_path(fast) == eval_path
 
 
 def test_fused_kernel_writes_every_output():
@@ -188,11 +199,14 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, monkeypatch):
             torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("norm", [0, 1, 2])
-def test_step_kernels_write_every_output_and_repeat_exactly(norm):
-    """The LSTM step kernels on CUDA with every output buffer poisoned (NaN) beforehand:
-    all of it is written, and a second run gives the same bits (no race between programs)."""
+@pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True)])
+def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
+    """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches) with every
+    output buffer poisoned (NaN) beforehand: all of it is written, and a second run gives
+    the same bits (no race between programs, nor between a program's warps)."""
     from baselines import scan_triton as st
+
+    monkeypatch.setattr(st, "SEQUENCE", seq)
 
     torch.manual_seed(0)
     B, T, H = 100, 12, 100
