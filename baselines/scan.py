@@ -240,8 +240,9 @@ class _Norm:
         """∂L/∂γ and ∂L/∂β over all steps at once, from dy and x (T, [S*]B, F)."""
         if self.mode is None:
             return None, None
-        if self.compiled is not None and self.mode != "pop":  # summed by the compiled backward loop
-            c = self.compiled  # copies: the next backward pass reuses these buffers
+        c = self.compiled
+        if c is not None and self.mode != "pop" and c.dgamma is not None:  # summed by the compiled backward loop
+            # copies: the next backward pass reuses these buffers
             return c.dgamma.clone(), (c.dbeta.clone() if self.beta is not None else None)
         mean, rstd = self._stats()
         xhat = ((self._seeded(x) - mean) * rstd).view(x.shape)

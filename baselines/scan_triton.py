@@ -27,10 +27,10 @@ The functions take the arguments of the compiled CPU loops (``scan_cpp``,
 csrc/scan_loops.cpp) and fill the same buffers, so scan.py runs either with the same
 code around them. They cover the RNN, LSTM and GRU cells, one model or stacked seeds,
 with no norm or batch norm (batch or population statistics), in float32; layer norm
-(whose statistics span every unit of a row) and float64 keep the Python loops
-(``for_call`` says None). Tests run the kernels in Triton's interpreter on the CPU
-(``TRITON_INTERPRET=1``) against the Python loops; tests/test_gpu.py runs them
-compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
+(whose statistics span every unit of a row) runs in whole-sequence launches only
+(below); otherwise it and float64 keep the Python loops (``for_call`` says None). Tests
+run the kernels in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``) against the
+Python loops; tests/test_gpu.py runs them compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
 
 Measured on an H100 (benchmarks/RESULTS.md, code of b6af4d6; training step, ratio to
 cuDNN LSTM at the seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
@@ -43,13 +43,16 @@ gates of a unit, or rows with a second pass for the statistics) is the next step
 Stacked seeds on the kernels (since e0e6440) are not yet timed.
 
 Whole sequences in one launch (opt-in: ``SEQUENCE``, ``RNNBENCH_GPU_SEQUENCE=1``): where
-no norm takes batch statistics (no norm, population statistics in evaluation), each
-row's recurrence is independent of the other rows'. A program then owns ROWS_SEQ rows
-and every hidden unit, and runs the step kernels' code for t = 0 .. T-1 (backward:
-T-1 .. 0) in one launch, with a barrier between steps for its own warps: no launch per
-step, no other program to wait for. Runs record "scan-triton-seq". Tested in the
-interpreter against the float64 reference and compiled for sm_90; not yet timed on a
-GPU (``benchmarks/step_sweep.py --sweep sequence``), hence opt-in.
+no norm takes batch statistics (no norm, population statistics in evaluation, layer
+norm), each row's recurrence is independent of the other rows'. A program then owns
+ROWS_SEQ rows and every hidden unit, and runs the step kernels' code for t = 0 .. T-1
+(backward: T-1 .. 0) in one launch, with a barrier between steps for its own warps: no
+launch per step, no other program to wait for. Layer norm, whose statistics span every
+unit (and gate) of a row, runs here only; its γ and β gradients are summed after the
+loop from the saved terms and statistics, as for the Python loops. Runs record
+"scan-triton-seq". Tested in the interpreter against the float64 reference and compiled
+for sm_90; not yet timed on a GPU (``benchmarks/step_sweep.py --sweep sequence``), hence
+opt-in.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ SEQUENCE = os.environ.get(ENV_SEQUENCE) == "1"
 ROWS_SEQ = 16
 # A program holds every unit (a tile of up to 128): compiled for sm_90 with 4 warps and
 # chunks of 32, the LSTM's forward kernel used 255 registers and spilled 2.4 KB a
-# thread; with 8 warps and chunks of 16, 40 bytes (cuobjdump --dump-resource-usage).
+# thread; with 8 warps and chunks of 16, 40 bytes, and 736 with layer norm over its
+# gates (cuobjdump --dump-resource-usage).
 WARPS_SEQ = 8
 BK_SEQ = 16
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
@@ -110,7 +114,7 @@ BK_SEQ = 16
 ALLOW_INTERPRETER = False
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-_NONE, _BATCH, _POP = 0, 1, 2  # csrc/scan_loops.cpp's modes; LAYER (3) is not covered
+_NONE, _BATCH, _POP, _LAYER = 0, 1, 2, 3  # csrc/scan_loops.cpp's modes; layer norm in whole sequences only
 
 
 def enabled() -> bool:
@@ -124,15 +128,18 @@ def interpreting() -> bool:
 def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
     """This module where its kernels apply to a recurrence on ``x`` (B, T, ·) of one model
     or of ``seeds`` stacked seeds: CUDA (or the interpreter, when a test allows it),
-    float32, ``modes`` (the norms' csrc numbers) without layer norm, a seed's rows in one
-    program where batch statistics are taken, and at most ``MAX_HIDDEN`` hidden units;
-    else None."""
+    float32, ``modes`` (the norms' csrc numbers) with layer norm only where the whole
+    sequence runs in one launch (``whole_sequence``: a program then holds every unit of
+    its rows), a seed's rows in one program where batch statistics are taken, and at most
+    ``MAX_HIDDEN`` hidden units; else None."""
     if triton is None or not enabled() or x.dtype != torch.float32 or cell not in GATES:
         return None
     if x.shape[-1] // GATES[cell] > MAX_HIDDEN or x.numel() >= 2**31:  # offsets are int32
         return None
     rows = x.shape[0] // max(seeds, 1)  # of one seed
-    if any(m not in (_NONE, _BATCH, _POP) for m in modes) or (_BATCH in modes and rows > MAX_ROWS):
+    if any(m not in (_NONE, _BATCH, _POP, _LAYER) for m in modes) or (_BATCH in modes and rows > MAX_ROWS):
+        return None
+    if _LAYER in modes and not whole_sequence(x.shape[1], modes):
         return None
     if x.device.type == "cuda":  # NVIDIA only: the float32 product (3xTF32) is NVIDIA's
         usable = not interpreting() and torch.version.hip is None
@@ -186,10 +193,10 @@ class Norm:
 
     def __init__(self, mode: int, gamma: Tensor, beta: Tensor | None, scale: Tensor | None, shift: Tensor | None,
                  mean: Tensor | None, rstd: Tensor | None, var: Tensor | None, eps: float) -> None:
-        if mode not in (_NONE, _BATCH, _POP):
-            raise ValueError(f"the step kernels take norm modes 0, 1, 2 (none, batch, population), got {mode}")
-        if mode == _POP and scale is None or mode == _BATCH and (mean is None or rstd is None):
-            raise ValueError("population norm needs its scale; batch norm its mean and rstd tables")
+        if mode not in (_NONE, _BATCH, _POP, _LAYER):
+            raise ValueError(f"the step kernels take norm modes 0, 1, 2, 3 (none, batch, population, layer), got {mode}")
+        if mode == _POP and scale is None or mode in (_BATCH, _LAYER) and (mean is None or rstd is None):
+            raise ValueError("population norm needs its scale; batch and layer norm their mean and rstd tables")
         for t in (scale, shift, mean, rstd, var):
             if t is not None and not (t.is_contiguous() and t.device == gamma.device):
                 raise ValueError("norm tables must be contiguous and on γ's device")
@@ -200,15 +207,17 @@ class Norm:
         self.dgamma = torch.zeros_like(self.gamma) if mode == _BATCH else None
         self.dbeta = torch.zeros_like(self.gamma) if mode == _BATCH else None
 
-    def check_fits(self, S: int, T: int, F: int) -> None:
+    def check_fits(self, S: int, T: int, F: int, B: int) -> None:
         """ValueError unless the parameters and tables fit S seeds of F features over T
-        steps (the kernels index them without bounds)."""
+        steps and B rows in all (the kernels index them without bounds)."""
         need = {"gamma": (self.gamma, S * F)} if self.mode != _NONE else {}
         if self.mode == _POP:
             need.update(scale=(self.scale, T * S * F), shift=(self.shift, T * S * F))
         if self.mode == _BATCH:
             need.update(beta=(self.beta, S * F), mean=(self.mean, T * S * F), rstd=(self.rstd, T * S * F),
                         var=(self.var, T * S * F))
+        if self.mode == _LAYER:
+            need.update(beta=(self.beta, S * F), mean=(self.mean, T * B), rstd=(self.rstd, T * B))
         for name, (t, n) in need.items():
             if t is not None and t.numel() < n:
                 raise ValueError(f"norm {name} has {t.numel()} values; {S} seed(s) x {T} steps x {F} features need {n}")
@@ -292,17 +301,41 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _table(t, S, F, B, rb, MODE: tl.constexpr):
+        """Where step t's statistics are (``_nfwd``'s ``tab``): the offset of its row in the
+        (T, S*F) tables of batch norm and population statistics, or, for layer norm, the
+        index of each of the program's rows in the (T, B) tables."""
+        tab = t * S * F
+        if MODE == 3:
+            tab = t * B + rb
+        return tab
+
+    @triton.jit
     def _nfwd(z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
               MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
         """N(z) for a (rows, features) tile of one seed's B0 rows: ``fs`` its features'
-        indices in the seed-major (S*F) parameters, ``tab`` the step's offset in the
-        (T, S*F) tables. Batch norm writes the step's mean, 1/std (and variance) there."""
-        row = tab + fs
-        if MODE == 2:
+        indices in the seed-major (S*F) parameters, ``tab`` where the step's statistics
+        are (``_table``). Batch norm writes the step's mean, 1/std (and variance) there;
+        layer norm each row's mean and 1/std over the tile's features, which must be all
+        of the term's (every unit in this program)."""
+        if MODE == 3:
+            mr = tl.sum(m2.to(tl.int32), axis=1) > 0  # the valid rows
+            nf = tl.sum(mf.to(tl.float32), axis=0)
+            mean = tl.sum(tl.where(m2, z, 0.0), axis=1) / nf
+            d = tl.where(m2, z - mean[:, None], 0.0)
+            rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=1) / nf + eps)
+            tl.store(MEAN + tab, mean, mask=mr)
+            tl.store(RSTD + tab, rstd, mask=mr)
+            y = d * rstd[:, None] * tl.load(G + fs, mask=mf, other=0.0)[None, :]
+            if HAS_BETA:
+                y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
+        elif MODE == 2:
+            row = tab + fs
             y = z * tl.load(SC + row, mask=mf, other=0.0)[None, :]
             if HAS_SHIFT:
                 y += tl.load(SH + row, mask=mf, other=0.0)[None, :]
         elif MODE == 1:
+            row = tab + fs
             mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B0
             d = tl.where(m2, z - mean[None, :], 0.0)
             var = tl.sum(d * d, axis=0) / B0
@@ -322,10 +355,18 @@ if triton is not None:
     def _nbwd(dy, X, xoff, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
         """∂L/∂x from dy = ∂L/∂N(x) for the features ``fs`` (as ``_nfwd``); batch norm reads
         x at X + xoff and adds the step's share of dγ and dβ to DG and DB."""
-        row = tab + fs
-        if MODE == 2:
-            dx = dy * tl.load(SC + row, mask=mf, other=0.0)[None, :]
+        if MODE == 3:  # γ's and β's gradients: summed over all steps after the loop (scan.py)
+            mr = tl.sum(m2.to(tl.int32), axis=1) > 0
+            nf = tl.sum(mf.to(tl.float32), axis=0)
+            mean = tl.load(MEAN + tab, mask=mr, other=0.0)
+            rstd = tl.load(RSTD + tab, mask=mr, other=0.0)
+            xh = tl.where(m2, (tl.load(X + xoff, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None], 0.0)
+            gd = tl.where(m2, dy * tl.load(G + fs, mask=mf, other=0.0)[None, :], 0.0)
+            dx = rstd[:, None] * (gd - (tl.sum(gd, axis=1) / nf)[:, None] - xh * (tl.sum(gd * xh, axis=1) / nf)[:, None])
+        elif MODE == 2:
+            dx = dy * tl.load(SC + tab + fs, mask=mf, other=0.0)[None, :]
         elif MODE == 1:
+            row = tab + fs
             mean = tl.load(MEAN + row, mask=mf, other=0.0)
             rstd = tl.load(RSTD + row, mask=mf, other=0.0)
             x = tl.load(X + xoff, mask=m2, other=0.0)
@@ -362,17 +403,92 @@ if triton is not None:
         z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, NG, BB, BJ, BK, PREC)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs, tab = s * F + rj, t * S * F
-        a0 = _term(P, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a1 = _term(P, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        a2 = _term(P, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        if MODE == 3:  # one layer norm over every gate of a row (no early return: Triton compiles what follows)
+            a0, a1, a2, a3 = _layer_gates(P, ZS, o0, z0, z1, z2, z3, fs, H, mj, m2, t * B + rb, G, BE, MEAN, RSTD, eps,
+                                          NG, HAS_BETA)
+        else:
+            a0 = _term(P, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                       MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+            a1 = _term(P, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                       MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+            a2 = _term(P, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                       MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+            a3 = z3
+            if NG == 4:
+                a3 = _term(P, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                           MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        return a0, a1, a2, a3, o0
+
+    @triton.jit
+    def _layer_out(P, ZS, o, z, d, rstd, fs, mf, m2, G, BE, HAS_BETA: tl.constexpr):
+        """P[o] + γ (z - mean) / std (+ β) of one gate's block, d = z - mean; z goes to ZS[o]."""
+        tl.store(ZS + o, z, mask=m2)
+        y = d * rstd[:, None] * tl.load(G + fs, mask=mf, other=0.0)[None, :]
+        if HAS_BETA:
+            y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
+        return tl.load(P + o, mask=m2, other=0.0) + y
+
+    @triton.jit
+    def _layer_gates(P, ZS, o0, z0, z1, z2, z3, fs, H, mf, m2, rows, G, BE, MEAN, RSTD, eps,
+                     NG: tl.constexpr, HAS_BETA: tl.constexpr):
+        """Layer norm of h W^T over the NG (3 or 4) gates of a row at once, as the cell
+        defines it (every unit is in this program): each gate's P[o] + N(z); each row's
+        mean and 1/std go to the (T, B) tables at ``rows``."""
+        mr = tl.sum(m2.to(tl.int32), axis=1) > 0
+        nf = tl.sum(mf.to(tl.float32), axis=0) * NG
+        tot = tl.sum(tl.where(m2, z0, 0.0), axis=1) + tl.sum(tl.where(m2, z1, 0.0), axis=1)
+        tot += tl.sum(tl.where(m2, z2, 0.0), axis=1)
+        if NG == 4:
+            tot += tl.sum(tl.where(m2, z3, 0.0), axis=1)
+        mean = tot / nf
+        d0 = tl.where(m2, z0 - mean[:, None], 0.0)
+        d1 = tl.where(m2, z1 - mean[:, None], 0.0)
+        d2 = tl.where(m2, z2 - mean[:, None], 0.0)
+        d3 = tl.where(m2, z3 - mean[:, None], 0.0)
+        ss = tl.sum(d0 * d0, axis=1) + tl.sum(d1 * d1, axis=1) + tl.sum(d2 * d2, axis=1)
+        if NG == 4:
+            ss += tl.sum(d3 * d3, axis=1)
+        rstd = 1.0 / tl.sqrt_rn(ss / nf + eps)
+        tl.store(MEAN + rows, mean, mask=mr)
+        tl.store(RSTD + rows, rstd, mask=mr)
+        a0 = _layer_out(P, ZS, o0, z0, d0, rstd, fs, mf, m2, G, BE, HAS_BETA)
+        a1 = _layer_out(P, ZS, o0 + H, z1, d1, rstd, fs + H, mf, m2, G, BE, HAS_BETA)
+        a2 = _layer_out(P, ZS, o0 + 2 * H, z2, d2, rstd, fs + 2 * H, mf, m2, G, BE, HAS_BETA)
         a3 = z3
         if NG == 4:
-            a3 = _term(P, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
-                       MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-        return a0, a1, a2, a3, o0
+            a3 = _layer_out(P, ZS, o0 + 3 * H, z3, d3, rstd, fs + 3 * H, mf, m2, G, BE, HAS_BETA)
+        return a0, a1, a2, a3
+
+    @triton.jit
+    def _layer_in(ZS, o, d, mean, rstd, fs, mf, m2, G):
+        """One gate's block for ``_layer_dz``: (x̂, γ ∂L/∂N(z))."""
+        xh = tl.where(m2, (tl.load(ZS + o, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None], 0.0)
+        return xh, tl.where(m2, d * tl.load(G + fs, mask=mf, other=0.0)[None, :], 0.0)
+
+    @triton.jit
+    def _layer_dz(DZ, ZS, o0, H, d0, d1, d2, d3, fs, mf, m2, rows, G, MEAN, RSTD, NG: tl.constexpr):
+        """The backward pass of ``_layer_gates``: DZ[o] = ∂L/∂z of every gate from
+        d_k = ∂L/∂N(z) of gate k (γ's and β's gradients are summed after the loop, scan.py)."""
+        mr = tl.sum(m2.to(tl.int32), axis=1) > 0
+        nf = tl.sum(mf.to(tl.float32), axis=0) * NG
+        mean = tl.load(MEAN + rows, mask=mr, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=mr, other=0.0)
+        x0, g0 = _layer_in(ZS, o0, d0, mean, rstd, fs, mf, m2, G)
+        x1, g1 = _layer_in(ZS, o0 + H, d1, mean, rstd, fs + H, mf, m2, G)
+        x2, g2 = _layer_in(ZS, o0 + 2 * H, d2, mean, rstd, fs + 2 * H, mf, m2, G)
+        s1 = tl.sum(g0, axis=1) + tl.sum(g1, axis=1) + tl.sum(g2, axis=1)
+        s2 = tl.sum(g0 * x0, axis=1) + tl.sum(g1 * x1, axis=1) + tl.sum(g2 * x2, axis=1)
+        if NG == 4:
+            x3, g3 = _layer_in(ZS, o0 + 3 * H, d3, mean, rstd, fs + 3 * H, mf, m2, G)
+            s1 += tl.sum(g3, axis=1)
+            s2 += tl.sum(g3 * x3, axis=1)
+        m1, mx = (s1 / nf)[:, None], (s2 / nf)[:, None]
+        r = rstd[:, None]
+        tl.store(DZ + o0, r * (g0 - m1 - x0 * mx), mask=m2)
+        tl.store(DZ + o0 + H, r * (g1 - m1 - x1 * mx), mask=m2)
+        tl.store(DZ + o0 + 2 * H, r * (g2 - m1 - x2 * mx), mask=m2)
+        if NG == 4:
+            tl.store(DZ + o0 + 3 * H, r * (g3 - m1 - x3 * mx), mask=m2)
 
     @triton.jit
     def _store_dz(DZ, ZS, o, d, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
@@ -402,7 +518,8 @@ if triton is not None:
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         z, _, _, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
         off = t * B * H + rb[:, None] * H + rj[None, :]
-        a = _term(HS, ZS, off, z, s * H + rj, mj, m2, t * S * H, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+        a = _term(HS, ZS, off, z, s * H + rj, mj, m2, _table(t, S, H, B, rb, MODE), B0, G, BE, SC, SH, MEAN, RSTD,
+                  VAR, eps,
                   MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         if RELU:
             h = tl.where((a > 0) | (a != a), a, 0.0)
@@ -426,7 +543,8 @@ if triton is not None:
         else:
             d = g * (1 - h * h)
         tl.store(DA + off, d, mask=m2)
-        _store_dz(DZ, ZS, off, d, s * H + rj, mj, m2, t * S * H, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _store_dz(DZ, ZS, off, d, s * H + rj, mj, m2, _table(t, S, H, B, rb, MODE), B0, G, SC, MEAN, RSTD, DG, DB,
+                  MODE)
 
     # -- LSTM: [i f g o] = u_t + N(h_{t-1} W^T), c_t = σ(f) c_{t-1} + σ(i) tanh(g),
     #    h_t = σ(o) tanh(N_c(c_t)) ----------------------------------------------------------
@@ -454,8 +572,8 @@ if triton is not None:
         tl.store(TG + oh, g, mask=m2)
         c = f * tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0) + i * g
         tl.store(CS + oh, c, mask=m2)
-        tc = _tanh(_nfwd(c, s * H + rj, mj, m2, t * S * H, B0, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, ceps,
-                         CMODE, C_BETA, C_SHIFT, C_VAR))
+        tc = _tanh(_nfwd(c, s * H + rj, mj, m2, _table(t, S, H, B, rb, CMODE), B0, CG, CBE, CSC, CSH, CMEAN, CRSTD,
+                         CVAR, ceps, CMODE, C_BETA, C_SHIFT, C_VAR))
         tl.store(TC + oh, tc, mask=m2)
         tl.store(HS + oh, o * tc, mask=m2)
 
@@ -478,7 +596,8 @@ if triton is not None:
         dn = g * (1 - y * y) * o  # ∂L/∂N_c(c_t)
         if CMODE != 0:
             tl.store(DN + oh, dn, mask=m2)
-        dc = _nbwd(dn, CS, oh, s * H + rj, mj, m2, t * S * H, B0, CG, CSC, CMEAN, CRSTD, CDG, CDB, CMODE)
+        dc = _nbwd(dn, CS, oh, s * H + rj, mj, m2, _table(t, S, H, B, rb, CMODE), B0, CG, CSC, CMEAN, CRSTD, CDG, CDB,
+                   CMODE)
         ob = rb[:, None] * H + rj[None, :]
         if HAS_NEXT:  # + ∂L/∂c_{t+1} σ(f_{t+1})
             dc += tl.load(DC + ob, mask=m2, other=0.0) * tl.load(SIG + o0 + B * F + H, mask=m2, other=0.0)
@@ -498,10 +617,13 @@ if triton is not None:
         tl.store(DA + o0 + 2 * H, d2, mask=m2)
         tl.store(DA + o0 + 3 * H, d3, mask=m2)
         fs, tab = s * F + rj, t * S * F
-        _store_dz(DZ, ZS, o0, d0, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + H, d1, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + 2 * H, d2, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + 3 * H, d3, fs + 3 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        if MODE == 3:
+            _layer_dz(DZ, ZS, o0, H, d0, d1, d2, d3, fs, mj, m2, t * B + rb, G, MEAN, RSTD, 4)
+        else:
+            _store_dz(DZ, ZS, o0, d0, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + H, d1, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + 2 * H, d2, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + 3 * H, d3, fs + 3 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
     # -- GRU: r, z = σ(u_{r,z} + a_{r,z}), n = tanh(u_n + r a_n), h_t = (1 - z) n + z h_{t-1},
     #    a = N(h_{t-1} W^T) + (0, 0, b_hn) ------------------------------------------------------
@@ -555,9 +677,12 @@ if triton is not None:
         tl.store(DA + o0 + H, dzg, mask=m2)
         tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
         fs, tab = s * F + rj, t * S * F
-        _store_dz(DZ, ZS, o0, dr, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + H, dzg, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-        _store_dz(DZ, ZS, o0 + 2 * H, dn * r, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        if MODE == 3:
+            _layer_dz(DZ, ZS, o0, H, dr, dzg, dn * r, dr, fs, mj, m2, t * B + rb, G, MEAN, RSTD, 3)
+        else:
+            _store_dz(DZ, ZS, o0, dr, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + H, dzg, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + 2 * H, dn * r, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
 
     # -- whole sequences: every step in one launch, where the rows are independent -------
@@ -677,10 +802,12 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
         raise ValueError(f"{B} rows do not split into {S} seeds")
     B0 = B // S
     for n, F in norms:
-        n.check_fits(S, T, F)
+        n.check_fits(S, T, F, B)
         if backward:
             n.zero_grads()
     seq = whole_sequence(T, tuple(n.mode for n, _ in norms))
+    if not seq and any(n.mode == _LAYER for n, _ in norms):
+        raise ValueError("layer norm in the step kernels needs whole-sequence launches (see whole_sequence)")
     warps, bk = 4, BK
     if seq:
         bb, bj = min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H))

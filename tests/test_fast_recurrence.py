@@ -456,6 +456,7 @@ SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i3
            "eps": "fp32", "ceps": "fp32"}
 SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ)
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
+LN = dict(MODE=3, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=False)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
 CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population or no norm (32 rows)
     (st._rnn_fwd, dict(BN, RELU=False, BB=128)), (st._rnn_fwd, dict(POP, RELU=True, BB=32)),
@@ -481,11 +482,16 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd_seq, dict(POP, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, **SEQ)),
     (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=True, **SEQ)),
     (st._gru_fwd_seq, dict(POP, **SEQ)), (st._gru_bwd_seq, dict(MODE=2, **SEQ)),
+    # layer norm (whole sequences only): over every gate of a row, and of c_t
+    (st._rnn_fwd_seq, dict(LN, RELU=False, **SEQ)), (st._rnn_bwd_seq, dict(MODE=3, RELU=False, **SEQ)),
+    (st._lstm_fwd_seq, dict(LN, CMODE=3, C_BETA=True, C_SHIFT=False, C_VAR=False, **SEQ)),
+    (st._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=False, **SEQ)),
+    (st._gru_fwd_seq, dict(LN, **SEQ)), (st._gru_bwd_seq, dict(MODE=3, **SEQ)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 26)
+""", 32)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------
@@ -853,15 +859,20 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
 
 
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
-    """Layer norm, float64, more than MAX_HIDDEN units and batch norm over more rows (of a
-    seed) than one program holds keep the Python loops; on the CPU the kernels run only
-    when a test allows the interpreter."""
+    """Layer norm (outside whole-sequence launches), float64, more than MAX_HIDDEN units
+    and batch norm over more rows (of a seed) than one program holds keep the Python
+    loops; on the CPU the kernels run only when a test allows the interpreter."""
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     x = torch.zeros(4, 3, 8)
     interp = scan_triton.interpreting() and scan_triton.triton is not None
     assert (scan_triton.for_call(x, 0, "lstm", (0, 1)) is not None) == interp
     assert (scan_triton.for_call(x, 0, "gru", (2,)) is not None) == interp
-    assert scan_triton.for_call(x, 0, "lstm", (3, 0)) is None  # layer norm
+    assert scan_triton.for_call(x, 0, "lstm", (3, 0)) is None  # layer norm: whole sequences only
+    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    assert (scan_triton.for_call(x, 0, "lstm", (3, 3)) is not None) == interp
+    assert scan_triton.for_call(x[:, :1], 0, "lstm", (3, 3)) is None  # one step: no whole-sequence launch
+    assert scan_triton.for_call(x, 0, "lstm", (1, 3)) is None  # batch statistics bind the rows
+    monkeypatch.setattr(scan_triton, "SEQUENCE", False)
     assert scan_triton.for_call(x.double(), 0, "rnn", (0,)) is None
     wide = torch.zeros(4, 3, 4 * (scan_triton.MAX_HIDDEN + 1))  # H = MAX_HIDDEN + 1
     assert scan_triton.for_call(wide, 0, "lstm", (0, 0)) is None
@@ -878,11 +889,17 @@ def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypat
     monkeypatch.delenv(scan_triton.ENV)
     assert scan_triton.for_call(x, 0, "rnn", (0,)) is None
     with pytest.raises(ValueError, match="norm modes"):
+        scan_triton.Norm(4, torch.ones(8), None, None, None, None, None, None, 1e-5)
+    with pytest.raises(ValueError, match="layer norm their mean and rstd"):
         scan_triton.Norm(3, torch.ones(8), None, None, None, None, None, None, 1e-5)
     one_model = scan_triton.Norm(2, torch.ones(8), None, torch.ones(3, 8), None, None, None, None, 1e-5)
-    one_model.check_fits(1, 3, 8)
+    one_model.check_fits(1, 3, 8, 4)
     with pytest.raises(ValueError, match="gamma has 8 values; 2 seed"):  # parameters of one model, W_hh of two
-        one_model.check_fits(2, 3, 8)
+        one_model.check_fits(2, 3, 8, 4)
+    layer = scan_triton.Norm(3, torch.ones(8), None, None, None, torch.zeros(3, 4, 1), torch.zeros(3, 4, 1), None, 0.0)
+    layer.check_fits(1, 3, 8, 4)
+    with pytest.raises(ValueError, match="mean has 12 values"):  # tables of 4 rows, 5 rows in the call
+        layer.check_fits(1, 3, 8, 5)
 
 
 @needs_kernels
@@ -934,14 +951,17 @@ def test_step_kernels_tanh_is_accurate_near_zero_and_far_out(monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("cell,norm,cell_norm,batch_stats", [
-    ("rnn", None, None, True), ("rnn", "batch", None, False), ("lstm", None, None, True),
-    ("lstm", "batch", "batch", False), ("lstm", None, "batch", False), ("gru", None, None, True),
-    ("gru", "batch", None, False)])
+    ("rnn", None, None, True), ("rnn", "batch", None, False), ("rnn", "layer", None, True),
+    ("lstm", None, None, True), ("lstm", "batch", "batch", False), ("lstm", None, "batch", False),
+    ("lstm", "layer", "layer", True), ("lstm", None, "layer", True), ("gru", None, None, True),
+    ("gru", "batch", None, False), ("gru", "layer", None, True)])
 def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batch_stats, monkeypatch):
-    """Where no batch statistics bind the rows (no norm, population statistics), the step
-    kernels run every step in one launch (``scan_triton.SEQUENCE``): 40 rows are three
-    programs of 16, the last partly masked, each with all 40 hidden units (a tile of 64).
-    Against the float64 reference, and the path says that the whole-sequence launches ran."""
+    """Where no batch statistics bind the rows (no norm, population statistics, layer
+    norm), the step kernels run every step in one launch (``scan_triton.SEQUENCE``): 40
+    rows are three programs of 16, the last partly masked, each with all 40 hidden units
+    (a tile of 64), so layer norm's statistics (over every gate of a row) are the
+    program's own. Against the float64 reference, and the path says that the
+    whole-sequence launches ran."""
     impl = IMPLS["scan-triton-seq"]
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
@@ -983,6 +1003,19 @@ def test_whole_sequence_launches_only_where_rows_are_independent(monkeypatch):
     ("gru", "batch", None, True, 5), ("gru", None, None, True, 40)])
 @pytest.mark.parametrize("seq", [False, True])
 def test_step_kernels_stack_seeds_as_one_by_one(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch):
+    """Stacked seeds on the step kernels, a launch per step or whole sequences (``seq``)."""
+    check_stacked_seeds(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell,B", [("lstm", 40), ("gru", 5), ("rnn", 40)])
+def test_whole_sequence_layer_norm_stacks_seeds_as_one_by_one(cell, B, monkeypatch):
+    """Layer norm (whole-sequence launches only) with three seeds stacked: each seed's γ
+    and β, its rows' statistics."""
+    check_stacked_seeds(cell, "layer", "layer" if cell == "lstm" else None, True, B, True, monkeypatch)
+
+
+def check_stacked_seeds(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch):
     """Three seeds stacked in one call of the step kernels (a grid axis per seed) give each
     seed what the kernels give it alone: outputs, batch statistics, every gradient; with
     40 rows a seed, each seed's rows span two programs (three in whole-sequence launches,
@@ -991,6 +1024,8 @@ def test_step_kernels_stack_seeds_as_one_by_one(cell, norm, cell_norm, batch_sta
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     monkeypatch.setattr(scan_triton, "SEQUENCE", seq)
     path = "scan-triton-seq" if seq and not (batch_stats and "batch" in (norm, cell_norm)) else "scan-triton"
+    if path == "scan-triton" and "layer" in (norm, cell_norm):  # layer norm: whole sequences only
+        path = "scan"
     S, T, H = 3, 4, 20
     G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     torch.manual_seed(3)

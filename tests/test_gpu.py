@@ -77,21 +77,23 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
                          + [("fused", n, 64, 20, 50) for n in GATED] + [("fused", "bn-rnn", 128, 20, 128)]
                          + [("scan-triton", n, 100, 30, 100) for n in RNN_FAMILY + GATED]
                          + [("scan-triton", n, 128, 25, 128) for n in ("bn-lstm", "gru-loop")]
-                         + [("scan-triton-seq", n, 100, 30, 100)
-                            for n in ("rnn-loop", "bn-rnn-input", "lstm-loop", "gru-loop", "bn-lstm", "bn-gru")]
+                         + [("scan-triton-seq", n, 100, 30, 100) for n in ("rnn-loop", "bn-rnn-input", "lstm-loop",
+                                                                          "gru-loop", "bn-lstm", "bn-gru", "ln-rnn",
+                                                                          "ln-lstm", "ln-gru")]
                          + [("scan-triton-seq", n, 128, 25, 128) for n in ("lstm-loop", "irnn-loop")]
                          + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
     """The scan path (its CUDA step kernels, their whole-sequence launches, and its Python
-    loops) and the compiled Triton kernels (not the interpreter) on CUDA. Layer norm keeps
-    the Python loops; batch statistics keep a launch per step in training (and run whole
-    sequences in evaluation, with population statistics)."""
+    loops) and the compiled Triton kernels (not the interpreter) on CUDA. Layer norm runs
+    in whole-sequence launches only (else the Python loops); batch statistics keep a
+    launch per step in training (and run whole sequences in evaluation, with population
+    statistics)."""
     from baselines import fused, scan_triton
 
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
     monkeypatch.setattr(scan_triton, "SEQUENCE", path == "scan-triton-seq")
     eval_path = path
-    if path.startswith("scan-triton") and name.startswith("ln-"):
+    if path == "scan-triton" and name.startswith("ln-"):
         path = "scan"
     if path == "scan-triton-seq" and name in ("bn-lstm", "bn-gru", "bn-rnn"):
         path = "scan-triton"
@@ -118,7 +120,7 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
     ref.eval(), fast.eval()
     x = torch.rand(B, T + 7, 2, device=DEV)
     assert rel(fast(x), ref(x)) < 1e-4
-    if eval_path == "scan-triton-seq" and not name.startswith("ln-"):  # population statistics: whole sequences
+    if eval_path == "scan-triton-seq":  # population statistics, layer norm, none: whole sequences
         assert baselines.recurrence_path(fast) == eval_path
 
 
