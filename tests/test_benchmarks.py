@@ -4,6 +4,7 @@ process per benchmark, too slow for the test suite; .ci/run also runs `asv check
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,21 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     assert [(r["model"], r["BJ_WHOLE_BATCH"]) for r in rows] == [("bn-rnn", 16), ("rnn-loop", 16), ("bn-rnn", 4)]
     assert "rnn-loop  tiny       skipped: RuntimeError: no" in capsys.readouterr().out
     assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
+
+
+@pytest.mark.slow
+def test_kernel_resources_reads_a_compiled_kernels_registers():
+    """benchmarks/kernel_resources.py compiles the step kernels for sm_90 (no GPU) and
+    reads registers, stack and shared memory from the binary: one line per setting."""
+    import subprocess
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "benchmarks/kernel_resources.py", "--warps", "8", "--chunks", "16",
+                          "--only", "rnn fwd"], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [ln.split() for ln in res.stdout.splitlines()[1:]]
+    assert [r[:2] for r in rows] == [["sequence", "rnn"]]
+    regs, stack, smem = map(int, rows[0][-3:])
+    assert 0 < regs <= 255 and stack >= 0 and smem > 0
