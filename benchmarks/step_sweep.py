@@ -11,8 +11,8 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   reduction chunks of 16, 8 warps, 8 units per program (their registers, compiled for
   sm_90, are in scan_triton.py);
 - ``sequence``: the whole-sequence launches (``scan_triton.SEQUENCE``) against a launch
-  per step (layer-norm cells: against the Python loops), with 32 rows a program and
-  with 16 warps.
+  per step (layer-norm cells: against the Python loops), with 8 rows a program (13
+  programs at B=100 instead of 7) and with 16 warps.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence] [--json FILE]
 
@@ -43,7 +43,7 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
               {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
     "rows": ([{}, dict(BK=16), dict(WARPS_FREE=8), dict(BJ=8, BK=16)],
              {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"]}),
-    "sequence": ([{}, dict(SEQUENCE=True), dict(SEQUENCE=True, ROWS_SEQ=32), dict(SEQUENCE=True, WARPS_SEQ=16)],
+    "sequence": ([{}, dict(SEQUENCE=True), dict(SEQUENCE=True, ROWS_SEQ=8), dict(SEQUENCE=True, WARPS_SEQ=16)],
                  {"seq-mnist": ["rnn-loop", "lstm-loop", "gru-loop", "ln-rnn", "ln-lstm", "ln-gru"],
                   "adding": ["lstm-loop"]}),
 }

@@ -955,17 +955,19 @@ def test_step_kernels_tanh_is_accurate_near_zero_and_far_out(monkeypatch):
     ("lstm", None, None, True), ("lstm", "batch", "batch", False), ("lstm", None, "batch", False),
     ("lstm", "layer", "layer", True), ("lstm", None, "layer", True), ("gru", None, None, True),
     ("gru", "batch", None, False), ("gru", "layer", None, True)])
-def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batch_stats, monkeypatch):
+@pytest.mark.parametrize("rows", [16, 8])
+def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batch_stats, rows, monkeypatch):
     """Where no batch statistics bind the rows (no norm, population statistics, layer
     norm), the step kernels run every step in one launch (``scan_triton.SEQUENCE``): 40
-    rows are three programs of 16, the last partly masked, each with all 40 hidden units
-    (a tile of 64), so layer norm's statistics (over every gate of a row) are the
-    program's own. Against the float64 reference, and the path says that the
+    rows are three programs of 16 (the last partly masked) or five of 8, each with all
+    40 hidden units (a tile of 64), so layer norm's statistics (over every gate of a row)
+    are the program's own. Against the float64 reference, and the path says that the
     whole-sequence launches ran."""
     impl = IMPLS["scan-triton-seq"]
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    monkeypatch.setattr(scan_triton, "ROWS_SEQ", rows)
     B, T, H = 40, 4, 40
     if cell == "lstm":
         run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
