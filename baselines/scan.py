@@ -637,8 +637,8 @@ class ScanGRU(torch.autograd.Function):
 
 def last_path() -> str:
     """The recurrence path of the last scan call on this thread, which runs record:
-    "scan-cpp" (the compiled CPU loops), "scan-triton" (the CUDA step kernels) or "scan"
-    (the Python loops)."""
+    "scan-cpp" (the compiled CPU loops), "scan-triton" (the CUDA step kernels, a launch per
+    step), "scan-triton-seq" (their whole-sequence launches) or "scan" (the Python loops)."""
     return getattr(_ran, "path", "scan")
 
 

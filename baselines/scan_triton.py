@@ -139,13 +139,17 @@ def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
     rows = x.shape[0] // max(seeds, 1)  # of one seed
     if any(m not in (_NONE, _BATCH, _POP, _LAYER) for m in modes) or (_BATCH in modes and rows > MAX_ROWS):
         return None
-    if _LAYER in modes and not whole_sequence(x.shape[1], modes):
+    if _LAYER in modes and not (SEQUENCE and whole_sequence(x.shape[1], modes)):
         return None
     if x.device.type == "cuda":  # NVIDIA only: the float32 product (3xTF32) is NVIDIA's
         usable = not interpreting() and torch.version.hip is None
     else:
         usable = x.device.type == "cpu" and interpreting() and ALLOW_INTERPRETER
-    return _this() if usable and _runs_here(x.device) else None
+    if not (usable and _runs_here(x.device)):
+        return None
+    if whole_sequence(x.shape[1], modes) and not _seq_runs_here(x.device) and _LAYER in modes:
+        return None  # the launches cannot run here: layer norm keeps the Python loops, the rest a launch per step
+    return _this()
 
 
 _failed: str | None = None  # why the kernels could not run here, once tried
@@ -173,10 +177,38 @@ def _runs_here(device: torch.device) -> bool:
     return _failed is None
 
 
+_seq_failed: str | None = None  # why the whole-sequence launches could not run here, once tried
+_seq_tried = False
+
+
+def _seq_runs_here(device: torch.device) -> bool:
+    """Whether the whole-sequence launches compile and run here, tried once per process
+    (as ``_runs_here``) on a two-step recurrence; where they do not, one warning says why
+    and ``whole_sequence`` says no from then on."""
+    global _seq_failed, _seq_tried
+    if _seq_tried or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return _seq_failed is None
+    _seq_tried = True
+    try:
+        one = torch.ones(1, 1, device=device)
+        off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
+        rnn_forward(torch.ones(2, 1, 1, device=device), None, one, one, off, False, off, None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as e:  # a compiler or launcher failure of these kernels only
+        _seq_failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        warnings.warn(f"rnnbench: the CUDA whole-sequence launches could not run ({_seq_failed}); the step kernels "
+                      f"run a launch per step, layer-norm cells the Python loops.", RuntimeWarning, stacklevel=3)
+    return _seq_failed is None
+
+
 def whole_sequence(T: int, modes: tuple[int, ...]) -> bool:
     """Whether a recurrence of ``T`` steps whose norms have ``modes`` (csrc's numbers) runs
-    as one launch per direction (``SEQUENCE`` on, two steps or more, no batch statistics)."""
-    return SEQUENCE and T >= 2 and _BATCH not in modes
+    as one launch per direction: two steps or more, no batch statistics, and ``SEQUENCE``
+    on or a layer norm (which runs nowhere else: ``for_call`` routes it here only with
+    ``SEQUENCE`` on, so a backward pass never finds it without the launches its forward
+    pass used); not where the launches failed to run here (``_seq_runs_here``)."""
+    return T >= 2 and _BATCH not in modes and (SEQUENCE or _LAYER in modes) and _seq_failed is None
 
 
 def _this():
@@ -220,7 +252,8 @@ class Norm:
             need.update(beta=(self.beta, S * F), mean=(self.mean, T * B), rstd=(self.rstd, T * B))
         for name, (t, n) in need.items():
             if t is not None and t.numel() < n:
-                raise ValueError(f"norm {name} has {t.numel()} values; {S} seed(s) x {T} steps x {F} features need {n}")
+                raise ValueError(f"norm {name} has {t.numel()} values; {S} seed(s), {T} steps, {F} features and {B} "
+                                 f"rows need {n}")
 
     def zero_grads(self) -> None:
         if self.dgamma is not None:

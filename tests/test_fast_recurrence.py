@@ -987,6 +987,58 @@ def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batc
     assert scan.last_path() == "scan-triton-seq"
 
 
+@needs_kernels
+@pytest.mark.parametrize("cell,norm,cell_norm", [("rnn", "layer", None), ("lstm", None, None), ("lstm", "layer", None),
+                                                 ("gru", "layer", None)])
+def test_whole_sequence_launches_at_two_steps_and_a_full_tile(cell, norm, cell_norm, monkeypatch):
+    """T=2 (the backward launch's middle loop empty) and H=32 (every unit of the tile real),
+    17 rows (two programs, the second of one row), against the float64 reference."""
+    impl = IMPLS["scan-triton-seq"]
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    B, T, H = 17, 2, 32
+    if cell == "lstm":
+        run_lstm_case(impl, B, T, H, norm, cell_norm, True)
+    elif cell == "gru":
+        run_gru_case(impl, B, T, H, norm, True)
+    else:
+        leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, 5)
+        assert_matches(impl, lambda u, h0, w, g=None: ((scan.scan_rnn(u, h0, w, g, norm=norm)[0],), {}),
+                       lambda u, h0, w, g=None: ((reference(u, h0, w, g, norm, True, pm, pv, "tanh")[0],), {}), leaves)
+    assert scan.last_path() == "scan-triton-seq"
+
+
+@needs_kernels
+def test_whole_sequence_launches_that_cannot_run_here_leave_the_other_paths(monkeypatch):
+    """Where the whole-sequence launches fail to run (tried once, on two steps), one warning
+    says why; a layer-norm cell then keeps the Python loops and the others a launch per
+    step, with their results."""
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    monkeypatch.setattr(scan_triton, "_seq_tried", False)
+    monkeypatch.setattr(scan_triton, "_seq_failed", None)
+
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("PTX error: out of resources\nmore")
+
+    monkeypatch.setattr(scan_triton, "_rnn_fwd_seq", Broken())
+    torch.manual_seed(0)
+    u, h0, w, g = torch.randn(4, 3, 8), torch.randn(4, 8), torch.randn(8, 8) / 4, torch.rand(8) + 0.5
+    with pytest.warns(RuntimeWarning, match="whole-sequence launches could not run .RuntimeError: PTX error"):
+        h_ln = scan.scan_rnn(u, h0, w, g, norm="layer")[0]
+    assert scan.last_path() == "scan" and scan_triton._seq_failed == "RuntimeError: PTX error: out of resources"
+    h = scan.scan_rnn(u, h0, w)[0]
+    assert scan.last_path() == "scan-triton"
+    monkeypatch.setattr(scan_triton, "SEQUENCE", False)
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setenv(scan_triton.ENV, "0")
+    torch.testing.assert_close(h, scan.scan_rnn(u, h0, w)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_ln, scan.scan_rnn(u, h0, w, g, norm="layer")[0], rtol=1e-5, atol=1e-6)
+
+
 def test_whole_sequence_launches_only_where_rows_are_independent(monkeypatch):
     """One launch per sequence needs the setting, two steps or more and no batch
     statistics in any of the cell's norms; else a launch per step."""

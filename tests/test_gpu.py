@@ -95,7 +95,7 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
     eval_path = path
     if path == "scan-triton" and name.startswith("ln-"):
         path = "scan"
-    if path == "scan-triton-seq" and name in ("bn-lstm", "bn-gru", "bn-rnn"):
+    if path == "scan-triton-seq" and name in ("bn-lstm", "bn-gru"):
         path = "scan-triton"
     monkeypatch.setattr(fused, "ENABLED", path == "fused")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -201,7 +201,7 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, monkeypatch):
             torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True)])
+@pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True), (3, True)])
 def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
     """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches) with every
     output buffer poisoned (NaN) beforehand: all of it is written, and a second run gives
@@ -216,6 +216,8 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
 
     def norm_of(F):
         g = torch.rand(F, device=DEV) + 0.5
+        if norm == 3:  # layer norm: a mean and 1/std per row and step
+            return st.Norm(3, g, torch.randn(F, device=DEV), None, None, nan(T, B, 1), nan(T, B, 1), None, 1e-5)
         if norm == 2:
             return st.Norm(2, g, None, torch.rand(T, F, device=DEV) + 0.5, torch.randn(T, F, device=DEV), None, None,
                            None, 1e-5)
@@ -234,6 +236,7 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
                               None, None)
         outs = [sig, tg, cs, tc, hs, gh, da, dc] + ([zs, dz, dn] if norm else [])
         outs += [t for n in (nh, nc) for t in (n.mean, n.rstd, n.var, n.dgamma, n.dbeta) if norm == 1]
+        outs += [t for n in (nh, nc) for t in (n.mean, n.rstd) if norm == 3]
         return outs
 
     first, second = run(), run()
