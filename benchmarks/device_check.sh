@@ -48,7 +48,7 @@ for sw in units rows sequence; do
   if want $sw; then
     stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
     timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \
-      | tee "$OUTDIR/sweep_$sw.txt" | tail -3
+      | tee "$OUTDIR/sweep_$sw.txt" | grep "^best"
   fi
 done
 if want warps; then

@@ -85,15 +85,31 @@ def main(argv: list[str] | None = None) -> None:
                 timed = [m for m in models if m not in failed]
                 for r in bench(timed, [shape], args.device, repeats=3) if timed else []:
                     if r["model"] != "lstm":
-                        rows.append({**r, **settings})
+                        rows.append({**r, **settings, "setting": label})
                         print(f"{label:<34}{r['model']:<10}{shape:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
                               f"{r['path']}", flush=True)
     finally:
         for k, v in DEFAULTS.items():
             setattr(scan_triton, k, v)
+    for line in best(rows):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def best(rows: list[dict]) -> list[str]:
+    """One line per (model, shape): its fastest setting, against the defaults where they
+    were timed (ms per training step, ratio to cuDNN LSTM, and the speed-up)."""
+    out = []
+    for key in dict.fromkeys((r["model"], r["shape"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["shape"]) == key]
+        top = min(mine, key=lambda r: r["ms"])
+        base = next((r for r in mine if r["setting"] == "defaults"), None)
+        gain = f" against defaults {base['ms']:.2f} ms ({base['ms'] / top['ms']:.2f}x)" if base else ""
+        out.append(f"best {key[0]:<10}{key[1]:<10}{top['setting']:<34}{top['ms']:>8.2f} ms{top['ratio_to_lstm']:>7.3f}x"
+                   + gain)
+    return out
 
 
 if __name__ == "__main__":

@@ -160,8 +160,23 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     step_sweep.main(["--sweep", "units", "--device", "cpu", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["model"], r["BJ_WHOLE_BATCH"]) for r in rows] == [("bn-rnn", 16), ("rnn-loop", 16), ("bn-rnn", 4)]
-    assert "rnn-loop  tiny       skipped: RuntimeError: no" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "rnn-loop  tiny       skipped: RuntimeError: no" in printed
     assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
+    summary = [ln for ln in printed.splitlines() if ln.startswith("best ")]
+    assert [ln.split()[1] for ln in summary] == ["bn-rnn", "rnn-loop"]
+    assert "against defaults" in summary[0] and "against defaults" in summary[1]
+
+
+def test_step_sweep_names_each_models_fastest_setting():
+    from benchmarks import step_sweep
+
+    row = lambda setting, ms: dict(model="bn-lstm", shape="seq-mnist", setting=setting, ms=ms,  # noqa: E731
+                                   ratio_to_lstm=5.0 / ms)
+    lines = step_sweep.best([row("defaults", 40.0), row("BJ_WHOLE_BATCH=4", 20.0), row("BJ_WHOLE_BATCH=8", 30.0)])
+    assert lines == ["best bn-lstm   seq-mnist BJ_WHOLE_BATCH=4                     20.00 ms  0.250x against defaults "
+                     "40.00 ms (2.00x)"]
+    assert "against" not in step_sweep.best([row("BK=16", 20.0)])[0]  # no defaults timed: nothing to compare
 
 
 @pytest.mark.slow
