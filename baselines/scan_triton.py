@@ -154,6 +154,25 @@ def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
 
 _failed: str | None = None  # why the kernels could not run here, once tried
 _tried = False
+_seq_failed: str | None = None  # why the whole-sequence launches could not run here, once tried
+_seq_tried = False
+
+
+def _probe(device: torch.device, T: int) -> str | None:
+    """Why an RNN forward pass of ``T`` steps on one row and unit fails here (None: it runs)."""
+    try:
+        one = torch.ones(1, 1, device=device)
+        off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
+        rnn_forward(torch.ones(T, 1, 1, device=device), None, one, one, off, False, off, None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return None
+    except Exception as e:  # a compiler, driver or launcher failure
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _runs_here(device: torch.device) -> bool:
@@ -161,24 +180,12 @@ def _runs_here(device: torch.device) -> bool:
     recurrence (Triton needs a C compiler for its launcher, and a driver it supports);
     where they do not, one warning says why and the Python loops run."""
     global _failed, _tried
-    if _tried or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        return _failed is None
-    _tried = True
-    try:
-        one = torch.ones(1, 1, device=device)
-        off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
-        rnn_forward(one.view(1, 1, 1).clone(), None, one, one, off, False, off, None)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    except Exception as e:  # a compiler, driver or launcher failure: keep the Python loops
-        _failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-        warnings.warn(f"rnnbench: the CUDA step kernels could not run ({_failed}); the scan path runs its Python "
-                      f"loops. Set {ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
+    if not (_tried or _capturing(device)):
+        _tried, _failed = True, _probe(device, 1)
+        if _failed:
+            warnings.warn(f"rnnbench: the CUDA step kernels could not run ({_failed}); the scan path runs its Python "
+                          f"loops. Set {ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
     return _failed is None
-
-
-_seq_failed: str | None = None  # why the whole-sequence launches could not run here, once tried
-_seq_tried = False
 
 
 def _seq_runs_here(device: torch.device) -> bool:
@@ -186,19 +193,12 @@ def _seq_runs_here(device: torch.device) -> bool:
     (as ``_runs_here``) on a two-step recurrence; where they do not, one warning says why
     and ``whole_sequence`` says no from then on."""
     global _seq_failed, _seq_tried
-    if _seq_tried or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        return _seq_failed is None
-    _seq_tried = True
-    try:
-        one = torch.ones(1, 1, device=device)
-        off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
-        rnn_forward(torch.ones(2, 1, 1, device=device), None, one, one, off, False, off, None)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    except Exception as e:  # a compiler or launcher failure of these kernels only
-        _seq_failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-        warnings.warn(f"rnnbench: the CUDA whole-sequence launches could not run ({_seq_failed}); the step kernels "
-                      f"run a launch per step, layer-norm cells the Python loops.", RuntimeWarning, stacklevel=3)
+    if not (_seq_tried or _capturing(device)):
+        _seq_tried, _seq_failed = True, _probe(device, 2)
+        if _seq_failed:
+            warnings.warn(f"rnnbench: the CUDA whole-sequence launches could not run ({_seq_failed}); the step "
+                          f"kernels run a launch per step, layer-norm cells the Python loops.", RuntimeWarning,
+                          stacklevel=3)
     return _seq_failed is None
 
 
