@@ -69,9 +69,43 @@ def _build(openmp: bool) -> ModuleType:
     return load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags, verbose=False)
 
 
+def openmp_runtimes() -> set[str]:
+    """The OpenMP runtime libraries this process has loaded (from /proc/self/maps; empty
+    where that is not readable)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if len(ln.split()) >= 6}
+    except OSError:
+        return set()
+    return {p for p in paths if re.search(r"/lib(g|i)?omp[^/]*\.so", p)}
+
+
+def _build_threaded() -> ModuleType:
+    """The build with OpenMP, where that is what PyTorch's threads use; the one without
+    it (the input norm's passes then on one thread, said once in a warning) where that
+    build fails or brings a second OpenMP runtime into the process (a compiler whose
+    runtime has another library name than PyTorch's), which would ignore PyTorch's
+    thread count."""
+    if _flags(True)[0] == _flags(False)[0]:
+        return _build(openmp=False)
+    before = openmp_runtimes()
+    try:
+        module = _build(openmp=True)
+        extra = openmp_runtimes() - before if before else set()
+        if not extra:
+            return module
+        why = f"it loaded a second OpenMP runtime, {', '.join(sorted(extra))}"
+    except Exception as e:  # e.g. a compiler without OpenMP
+        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:200]}"
+    module = _build(openmp=False)  # where this fails too, ``load`` says why
+    warnings.warn(f"rnnbench: the compiled CPU loops are built without OpenMP ({why}); their input norm's passes "
+                  "run on one thread.", RuntimeWarning, stacklevel=3)
+    return module
+
+
 def load() -> ModuleType | None:
-    """The compiled module, building it the first time (where the build with OpenMP
-    fails, once more without it); None where it cannot be built."""
+    """The compiled module, building it the first time (with OpenMP where it can,
+    ``_build_threaded``); None where it cannot be built."""
     global _module, _failed
     if _module is not None or _failed is not None:
         return _module
@@ -80,12 +114,7 @@ def load() -> ModuleType | None:
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        try:
-            _module = _build(openmp=True)
-        except Exception:  # e.g. a compiler without OpenMP: the loops without their threads
-            if _flags(True)[0] == _flags(False)[0]:
-                raise
-            _module = _build(openmp=False)
+        _module = _build_threaded()
     except Exception as e:  # a missing compiler or ninja, a failed build: keep the Python loops
         lines = str(e).strip().splitlines() or [""]
         _failed = f"{type(e).__name__}: {next((ln for ln in lines if 'error' in ln), lines[-1]).strip()}"

@@ -649,11 +649,11 @@ def test_compiled_loops_that_cannot_be_built_leave_the_python_loops(monkeypatch)
     assert h.shape == (2, 3, 4) and scan.last_path() == "scan"
 
 
-def test_compiled_loops_build_without_openmp_where_it_fails(monkeypatch):
-    """Where the build with OpenMP fails (a compiler without it), the loops are built once
-    more without -fopenmp, under a name of their own, and no warning is raised."""
-    import warnings
-
+@pytest.mark.parametrize("failure", ["build", "second runtime"])
+def test_compiled_loops_build_without_openmp_where_it_fails(failure, monkeypatch):
+    """Where the build with OpenMP fails (a compiler without it), or loads a second OpenMP
+    runtime beside PyTorch's (which would ignore PyTorch's thread count), the loops are
+    built once more without -fopenmp, under a name of their own, and one warning says why."""
     from torch.utils import cpp_extension
 
     from baselines import scan_cpp
@@ -662,21 +662,38 @@ def test_compiled_loops_build_without_openmp_where_it_fails(monkeypatch):
     monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP")
     with_omp, without = scan_cpp._flags(True), scan_cpp._flags(False)
     assert "-fopenmp" in with_omp[1] and "-fopenmp" not in without[1] and with_omp[0] == without[0] + "_omp"
-    built = []
+    built, runtimes = [], [{"/torch/lib/libgomp.so.1"}]
 
     def build(name, sources, extra_cflags, extra_ldflags, verbose):
         built.append(name)
-        if "-fopenmp" in extra_cflags:
+        if "-fopenmp" in extra_cflags and failure == "build":
             raise RuntimeError("x.cpp:1: fatal error: omp.h: No such file or directory")
+        if "-fopenmp" in extra_cflags:
+            runtimes.append(runtimes[0] | {"/usr/lib/libomp.so.5"})
         return "the module"
 
+    monkeypatch.setattr(scan_cpp, "openmp_runtimes", lambda: runtimes[-1])
     monkeypatch.setattr(cpp_extension, "load", build)
     monkeypatch.setattr(scan_cpp, "_module", None)
     monkeypatch.setattr(scan_cpp, "_failed", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    why = "omp.h: No such file" if failure == "build" else "second OpenMP runtime, /usr/lib/libomp.so.5"
+    with pytest.warns(RuntimeWarning, match=f"built without OpenMP .*{why}"):
         assert scan_cpp.load() == "the module"
     assert built == [with_omp[0], without[0]] and scan_cpp.build_error() is None
+
+
+def test_compiled_loops_share_pytorchs_openmp_runtime(monkeypatch):
+    """Where PyTorch's threads are OpenMP's (its Linux builds), the loops are the build with
+    OpenMP, and the process has one OpenMP runtime after loading them."""
+    import platform
+
+    from baselines import scan_cpp
+
+    if platform.system() != "Linux" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("the compiled loops with OpenMP: Linux builds of PyTorch")
+    use_scan_loops(monkeypatch, True)
+    assert scan_cpp.load().__name__.endswith("_omp")
+    assert len(scan_cpp.openmp_runtimes()) == 1
 
 
 def test_compiled_float32_activations_are_accurate(monkeypatch):
@@ -782,6 +799,40 @@ def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype
     var, mean = torch.var_mean(u.detach(), 0, correction=0)
     torch.testing.assert_close(xn.stats[0], mean, **tol)
     torch.testing.assert_close(xn.stats[1], var, **tol)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_input_norm_passes_give_the_same_bits_on_two_threads(cell, monkeypatch):
+    """The compiled loops' input-norm passes split the features over PyTorch's threads
+    (40 to 160 features here, more than one chunk): with W_hh = 0, so that no matrix
+    product whose sums may follow the thread count takes part, the outputs, the
+    gradients of u, γ and the shift, and the statistics are the same bits at one thread
+    as at two."""
+    use_scan_loops(monkeypatch, True)
+    torch.manual_seed(11)
+    B, T, H = 6, 5, 40
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell] * H
+    u = (torch.randn(B, T, G) * 2 + 1).requires_grad_()
+    gx, sx = (torch.rand(G) + 0.5).requires_grad_(), torch.randn(G, requires_grad=True)
+    w, h0 = torch.zeros(G, H), torch.randn(B, H) / 2
+
+    def run(threads: int):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            xn = scan.InputNorm(gx, sx, 1e-5)
+            if cell == "rnn":
+                h = scan.scan_rnn(u, h0, w, input_norm=xn)[0]
+            elif cell == "lstm":
+                h = scan.scan_lstm(u, h0, h0, w, input_norm=xn)[0]
+            else:
+                h = scan.scan_gru(u, h0, w, torch.ones(H) / 4, input_norm=xn)[0]
+            return [h, *torch.autograd.grad((h * torch.linspace(-1, 1, H)).sum(), [u, gx, sx]), *xn.stats]
+        finally:
+            torch.set_num_threads(before)
+
+    for a, b in zip(run(1), run(2), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_input_norm_needs_the_compiled_loops_and_one_model(monkeypatch):

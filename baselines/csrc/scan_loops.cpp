@@ -407,7 +407,8 @@ struct InputNorm {
     });
   }
 
-  // features per thread at least: below this the passes run on one thread
+  // the passes split the features over threads only where there are more than this
+  // many (then into at most F / kFeatureGrain chunks, each of half that or more)
   static constexpr int64_t kFeatureGrain = 32;
 };
 
