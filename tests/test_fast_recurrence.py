@@ -48,6 +48,20 @@ IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
          "fused": Impl(fused.fused_rnn, fused.fused_lstm, fused.fused_gru, torch.float32, 1e-5, 1e-4)}
 
 
+def assert_ran(impl: Impl, *norms: str | None, batch_stats: bool = True) -> None:
+    """The last call ran the implementation's own path (no silent fall-back): the Python
+    loops, the compiled CPU loops, or the step kernels, whose whole-sequence launches
+    (``seq``) leave batch statistics to a launch per step, which leaves layer norm to the
+    Python loops."""
+    if impl.rnn is not scan.scan_rnn:
+        return  # the one-program kernels record their path elsewhere
+    want = "scan-cpp" if impl.compiled else "scan"
+    if impl.steps:
+        launch_per_step = not impl.seq or batch_stats and "batch" in norms
+        want = "scan-triton-seq" if not launch_per_step else "scan" if "layer" in norms else "scan-triton"
+    assert scan.last_path() == want
+
+
 @pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("scan-triton", marks=needs_kernels),
                         pytest.param("scan-triton-seq", marks=needs_kernels),
                         pytest.param("fused", marks=needs_kernels)])
@@ -126,6 +140,7 @@ def test_rnn_matches_reference(impl, norm, batch_stats, act, B, T, H):
     g_f = torch.autograd.grad((h_f * dy.to(d)).sum(), [uf, h0f, wf] + ([gf] if norm else []))
     for name, a, b in zip(["u", "h0", "w_hh", "gamma"], g_f, g_ref):
         assert rel_err(a, b) < impl.grad_tol, f"grad {name}: relative error {rel_err(a, b):.2e}"
+    assert_ran(impl, norm, batch_stats=batch_stats)
 
 
 @needs_kernels
@@ -234,6 +249,7 @@ def run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats):
         return (h, c), stats
 
     assert_matches(impl, run_fused, run_ref, leaves)
+    assert_ran(impl, norm, cell_norm, batch_stats=batch_stats)
 
 
 @pytest.mark.parametrize("norm,cell_norm,batch_stats", LSTM_CASES)
@@ -255,6 +271,7 @@ def run_gru_case(impl, B, T, H, norm, batch_stats):
         return (h,), stats
 
     assert_matches(impl, run_fused, run_ref, leaves)
+    assert_ran(impl, norm, batch_stats=batch_stats)
 
 
 @pytest.mark.parametrize("norm,batch_stats", [(None, True), ("batch", True), ("batch", False), ("layer", True)])
