@@ -274,6 +274,33 @@ def run_gru_case(impl, B, T, H, norm, batch_stats):
     assert_ran(impl, norm, batch_stats=batch_stats)
 
 
+def run_rnn_case(impl, B, T, H, norm, batch_stats, seed=7):
+    """A tanh RNN case against the float64 reference: outputs, batch statistics, gradients."""
+    leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, seed)
+
+    def run_ref(u, h0, w, g=None):
+        h, stats = reference(u, h0, w, g, norm, batch_stats, pm, pv, "tanh")
+        return (h,), ({"hh": stats} if stats else {})
+
+    def run_fused(u, h0, w, g=None):
+        h, mean, var = impl.rnn(u, h0, w, g, norm=norm, batch_stats=batch_stats, pop_mean=pm.to(impl.dtype),
+                                pop_var=pv.to(impl.dtype))
+        return (h,), ({"hh": (mean, var)} if norm == "batch" and batch_stats else {})
+
+    assert_matches(impl, run_fused, run_ref, leaves)
+    assert_ran(impl, norm, batch_stats=batch_stats)
+
+
+def run_cell_case(impl, cell, B, T, H, norm, cell_norm, batch_stats, rnn_seed=7):
+    """``run_lstm_case``, ``run_gru_case`` or ``run_rnn_case`` for ``cell``."""
+    if cell == "lstm":
+        run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
+    elif cell == "gru":
+        run_gru_case(impl, B, T, H, norm, batch_stats)
+    else:
+        run_rnn_case(impl, B, T, H, norm, batch_stats, rnn_seed)
+
+
 @pytest.mark.parametrize("norm,batch_stats", [(None, True), ("batch", True), ("batch", False), ("layer", True)])
 @pytest.mark.parametrize("B,T,H", SHAPES)
 def test_gru_matches_reference(impl, norm, batch_stats, B, T, H):
@@ -918,23 +945,7 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
     monkeypatch.setattr(scan_triton, "BJ", units)
     monkeypatch.setattr(scan_triton, "BJ_WHOLE_BATCH", units)
     B, T, H = 40, 3, 40
-    if cell == "lstm":
-        run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
-    elif cell == "gru":
-        run_gru_case(impl, B, T, H, norm, batch_stats)
-    else:
-        leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, 7)
-
-        def run_ref(u, h0, w, g=None):
-            h, stats = reference(u, h0, w, g, norm, batch_stats, pm, pv, "tanh")
-            return (h,), ({"hh": stats} if stats else {})
-
-        def run_steps(u, h0, w, g=None):
-            h, mean, var = scan.scan_rnn(u, h0, w, g, norm=norm, batch_stats=batch_stats, pop_mean=pm.float(),
-                                         pop_var=pv.float())
-            return (h,), ({"hh": (mean, var)} if norm == "batch" and batch_stats else {})
-
-        assert_matches(impl, run_steps, run_ref, leaves)
+    run_cell_case(impl, cell, B, T, H, norm, cell_norm, batch_stats)
     assert scan.last_path() == "scan-triton"
 
 
@@ -1049,21 +1060,7 @@ def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batc
     monkeypatch.setattr(scan_triton, "SEQUENCE", True)
     monkeypatch.setattr(scan_triton, "ROWS_SEQ", rows)
     B, T, H = 40, 4, 40
-    if cell == "lstm":
-        run_lstm_case(impl, B, T, H, norm, cell_norm, batch_stats)
-    elif cell == "gru":
-        run_gru_case(impl, B, T, H, norm, batch_stats)
-    else:
-        leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, 7)
-
-        def run_ref(u, h0, w, g=None):
-            return (reference(u, h0, w, g, norm, batch_stats, pm, pv, "tanh")[0],), {}
-
-        def run_seq(u, h0, w, g=None):
-            return (scan.scan_rnn(u, h0, w, g, norm=norm, batch_stats=batch_stats, pop_mean=pm.float(),
-                                  pop_var=pv.float())[0],), {}
-
-        assert_matches(impl, run_seq, run_ref, leaves)
+    run_cell_case(impl, cell, B, T, H, norm, cell_norm, batch_stats)
     assert scan.last_path() == "scan-triton-seq"
 
 
@@ -1078,14 +1075,7 @@ def test_whole_sequence_launches_at_two_steps_and_a_full_tile(cell, norm, cell_n
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     monkeypatch.setattr(scan_triton, "SEQUENCE", True)
     B, T, H = 17, 2, 32
-    if cell == "lstm":
-        run_lstm_case(impl, B, T, H, norm, cell_norm, True)
-    elif cell == "gru":
-        run_gru_case(impl, B, T, H, norm, True)
-    else:
-        leaves, (pm, pv) = gate_leaves(B, T, H, 1, norm, 5)
-        assert_matches(impl, lambda u, h0, w, g=None: ((scan.scan_rnn(u, h0, w, g, norm=norm)[0],), {}),
-                       lambda u, h0, w, g=None: ((reference(u, h0, w, g, norm, True, pm, pv, "tanh")[0],), {}), leaves)
+    run_cell_case(impl, cell, B, T, H, norm, cell_norm, True, rnn_seed=5)
     assert scan.last_path() == "scan-triton-seq"
 
 
