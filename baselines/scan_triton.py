@@ -82,7 +82,8 @@ BJ = 16  # hidden units per program where the rows are split over programs
 # cost of narrower products (Triton pads a float32 product narrower than 8 columns).
 # 16 is what was timed (benchmarks/RESULTS.md); ``step_sweep.py --sweep units`` times 8 and 4.
 BJ_WHOLE_BATCH = 16
-BK = 32  # the matrix products' reduction, in chunks
+BK = 32  # the matrix products' reduction, in chunks, where the rows are split over programs
+BK_WHOLE_BATCH = 32  # the same where a program holds the whole batch
 ROWS_FREE = 32  # rows per program where no batch statistics bind them together
 # The matrix products' precision where PyTorch's float32 matmul setting asks for full
 # float32: three TF32 products on the tensor cores (the operands split into a TF32 part
@@ -846,7 +847,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
         bb, bj = min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H))
         warps, bk = WARPS_SEQ, BK_SEQ
     elif any(n.mode == _BATCH for n, _ in norms):
-        bb, bj = max(16, triton.next_power_of_2(B0)), BJ_WHOLE_BATCH
+        bb, bj, bk = max(16, triton.next_power_of_2(B0)), BJ_WHOLE_BATCH, BK_WHOLE_BATCH
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
         warps = WARPS_WHOLE_BATCH if bb >= 128 else 4

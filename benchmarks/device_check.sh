@@ -5,10 +5,13 @@
 # per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
 # a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
 # STAGES (default: all) picks stages by name: tests bench ab sweep units rows sequence stacked
-# reference smoke; "warps" and "profile" (Nsight Compute on the bn-lstm step kernels) run only
-# when named. Not yet run on a GPU: units, rows, sequence and the whole-sequence tests (each
-# sweep stage is 4-5 settings x 3-5 models, about a minute). A first call for a session:
-# STAGES="tests units rows sequence"; a second: STAGES="bench stacked".
+# reference smoke; "warps", "profile" (Nsight Compute on the bn-lstm step kernels), "tuned"
+# and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked
+# stages' models under the settings step_sweep.py --pick takes from this call's units, rows
+# and sequence sweeps (the whole-sequence launches left off where their GPU tests failed).
+# Not yet run on a GPU: units, rows, sequence, tuned and the whole-sequence tests (each sweep
+# stage is 4-5 settings x 3-7 models, about a minute). One call for a session that tunes:
+# STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults match: "bench".
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-74 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, warps 36 s, profile 29 s, stacked 37 s, smoke 44 s; a call's start and transfers ~30 s.
@@ -28,7 +31,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 
 if want tests; then
   stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels left out)"
-  timeout 240 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused-" 2>&1 \
+  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused-" 2>&1 \
     | tee "$OUTDIR/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | tail -15
 fi
 if want bench; then
@@ -67,10 +70,22 @@ if want profile; then
       "$OUTDIR/ncu$k.txt" | cut -c1-260
   done
 fi
+STACKED="--seeds 8 --shapes seq-mnist,adding --models rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm"
 if want stacked; then
   stage "speed: 8 seeds stacked per step (ratio per seed)"
-  timeout 70 $BENCH --seeds 8 --shapes seq-mnist,adding --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm' \
-    --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
+  timeout 70 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
+fi
+KEEP=""  # whole-sequence launches that failed their GPU tests are not picked
+grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" && KEEP="--keep SEQUENCE"
+PICK="$PY benchmarks/step_sweep.py --pick $OUTDIR/sweep_units.json $OUTDIR/sweep_rows.json $OUTDIR/sweep_sequence.json $KEEP --"
+if want tuned; then
+  stage "speed: every model, three shapes, under the settings picked from the sweeps ($KEEP)"
+  timeout 150 $PICK --device cuda --repeats 3 --json "$OUTDIR/bench_tuned.json" 2>&1 | tee "$OUTDIR/bench_tuned.txt" | tail -2
+fi
+if want tuned_stacked; then
+  stage "speed: 8 seeds stacked per step, under the settings picked from the sweeps"
+  timeout 90 $PICK --device cuda --repeats 3 $STACKED --json "$OUTDIR/bench_tuned_stacked.json" 2>&1 \
+    | tee "$OUTDIR/bench_tuned_stacked.txt" | tail -2
 fi
 if want reference; then
   stage "speed: the reference path (explicit loop, eager) of the custom cells"
@@ -93,4 +108,7 @@ fi
 
 stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
-for f in sweep sweep_units sweep_rows sweep_sequence sweep_warps bench_ab bench_stacked bench; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done
+for f in sweep sweep_units sweep_rows sweep_sequence sweep_warps; do  # each setting's lines are in the files
+  [[ -f "$OUTDIR/$f.txt" ]] && grep -E "^best|skipped" "$OUTDIR/$f.txt"
+done
+for f in bench_ab bench_stacked bench_tuned_stacked bench bench_tuned; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done

@@ -15,6 +15,12 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   programs at B=100 instead of 7) and with 16 warps.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence] [--json FILE]
+    python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
+
+``--pick`` reads sweeps' JSON rows, takes from each the setting that was fastest over
+all its models (``pick``), prints them, and runs ``rnnbench bench`` with the arguments
+after ``--`` under those settings together: the whole table with a tuned set, timed in
+the same call as its sweeps, before the defaults are changed to match.
 
 Run on a CUDA machine (benchmarks/device_check.sh runs each as a stage of its name,
 ``tiles`` as ``sweep``). Before timing a setting, one eager training step of each model at
@@ -26,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
+from typing import Any
 
 import torch
 
@@ -33,13 +42,14 @@ from baselines import scan_triton, set_fast_path
 from suite.bench import SHAPES, build_step, bench, make_batch
 
 DEFAULTS = dict(FP32_DOT="tf32x3", BK=32, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=16, BJ_WHOLE_BATCH=16,
+                BK_WHOLE_BATCH=32,
                 SEQUENCE=False, ROWS_SEQ=16, WARPS_SEQ=8, BK_SEQ=16)
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=64), dict(ROWS_FREE=16)],
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
     "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
-    "units": ([{}, dict(BJ_WHOLE_BATCH=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK=16),
-               dict(BJ_WHOLE_BATCH=4, BK=64)],
+    "units": ([{}, dict(BJ_WHOLE_BATCH=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16),
+               dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=64)],
               {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
     "rows": ([{}, dict(BK=16), dict(WARPS_FREE=8), dict(BJ=8, BK=16)],
              {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"]}),
@@ -64,7 +74,69 @@ def compiles(model: str, shape: str, device: str = "cuda") -> str | None:
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
 
 
+# A sweep's setting replaces the defaults only where it is faster by more than this
+# (geometric mean over its models): CUDA-event medians of the same setting vary by ~1-2%.
+MARGIN = 0.97
+
+
+def pick(sweeps: list[list[dict[str, Any]]], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings to use together: from each sweep's rows (``main``'s JSON), the setting
+    whose ms per step, relative to the defaults' on each (model, shape) the defaults were
+    timed on, has the lowest geometric mean, where it was timed on all of them and beats
+    the defaults by ``MARGIN``; its changes from ``DEFAULTS`` (those named in ``keep``
+    left out), merged over the sweeps (a later sweep's change wins a clash)."""
+    out: dict[str, Any] = {}
+    for rows in sweeps:
+        base = {(r["model"], r["shape"]): r["ms"] for r in rows if r["setting"] == "defaults"}
+        top, top_score = None, MARGIN
+        for label in dict.fromkeys(r["setting"] for r in rows if r["setting"] != "defaults"):
+            mine = {(r["model"], r["shape"]): r for r in rows if r["setting"] == label}
+            if not base or not set(base) <= set(mine):
+                continue
+            score = math.exp(sum(math.log(mine[k]["ms"] / ms) for k, ms in base.items()) / len(base))
+            if score < top_score:
+                top, top_score = next(iter(mine.values())), score
+        if top is not None:
+            out.update({k: top[k] for k in DEFAULTS if top[k] != DEFAULTS[k] and k not in keep})
+    return out
+
+
+def run_picked(files: list[str], keep: list[str], bench_args: list[str]) -> int:
+    """``rnnbench bench`` with ``bench_args`` under the settings ``pick`` takes from the
+    sweeps' JSON ``files``; the kernels' settings are as they were afterwards."""
+    from suite.cli import main as cli
+
+    bad = [k for k in keep if k not in DEFAULTS]
+    if bad:
+        print(f"step_sweep: unknown setting '{bad[0]}' in --keep; choose from: {', '.join(DEFAULTS)}", file=sys.stderr)
+        return 2
+    sweeps = []
+    for f in files:
+        try:
+            with open(f) as fh:
+                sweeps.append(json.load(fh))
+        except (OSError, ValueError) as e:  # a sweep that did not run: the others still count
+            print(f"step_sweep: {f} skipped ({type(e).__name__}: {e})", flush=True)
+    settings = pick(sweeps, tuple(keep))
+    print("picked: " + (" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"), flush=True)
+    try:
+        for k, v in settings.items():
+            setattr(scan_triton, k, v)
+        return cli(["bench", *bench_args])
+    finally:
+        for k in settings:
+            setattr(scan_triton, k, DEFAULTS[k])
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--pick" in argv:
+        cut = argv.index("--") if "--" in argv else len(argv)
+        ap = argparse.ArgumentParser(description="rnnbench bench under the settings picked from sweeps")
+        ap.add_argument("--pick", nargs="+", required=True, metavar="SWEEP_JSON")
+        ap.add_argument("--keep", nargs="*", default=[], metavar="SETTING", help="leave these at the defaults")
+        args = ap.parse_args(argv[:cut])
+        raise SystemExit(run_picked(args.pick, args.keep, argv[cut + 1:]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", choices=sorted(SWEEPS), default="tiles")
     ap.add_argument("--json", help="write every row here")

@@ -195,3 +195,65 @@ def test_kernel_resources_reads_a_compiled_kernels_registers():
     assert [r[:2] for r in rows] == [["sequence", "rnn"]]
     regs, stack, smem = map(int, rows[0][-3:])
     assert 0 < regs <= 255 and stack >= 0 and smem > 0
+
+
+def sweep_rows(setting: str, times: dict[tuple[str, str], float], **change) -> list[dict]:
+    """Rows as ``step_sweep.main`` writes them: the setting's label, every setting's value."""
+    from benchmarks import step_sweep
+
+    return [dict(model=m, shape=s, ms=ms, setting=setting, **{**step_sweep.DEFAULTS, **change})
+            for (m, s), ms in times.items()]
+
+
+def test_step_sweep_picks_the_fastest_setting_over_all_models():
+    """From each sweep, the setting with the lowest geometric mean time relative to the
+    defaults, over every (model, shape) they were timed on; one that beats them on one
+    model only by losing more on another, one that missed a model, and one within the
+    noise margin are not taken; ``keep`` holds a setting at its default."""
+    from benchmarks import step_sweep
+
+    both = {("bn-lstm", "seq-mnist"): 40.0, ("bn-gru", "seq-mnist"): 20.0}
+    units = (sweep_rows("defaults", both)
+             + sweep_rows("BJ_WHOLE_BATCH=8", {("bn-lstm", "seq-mnist"): 30.0, ("bn-gru", "seq-mnist"): 30.0},
+                          BJ_WHOLE_BATCH=8)  # geometric mean sqrt(0.75 * 1.5) > 1
+             + sweep_rows("BJ_WHOLE_BATCH=4", {("bn-lstm", "seq-mnist"): 1.0}, BJ_WHOLE_BATCH=4)  # one model only
+             + sweep_rows("BJ_WHOLE_BATCH=4 BK_WHOLE_BATCH=16", {("bn-lstm", "seq-mnist"): 36.0,
+                                                                 ("bn-gru", "seq-mnist"): 18.0},
+                          BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16))  # 0.9 on both
+    assert step_sweep.pick([units]) == dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16)
+    assert step_sweep.pick([units], keep=("BK_WHOLE_BATCH",)) == dict(BJ_WHOLE_BATCH=4)
+    one = {("lstm-loop", "seq-mnist"): 20.0}
+    seq = sweep_rows("defaults", one) + sweep_rows("SEQUENCE=True", {k: 10.0 for k in one}, SEQUENCE=True)
+    noise = sweep_rows("defaults", one) + sweep_rows("BK=16", {k: 19.6 for k in one}, BK=16)  # 2%: within the margin
+    assert step_sweep.pick([units, seq, noise]) == dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16, SEQUENCE=True)
+    assert step_sweep.pick([sweep_rows("BK=16", one, BK=16)]) == {}  # no defaults timed: nothing to compare
+
+
+def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, capsys):
+    """``--pick``: the settings from the sweeps' files (an unreadable file named and
+    skipped) are in force while ``rnnbench bench`` runs with the arguments after ``--``,
+    and the defaults are back afterwards; an unknown ``--keep`` is one line, exit 2."""
+    import json
+
+    import suite.cli
+    from baselines import scan_triton
+    from benchmarks import step_sweep
+
+    f = tmp_path / "units.json"
+    f.write_text(json.dumps(sweep_rows("defaults", {("bn-rnn", "tiny"): 2.0})
+                            + sweep_rows("BJ_WHOLE_BATCH=4", {("bn-rnn", "tiny"): 1.0}, BJ_WHOLE_BATCH=4)))
+    seen = []
+    real = suite.cli.main
+    monkeypatch.setattr(suite.cli, "main", lambda argv: seen.append(scan_triton.BJ_WHOLE_BATCH) or real(argv))
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as done:
+        step_sweep.main(["--pick", str(f), str(tmp_path / "missing.json"), "--", "--device", "cpu", "--shapes",
+                         "tiny", "--models", "bn-rnn", "--repeats", "1", "--json", str(out)])
+    assert done.value.code == 0 and seen == [4]
+    printed = capsys.readouterr().out
+    assert "missing.json skipped (FileNotFoundError" in printed and "picked: BJ_WHOLE_BATCH=4" in printed
+    assert [r["model"] for r in json.loads(out.read_text())] == ["lstm", "bn-rnn"]
+    assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
+    with pytest.raises(SystemExit) as done:
+        step_sweep.main(["--pick", str(f), "--keep", "NOPE", "--", "--device", "cpu"])
+    assert done.value.code == 2 and "unknown setting 'NOPE' in --keep" in capsys.readouterr().err
