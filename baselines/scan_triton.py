@@ -36,13 +36,15 @@ Measured on an H100 (benchmarks/RESULTS.md, code of b6af4d6; training step, rati
 cuDNN LSTM at the seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
 0.34x, gru-loop 0.19x -> 0.32x, lstm-loop 0.18x -> 0.25x, bn-gru 0.12x -> 0.13x, bn-lstm
 0.08x -> 0.10x. The batch-norm kernels are the slow ones: a program holds the whole
-batch, so a launch has H/16 programs (7 of 132 multiprocessors at H=100), and Nsight
-Compute shows each latency-bound (bn-lstm: 30 us forward, 37 us backward per step, one
-instruction every 4.7 cycles per scheduler). Spreading a step over more programs (the
-gates of a unit, or rows with a second pass for the statistics) is the next step.
-Stacked seeds on the kernels (since e0e6440) are not yet timed.
+batch, so a launch had H/16 programs (7 of 132 multiprocessors at H=100), and Nsight
+Compute showed each latency-bound (bn-lstm: 30 us forward, 37 us backward per step, one
+instruction every 4.7 cycles per scheduler). Tuned on an H100 (2026-11-26, settings
+below): 4 units a program (25 programs) took bn-lstm to 0.18x, bn-gru 0.22x, bn-rnn
+0.46x; 8 units and chunks of 16 took lstm-loop to 0.32x, gru-loop 0.42x, rnn-loop 0.73x.
+Eight stacked seeds (one launch, a grid axis per seed) reach 0.63x to 2.8x per seed.
 
-Whole sequences in one launch (opt-in: ``SEQUENCE``, ``RNNBENCH_GPU_SEQUENCE=1``): where
+Whole sequences in one launch (layer norm always; the other cells with ``SEQUENCE``,
+``RNNBENCH_GPU_SEQUENCE=1``): where
 no norm takes batch statistics (no norm, population statistics in evaluation, layer
 norm), each row's recurrence is independent of the other rows'. A program then owns
 ROWS_SEQ rows and every hidden unit, and runs the step kernels' code for t = 0 .. T-1
@@ -50,9 +52,10 @@ ROWS_SEQ rows and every hidden unit, and runs the step kernels' code for t = 0 .
 launch per step, no other program to wait for. Layer norm, whose statistics span every
 unit (and gate) of a row, runs here only; its γ and β gradients are summed after the
 loop from the saved terms and statistics, as for the Python loops. Runs record
-"scan-triton-seq". Tested in the interpreter against the float64 reference and compiled
-for sm_90; not yet timed on a GPU (``benchmarks/step_sweep.py --sweep sequence``), hence
-opt-in.
+"scan-triton-seq". Tested in the interpreter against the float64 reference, compiled for
+sm_90 and on an H100. Timed there (``benchmarks/step_sweep.py --sweep sequence``): faster
+than the Python loops for layer norm, slower than a launch per step for the gated cells
+without it, hence the default above.
 """
 
 from __future__ import annotations
@@ -76,14 +79,20 @@ MAX_ROWS = 128  # batch norm: the whole batch in one program
 # 1.09x, rnn-loop 2.58x against 2.96x), where cuBLAS spreads each step's product over
 # the chip; between the two it is not measured, so larger H keeps the Python loops.
 MAX_HIDDEN = 128
-BJ = 16  # hidden units per program where the rows are split over programs
+# The tile settings below are the fastest of ``benchmarks/step_sweep.py``'s sweeps on an
+# H100 (benchmarks/RESULTS.md, 2026-11-26; ms per training step at the seq-MNIST shape).
+# Hidden units per program where the rows are split over programs, and the matrix
+# products' reduction chunk there: 8 and 16 against 16 and 32 took lstm-loop from 21.1
+# to 16.9 ms, gru-loop 16.1 -> 12.8, rnn-loop 8.1 -> 7.3 (chunks of 16 alone: 20.2, 14.7,
+# 8.3; 8 warps: slower).
+BJ = 8
+BK = 16
 # Hidden units per program where a program holds the whole batch (batch norm): fewer
-# units spread a step over more programs (H/BJ of them: 7 at H=100 with 16), at the
-# cost of narrower products (Triton pads a float32 product narrower than 8 columns).
-# 16 is what was timed (benchmarks/RESULTS.md); ``step_sweep.py --sweep units`` times 8 and 4.
-BJ_WHOLE_BATCH = 16
-BK = 32  # the matrix products' reduction, in chunks, where the rows are split over programs
-BK_WHOLE_BATCH = 32  # the same where a program holds the whole batch
+# units spread a step over more programs (H/BJ of them: 25 at H=100 with 4, 7 with 16).
+# 4 units and chunks of 16 against 16 and 32: bn-lstm 50.7 -> 28.9 ms, bn-gru 39.3 ->
+# 22.8, bn-rnn 15.7 -> 11.1 (8 units: 32.6, 23.5, 11.7).
+BJ_WHOLE_BATCH = 4
+BK_WHOLE_BATCH = 16
 ROWS_FREE = 32  # rows per program where no batch statistics bind them together
 # The matrix products' precision where PyTorch's float32 matmul setting asks for full
 # float32: three TF32 products on the tensor cores (the operands split into a TF32 part
@@ -99,15 +108,20 @@ WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows
 WARPS_FREE = 4
 # Whole-sequence kernels (``_*_seq``): where no batch statistics bind the rows together,
 # a program owns ROWS_SEQ rows and every hidden unit and runs all steps in one launch.
-# Opt-in (RNNBENCH_GPU_SEQUENCE=1, or this setting) until timed on a GPU; tested in
-# Triton's interpreter and compiled for sm_90. ``step_sweep.py --sweep sequence`` times it.
+# Layer norm runs there always (it has no other kernel); the other cells only with
+# SEQUENCE on (RNNBENCH_GPU_SEQUENCE=1): on an H100 at the seq-MNIST shape (8 rows a
+# program) they lost to a launch per step (lstm-loop 27.1 against 21.0 ms, gru-loop
+# 22.6 against 16.1) or matched it (rnn-loop 7.6 against 8.1), while the layer-norm
+# cells gained over the Python loops (ln-rnn 20.9 -> 9.0 ms, ln-lstm 39.6 -> 34.0,
+# ln-gru 32.1 -> 24.4). 8 rows a program (13 at B=100) beat 16 (7 programs) for every
+# cell: ln-lstm 48.3 -> 34.0 ms; 16 warps were slower.
 ENV_SEQUENCE = "RNNBENCH_GPU_SEQUENCE"
 SEQUENCE = os.environ.get(ENV_SEQUENCE) == "1"
-ROWS_SEQ = 16
+ROWS_SEQ = 8
 # A program holds every unit (a tile of up to 128): compiled for sm_90 with 4 warps and
 # chunks of 32, the LSTM's forward kernel used 255 registers and spilled 2.4 KB a
 # thread; with 8 warps and chunks of 16, 40 bytes, and 736 with layer norm over its
-# gates (cuobjdump --dump-resource-usage).
+# gates (cuobjdump --dump-resource-usage; 16 rows a program).
 WARPS_SEQ = 8
 BK_SEQ = 16
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
@@ -140,7 +154,7 @@ def for_call(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]):
     rows = x.shape[0] // max(seeds, 1)  # of one seed
     if any(m not in (_NONE, _BATCH, _POP, _LAYER) for m in modes) or (_BATCH in modes and rows > MAX_ROWS):
         return None
-    if _LAYER in modes and not (SEQUENCE and whole_sequence(x.shape[1], modes)):
+    if _LAYER in modes and not whole_sequence(x.shape[1], modes):
         return None
     if x.device.type == "cuda":  # NVIDIA only: the float32 product (3xTF32) is NVIDIA's
         usable = not interpreting() and torch.version.hip is None
@@ -206,9 +220,10 @@ def _seq_runs_here(device: torch.device) -> bool:
 def whole_sequence(T: int, modes: tuple[int, ...]) -> bool:
     """Whether a recurrence of ``T`` steps whose norms have ``modes`` (csrc's numbers) runs
     as one launch per direction: two steps or more, no batch statistics, and ``SEQUENCE``
-    on or a layer norm (which runs nowhere else: ``for_call`` routes it here only with
-    ``SEQUENCE`` on, so a backward pass never finds it without the launches its forward
-    pass used); not where the launches failed to run here (``_seq_runs_here``)."""
+    on or a layer norm (which runs nowhere else: ``for_call`` routes it to the kernels
+    only where this holds, independent of the call, so a backward pass never finds it
+    without the launches its forward pass used); not where the launches failed to run
+    here (``_seq_runs_here``)."""
     return T >= 2 and _BATCH not in modes and (SEQUENCE or _LAYER in modes) and _seq_failed is None
 
 

@@ -13,8 +13,9 @@
 # stage is 4-5 settings x 3-7 models, about a minute). One call for a session that tunes:
 # STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults match: "bench".
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
-# Stage times seen on an H100 (2026-11-26): tests 64-74 s, bench 43-55 s, ab 20 s, sweep
-# 49 s, warps 36 s, profile 29 s, stacked 37 s, smoke 44 s; a call's start and transfers ~30 s.
+# Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-55 s, ab 20 s, sweep
+# 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
+# models), tuned 46 s, smoke 44 s; a call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
 STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked reference smoke}
@@ -70,10 +71,10 @@ if want profile; then
       "$OUTDIR/ncu$k.txt" | cut -c1-260
   done
 fi
-STACKED="--seeds 8 --shapes seq-mnist,adding --models rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,ln-lstm"
+STACKED="--seeds 8 --shapes seq-mnist,adding --models rnn-loop,irnn-loop,bn-rnn,bn-rnn-input,ln-rnn,lstm-loop,bn-lstm,ln-lstm,gru-loop,bn-gru,ln-gru"
 if want stacked; then
   stage "speed: 8 seeds stacked per step (ratio per seed)"
-  timeout 70 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
+  timeout 150 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
 fi
 KEEP=""  # whole-sequence launches that failed their GPU tests are not picked
 grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" && KEEP="--keep SEQUENCE"

@@ -5,14 +5,14 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   per program where no batch norm binds the rows together;
 - ``warps``: the warps of a program that holds the whole batch (batch norm);
 - ``units``: the hidden units of a program that holds the whole batch (batch norm),
-  which set how many programs share a step (H/units): 16 (the default, timed), 8 and
-  4; with 4, shorter and longer reduction chunks;
-- ``rows``: the kernels whose rows are split over programs (no batch statistics):
-  reduction chunks of 16, 8 warps, 8 units per program (their registers, compiled for
-  sm_90, are in scan_triton.py);
-- ``sequence``: the whole-sequence launches (``scan_triton.SEQUENCE``) against a launch
-  per step (layer-norm cells: against the Python loops), with 8 rows a program (13
-  programs at B=100 instead of 7) and with 16 warps.
+  which set how many programs share a step (H/units): 4 (the default), 8 and 16; and
+  longer reduction chunks;
+- ``rows``: the kernels whose rows are split over programs (no batch statistics): 16
+  units a program, chunks of 32, 8 warps, 16 rows a program (their registers, compiled
+  for sm_90, are in scan_triton.py);
+- ``sequence``: the whole-sequence launches for every cell without batch statistics
+  (``scan_triton.SEQUENCE``; layer norm runs there always) against a launch per step,
+  16 rows a program (7 programs at B=100 instead of 13) and 4 warps.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
@@ -41,19 +41,18 @@ import torch
 from baselines import scan_triton, set_fast_path
 from suite.bench import SHAPES, build_step, bench, make_batch
 
-DEFAULTS = dict(FP32_DOT="tf32x3", BK=32, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=16, BJ_WHOLE_BATCH=16,
-                BK_WHOLE_BATCH=32,
-                SEQUENCE=False, ROWS_SEQ=16, WARPS_SEQ=8, BK_SEQ=16)
+DEFAULTS = dict(FP32_DOT="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=8, BJ_WHOLE_BATCH=4,
+                BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16)
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
-    "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=64), dict(ROWS_FREE=16)],
+    "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=32), dict(ROWS_FREE=16)],
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
     "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
-    "units": ([{}, dict(BJ_WHOLE_BATCH=8), dict(BJ_WHOLE_BATCH=4), dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16),
-               dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=64)],
+    "units": ([{}, dict(BJ_WHOLE_BATCH=8), dict(BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32), dict(BK_WHOLE_BATCH=32),
+               dict(BK_WHOLE_BATCH=64)],
               {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
-    "rows": ([{}, dict(BK=16), dict(WARPS_FREE=8), dict(BJ=8, BK=16)],
+    "rows": ([{}, dict(BJ=16, BK=32), dict(BJ=16), dict(WARPS_FREE=8), dict(ROWS_FREE=16)],
              {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"]}),
-    "sequence": ([{}, dict(SEQUENCE=True), dict(SEQUENCE=True, ROWS_SEQ=8), dict(SEQUENCE=True, WARPS_SEQ=16)],
+    "sequence": ([{}, dict(SEQUENCE=True), dict(ROWS_SEQ=16), dict(WARPS_SEQ=4, BK_SEQ=32)],
                  {"seq-mnist": ["rnn-loop", "lstm-loop", "gru-loop", "ln-rnn", "ln-lstm", "ln-gru"],
                   "adding": ["lstm-loop"]}),
 }

@@ -152,14 +152,14 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     from baselines import scan_triton
     from benchmarks import step_sweep
 
-    monkeypatch.setitem(step_sweep.SWEEPS, "units", ([{}, dict(BJ_WHOLE_BATCH=4)], {"tiny": ["bn-rnn", "rnn-loop"]}))
+    monkeypatch.setitem(step_sweep.SWEEPS, "units", ([{}, dict(BJ_WHOLE_BATCH=8)], {"tiny": ["bn-rnn", "rnn-loop"]}))
     real = step_sweep.compiles
     monkeypatch.setattr(step_sweep, "compiles", lambda m, shape, device: (
-        "RuntimeError: no" if m == "rnn-loop" and scan_triton.BJ_WHOLE_BATCH == 4 else real(m, shape, device)))
+        "RuntimeError: no" if m == "rnn-loop" and scan_triton.BJ_WHOLE_BATCH == 8 else real(m, shape, device)))
     out = tmp_path / "units.json"
     step_sweep.main(["--sweep", "units", "--device", "cpu", "--json", str(out)])
     rows = json.loads(out.read_text())
-    assert [(r["model"], r["BJ_WHOLE_BATCH"]) for r in rows] == [("bn-rnn", 16), ("rnn-loop", 16), ("bn-rnn", 4)]
+    assert [(r["model"], r["BJ_WHOLE_BATCH"]) for r in rows] == [("bn-rnn", 4), ("rnn-loop", 4), ("bn-rnn", 8)]
     printed = capsys.readouterr().out
     assert "rnn-loop  tiny       skipped: RuntimeError: no" in printed
     assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
@@ -216,17 +216,17 @@ def test_step_sweep_picks_the_fastest_setting_over_all_models():
     units = (sweep_rows("defaults", both)
              + sweep_rows("BJ_WHOLE_BATCH=8", {("bn-lstm", "seq-mnist"): 30.0, ("bn-gru", "seq-mnist"): 30.0},
                           BJ_WHOLE_BATCH=8)  # geometric mean sqrt(0.75 * 1.5) > 1
-             + sweep_rows("BJ_WHOLE_BATCH=4", {("bn-lstm", "seq-mnist"): 1.0}, BJ_WHOLE_BATCH=4)  # one model only
-             + sweep_rows("BJ_WHOLE_BATCH=4 BK_WHOLE_BATCH=16", {("bn-lstm", "seq-mnist"): 36.0,
+             + sweep_rows("BJ_WHOLE_BATCH=16", {("bn-lstm", "seq-mnist"): 1.0}, BJ_WHOLE_BATCH=16)  # one model only
+             + sweep_rows("BJ_WHOLE_BATCH=16 BK_WHOLE_BATCH=32", {("bn-lstm", "seq-mnist"): 36.0,
                                                                  ("bn-gru", "seq-mnist"): 18.0},
-                          BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16))  # 0.9 on both
-    assert step_sweep.pick([units]) == dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16)
-    assert step_sweep.pick([units], keep=("BK_WHOLE_BATCH",)) == dict(BJ_WHOLE_BATCH=4)
+                          BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32))  # 0.9 on both
+    assert step_sweep.pick([units]) == dict(BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32)
+    assert step_sweep.pick([units], keep=("BK_WHOLE_BATCH",)) == dict(BJ_WHOLE_BATCH=16)
     one = {("lstm-loop", "seq-mnist"): 20.0}
     seq = sweep_rows("defaults", one) + sweep_rows("SEQUENCE=True", {k: 10.0 for k in one}, SEQUENCE=True)
-    noise = sweep_rows("defaults", one) + sweep_rows("BK=16", {k: 19.6 for k in one}, BK=16)  # 2%: within the margin
-    assert step_sweep.pick([units, seq, noise]) == dict(BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16, SEQUENCE=True)
-    assert step_sweep.pick([sweep_rows("BK=16", one, BK=16)]) == {}  # no defaults timed: nothing to compare
+    noise = sweep_rows("defaults", one) + sweep_rows("BK=32", {k: 19.6 for k in one}, BK=32)  # 2%: within the margin
+    assert step_sweep.pick([units, seq, noise]) == dict(BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32, SEQUENCE=True)
+    assert step_sweep.pick([sweep_rows("BK=32", one, BK=32)]) == {}  # no defaults timed: nothing to compare
 
 
 def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, capsys):
@@ -241,7 +241,7 @@ def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, 
 
     f = tmp_path / "units.json"
     f.write_text(json.dumps(sweep_rows("defaults", {("bn-rnn", "tiny"): 2.0})
-                            + sweep_rows("BJ_WHOLE_BATCH=4", {("bn-rnn", "tiny"): 1.0}, BJ_WHOLE_BATCH=4)))
+                            + sweep_rows("BJ_WHOLE_BATCH=16", {("bn-rnn", "tiny"): 1.0}, BJ_WHOLE_BATCH=16)))
     seen = []
     real = suite.cli.main
     monkeypatch.setattr(suite.cli, "main", lambda argv: seen.append(scan_triton.BJ_WHOLE_BATCH) or real(argv))
@@ -249,9 +249,9 @@ def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as done:
         step_sweep.main(["--pick", str(f), str(tmp_path / "missing.json"), "--", "--device", "cpu", "--shapes",
                          "tiny", "--models", "bn-rnn", "--repeats", "1", "--json", str(out)])
-    assert done.value.code == 0 and seen == [4]
+    assert done.value.code == 0 and seen == [16]
     printed = capsys.readouterr().out
-    assert "missing.json skipped (FileNotFoundError" in printed and "picked: BJ_WHOLE_BATCH=4" in printed
+    assert "missing.json skipped (FileNotFoundError" in printed and "picked: BJ_WHOLE_BATCH=16" in printed
     assert [r["model"] for r in json.loads(out.read_text())] == ["lstm", "bn-rnn"]
     assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
     with pytest.raises(SystemExit) as done:

@@ -50,15 +50,16 @@ IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
 
 def assert_ran(impl: Impl, *norms: str | None, batch_stats: bool = True) -> None:
     """The last call ran the implementation's own path (no silent fall-back): the Python
-    loops, the compiled CPU loops, or the step kernels, whose whole-sequence launches
-    (``seq``) leave batch statistics to a launch per step, which leaves layer norm to the
-    Python loops."""
+    loops, the compiled CPU loops, or the step kernels, whose whole-sequence launches run
+    layer norm always and the other cells with ``seq``; batch statistics need a launch
+    per step, which leaves layer norm to the Python loops."""
     if impl.rnn is not scan.scan_rnn:
         return  # the one-program kernels record their path elsewhere
     want = "scan-cpp" if impl.compiled else "scan"
-    if impl.steps:
-        launch_per_step = not impl.seq or batch_stats and "batch" in norms
-        want = "scan-triton-seq" if not launch_per_step else "scan" if "layer" in norms else "scan-triton"
+    if impl.steps and batch_stats and "batch" in norms:
+        want = "scan" if "layer" in norms else "scan-triton"
+    elif impl.steps:
+        want = "scan-triton-seq" if impl.seq or "layer" in norms else "scan-triton"
     assert scan.last_path() == want
 
 
@@ -950,19 +951,22 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
 
 
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
-    """Layer norm (outside whole-sequence launches), float64, more than MAX_HIDDEN units
-    and batch norm over more rows (of a seed) than one program holds keep the Python
-    loops; on the CPU the kernels run only when a test allows the interpreter."""
+    """Layer norm outside whole-sequence launches (one step, or beside batch statistics),
+    float64, more than MAX_HIDDEN units and batch norm over more rows (of a seed) than
+    one program holds keep the Python loops; layer norm runs in whole-sequence launches
+    with ``SEQUENCE`` off too; on the CPU the kernels run only when a test allows the
+    interpreter."""
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     x = torch.zeros(4, 3, 8)
     interp = scan_triton.interpreting() and scan_triton.triton is not None
     assert (scan_triton.for_call(x, 0, "lstm", (0, 1)) is not None) == interp
     assert (scan_triton.for_call(x, 0, "gru", (2,)) is not None) == interp
-    assert scan_triton.for_call(x, 0, "lstm", (3, 0)) is None  # layer norm: whole sequences only
-    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
-    assert (scan_triton.for_call(x, 0, "lstm", (3, 3)) is not None) == interp
-    assert scan_triton.for_call(x[:, :1], 0, "lstm", (3, 3)) is None  # one step: no whole-sequence launch
-    assert scan_triton.for_call(x, 0, "lstm", (1, 3)) is None  # batch statistics bind the rows
+    for sequence in (False, True):
+        monkeypatch.setattr(scan_triton, "SEQUENCE", sequence)
+        assert (scan_triton.for_call(x, 0, "lstm", (3, 3)) is not None) == interp
+        assert (scan_triton.for_call(x, 0, "lstm", (3, 0)) is not None) == interp
+        assert scan_triton.for_call(x[:, :1], 0, "lstm", (3, 3)) is None  # one step: no whole-sequence launch
+        assert scan_triton.for_call(x, 0, "lstm", (1, 3)) is None  # batch statistics bind the rows
     monkeypatch.setattr(scan_triton, "SEQUENCE", False)
     assert scan_triton.for_call(x.double(), 0, "rnn", (0,)) is None
     wide = torch.zeros(4, 3, 4 * (scan_triton.MAX_HIDDEN + 1))  # H = MAX_HIDDEN + 1

@@ -85,16 +85,15 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
     """The scan path (its CUDA step kernels, their whole-sequence launches, and its Python
     loops) and the compiled Triton kernels (not the interpreter) on CUDA. Layer norm runs
-    in whole-sequence launches only (else the Python loops); batch statistics keep a
-    launch per step in training (and run whole sequences in evaluation, with population
-    statistics)."""
+    in whole-sequence launches always; batch statistics keep a launch per step in
+    training (and run whole sequences in evaluation, with population statistics)."""
     from baselines import fused, scan_triton
 
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
     monkeypatch.setattr(scan_triton, "SEQUENCE", path == "scan-triton-seq")
     eval_path = path
     if path == "scan-triton" and name.startswith("ln-"):
-        path = "scan"
+        path = eval_path = "scan-triton-seq"
     if path == "scan-triton-seq" and name in ("bn-lstm", "bn-gru"):
         path = "scan-triton"
     monkeypatch.setattr(fused, "ENABLED", path == "fused")
