@@ -245,7 +245,8 @@ class LoopCore(nn.Module):
         (PyTorch ops with a hand-written backward pass, baselines/scan.py), "scan-cpp"
         where its loops run compiled (the CPU; baselines/scan_cpp.py), or "scan-triton"
         where they run as one Triton kernel per step (CUDA; baselines/scan_triton.py),
-        "scan-triton-seq" where those run every step in one launch (``scan_triton.SEQUENCE``).
+        "scan-triton-seq" where those run every step in one launch (layer norm; the other
+        cells with ``scan_triton.SEQUENCE``).
         ``input_norm``: xw_all is the bare projection, normalized in the loops (see
         ``loop_input_norm``, which has made sure that this path runs)."""
         if not self.fast_enabled(xw_all):

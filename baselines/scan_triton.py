@@ -39,9 +39,10 @@ cuDNN LSTM at the seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x
 batch, so a launch had H/16 programs (7 of 132 multiprocessors at H=100), and Nsight
 Compute showed each latency-bound (bn-lstm: 30 us forward, 37 us backward per step, one
 instruction every 4.7 cycles per scheduler). Tuned on an H100 (2026-11-26, settings
-below): 4 units a program (25 programs) took bn-lstm to 0.18x, bn-gru 0.22x, bn-rnn
-0.46x; 8 units and chunks of 16 took lstm-loop to 0.32x, gru-loop 0.42x, rnn-loop 0.73x.
-Eight stacked seeds (one launch, a grid axis per seed) reach 0.63x to 2.8x per seed.
+below): 4 units a program (25 programs) took bn-lstm to 0.17x, bn-gru 0.22x, bn-rnn
+0.45x; 8 units and chunks of 16 took lstm-loop to 0.30x, gru-loop 0.39x, rnn-loop 0.70x.
+Eight stacked seeds (one launch, a grid axis per seed) train at 0.63x to 2.35x per seed
+at the seq-MNIST and adding shapes.
 
 Whole sequences in one launch (layer norm always; the other cells with ``SEQUENCE``,
 ``RNNBENCH_GPU_SEQUENCE=1``): where

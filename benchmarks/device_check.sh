@@ -9,9 +9,9 @@
 # and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked
 # stages' models under the settings step_sweep.py --pick takes from this call's units, rows
 # and sequence sweeps (the whole-sequence launches left off where their GPU tests failed).
-# Not yet run on a GPU: units, rows, sequence, tuned and the whole-sequence tests (each sweep
-# stage is 4-5 settings x 3-7 models, about a minute). One call for a session that tunes:
-# STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults match: "bench".
+# Each sweep stage is 4-5 settings x 3-7 models, under a minute. One call for a session
+# that tunes: STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults
+# match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6

@@ -63,6 +63,16 @@ def assert_ran(impl: Impl, *norms: str | None, batch_stats: bool = True) -> None
     assert scan.last_path() == want
 
 
+def interpreter_tiles(monkeypatch) -> None:
+    """The step kernels' larger tiles of earlier defaults (16 units a program, chunks of
+    32): Triton's interpreter runs a launch's programs one after another, and the
+    defaults' smaller tiles (two to four times the programs) made the interpreted tests
+    ~100 s slower. The default tiles are tested by test_step_kernels_over_several_
+    program_blocks and, compiled on CUDA, by tests/test_gpu.py."""
+    for name, value in dict(BJ=16, BK=32, BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32).items():
+        monkeypatch.setattr(scan_triton, name, value)
+
+
 @pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("scan-triton", marks=needs_kernels),
                         pytest.param("scan-triton-seq", marks=needs_kernels),
                         pytest.param("fused", marks=needs_kernels)])
@@ -70,6 +80,7 @@ def impl(request, monkeypatch) -> Impl:
     use_scan_loops(monkeypatch, IMPLS[request.param].compiled)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", IMPLS[request.param].steps)
     monkeypatch.setattr(scan_triton, "SEQUENCE", IMPLS[request.param].seq)
+    interpreter_tiles(monkeypatch)
     return IMPLS[request.param]
 
 
@@ -933,19 +944,22 @@ def test_compiled_loops_reject_an_input_term_that_does_not_fit(monkeypatch):
     ("rnn", None, None, True), ("rnn", "batch", None, True), ("lstm", None, None, True),
     ("lstm", "batch", "batch", True), ("lstm", "batch", "batch", False), ("gru", None, None, True),
     ("gru", "batch", None, True)])
-@pytest.mark.parametrize("units", [16, 4])
+@pytest.mark.parametrize("units", ["defaults", 16])
 def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_stats, units, monkeypatch):
-    """The CUDA step kernels (interpreted) where a launch has several programs: 40 hidden
-    units are three blocks of 16 units (or ten of 4: products narrower than Triton's
-    tensor-core tile) and two chunks of the matrix product; without batch norm 40 rows
-    are two blocks of rows. Against the float64 reference, and the path says that the
+    """The CUDA step kernels (interpreted) where a launch has several programs, at the
+    default tiles and at 16 units a program: 44 hidden units are six blocks of 8 units
+    where rows are split (eleven of 4 where a program holds the batch; products narrower
+    than Triton's tensor-core tile), three of 16, the last one partial, and three chunks
+    of 16 of the matrix product, the last one partial; without batch norm 40 rows are
+    two blocks of rows. Against the float64 reference, and the path says that the
     kernels ran."""
     impl = IMPLS["scan-triton"]
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
-    monkeypatch.setattr(scan_triton, "BJ", units)
-    monkeypatch.setattr(scan_triton, "BJ_WHOLE_BATCH", units)
-    B, T, H = 40, 3, 40
+    if units != "defaults":
+        monkeypatch.setattr(scan_triton, "BJ", units)
+        monkeypatch.setattr(scan_triton, "BJ_WHOLE_BATCH", units)
+    B, T, H = 40, 3, 44
     run_cell_case(impl, cell, B, T, H, norm, cell_norm, batch_stats)
     assert scan.last_path() == "scan-triton"
 
@@ -1151,9 +1165,8 @@ def check_stacked_seeds(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch)
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
     monkeypatch.setattr(scan_triton, "SEQUENCE", seq)
-    path = "scan-triton-seq" if seq and not (batch_stats and "batch" in (norm, cell_norm)) else "scan-triton"
-    if path == "scan-triton" and "layer" in (norm, cell_norm):  # layer norm: whole sequences only
-        path = "scan"
+    interpreter_tiles(monkeypatch)
+    impl = IMPLS["scan-triton-seq" if seq else "scan-triton"]
     S, T, H = 3, 4, 20
     G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     torch.manual_seed(3)
@@ -1182,7 +1195,7 @@ def check_stacked_seeds(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch)
                                          gamma_c=a["gamma_c"], beta_c=a["beta_c"], cell_pop_mean=pop["cell_pop_mean"],
                                          cell_pop_var=pop["cell_pop_var"], **kw)
             out = [h, c], [t for k in sorted(stats) for t in stats[k]]
-        assert scan.last_path() == path
+        assert_ran(impl, norm, cell_norm, batch_stats=batch_stats)
         return out
 
     cots = [torch.randn(S * B, T, H), torch.randn(S * B, H)]
