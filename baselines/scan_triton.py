@@ -103,19 +103,20 @@ ROWS_FREE = 32  # rows per program where no batch statistics bind them together
 # rnn-loop 11.1 against 7.9 (benchmarks/step_sweep.py). With TF32 allowed, one TF32 product.
 FP32_DOT = "tf32x3"
 WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows)
-# Warps of a program of ROWS_FREE rows. Compiled for sm_90, the LSTM's forward kernel
-# there uses 254 registers and spills 32 bytes a thread with 4 warps and chunks of 32;
-# 8 warps or chunks of 16 need 179 or 136 (``step_sweep.py --sweep rows`` times them).
+# Warps of a program of ROWS_FREE rows. Compiled for sm_90 (32 rows x 16 units), the
+# LSTM's forward kernel used 254 registers and spilled 32 bytes a thread with 4 warps and
+# chunks of 32 (the earlier defaults); chunks of 16 need 136 and spill nothing. 8 warps
+# were slower on an H100 (``step_sweep.py --sweep rows``).
 WARPS_FREE = 4
 # Whole-sequence kernels (``_*_seq``): where no batch statistics bind the rows together,
 # a program owns ROWS_SEQ rows and every hidden unit and runs all steps in one launch.
 # Layer norm runs there always (it has no other kernel); the other cells only with
 # SEQUENCE on (RNNBENCH_GPU_SEQUENCE=1): on an H100 at the seq-MNIST shape (8 rows a
-# program) they lost to a launch per step (lstm-loop 27.1 against 21.0 ms, gru-loop
-# 22.6 against 16.1) or matched it (rnn-loop 7.6 against 8.1), while the layer-norm
+# program) they lost to a launch per step with its tuned tiles (lstm-loop 27.1 against
+# 16.9 ms, gru-loop 22.6 against 12.8, rnn-loop 7.6 against 7.3), while the layer-norm
 # cells gained over the Python loops (ln-rnn 20.9 -> 9.0 ms, ln-lstm 39.6 -> 34.0,
 # ln-gru 32.1 -> 24.4). 8 rows a program (13 at B=100) beat 16 (7 programs) for every
-# cell: ln-lstm 48.3 -> 34.0 ms; 16 warps were slower.
+# cell (ln-lstm 48.3 -> 34.0 ms), and 16 rows with 16 warps (ln-lstm 54.9 ms).
 ENV_SEQUENCE = "RNNBENCH_GPU_SEQUENCE"
 SEQUENCE = os.environ.get(ENV_SEQUENCE) == "1"
 ROWS_SEQ = 8
@@ -174,8 +175,12 @@ _seq_failed: str | None = None  # why the whole-sequence launches could not run 
 _seq_tried = False
 
 
-def _probe(device: torch.device, T: int) -> str | None:
-    """Why an RNN forward pass of ``T`` steps on one row and unit fails here (None: it runs)."""
+def _probe(device: torch.device, T: int, seq: bool = False) -> str | None:
+    """Why an RNN forward pass of ``T`` steps on one row and unit fails here (None: it
+    runs); ``seq``: in a whole-sequence launch, whatever ``SEQUENCE`` says (the layer-norm
+    cells run there with it off)."""
+    global SEQUENCE
+    before, SEQUENCE = SEQUENCE, SEQUENCE or seq
     try:
         one = torch.ones(1, 1, device=device)
         off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
@@ -185,6 +190,8 @@ def _probe(device: torch.device, T: int) -> str | None:
         return None
     except Exception as e:  # a compiler, driver or launcher failure
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    finally:
+        SEQUENCE = before
 
 
 def _capturing(device: torch.device) -> bool:
@@ -210,7 +217,7 @@ def _seq_runs_here(device: torch.device) -> bool:
     and ``whole_sequence`` says no from then on."""
     global _seq_failed, _seq_tried
     if not (_seq_tried or _capturing(device)):
-        _seq_tried, _seq_failed = True, _probe(device, 2)
+        _seq_tried, _seq_failed = True, _probe(device, 2, seq=True)
         if _seq_failed:
             warnings.warn(f"rnnbench: the CUDA whole-sequence launches could not run ({_seq_failed}); the step "
                           f"kernels run a launch per step, layer-norm cells the Python loops.", RuntimeWarning,

@@ -9,7 +9,7 @@
 # and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked
 # stages' models under the settings step_sweep.py --pick takes from this call's units, rows
 # and sequence sweeps (the whole-sequence launches left off where their GPU tests failed).
-# Each sweep stage is 4-5 settings x 3-7 models, under a minute. One call for a session
+# Each sweep stage is 4-5 settings x 3-7 models, about a minute. One call for a session
 # that tunes: STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults
 # match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
@@ -76,16 +76,18 @@ if want stacked; then
   stage "speed: 8 seeds stacked per step (ratio per seed)"
   timeout 150 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
 fi
-KEEP=""  # whole-sequence launches that failed their GPU tests are not picked
-grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" && KEEP="--keep SEQUENCE"
-PICK="$PY benchmarks/step_sweep.py --pick $OUTDIR/sweep_units.json $OUTDIR/sweep_rows.json $OUTDIR/sweep_sequence.json $KEEP --"
+KEEP=()  # the whole-sequence launches' settings stay as they are where their GPU tests failed
+grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" \
+  && KEEP=(--keep SEQUENCE ROWS_SEQ WARPS_SEQ BK_SEQ)
+PICK=($PY benchmarks/step_sweep.py --pick "$OUTDIR/sweep_units.json" "$OUTDIR/sweep_rows.json"
+      "$OUTDIR/sweep_sequence.json" "${KEEP[@]}" --)
 if want tuned; then
-  stage "speed: every model, three shapes, under the settings picked from the sweeps ($KEEP)"
-  timeout 150 $PICK --device cuda --repeats 3 --json "$OUTDIR/bench_tuned.json" 2>&1 | tee "$OUTDIR/bench_tuned.txt" | tail -2
+  stage "speed: every model, three shapes, under the settings picked from the sweeps (${KEEP[*]})"
+  timeout 150 "${PICK[@]}" --device cuda --repeats 3 --json "$OUTDIR/bench_tuned.json" 2>&1 | tee "$OUTDIR/bench_tuned.txt" | tail -2
 fi
 if want tuned_stacked; then
   stage "speed: 8 seeds stacked per step, under the settings picked from the sweeps"
-  timeout 90 $PICK --device cuda --repeats 3 $STACKED --json "$OUTDIR/bench_tuned_stacked.json" 2>&1 \
+  timeout 150 "${PICK[@]}" --device cuda --repeats 3 $STACKED --json "$OUTDIR/bench_tuned_stacked.json" 2>&1 \
     | tee "$OUTDIR/bench_tuned_stacked.txt" | tail -2
 fi
 if want reference; then

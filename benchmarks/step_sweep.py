@@ -12,7 +12,7 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   for sm_90, are in scan_triton.py);
 - ``sequence``: the whole-sequence launches for every cell without batch statistics
   (``scan_triton.SEQUENCE``; layer norm runs there always) against a launch per step,
-  16 rows a program (7 programs at B=100 instead of 13) and 4 warps.
+  16 rows a program (7 programs at B=100 instead of 13), and 4 warps with chunks of 32.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
@@ -82,11 +82,13 @@ def pick(sweeps: list[list[dict[str, Any]]], keep: tuple[str, ...] = ()) -> dict
     """The settings to use together: from each sweep's rows (``main``'s JSON), the setting
     whose ms per step, relative to the defaults' on each (model, shape) the defaults were
     timed on, has the lowest geometric mean, where it was timed on all of them and beats
-    the defaults by ``MARGIN``; its changes from ``DEFAULTS`` (those named in ``keep``
-    left out), merged over the sweeps (a later sweep's change wins a clash)."""
+    the defaults by ``MARGIN``; the settings where it differs from the sweep's defaults
+    (those named in ``keep`` left out), merged over the sweeps (a later sweep's change
+    wins a clash)."""
     out: dict[str, Any] = {}
     for rows in sweeps:
         base = {(r["model"], r["shape"]): r["ms"] for r in rows if r["setting"] == "defaults"}
+        base_row = next((r for r in rows if r["setting"] == "defaults"), {})
         top, top_score = None, MARGIN
         for label in dict.fromkeys(r["setting"] for r in rows if r["setting"] != "defaults"):
             mine = {(r["model"], r["shape"]): r for r in rows if r["setting"] == label}
@@ -96,13 +98,13 @@ def pick(sweeps: list[list[dict[str, Any]]], keep: tuple[str, ...] = ()) -> dict
             if score < top_score:
                 top, top_score = next(iter(mine.values())), score
         if top is not None:
-            out.update({k: top[k] for k in DEFAULTS if top[k] != DEFAULTS[k] and k not in keep})
+            out.update({k: top[k] for k in DEFAULTS if k in top and top[k] != base_row.get(k) and k not in keep})
     return out
 
 
 def run_picked(files: list[str], keep: list[str], bench_args: list[str]) -> int:
     """``rnnbench bench`` with ``bench_args`` under the settings ``pick`` takes from the
-    sweeps' JSON ``files``; the kernels' settings are as they were afterwards."""
+    sweeps' JSON ``files``; the kernels' settings are put back as they were afterwards."""
     from suite.cli import main as cli
 
     bad = [k for k in keep if k not in DEFAULTS]
@@ -118,13 +120,14 @@ def run_picked(files: list[str], keep: list[str], bench_args: list[str]) -> int:
             print(f"step_sweep: {f} skipped ({type(e).__name__}: {e})", flush=True)
     settings = pick(sweeps, tuple(keep))
     print("picked: " + (" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"), flush=True)
+    before = {k: getattr(scan_triton, k) for k in settings}
     try:
         for k, v in settings.items():
             setattr(scan_triton, k, v)
         return cli(["bench", *bench_args])
     finally:
-        for k in settings:
-            setattr(scan_triton, k, DEFAULTS[k])
+        for k, v in before.items():
+            setattr(scan_triton, k, v)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -227,12 +227,21 @@ def test_step_sweep_picks_the_fastest_setting_over_all_models():
     noise = sweep_rows("defaults", one) + sweep_rows("BK=32", {k: 19.6 for k in one}, BK=32)  # 2%: within the margin
     assert step_sweep.pick([units, seq, noise]) == dict(BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32, SEQUENCE=True)
     assert step_sweep.pick([sweep_rows("BK=32", one, BK=32)]) == {}  # no defaults timed: nothing to compare
+    # Rows written under other defaults (BJ=16 in both) and without a later setting: the
+    # change is what the sweep varied, against its own defaults row.
+    old = {k: v for k, v in step_sweep.DEFAULTS.items() if k != "BK_WHOLE_BATCH"}
+    older = [{**r, **old, "BJ": 16} for r in sweep_rows("defaults", one)]
+    older += [{**r, **old, "BJ": 16, "BK": 32} for r in sweep_rows("BK=32", {k: 10.0 for k in one})]
+    for r in older:
+        r.pop("BK_WHOLE_BATCH", None)
+    assert step_sweep.pick([older]) == dict(BK=32)
 
 
 def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, capsys):
     """``--pick``: the settings from the sweeps' files (an unreadable file named and
     skipped) are in force while ``rnnbench bench`` runs with the arguments after ``--``,
-    and the defaults are back afterwards; an unknown ``--keep`` is one line, exit 2."""
+    and the settings as they were before are back afterwards; an unknown ``--keep`` is
+    one line, exit 2."""
     import json
 
     import suite.cli
@@ -242,6 +251,7 @@ def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, 
     f = tmp_path / "units.json"
     f.write_text(json.dumps(sweep_rows("defaults", {("bn-rnn", "tiny"): 2.0})
                             + sweep_rows("BJ_WHOLE_BATCH=16", {("bn-rnn", "tiny"): 1.0}, BJ_WHOLE_BATCH=16)))
+    monkeypatch.setattr(scan_triton, "BJ_WHOLE_BATCH", 8)  # as set before: put back afterwards
     seen = []
     real = suite.cli.main
     monkeypatch.setattr(suite.cli, "main", lambda argv: seen.append(scan_triton.BJ_WHOLE_BATCH) or real(argv))
@@ -253,7 +263,7 @@ def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert "missing.json skipped (FileNotFoundError" in printed and "picked: BJ_WHOLE_BATCH=16" in printed
     assert [r["model"] for r in json.loads(out.read_text())] == ["lstm", "bn-rnn"]
-    assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
+    assert scan_triton.BJ_WHOLE_BATCH == 8
     with pytest.raises(SystemExit) as done:
         step_sweep.main(["--pick", str(f), "--keep", "NOPE", "--", "--device", "cpu"])
     assert done.value.code == 2 and "unknown setting 'NOPE' in --keep" in capsys.readouterr().err

@@ -533,7 +533,7 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._gru_fwd, dict(BN, BB=128, BJ=8)), (st._gru_bwd, dict(MODE=1, HAS_NEXT=True, BB=128, BJ=8)),
     (st._rnn_fwd, dict(BN, RELU=False, BB=128, BJ=4)),
     (st._rnn_bwd, dict(MODE=1, RELU=False, HAS_NEXT=True, BB=128, BJ=4)),
-    # whole sequences in one launch: every unit of 16 rows in a program
+    # whole sequences in one launch: every unit of ROWS_SEQ rows in a program
     (st._rnn_fwd_seq, dict(POP, RELU=False, **SEQ)), (st._rnn_bwd_seq, dict(MODE=0, RELU=True, **SEQ)),
     (st._lstm_fwd_seq, dict(POP, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, **SEQ)),
     (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=True, **SEQ)),
@@ -1087,7 +1087,8 @@ def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batc
                                                  ("gru", "layer", None)])
 def test_whole_sequence_launches_at_two_steps_and_a_full_tile(cell, norm, cell_norm, monkeypatch):
     """T=2 (the backward launch's middle loop empty) and H=32 (every unit of the tile real),
-    17 rows (two programs, the second of one row), against the float64 reference."""
+    17 rows (three programs of ROWS_SEQ = 8 rows, the last of one row), against the
+    float64 reference."""
     impl = IMPLS["scan-triton-seq"]
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
@@ -1098,13 +1099,15 @@ def test_whole_sequence_launches_at_two_steps_and_a_full_tile(cell, norm, cell_n
 
 
 @needs_kernels
-def test_whole_sequence_launches_that_cannot_run_here_leave_the_other_paths(monkeypatch):
-    """Where the whole-sequence launches fail to run (tried once, on two steps), one warning
+@pytest.mark.parametrize("sequence", [False, True])
+def test_whole_sequence_launches_that_cannot_run_here_leave_the_other_paths(sequence, monkeypatch):
+    """Where the whole-sequence launches fail to run (tried once, on two steps, in a
+    whole-sequence launch with ``SEQUENCE`` off too, as layer norm runs), one warning
     says why; a layer-norm cell then keeps the Python loops and the others a launch per
     step, with their results."""
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
-    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    monkeypatch.setattr(scan_triton, "SEQUENCE", sequence)
     monkeypatch.setattr(scan_triton, "_seq_tried", False)
     monkeypatch.setattr(scan_triton, "_seq_failed", None)
 
@@ -1118,6 +1121,7 @@ def test_whole_sequence_launches_that_cannot_run_here_leave_the_other_paths(monk
     with pytest.warns(RuntimeWarning, match="whole-sequence launches could not run .RuntimeError: PTX error"):
         h_ln = scan.scan_rnn(u, h0, w, g, norm="layer")[0]
     assert scan.last_path() == "scan" and scan_triton._seq_failed == "RuntimeError: PTX error: out of resources"
+    assert scan_triton.SEQUENCE is sequence  # the probe's switch put back
     h = scan.scan_rnn(u, h0, w)[0]
     assert scan.last_path() == "scan-triton"
     monkeypatch.setattr(scan_triton, "SEQUENCE", False)
@@ -1128,14 +1132,16 @@ def test_whole_sequence_launches_that_cannot_run_here_leave_the_other_paths(monk
 
 
 def test_whole_sequence_launches_only_where_rows_are_independent(monkeypatch):
-    """One launch per sequence needs the setting, two steps or more and no batch
-    statistics in any of the cell's norms; else a launch per step."""
+    """One launch per sequence needs the setting (or a layer norm), two steps or more and
+    no batch statistics in any of the cell's norms; else a launch per step."""
     monkeypatch.setattr(scan_triton, "SEQUENCE", True)
     assert scan_triton.whole_sequence(2, (0, 2)) and scan_triton.whole_sequence(100, (0,))
     assert not scan_triton.whole_sequence(1, (0,))  # one step: the step kernel itself
     assert not scan_triton.whole_sequence(10, (2, 1)) and not scan_triton.whole_sequence(10, (1,))
     monkeypatch.setattr(scan_triton, "SEQUENCE", False)
-    assert not scan_triton.whole_sequence(10, (0,))
+    assert not scan_triton.whole_sequence(10, (0,)) and not scan_triton.whole_sequence(10, (2,))
+    assert scan_triton.whole_sequence(10, (3, 0)) and scan_triton.whole_sequence(2, (3, 3))
+    assert not scan_triton.whole_sequence(1, (3,)) and not scan_triton.whole_sequence(10, (3, 1))
 
 
 @needs_kernels
@@ -1160,7 +1166,7 @@ def test_whole_sequence_layer_norm_stacks_seeds_as_one_by_one(cell, B, monkeypat
 def check_stacked_seeds(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch):
     """Three seeds stacked in one call of the step kernels (a grid axis per seed) give each
     seed what the kernels give it alone: outputs, batch statistics, every gradient; with
-    40 rows a seed, each seed's rows span two programs (three in whole-sequence launches,
+    40 rows a seed, each seed's rows span two programs (five in whole-sequence launches,
     ``seq``, which run where there are no batch statistics)."""
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
