@@ -27,6 +27,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from suite.errors import one_line
+
 SOURCE = Path(__file__).with_name("csrc") / "scan_loops.cpp"
 ENV = "RNNBENCH_CPU_LOOPS"
 
@@ -96,7 +98,7 @@ def _build_threaded() -> ModuleType:
             return module
         why = f"it loaded a second OpenMP runtime, {', '.join(sorted(extra))}"
     except Exception as e:  # e.g. a compiler without OpenMP
-        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:200]}"
+        why = one_line(e, last=True)
     module = _build(openmp=False)  # where this fails too, ``load`` says why
     warnings.warn(f"rnnbench: the compiled CPU loops are built without OpenMP ({why}); their input norm's passes "
                   "run on one thread.", RuntimeWarning, stacklevel=3)

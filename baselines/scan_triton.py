@@ -67,6 +67,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from suite.errors import one_line
+
 try:  # Triton is optional: without it the Python loops run.
     import triton
     import triton.language as tl
@@ -189,7 +191,7 @@ def _probe(device: torch.device, T: int, seq: bool = False) -> str | None:
             torch.cuda.synchronize(device)
         return None
     except Exception as e:  # a compiler, driver or launcher failure
-        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        return one_line(e)
     finally:
         SEQUENCE = before
 

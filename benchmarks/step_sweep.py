@@ -40,6 +40,7 @@ import torch
 
 from baselines import scan_triton, set_fast_path
 from suite.bench import SHAPES, build_step, bench, make_batch
+from suite.errors import one_line
 
 DEFAULTS = dict(FP32_DOT="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=8, BJ_WHOLE_BATCH=4,
                 BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16)
@@ -70,7 +71,7 @@ def compiles(model: str, shape: str, device: str = "cuda") -> str | None:
             torch.cuda.synchronize(dev)
         return None
     except Exception as e:  # a setting this Triton cannot compile
-        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        return one_line(e, 160)
 
 
 # A sweep's setting replaces the defaults only where it is faster by more than this

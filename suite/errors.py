@@ -8,3 +8,11 @@ without a traceback. Anything else is a bug and keeps its traceback.
 
 class UserError(ValueError):
     """A mistake in what the user asked for (name, parameter, file, config)."""
+
+
+def one_line(exc: BaseException, limit: int = 200, last: bool = False) -> str:
+    """"Type: message" on one line, for a warning or a stored reason: the message's first
+    line (``last``: its last, where a build tool prints the error at the end), cut to
+    ``limit`` characters."""
+    lines = str(exc).strip().splitlines() or [""]
+    return f"{type(exc).__name__}: {lines[-1 if last else 0][:limit]}"

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from suite.errors import UserError
+from suite.errors import UserError, one_line
 
 ENV_DATA = "RNNBENCH_DATA"
 ENV_CACHE = "RNNBENCH_CACHE"
@@ -183,8 +183,7 @@ def load_hub(hub_id: str, *, revision: str | None = None, data_dir: str | None =
             logging.getLogger(name).setLevel(logging.ERROR)
         return datasets.load_dataset(hub_id, name, revision=revision, data_dir=data_dir)
     except Exception as e:  # network, auth, unknown id: all mean "not available from the hub"
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        _hub_failures[key] = f"{type(e).__name__}: {first}"
+        _hub_failures[key] = one_line(e, 160)
         raise HubUnavailable(_hub_failures[key]) from None
 
 

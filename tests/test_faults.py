@@ -172,3 +172,15 @@ def test_sigkill_at_random_moments_short(tmp_path):
 def test_sigkill_at_random_moments_long(tmp_path, jobs):
     stats = kill_loop(tmp_path, kills=8, seed=jobs, seeds="0-2", args=["--jobs", str(jobs)])
     assert stats["rerun"] >= 2 and stats["left_checkpoints"] >= 2  # resumed from checkpoints
+
+
+def test_one_line_names_the_type_and_one_line_of_the_message():
+    """A multi-line failure (a compiler's output, a hub client's) as one line: the type,
+    then the first line (or the last), cut to the limit; an empty message leaves the type."""
+    from suite.errors import one_line
+
+    e = RuntimeError("  PTX error: out of resources\nin kernel _lstm_fwd\nerror: build failed  ")
+    assert one_line(e) == "RuntimeError: PTX error: out of resources"
+    assert one_line(e, last=True) == "RuntimeError: error: build failed"
+    assert one_line(e, 9) == "RuntimeError: PTX error"
+    assert one_line(ValueError()) == "ValueError: "
