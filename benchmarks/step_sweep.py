@@ -31,10 +31,11 @@ cannot compile prints one line and is skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -57,6 +58,20 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
                  {"seq-mnist": ["rnn-loop", "lstm-loop", "gru-loop", "ln-rnn", "ln-lstm", "ln-gru"],
                   "adding": ["lstm-loop"]}),
 }
+
+
+@contextlib.contextmanager
+def applied(settings: dict[str, Any]) -> Iterator[None]:
+    """The step kernels' ``settings`` in force inside the block; afterwards each is put
+    back as it was found."""
+    before = {k: getattr(scan_triton, k) for k in settings}
+    try:
+        for k, v in settings.items():
+            setattr(scan_triton, k, v)
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(scan_triton, k, v)
 
 
 def compiles(model: str, shape: str, device: str = "cuda") -> str | None:
@@ -88,17 +103,19 @@ def pick(sweeps: list[list[dict[str, Any]]], keep: tuple[str, ...] = ()) -> dict
     wins a clash)."""
     out: dict[str, Any] = {}
     for rows in sweeps:
-        base = {(r["model"], r["shape"]): r["ms"] for r in rows if r["setting"] == "defaults"}
-        base_row = next((r for r in rows if r["setting"] == "defaults"), {})
+        base = {(r["model"], r["shape"]): r for r in rows if r["setting"] == "defaults"}
+        if not base:
+            continue
         top, top_score = None, MARGIN
         for label in dict.fromkeys(r["setting"] for r in rows if r["setting"] != "defaults"):
             mine = {(r["model"], r["shape"]): r for r in rows if r["setting"] == label}
-            if not base or not set(base) <= set(mine):
+            if not set(base) <= set(mine):
                 continue
-            score = math.exp(sum(math.log(mine[k]["ms"] / ms) for k, ms in base.items()) / len(base))
+            score = math.exp(sum(math.log(mine[k]["ms"] / b["ms"]) for k, b in base.items()) / len(base))
             if score < top_score:
                 top, top_score = next(iter(mine.values())), score
         if top is not None:
+            base_row = next(iter(base.values()))
             out.update({k: top[k] for k in DEFAULTS if k in top and top[k] != base_row.get(k) and k not in keep})
     return out
 
@@ -121,14 +138,8 @@ def run_picked(files: list[str], keep: list[str], bench_args: list[str]) -> int:
             print(f"step_sweep: {f} skipped ({type(e).__name__}: {e})", flush=True)
     settings = pick(sweeps, tuple(keep))
     print("picked: " + (" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"), flush=True)
-    before = {k: getattr(scan_triton, k) for k in settings}
-    try:
-        for k, v in settings.items():
-            setattr(scan_triton, k, v)
+    with applied(settings):
         return cli(["bench", *bench_args])
-    finally:
-        for k, v in before.items():
-            setattr(scan_triton, k, v)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,12 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     variants, cases = SWEEPS[args.sweep]
     rows = []
-    try:
-        for change in variants:
-            settings = {**DEFAULTS, **change}
-            for k, v in settings.items():
-                setattr(scan_triton, k, v)
-            label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+    for change in variants:
+        settings = {**DEFAULTS, **change}
+        label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+        with applied(settings):
             for shape, models in cases.items():
                 failed = {m: why for m in models if (why := compiles(m, shape, args.device))}
                 for m, why in failed.items():
@@ -163,9 +172,6 @@ def main(argv: list[str] | None = None) -> None:
                         rows.append({**r, **settings, "setting": label})
                         print(f"{label:<34}{r['model']:<10}{shape:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
                               f"{r['path']}", flush=True)
-    finally:
-        for k, v in DEFAULTS.items():
-            setattr(scan_triton, k, v)
     for line in best(rows):
         print(line)
     if args.json:
