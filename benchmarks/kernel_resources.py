@@ -40,7 +40,8 @@ def _cell_norm(mode: int) -> dict:
 
 
 # (label, kernel, constexprs, rows a program, units a program): the tiles the suite picks
-# at the seq-MNIST shape (B=100, H=100) for each kind of program
+# at the seq-MNIST shape (B=100, H=100) for each kind of program, and the whole-batch
+# program at 16 units (the earlier default) beside them
 CASES = [
     ("rows split", "lstm fwd", st._lstm_fwd, dict(_norm(0), **_cell_norm(0)), st.ROWS_FREE, st.BJ),
     ("rows split", "lstm bwd", st._lstm_bwd, dict(MODE=0, CMODE=0, HAS_NEXT=True, HAS_LAST=False), st.ROWS_FREE,
@@ -48,8 +49,8 @@ CASES = [
     ("whole batch", "lstm fwd bn", st._lstm_fwd, dict(_norm(1), **_cell_norm(1)), 128, st.BJ_WHOLE_BATCH),
     ("whole batch", "lstm bwd bn", st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False), 128,
      st.BJ_WHOLE_BATCH),
-    ("whole batch", "lstm fwd bn", st._lstm_fwd, dict(_norm(1), **_cell_norm(1)), 128, 4),
-    ("whole batch", "lstm bwd bn", st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False), 128, 4),
+    ("whole batch", "lstm fwd bn", st._lstm_fwd, dict(_norm(1), **_cell_norm(1)), 128, 16),
+    ("whole batch", "lstm bwd bn", st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False), 128, 16),
     ("sequence", "lstm fwd", st._lstm_fwd_seq, dict(_norm(0), **_cell_norm(0)), st.ROWS_SEQ, 128),
     ("sequence", "lstm bwd", st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False), st.ROWS_SEQ, 128),
     ("sequence", "lstm fwd ln", st._lstm_fwd_seq, dict(_norm(3), **_cell_norm(3)), st.ROWS_SEQ, 128),
