@@ -370,6 +370,12 @@ if triton is not None:
         return tab
 
     @triton.jit
+    def _layer_rows(m2, mf):
+        """Layer norm over a (rows, features) tile: which rows are real, and the number of
+        real features (every feature of a row is in the tile)."""
+        return tl.sum(m2.to(tl.int32), axis=1) > 0, tl.sum(mf.to(tl.float32), axis=0)
+
+    @triton.jit
     def _nfwd(z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
               MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
         """N(z) for a (rows, features) tile of one seed's B0 rows: ``fs`` its features'
@@ -378,8 +384,7 @@ if triton is not None:
         layer norm each row's mean and 1/std over the tile's features, which must be all
         of the term's (every unit in this program)."""
         if MODE == 3:
-            mr = tl.sum(m2.to(tl.int32), axis=1) > 0  # the valid rows
-            nf = tl.sum(mf.to(tl.float32), axis=0)
+            mr, nf = _layer_rows(m2, mf)
             mean = tl.sum(tl.where(m2, z, 0.0), axis=1) / nf
             d = tl.where(m2, z - mean[:, None], 0.0)
             rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=1) / nf + eps)
@@ -415,8 +420,7 @@ if triton is not None:
         """∂L/∂x from dy = ∂L/∂N(x) for the features ``fs`` (as ``_nfwd``); batch norm reads
         x at X + xoff and adds the step's share of dγ and dβ to DG and DB."""
         if MODE == 3:  # γ's and β's gradients: summed over all steps after the loop (scan.py)
-            mr = tl.sum(m2.to(tl.int32), axis=1) > 0
-            nf = tl.sum(mf.to(tl.float32), axis=0)
+            mr, nf = _layer_rows(m2, mf)
             mean = tl.load(MEAN + tab, mask=mr, other=0.0)
             rstd = tl.load(RSTD + tab, mask=mr, other=0.0)
             xh = tl.where(m2, (tl.load(X + xoff, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None], 0.0)
@@ -493,8 +497,8 @@ if triton is not None:
         """Layer norm of h W^T over the NG (3 or 4) gates of a row at once, as the cell
         defines it (every unit is in this program): each gate's P[o] + N(z); each row's
         mean and 1/std go to the (T, B) tables at ``rows``."""
-        mr = tl.sum(m2.to(tl.int32), axis=1) > 0
-        nf = tl.sum(mf.to(tl.float32), axis=0) * NG
+        mr, nf = _layer_rows(m2, mf)
+        nf = nf * NG
         tot = tl.sum(tl.where(m2, z0, 0.0), axis=1) + tl.sum(tl.where(m2, z1, 0.0), axis=1)
         tot += tl.sum(tl.where(m2, z2, 0.0), axis=1)
         if NG == 4:
@@ -528,8 +532,8 @@ if triton is not None:
     def _layer_dz(DZ, ZS, o0, H, d0, d1, d2, d3, fs, mf, m2, rows, G, MEAN, RSTD, NG: tl.constexpr):
         """The backward pass of ``_layer_gates``: DZ[o] = ∂L/∂z of every gate from
         d_k = ∂L/∂N(z) of gate k (γ's and β's gradients are summed after the loop, scan.py)."""
-        mr = tl.sum(m2.to(tl.int32), axis=1) > 0
-        nf = tl.sum(mf.to(tl.float32), axis=0) * NG
+        mr, nf = _layer_rows(m2, mf)
+        nf = nf * NG
         mean = tl.load(MEAN + rows, mask=mr, other=0.0)
         rstd = tl.load(RSTD + rows, mask=mr, other=0.0)
         x0, g0 = _layer_in(ZS, o0, d0, mean, rstd, fs, mf, m2, G)
@@ -555,6 +559,23 @@ if triton is not None:
         ∂L/∂z is d, already in DA, which the callers pass as DZ)."""
         if MODE != 0:
             tl.store(DZ + o, _nbwd(d, ZS, o, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE), mask=m2)
+
+    @triton.jit
+    def _gate_dz(DZ, ZS, o0, d0, d1, d2, d3, t, B, H, S, B0, rb, rj, mj, m2, s, G, SC, MEAN, RSTD, DG, DB,
+                 NG: tl.constexpr, MODE: tl.constexpr):
+        """The backward pass of ``_gate_terms``' norms: DZ = ∂L/∂z of the NG gates (3 or 4;
+        d3 is not read for the GRU) from d_k = ∂L/∂N(z_k), gate 0's block at o0."""
+        F = NG * H
+        fs = s * F + rj
+        if MODE == 3:
+            _layer_dz(DZ, ZS, o0, H, d0, d1, d2, d3, fs, mj, m2, t * B + rb, G, MEAN, RSTD, NG)
+        else:
+            tab = t * S * F
+            _store_dz(DZ, ZS, o0, d0, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + H, d1, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            _store_dz(DZ, ZS, o0 + 2 * H, d2, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+            if NG == 4:
+                _store_dz(DZ, ZS, o0 + 3 * H, d3, fs + 3 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
 
     @triton.jit
     def _tile(B0, H, BB: tl.constexpr, BJ: tl.constexpr):
@@ -675,14 +696,7 @@ if triton is not None:
         tl.store(DA + o0 + H, d1, mask=m2)
         tl.store(DA + o0 + 2 * H, d2, mask=m2)
         tl.store(DA + o0 + 3 * H, d3, mask=m2)
-        fs, tab = s * F + rj, t * S * F
-        if MODE == 3:
-            _layer_dz(DZ, ZS, o0, H, d0, d1, d2, d3, fs, mj, m2, t * B + rb, G, MEAN, RSTD, 4)
-        else:
-            _store_dz(DZ, ZS, o0, d0, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-            _store_dz(DZ, ZS, o0 + H, d1, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-            _store_dz(DZ, ZS, o0 + 2 * H, d2, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-            _store_dz(DZ, ZS, o0 + 3 * H, d3, fs + 3 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _gate_dz(DZ, ZS, o0, d0, d1, d2, d3, t, B, H, S, B0, rb, rj, mj, m2, s, G, SC, MEAN, RSTD, DG, DB, 4, MODE)
 
     # -- GRU: r, z = σ(u_{r,z} + a_{r,z}), n = tanh(u_n + r a_n), h_t = (1 - z) n + z h_{t-1},
     #    a = N(h_{t-1} W^T) + (0, 0, b_hn) ------------------------------------------------------
@@ -735,13 +749,8 @@ if triton is not None:
         tl.store(DA + o0, dr, mask=m2)
         tl.store(DA + o0 + H, dzg, mask=m2)
         tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
-        fs, tab = s * F + rj, t * S * F
-        if MODE == 3:
-            _layer_dz(DZ, ZS, o0, H, dr, dzg, dn * r, dr, fs, mj, m2, t * B + rb, G, MEAN, RSTD, 3)
-        else:
-            _store_dz(DZ, ZS, o0, dr, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-            _store_dz(DZ, ZS, o0 + H, dzg, fs + H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
-            _store_dz(DZ, ZS, o0 + 2 * H, dn * r, fs + 2 * H, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
+        _gate_dz(DZ, ZS, o0, dr, dzg, dn * r, dr, t, B, H, S, B0, rb, rj, mj, m2, s, G, SC, MEAN, RSTD, DG, DB, 3,
+                 MODE)
 
 
     # -- whole sequences: every step in one launch, where the rows are independent -------
