@@ -63,6 +63,15 @@ def assert_ran(impl: Impl, *norms: str | None, batch_stats: bool = True) -> None
     assert scan.last_path() == want
 
 
+def use_step_kernels(monkeypatch, sequence: bool | None = None) -> None:
+    """The scan path on its CUDA step kernels, in Triton's interpreter here (not the
+    compiled CPU loops, which the CPU would take first); ``sequence``: ``SEQUENCE`` too."""
+    use_scan_loops(monkeypatch, False)
+    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    if sequence is not None:
+        monkeypatch.setattr(scan_triton, "SEQUENCE", sequence)
+
+
 def interpreter_tiles(monkeypatch) -> None:
     """The step kernels' larger tiles of earlier defaults (16 units a program, chunks of
     32): Triton's interpreter runs a launch's programs one after another, and the
@@ -954,8 +963,7 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
     two blocks of rows. Against the float64 reference, and the path says that the
     kernels ran."""
     impl = IMPLS["scan-triton"]
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    use_step_kernels(monkeypatch)
     if units != "defaults":
         monkeypatch.setattr(scan_triton, "BJ", units)
         monkeypatch.setattr(scan_triton, "BJ_WHOLE_BATCH", units)
@@ -1016,8 +1024,7 @@ def test_step_kernels_edge_routing(monkeypatch):
     """Offsets past int32 keep the Python loops; a strided W_hh runs on the kernels with
     the contiguous result; an input norm (csrc's loops only) is refused with its own
     message; kernels that cannot run here warn once and leave the Python loops."""
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    use_step_kernels(monkeypatch)
     huge = torch.zeros(1).expand(2**16, 2**8, 2**7)  # 2**31 elements, no memory
     assert scan_triton.for_call(huge, 0, "rnn", (0,)) is None
     assert scan_triton.for_call(huge[:, :, :64], 0, "rnn", (0,)) is not None
@@ -1048,8 +1055,7 @@ def test_step_kernels_edge_routing(monkeypatch):
 def test_step_kernels_tanh_is_accurate_near_zero_and_far_out(monkeypatch):
     """h = tanh(u) through an RNN with no recurrent weight, against torch.tanh: relative
     error at float32 rounding from 1e-6 to 20 (2σ(2a) - 1 alone loses it near zero)."""
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    use_step_kernels(monkeypatch)
     a = torch.logspace(-6, 1.3, 64)
     u = torch.cat([a, -a]).view(1, -1, 1).expand(16, -1, 16).contiguous()
     h, _, _ = scan.scan_rnn(u, torch.zeros(16, 16), torch.zeros(16, 16))
@@ -1073,9 +1079,7 @@ def test_whole_sequence_launches_match_the_reference(cell, norm, cell_norm, batc
     are the program's own. Against the float64 reference, and the path says that the
     whole-sequence launches ran."""
     impl = IMPLS["scan-triton-seq"]
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
-    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    use_step_kernels(monkeypatch, True)
     monkeypatch.setattr(scan_triton, "ROWS_SEQ", rows)
     B, T, H = 40, 4, 40
     run_cell_case(impl, cell, B, T, H, norm, cell_norm, batch_stats)
@@ -1090,9 +1094,7 @@ def test_whole_sequence_launches_at_two_steps_and_a_full_tile(cell, norm, cell_n
     17 rows (three programs of ROWS_SEQ = 8 rows, the last of one row), against the
     float64 reference."""
     impl = IMPLS["scan-triton-seq"]
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
-    monkeypatch.setattr(scan_triton, "SEQUENCE", True)
+    use_step_kernels(monkeypatch, True)
     B, T, H = 17, 2, 32
     run_cell_case(impl, cell, B, T, H, norm, cell_norm, True, rnn_seed=5)
     assert scan.last_path() == "scan-triton-seq"
@@ -1105,9 +1107,7 @@ def test_whole_sequence_launches_that_cannot_run_here_leave_the_other_paths(sequ
     whole-sequence launch with ``SEQUENCE`` off too, as layer norm runs), one warning
     says why; a layer-norm cell then keeps the Python loops and the others a launch per
     step, with their results."""
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
-    monkeypatch.setattr(scan_triton, "SEQUENCE", sequence)
+    use_step_kernels(monkeypatch, sequence)
     monkeypatch.setattr(scan_triton, "_seq_tried", False)
     monkeypatch.setattr(scan_triton, "_seq_failed", None)
 
@@ -1168,9 +1168,7 @@ def check_stacked_seeds(cell, norm, cell_norm, batch_stats, B, seq, monkeypatch)
     seed what the kernels give it alone: outputs, batch statistics, every gradient; with
     40 rows a seed, each seed's rows span two programs (five in whole-sequence launches,
     ``seq``, which run where there are no batch statistics)."""
-    use_scan_loops(monkeypatch, False)
-    monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
-    monkeypatch.setattr(scan_triton, "SEQUENCE", seq)
+    use_step_kernels(monkeypatch, seq)
     interpreter_tiles(monkeypatch)
     impl = IMPLS["scan-triton-seq" if seq else "scan-triton"]
     S, T, H = 3, 4, 20
