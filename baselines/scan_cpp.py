@@ -48,9 +48,10 @@ def _flags(openmp: bool = True) -> tuple[str, list[str], list[str]]:
     (about 3x faster than SSE2 at H=64) under a name of their own, so a shared cache
     never hands that build to an older CPU (nor one built against another torch). Where
     PyTorch runs its CPU threads with OpenMP (its Linux builds) and ``openmp`` is on,
-    -fopenmp lets the input norm's passes share PyTorch's threads (``at::parallel_for``,
-    whose OpenMP version is compiled into the module; the OpenMP runtime is the one
-    PyTorch has loaded, found by its library name); else they run on one thread."""
+    -fopenmp lets the input norm's passes and the layer-norm steps share PyTorch's
+    threads (``at::parallel_for``, whose OpenMP version is compiled into the module; the
+    OpenMP runtime is the one PyTorch has loaded, found by its library name); else they
+    run on one thread."""
     flags, ldflags = ["-O3", "-fno-trapping-math", "-fopenmp-simd"], []
     # the torch version in the name: a build against another torch's headers is not reused
     name = "rnnbench_scan_loops_" + re.sub(r"\W", "_", torch.__version__)
@@ -84,7 +85,8 @@ def openmp_runtimes() -> set[str]:
 
 def _build_threaded() -> ModuleType:
     """The build with OpenMP, where that is what PyTorch's threads use; the one without
-    it (the input norm's passes then on one thread, said once in a warning) where that
+    it (the input norm's passes and layer-norm steps then on one thread, said once in a
+    warning) where that
     build fails or brings a second OpenMP runtime into the process (a compiler whose
     runtime has another library name than PyTorch's), which would ignore PyTorch's
     thread count."""
@@ -101,7 +103,7 @@ def _build_threaded() -> ModuleType:
         why = one_line(e, last=True)
     module = _build(openmp=False)  # where this fails too, ``load`` says why
     warnings.warn(f"rnnbench: the compiled CPU loops are built without OpenMP ({why}); their input norm's passes "
-                  "run on one thread.", RuntimeWarning, stacklevel=3)
+                  "and layer-norm steps run on one thread.", RuntimeWarning, stacklevel=3)
     return module
 
 

@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="stack this many seeds per training step where a model "
                    "can be stacked; the ratio is then per seed (default 1)")
     p.add_argument("--threads", type=int, help="PyTorch CPU threads while timing (default: as set, one per "
-                   "core); nn.LSTM uses them all, the custom cells' time loops one")
+                   "core); nn.LSTM uses them all, the custom cells' time loops run their steps on "
+                   "one, splitting only layer-norm steps over them")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.set_defaults(func=cmd_bench)
 

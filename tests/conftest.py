@@ -38,8 +38,30 @@ def use_scan_loops(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> str:
     return "scan-cpp"
 
 
-@pytest.fixture(params=["python", "compiled"])
+def split_every_step(request: pytest.FixtureRequest) -> None:
+    """For the rest of the test, the compiled CPU loops hand every step with layer
+    statistics to two threads in parts of one row upwards, however small the step (by
+    default only steps of 1024 elements or more are split)."""
+    from baselines import scan_cpp
+
+    loops, threads = scan_cpp.load(), torch.get_num_threads()
+    before = loops.step_split()
+    loops.set_step_split(0, 1)
+    torch.set_num_threads(2)
+
+    def restore() -> None:
+        loops.set_step_split(*before)
+        torch.set_num_threads(threads)
+
+    request.addfinalizer(restore)
+
+
+@pytest.fixture(params=["python", "compiled", "compiled-split"])
 def scan_loops(request, monkeypatch) -> str:
-    """Runs a test once with the scan path's Python loops and once with its compiled
-    CPU loops; the value is the recurrence path that runs record."""
-    return use_scan_loops(monkeypatch, request.param == "compiled")
+    """Runs a test with the scan path's Python loops, with its compiled CPU loops, and
+    with those splitting every step over two threads (``split_every_step``); the value
+    is the recurrence path that runs record."""
+    path = use_scan_loops(monkeypatch, request.param != "python")
+    if request.param == "compiled-split":
+        split_every_step(request)
+    return path

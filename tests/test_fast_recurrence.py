@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import baselines
 from baselines import fused, scan, scan_triton
 from baselines.norm import SeqNorm, pool
-from conftest import use_scan_loops
+from conftest import split_every_step, use_scan_loops
 
 KERNELS = fused.triton is not None and fused.interpreting()
 needs_kernels = pytest.mark.skipif(not KERNELS, reason="the kernel tests run in Triton's interpreter "
@@ -35,6 +35,7 @@ class Impl(NamedTuple):
     compiled: bool = False  # scan: its compiled CPU loops (baselines/scan_cpp.py), not its Python loops
     steps: bool = False  # scan: its CUDA step kernels (baselines/scan_triton.py), in Triton's interpreter
     seq: bool = False  # the step kernels' whole-sequence launches where they apply (scan_triton.SEQUENCE)
+    split: bool = False  # the compiled loops' steps split over two threads (conftest.split_every_step)
 
 
 SCAN = (scan.scan_rnn, scan.scan_lstm, scan.scan_gru)
@@ -42,6 +43,7 @@ IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
          "scan-cpp": Impl(*SCAN, torch.float64, 1e-12, 1e-10, compiled=True),
          # float32: the compiled loops' rational tanh (within 5 ulp) and sigmoid (within 1e-7)
          "scan-cpp-f32": Impl(*SCAN, torch.float32, 1e-5, 1e-4, compiled=True),
+         "scan-cpp-split": Impl(*SCAN, torch.float64, 1e-12, 1e-10, compiled=True, split=True),
          # the step kernels run float32 only (else, and for layer norm, the Python loops run)
          "scan-triton": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True),
          "scan-triton-seq": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True, seq=True),
@@ -82,11 +84,14 @@ def interpreter_tiles(monkeypatch) -> None:
         monkeypatch.setattr(scan_triton, name, value)
 
 
-@pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", pytest.param("scan-triton", marks=needs_kernels),
+@pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", "scan-cpp-split",
+                        pytest.param("scan-triton", marks=needs_kernels),
                         pytest.param("scan-triton-seq", marks=needs_kernels),
                         pytest.param("fused", marks=needs_kernels)])
 def impl(request, monkeypatch) -> Impl:
     use_scan_loops(monkeypatch, IMPLS[request.param].compiled)
+    if IMPLS[request.param].split:
+        split_every_step(request)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", IMPLS[request.param].steps)
     monkeypatch.setattr(scan_triton, "SEQUENCE", IMPLS[request.param].seq)
     interpreter_tiles(monkeypatch)
@@ -910,6 +915,79 @@ def test_input_norm_passes_give_the_same_bits_on_two_threads(cell, monkeypatch):
 
     for a, b in zip(run(1), run(2), strict=True):
         assert torch.equal(a, b)
+
+
+SPLIT_CASES = [("rnn", "layer", None, 0), ("rnn", "layer", None, 2), ("lstm", "layer", "layer", 0),
+               ("lstm", None, "layer", 0), ("lstm", "layer", None, 0), ("lstm", "layer", "layer", 3),
+               ("gru", "layer", None, 0), ("gru", "layer", None, 2)]
+
+
+@pytest.mark.parametrize("cell,norm,cell_norm,seeds", SPLIT_CASES)
+def test_compiled_steps_split_over_threads_give_the_same_bits(cell, norm, cell_norm, seeds, request, monkeypatch):
+    """The compiled loops' layer-norm steps split over two threads by rows (of one model,
+    and of stacked seeds, where a part may end inside a seed's rows) give the same bits
+    as the whole steps (float32): outputs and the gradients of every argument. Both runs
+    use two threads, so the matrix products between the steps are the same."""
+    use_scan_loops(monkeypatch, True)
+    from baselines import scan_cpp
+
+    loops = scan_cpp.load()
+    split_every_step(request)
+    torch.manual_seed(5)
+    B, T, H = 5, 4, 10
+    G, lead, rows = {"rnn": 1, "gru": 3, "lstm": 4}[cell], ((seeds,) if seeds else ()), B * max(seeds, 1)
+    args = dict(u=torch.randn(rows, T, G * H), h0=torch.randn(rows, H) / 2, w_hh=torch.randn(*lead, G * H, H) / 3,
+                gamma_hh=torch.rand(*lead, G * H) + 0.5)
+    if cell == "lstm":
+        args.update(c0=torch.randn(rows, H), gamma_c=torch.rand(*lead, H) + 0.5, beta_c=torch.randn(*lead, H) / 4)
+    if cell == "gru":
+        args["b_hn"] = torch.randn(*lead, H)
+
+    def run(split: bool):
+        loops.set_step_split(0 if split else 1 << 40, 1)
+        leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+        if cell == "rnn":
+            h, mean, var = scan.scan_rnn(leaves["u"], leaves["h0"], leaves["w_hh"], leaves["gamma_hh"], norm=norm)
+            outs, stats = [h], [mean, var]
+        elif cell == "gru":
+            h, st = scan.scan_gru(leaves["u"], leaves["h0"], leaves["w_hh"], leaves["b_hn"], leaves["gamma_hh"],
+                                  norm=norm)
+            outs, stats = [h], [t for m in st.values() for t in m]
+        else:
+            h, c, st = scan.scan_lstm(leaves["u"], leaves["h0"], leaves["c0"], leaves["w_hh"], leaves["gamma_hh"],
+                                      norm=norm, cell_norm=cell_norm, gamma_c=leaves["gamma_c"],
+                                      beta_c=leaves["beta_c"])
+            outs, stats = [h, c], [t for m in st.values() for t in m]
+        loss = sum((o * torch.linspace(-1, 1, o.shape[-1])).sum() for o in outs)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return outs + stats + [g for g in grads if g is not None], loops.split_steps()
+
+    loops.split_steps()  # reset the count
+    (whole, n_whole), (split, n_split) = run(False), run(True)
+    assert scan.last_path() == "scan-cpp"
+    assert n_whole == 0 and n_split == 2 * T  # every step of both loops ran split
+    for a, b in zip(whole, split, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_compiled_steps_split_by_default_only_with_statistics_and_above_a_size(monkeypatch):
+    """By default a step is split where it has layer statistics (and no batch statistics)
+    and B * H is 1024 or more (a benchmark's 32 x 64); not at 16 x 32, nor with batch
+    statistics or without a norm."""
+    use_scan_loops(monkeypatch, True)
+    from baselines import scan_cpp
+
+    loops, threads = scan_cpp.load(), torch.get_num_threads()
+    assert loops.step_split() == [1024, 8]
+    torch.set_num_threads(2)
+    try:
+        loops.split_steps()
+        for B, H, norm, want in [(32, 64, "layer", 2), (32, 64, "batch", 0), (32, 64, None, 0), (16, 32, "layer", 0)]:
+            u = torch.randn(B, 1, H, requires_grad=True)
+            scan.scan_rnn(u, torch.zeros(B, H), torch.randn(H, H) / 8, norm=norm)[0].sum().backward()
+            assert loops.split_steps() == want, (B, H, norm)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_input_norm_needs_the_compiled_loops_and_one_model(monkeypatch):

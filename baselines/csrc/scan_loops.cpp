@@ -8,7 +8,9 @@
 // product (ATen, i.e. MKL/oneDNN) and one pass of fused elementwise arithmetic over
 // plain arrays, with the step's norm (batch, population or layer statistics) computed
 // in the same pass; the backward loop also computes the gates' derivatives step by
-// step and sums the norms' dgamma/dbeta. The loops can also batch-normalize the input
+// step and sums the norms' dgamma/dbeta (layer norm's in a pass after the loop). A step
+// with layer statistics is split by rows over PyTorch's CPU threads (StepSplit below),
+// the others run on the calling thread. The loops can also batch-normalize the input
 // term with per-step statistics, reading it where the input projection left it, in a
 // pass before the forward loop and one after the backward loop that share PyTorch's
 // CPU threads (InputNorm below; scan.InputNorm says when). Everything outside the loops (buffers, the
@@ -30,6 +32,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 // Inner loops whose iterations are independent: vectorised without alias analysis
@@ -39,6 +42,16 @@
 namespace {
 
 enum Mode : int64_t { NONE = 0, BATCH = 1, POP = 2, LAYER = 3 };
+
+// Passes over all steps split the features over PyTorch's CPU threads only where there
+// are more than this many (then into at most F / kFeatureGrain chunks, each of half that
+// or more).
+constexpr int64_t kFeatureGrain = 32;
+
+// A part of one step's (B, H) work: rows [b0, b1), all hidden units.
+struct Part {
+  int64_t b0, b1;
+};
 
 template <typename T>
 inline T tanh_(T x) {
@@ -123,31 +136,47 @@ struct Norm {
     }
   }
 
-  // out = N(x) (accumulate: out += N(x)) for step t; x, out: (B, F) row-major, B rows
-  // of all seeds.
+  // out (+)= N(x) for step t on part p of x, out: (B, F) row-major, B rows of all seeds.
+  // Batch norm takes all rows (p.b0 = 0, p.b1 = B).
   template <typename T>
-  void forward(int64_t t, const T* x, T* out, int64_t B, int64_t F, bool accumulate) const {
+  void forward(int64_t t, const T* x, T* out, int64_t B, int64_t F, bool accumulate, const Part& p) const {
     const int64_t B0 = B / seeds;
-    for (int64_t s = 0; s < seeds; ++s) forward_seed(t, s, x + s * B0 * F, out + s * B0 * F, B0, F, accumulate);
+    for (int64_t s = 0; s < seeds; ++s) {
+      const int64_t r0 = std::max(p.b0 - s * B0, int64_t(0)), r1 = std::min(p.b1 - s * B0, B0);
+      if (r0 >= r1) continue;
+      if (mode == LAYER)
+        layer_forward(t, s, x + s * B0 * F, out + s * B0 * F, r0, r1, F, accumulate);
+      else
+        forward_rows(t, s, x + s * B0 * F, out + s * B0 * F, B0, F, r0, r1, accumulate);
+    }
   }
 
-  // dx = dL/dx_t from dy = dL/dN(x_t) (gamma and beta get theirs in dgamma/dbeta). dx may be dy.
+  // dx = dL/dx_t from dy = dL/dN(x_t) on part p (as ``forward``); batch norm adds to
+  // dgamma/dbeta here, layer norm in ``layer_grads`` after the loop. dx may be dy.
   template <typename T>
-  void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
+  void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F, const Part& p) const {
     const int64_t B0 = B / seeds, o = B0 * F;
-    for (int64_t s = 0; s < seeds; ++s) backward_seed(t, s, dy + s * o, x + s * o, dx + s * o, B0, F);
+    for (int64_t s = 0; s < seeds; ++s) {
+      const int64_t r0 = std::max(p.b0 - s * B0, int64_t(0)), r1 = std::min(p.b1 - s * B0, B0);
+      if (r0 >= r1) continue;
+      if (mode == LAYER)
+        layer_backward(t, s, dy + s * o, x + s * o, dx + s * o, r0, r1, F);
+      else
+        backward_rows(t, s, dy + s * o, x + s * o, dx + s * o, B0, F, r0, r1);
+    }
   }
 
-  // forward for seed s's B rows
+  // forward for seed s's rows [r0, r1) of B (population norm; batch norm takes all B rows)
   template <typename T>
-  void forward_seed(int64_t t, int64_t s, const T* x, T* out, int64_t B, int64_t F, bool accumulate) const {
+  void forward_rows(int64_t t, int64_t s, const T* x, T* out, int64_t B, int64_t F, int64_t r0, int64_t r1,
+                    bool accumulate) const {
     const T* g = ptr<T>(gamma, s * F);
     const T* be = beta.defined() ? ptr<T>(beta, s * F) : nullptr;
     const int64_t row = (t * seeds + s) * F;  // step t's row of a (T, S*F) table
     if (mode == POP) {
       const T* sc = ptr<T>(scale, row);
       const T* sh = shift.defined() ? ptr<T>(shift, row) : nullptr;
-      for (int64_t b = 0; b < B; ++b) {
+      for (int64_t b = r0; b < r1; ++b) {
         const T* xb = x + b * F;
         T* ob = out + b * F;
         SIMD
@@ -158,20 +187,26 @@ struct Norm {
       }
       return;
     }
-    if (mode == BATCH) {
-      batch_forward(row, g, be, x, F, out, F, B, F, accumulate);
-      return;
-    }
-    // LAYER: statistics per row
-    T* mu = ptr<T>(mean, (t * seeds + s) * B);
-    T* rs = ptr<T>(rstd, (t * seeds + s) * B);
-    for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(mode == BATCH && r0 == 0 && r1 == B, "a batch norm's part holds all rows");
+    batch_forward(row, g, be, x, F, out, F, B, F, accumulate);
+  }
+
+  // layer norm of seed s's rows [r0, r1), all F features: statistics per row
+  template <typename T>
+  void layer_forward(int64_t t, int64_t s, const T* x, T* out, int64_t r0, int64_t r1, int64_t F,
+                     bool accumulate) const {
+    const T* g = ptr<T>(gamma, s * F);
+    const T* be = beta.defined() ? ptr<T>(beta, s * F) : nullptr;
+    const int64_t B0 = mean.size(1) / seeds;
+    T* mu = ptr<T>(mean, (t * seeds + s) * B0);
+    T* rs = ptr<T>(rstd, (t * seeds + s) * B0);
+    for (int64_t b = r0; b < r1; ++b) {
       const T* xb = x + b * F;
       T* ob = out + b * F;
-      T s = 0;
-      _Pragma("omp simd reduction(+ : s)")
-      for (int64_t f = 0; f < F; ++f) s += xb[f];
-      const T m = s / T(F);
+      T sum = 0;
+      _Pragma("omp simd reduction(+ : sum)")
+      for (int64_t f = 0; f < F; ++f) sum += xb[f];
+      const T m = sum / T(F);
       T v = 0;
       _Pragma("omp simd reduction(+ : v)")
       for (int64_t f = 0; f < F; ++f) v += (xb[f] - m) * (xb[f] - m);
@@ -254,31 +289,32 @@ struct Norm {
       }
   }
 
-  // backward for seed s's B rows
+  // backward for seed s's rows [r0, r1) (as ``forward_rows``; no norm: a copy)
   template <typename T>
-  void backward_seed(int64_t t, int64_t s, const T* dy, const T* x, T* dx, int64_t B, int64_t F) const {
-    const T* g = ptr<T>(gamma, s * F);
+  void backward_rows(int64_t t, int64_t s, const T* dy, const T* x, T* dx, int64_t B, int64_t F, int64_t r0,
+                     int64_t r1) const {
     const int64_t row = (t * seeds + s) * F;
-    if (mode == NONE) {
-      if (dx != dy) std::copy(dy, dy + B * F, dx);
-      return;
-    }
-    if (mode == POP) {
-      const T* sc = ptr<T>(scale, row);
-      for (int64_t b = 0; b < B; ++b)
+    if (mode == NONE || mode == POP) {
+      const T* sc = mode == POP ? ptr<T>(scale, row) : nullptr;
+      for (int64_t b = r0; b < r1; ++b)
         SIMD
-        for (int64_t f = 0; f < F; ++f) dx[b * F + f] = dy[b * F + f] * sc[f];
+        for (int64_t f = 0; f < F; ++f) dx[b * F + f] = sc ? dy[b * F + f] * sc[f] : dy[b * F + f];
       return;
     }
-    T* dg = ptr<T>(dgamma, s * F);  // batch and layer norm from here on
-    T* dbe = ptr<T>(dbeta, s * F);
-    if (mode == BATCH) {
-      batch_backward(row, g, dg, dbe, dy, F, x, F, dx, B, F);
-      return;
-    }
-    const T* mu = ptr<T>(mean, (t * seeds + s) * B);
-    const T* rs = ptr<T>(rstd, (t * seeds + s) * B);
-    for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(mode == BATCH && r0 == 0 && r1 == B, "a batch norm's part holds all rows");
+    batch_backward(row, ptr<T>(gamma, s * F), ptr<T>(dgamma, s * F), ptr<T>(dbeta, s * F), dy, F, x, F, dx, B, F);
+  }
+
+  // layer norm's backward for seed s's rows [r0, r1), all F features (dgamma and dbeta:
+  // ``layer_grads``)
+  template <typename T>
+  void layer_backward(int64_t t, int64_t s, const T* dy, const T* x, T* dx, int64_t r0, int64_t r1,
+                      int64_t F) const {
+    const T* g = ptr<T>(gamma, s * F);
+    const int64_t B0 = mean.size(1) / seeds;
+    const T* mu = ptr<T>(mean, (t * seeds + s) * B0);
+    const T* rs = ptr<T>(rstd, (t * seeds + s) * B0);
+    for (int64_t b = r0; b < r1; ++b) {
       const T* xb = x + b * F;
       const T* db = dy + b * F;
       T s1 = 0, s2 = 0;
@@ -288,17 +324,38 @@ struct Norm {
         s1 += gd;
         s2 += gd * (xb[f] - mu[b]) * rs[b];
       }
-      SIMD
-      for (int64_t f = 0; f < F; ++f) {
-        dg[f] += db[f] * (xb[f] - mu[b]) * rs[b];
-        dbe[f] += db[f];
-      }
       s1 /= T(F);
       s2 /= T(F);
       T* ob = dx + b * F;
       SIMD
       for (int64_t f = 0; f < F; ++f) ob[f] = rs[b] * (db[f] * g[f] - s1 - (xb[f] - mu[b]) * rs[b] * s2);
     }
+  }
+
+  // Layer norm's dgamma and dbeta over all steps, after the backward loop (whose parts
+  // split the rows, each of which adds to every feature's sums): from dy = dL/dN(x) and x,
+  // (T, B, F) each, the features split over PyTorch's threads; each feature's sums run
+  // over the steps from T-1 down to 0 and the rows in order, whatever the thread count.
+  template <typename T>
+  void layer_grads(const at::Tensor& dy_all, const at::Tensor& x_all) const {
+    if (mode != LAYER) return;
+    const int64_t T_ = dy_all.size(0), B = dy_all.size(1), F = dy_all.size(2), B0 = B / seeds;
+    const T *dy = ptr<T>(dy_all), *x = ptr<T>(x_all), *mu = ptr<T>(mean), *rs = ptr<T>(rstd);
+    at::parallel_for(0, F, kFeatureGrain, [&](int64_t f0, int64_t f1) {
+      for (int64_t s = 0; s < seeds; ++s) {
+        T* dg = ptr<T>(dgamma, s * F);
+        T* dbe = ptr<T>(dbeta, s * F);
+        for (int64_t t = T_ - 1; t >= 0; --t)
+          for (int64_t b = s * B0; b < (s + 1) * B0; ++b) {
+            const int64_t i = (t * B + b) * F, r = t * B + b;
+            SIMD
+            for (int64_t f = f0; f < f1; ++f) {
+              dg[f] += dy[i + f] * (x[i + f] - mu[r]) * rs[r];
+              dbe[f] += dy[i + f];
+            }
+          }
+      }
+    });
   }
 };
 
@@ -308,43 +365,82 @@ void check(const std::vector<at::Tensor>& ts) {
       TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "scan loops take contiguous CPU tensors");
 }
 
-// acc += N(h W^T) for one step; z (h W^T, kept for the backward pass) unused without a norm.
+// acc += h W^T for one step without a norm; else z = h W^T (kept for the backward pass),
+// which the step's parts normalize into acc (``Norm::forward``).
 // (S*B, K) rows as (S, B, K), each seed's rows against its own matrix (w: (S, K, N)).
 at::Tensor by_seed(const at::Tensor& x, int64_t seeds) {
   return x.view({seeds, x.size(0) / seeds, x.size(1)});
 }
 
-template <typename T>
-void recurrent_term(const Norm& n, int64_t t, const at::Tensor& h, const at::Tensor& w_t, at::Tensor& acc,
-                    at::Tensor& z) {
+void recurrent_product(const Norm& n, const at::Tensor& h, const at::Tensor& w_t, at::Tensor& acc, at::Tensor& z) {
   const bool stacked = w_t.dim() == 3;
-  if (n.mode == NONE) {
-    if (stacked)
-      by_seed(acc, w_t.size(0)).baddbmm_(by_seed(h, w_t.size(0)), w_t);
-    else
-      acc.addmm_(h, w_t);
-    return;
-  }
-  if (stacked) {
+  if (stacked && n.mode == NONE) {
+    by_seed(acc, w_t.size(0)).baddbmm_(by_seed(h, w_t.size(0)), w_t);
+  } else if (stacked) {
     at::Tensor zv = by_seed(z, w_t.size(0));
     at::bmm_out(zv, by_seed(h, w_t.size(0)), w_t);
+  } else if (n.mode == NONE) {
+    acc.addmm_(h, w_t);
   } else {
     at::mm_out(z, h, w_t);
   }
-  n.forward<T>(t, ptr<T>(z), ptr<T>(acc), acc.size(0), acc.size(1), true);
 }
 
-// dz_t = N'(da_t) and the gradient reaching h_{t-1}: gh_{t-1} += dz_t W.
-template <typename T>
-void recurrent_back(const Norm& n, int64_t t, at::Tensor& da, at::Tensor& dz, const at::Tensor& z,
-                    const at::Tensor& w, std::vector<at::Tensor>& gh) {
-  if (n.mode != NONE) n.backward<T>(t, ptr<T>(da), ptr<T>(z), ptr<T>(dz), da.size(0), da.size(1));
+// The gradient reaching h_{t-1} through the recurrent term: gh_{t-1} += d W, where d is
+// dL/d(h W^T) (dz_t, or da_t without a norm), after the step's parts computed it.
+void recurrent_grad(int64_t t, const at::Tensor& d, const at::Tensor& w, std::vector<at::Tensor>& gh) {
   if (t == 0) return;
-  const at::Tensor& d = n.mode == NONE ? da : dz;
   if (w.dim() == 3)
     by_seed(gh[t - 1], w.size(0)).baddbmm_(by_seed(d, w.size(0)), w);
   else
     gh[t - 1].addmm_(d, w);
+}
+
+// How one step's elementwise work is split over PyTorch's CPU threads; the matrix
+// products between the steps use the threads on their own. Only a step with layer
+// statistics (per row, and no batch statistics) is split, into parts of whole rows:
+// its two reductions a row are the bulk of its elementwise work. Measured on a 2-core
+// VM at B=32, H=64 (a training step, 20th percentile of 100 interleaved): ln-lstm and
+// ln-gru 7-10% faster split; a split of the hidden units for batch norm (each feature's
+// statistics within one part) gained nothing there and the cells without a norm lost
+// 0-5%, so those steps run whole. A part computes the same values whatever the split:
+// each element's arithmetic, each row's sums and the order of every sum are those of
+// the whole step, so the results do not depend on the thread count. Split above
+// ``min_work`` elements a step (B * H), in parts of at least ``row_grain`` rows
+// (set_step_split; the tests lower both to split tiny steps).
+struct StepSplit {
+  int64_t min_work = 1024, row_grain = 8;
+};
+StepSplit g_split;
+int64_t g_split_steps = 0;  // steps handed to the threads since the last ``split_steps()`` (for the tests)
+
+void set_step_split(int64_t min_work, int64_t row_grain) {
+  TORCH_CHECK(min_work >= 0 && row_grain >= 1, "step split: min_work >= 0, row_grain >= 1");
+  g_split = StepSplit{min_work, row_grain};
+}
+
+std::vector<int64_t> step_split() {
+  return {g_split.min_work, g_split.row_grain};
+}
+
+int64_t split_steps() {
+  return std::exchange(g_split_steps, 0);
+}
+
+// fn(part) over one step's (B, H) work, split as above for the step's norms
+template <typename Fn>
+void each_part(int64_t B, int64_t H, std::initializer_list<const Norm*> norms, const Fn& fn) {
+  bool batch = false, layer = false;
+  for (const Norm* n : norms) {
+    batch = batch || n->mode == BATCH;
+    layer = layer || n->mode == LAYER;
+  }
+  if (!layer || batch || B * H < g_split.min_work) {
+    fn(Part{0, B});
+    return;
+  }
+  if (at::get_num_threads() > 1) ++g_split_steps;
+  at::parallel_for(0, B, g_split.row_grain, [&](int64_t b0, int64_t b1) { fn(Part{b0, b1}); });
 }
 
 // The input term's batch norm in the loops (one model, per-step batch statistics):
@@ -406,10 +502,6 @@ struct InputNorm {
                          dup + t * F + f0, B, f1 - f0);
     });
   }
-
-  // the passes split the features over threads only where there are more than this
-  // many (then into at most F / kFeatureGrain chunks, each of half that or more)
-  static constexpr int64_t kFeatureGrain = 32;
 };
 
 std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
@@ -423,21 +515,26 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
   // hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs (T, B, H) gets h W^T.
   at::Tensor zs = zs_.value_or(at::Tensor());
   check({hs, zs, h0});
-  const int64_t T = hs.size(0), n = hs.size(1) * hs.size(2);
+  const int64_t T = hs.size(0), B = hs.size(1), H = hs.size(2);
   auto h_s = steps(hs, T), z_s = steps(zs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
   const InputNorm in(nx, hs, ux);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
     in.forward_all<scalar_t>(hs);
     for (int64_t t = 0; t < T; ++t) {
-      recurrent_term<scalar_t>(nh, t, h, w_t, h_s[t], z_s[t]);
+      recurrent_product(nh, h, w_t, h_s[t], z_s[t]);
       scalar_t* a = ptr<scalar_t>(h_s[t]);
-      if (relu)
-        SIMD
-        for (int64_t i = 0; i < n; ++i) a[i] = a[i] > 0 || a[i] != a[i] ? a[i] : scalar_t(0);
-      else
-        SIMD
-        for (int64_t i = 0; i < n; ++i) a[i] = tanh_(a[i]);
+      const scalar_t* z = nh.mode != NONE ? ptr<scalar_t>(z_s[t]) : nullptr;
+      each_part(B, H, {&nh}, [&](const Part& p) {
+        if (z) nh.forward<scalar_t>(t, z, a, B, H, true, p);
+        const int64_t i0 = p.b0 * H, i1 = p.b1 * H;  // the part's rows, as one run of elements
+        if (relu)
+          SIMD
+          for (int64_t i = i0; i < i1; ++i) a[i] = a[i] > 0 || a[i] != a[i] ? a[i] : scalar_t(0);
+        else
+          SIMD
+          for (int64_t i = i0; i < i1; ++i) a[i] = tanh_(a[i]);
+      });
       h = h_s[t];
     }
   });
@@ -452,22 +549,26 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
   nh.zero_grads();
   nx.zero_grads();
   const InputNorm in(nx, da, ux, dux);
-  const int64_t T = gh.size(0), n = gh.size(1) * gh.size(2);
+  const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2);
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "rnn_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* g = ptr<scalar_t>(gh_s[t]);
-      const scalar_t* h = ptr<scalar_t>(hs, t * n);
+      const scalar_t* h = ptr<scalar_t>(hs, t * B * H);
       scalar_t* d = ptr<scalar_t>(da_s[t]);
-      if (relu) {
-        SIMD
-        for (int64_t i = 0; i < n; ++i) d[i] = h[i] > 0 ? g[i] : scalar_t(0);
-      } else {
-        SIMD
-        for (int64_t i = 0; i < n; ++i) d[i] = g[i] * (1 - h[i] * h[i]);
-      }
-      recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+      each_part(B, H, {&nh}, [&](const Part& p) {
+        const int64_t i0 = p.b0 * H, i1 = p.b1 * H;
+        if (relu)
+          SIMD
+          for (int64_t i = i0; i < i1; ++i) d[i] = h[i] > 0 ? g[i] : scalar_t(0);
+        else
+          SIMD
+          for (int64_t i = i0; i < i1; ++i) d[i] = g[i] * (1 - h[i] * h[i]);
+        if (nh.mode != NONE) nh.backward<scalar_t>(t, d, ptr<scalar_t>(z_s[t]), ptr<scalar_t>(dz_s[t]), B, H, p);
+      });
+      recurrent_grad(t, nh.mode == NONE ? da_s[t] : dz_s[t], w, gh_s);
     }
+    nh.layer_grads<scalar_t>(da, zs);
     in.backward_all<scalar_t>(da);
   });
 }
@@ -491,39 +592,43 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
     in.forward_all<scalar_t>(sig);
     const scalar_t* cprev = ptr<scalar_t>(c0);
     for (int64_t t = 0; t < T; ++t) {
-      recurrent_term<scalar_t>(nh, t, h, w_t, sig_s[t], z_s[t]);
+      recurrent_product(nh, h, w_t, sig_s[t], z_s[t]);
       scalar_t* a = ptr<scalar_t>(sig_s[t]);
+      const scalar_t* z = nh.mode != NONE ? ptr<scalar_t>(z_s[t]) : nullptr;
       scalar_t* tgt = ptr<scalar_t>(tg, t * B * H);
       scalar_t* ct = ptr<scalar_t>(cs, t * B * H);
       scalar_t* tct = ptr<scalar_t>(tc, t * B * H);
       scalar_t* ht = ptr<scalar_t>(h_s[t]);
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* ab = a + b * G;
-        const int64_t r = b * H;
-        SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t i = sigmoid_(ab[j]), f = sigmoid_(ab[H + j]), g = tanh_(ab[2 * H + j]);
-          ab[j] = i;
-          ab[H + j] = f;
-          ab[3 * H + j] = sigmoid_(ab[3 * H + j]);
-          tgt[r + j] = g;
-          ct[r + j] = f * cprev[r + j] + i * g;
+      each_part(B, H, {&nh, &nc}, [&](const Part& p) {
+        if (z) nh.forward<scalar_t>(t, z, a, B, G, true, p);
+        for (int64_t b = p.b0; b < p.b1; ++b) {
+          scalar_t* ab = a + b * G;
+          const int64_t r = b * H;
+          SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t i = sigmoid_(ab[j]), f = sigmoid_(ab[H + j]), g = tanh_(ab[2 * H + j]);
+            ab[j] = i;
+            ab[H + j] = f;
+            ab[3 * H + j] = sigmoid_(ab[3 * H + j]);
+            tgt[r + j] = g;
+            ct[r + j] = f * cprev[r + j] + i * g;
+          }
         }
-      }
-      const scalar_t* cn = ct;
-      if (nc.mode != NONE) {
-        nc.forward<scalar_t>(t, ct, tct, B, H, false);
-        cn = tct;
-      }
-      for (int64_t b = 0; b < B; ++b) {
-        const scalar_t* o = a + b * G + 3 * H;
-        const int64_t r = b * H;
-        SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          tct[r + j] = tanh_(cn[r + j]);
-          ht[r + j] = o[j] * tct[r + j];
+        const scalar_t* cn = ct;
+        if (nc.mode != NONE) {
+          nc.forward<scalar_t>(t, ct, tct, B, H, false, p);
+          cn = tct;
         }
-      }
+        for (int64_t b = p.b0; b < p.b1; ++b) {
+          const scalar_t* o = a + b * G + 3 * H;
+          const int64_t r = b * H;
+          SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            tct[r + j] = tanh_(cn[r + j]);
+            ht[r + j] = o[j] * tct[r + j];
+          }
+        }
+      });
       h = h_s[t];
       cprev = ct;
     }
@@ -562,34 +667,39 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
       const scalar_t* l = t == T - 1 && dcl.defined() ? ptr<scalar_t>(dcl) : nullptr;
       // dL/dN_c(c_t) = gh s(o) tanh'(.), then through the cell norm
       scalar_t* dnt = nc.mode != NONE ? ptr<scalar_t>(dn, t * B * H) : dcnp;
-      for (int64_t b = 0; b < B; ++b)
-        SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t o = s[b * G + 3 * H + j], y = tct[b * H + j];
-          dnt[b * H + j] = g[b * H + j] * (1 - y * y) * o;
-        }
-      if (nc.mode != NONE) nc.backward<scalar_t>(t, dnt, ptr<scalar_t>(cs, t * B * H), dcnp, B, H);
       scalar_t* d = ptr<scalar_t>(da_s[t]);
-      for (int64_t b = 0; b < B; ++b) {
-        const scalar_t* sb = s + b * G;
-        scalar_t* db = d + b * G;
-        const int64_t r = b * H;
-        SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          // dc_t = dcn_t + dc_{t+1} s(f_{t+1}) (+ the incoming dL/dc_T at the last step)
-          scalar_t c = dcnp[r + j];
-          if (snext) c += dcp[r + j] * snext[b * G + H + j];
-          if (l) c += l[r + j];
-          dcp[r + j] = c;
-          const scalar_t i = sb[j], f = sb[H + j], o = sb[3 * H + j], gg = tgt[r + j], y = tct[r + j];
-          db[j] = c * (1 - i) * i * gg;
-          db[H + j] = c * (1 - f) * f * cprev[r + j];
-          db[2 * H + j] = c * (1 - gg * gg) * i;
-          db[3 * H + j] = g[r + j] * (1 - o) * o * y;
+      each_part(B, H, {&nh, &nc}, [&](const Part& p) {
+        for (int64_t b = p.b0; b < p.b1; ++b)
+          SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t o = s[b * G + 3 * H + j], y = tct[b * H + j];
+            dnt[b * H + j] = g[b * H + j] * (1 - y * y) * o;
+          }
+        if (nc.mode != NONE) nc.backward<scalar_t>(t, dnt, ptr<scalar_t>(cs, t * B * H), dcnp, B, H, p);
+        for (int64_t b = p.b0; b < p.b1; ++b) {
+          const scalar_t* sb = s + b * G;
+          scalar_t* db = d + b * G;
+          const int64_t r = b * H;
+          SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            // dc_t = dcn_t + dc_{t+1} s(f_{t+1}) (+ the incoming dL/dc_T at the last step)
+            scalar_t c = dcnp[r + j];
+            if (snext) c += dcp[r + j] * snext[b * G + H + j];
+            if (l) c += l[r + j];
+            dcp[r + j] = c;
+            const scalar_t i = sb[j], f = sb[H + j], o = sb[3 * H + j], gg = tgt[r + j], y = tct[r + j];
+            db[j] = c * (1 - i) * i * gg;
+            db[H + j] = c * (1 - f) * f * cprev[r + j];
+            db[2 * H + j] = c * (1 - gg * gg) * i;
+            db[3 * H + j] = g[r + j] * (1 - o) * o * y;
+          }
         }
-      }
-      recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+        if (nh.mode != NONE) nh.backward<scalar_t>(t, d, ptr<scalar_t>(z_s[t]), ptr<scalar_t>(dz_s[t]), B, G, p);
+      });
+      recurrent_grad(t, nh.mode == NONE ? da_s[t] : dz_s[t], w, gh_s);
     }
+    nc.layer_grads<scalar_t>(dn, cs);
+    nh.layer_grads<scalar_t>(da, zs);
     in.backward_all<scalar_t>(da);
   });
   return dc;
@@ -611,25 +721,29 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
     in.forward_all<scalar_t>(gates);
     for (int64_t t = 0; t < T; ++t) {
-      recurrent_term<scalar_t>(nh, t, h, w_t, hw_s[t], z_s[t]);
+      recurrent_product(nh, h, w_t, hw_s[t], z_s[t]);
       const scalar_t* hp = ptr<scalar_t>(h);
-      const scalar_t* a = ptr<scalar_t>(hw_s[t]);
+      scalar_t* a = ptr<scalar_t>(hw_s[t]);
+      const scalar_t* z = nh.mode != NONE ? ptr<scalar_t>(z_s[t]) : nullptr;
       scalar_t* u = ptr<scalar_t>(gates, t * B * G);
       scalar_t* ht = ptr<scalar_t>(h_s[t]);
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* ub = u + b * G;
-        const scalar_t* ab = a + b * G;
-        const int64_t r = b * H;
-        SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t rg = sigmoid_(ub[j] + ab[j]), zg = sigmoid_(ub[H + j] + ab[H + j]);
-          const scalar_t n = tanh_(ub[2 * H + j] + rg * ab[2 * H + j]);
-          ub[j] = rg;
-          ub[H + j] = zg;
-          ub[2 * H + j] = n;
-          ht[r + j] = n + zg * (hp[r + j] - n);
+      each_part(B, H, {&nh}, [&](const Part& p) {
+        if (z) nh.forward<scalar_t>(t, z, a, B, G, true, p);
+        for (int64_t b = p.b0; b < p.b1; ++b) {
+          scalar_t* ub = u + b * G;
+          const scalar_t* ab = a + b * G;
+          const int64_t r = b * H;
+          SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t rg = sigmoid_(ub[j] + ab[j]), zg = sigmoid_(ub[H + j] + ab[H + j]);
+            const scalar_t n = tanh_(ub[2 * H + j] + rg * ab[2 * H + j]);
+            ub[j] = rg;
+            ub[H + j] = zg;
+            ub[2 * H + j] = n;
+            ht[r + j] = n + zg * (hp[r + j] - n);
+          }
         }
-      }
+      });
       h = h_s[t];
     }
   });
@@ -657,25 +771,29 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
       scalar_t* prev = t > 0 ? ptr<scalar_t>(gh_s[t - 1]) : nullptr;
       scalar_t* d = ptr<scalar_t>(da_s[t]);
       scalar_t* dut = ptr<scalar_t>(du, t * B * G);
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t q = b * G, r = b * H;
-        SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t rg = u[q + j], zg = u[q + H + j], n = u[q + 2 * H + j], gj = g[r + j];
-          const scalar_t dn = gj * (1 - n * n) * (1 - zg);  // dL/d(u_n + r a_n)
-          const scalar_t dr = dn * a[q + 2 * H + j] * rg * (1 - rg);
-          const scalar_t dzg = gj * (hp[r + j] - n) * zg * (1 - zg);
-          dut[q + j] = dr;
-          dut[q + H + j] = dzg;
-          dut[q + 2 * H + j] = dn;
-          d[q + j] = dr;
-          d[q + H + j] = dzg;
-          d[q + 2 * H + j] = dn * rg;  // a_n enters as r a_n
-          if (prev) prev[r + j] += gj * zg;
+      each_part(B, H, {&nh}, [&](const Part& p) {
+        for (int64_t b = p.b0; b < p.b1; ++b) {
+          const int64_t q = b * G, r = b * H;
+          SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t rg = u[q + j], zg = u[q + H + j], n = u[q + 2 * H + j], gj = g[r + j];
+            const scalar_t dn = gj * (1 - n * n) * (1 - zg);  // dL/d(u_n + r a_n)
+            const scalar_t dr = dn * a[q + 2 * H + j] * rg * (1 - rg);
+            const scalar_t dzg = gj * (hp[r + j] - n) * zg * (1 - zg);
+            dut[q + j] = dr;
+            dut[q + H + j] = dzg;
+            dut[q + 2 * H + j] = dn;
+            d[q + j] = dr;
+            d[q + H + j] = dzg;
+            d[q + 2 * H + j] = dn * rg;  // a_n enters as r a_n
+            if (prev) prev[r + j] += gj * zg;
+          }
         }
-      }
-      recurrent_back<scalar_t>(nh, t, da_s[t], dz_s[t], z_s[t], w, gh_s);
+        if (nh.mode != NONE) nh.backward<scalar_t>(t, d, ptr<scalar_t>(z_s[t]), ptr<scalar_t>(dz_s[t]), B, G, p);
+      });
+      recurrent_grad(t, nh.mode == NONE ? da_s[t] : dz_s[t], w, gh_s);
     }
+    nh.layer_grads<scalar_t>(da, zs);
     in.backward_all<scalar_t>(du);
   });
 }
@@ -690,6 +808,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     c10::optional<at::Tensor>, double>())
       .def_readonly("dgamma", &Norm::dgamma)
       .def_readonly("dbeta", &Norm::dbeta);
+  m.def("set_step_split", &set_step_split, "min_work, row_grain: which steps are split over the threads");
+  m.def("step_split", &step_split);
+  m.def("split_steps", &split_steps, "the number of steps run split since the last call");
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
   m.def("lstm_forward", &lstm_forward);
