@@ -20,6 +20,7 @@ saving leaves the last good checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -129,10 +130,13 @@ class Checkpointer:
 
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
              state: LoopState) -> None:
+        self._write({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gen.get_state()),
+                     "loop": state._asdict(), "metrics": self._metrics, "diagnostics": self._diags}, state.step)
+
+    def _write(self, payload: dict[str, Any], step: int) -> None:
+        """Save ``payload`` (with the format and identity) after ``step`` steps."""
         assert self.path is not None
-        payload = {"format": FORMAT, "identity": self.identity, "model": model.state_dict(),
-                   "optimizer": opt.state_dict(), "rng": _rng_state(gen), "loop": state._asdict(),
-                   "metrics": self._metrics, "diagnostics": self._diags}
+        payload = {"format": FORMAT, "identity": self.identity, **payload}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
@@ -140,12 +144,11 @@ class Checkpointer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)  # atomic: a kill leaves the old or the new checkpoint
-        self._last_step, self._last_time = state.step, time.monotonic()
+        self._last_step, self._last_time = step, time.monotonic()
 
-    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
-               gen: torch.Generator) -> LoopState | None:
-        """Load the saved state into ``model``, ``opt``, ``gen`` and the RNGs, replay the
-        saved rows into the sink, and return the loop state; None when there is none."""
+    def _load(self) -> dict[str, Any] | None:
+        """The saved payload, or None: there is none, or it is damaged, of another
+        format or of another run (then it is deleted, with a warning)."""
         if not self.enabled or not self.path.exists():
             return None
         try:
@@ -158,15 +161,32 @@ class Checkpointer:
             warnings.warn(f"ignoring checkpoint {self.path} ({why}); the run starts from step 0")
             self.delete()
             return None
+        return payload
+
+    def _restore(self, payload: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 gens: list[torch.Generator], data: list) -> Any:
+        """Load the payload's model, optimizer and random states (``data``: the states of
+        ``gens``); returns its loop state(s) on the model's device."""
         device = next(iter(model.state_dict().values())).device
         try:
             model.load_state_dict(payload["model"])
             opt.load_state_dict(payload["optimizer"])
-            _set_rng_state(gen, payload["rng"])
+            _set_rng_state(payload["rng"])
+            for gen, state in zip(gens, data, strict=True):
+                gen.set_state(state)
         except Exception:
             self.delete()  # half-loaded state cannot be trusted; a retry starts from step 0
             raise
-        loop = _to_device(payload["loop"], device)
+        return _to_device(payload["loop"], device)
+
+    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               gen: torch.Generator) -> LoopState | None:
+        """Load the saved state into ``model``, ``opt``, ``gen`` and the RNGs, replay the
+        saved rows into the sink, and return the loop state; None when there is none."""
+        payload = self._load()
+        if payload is None:
+            return None
+        loop = self._restore(payload, model, opt, [gen], [payload["rng"]["data"]])
         self._metrics, self._diags = list(payload["metrics"]), list(payload["diagnostics"])
         assert self._sink is not None
         self._sink(self._metrics, self._diags)
@@ -181,21 +201,107 @@ class Checkpointer:
                 tmp.unlink(missing_ok=True)
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+class StackState(NamedTuple):
+    """A seed stack's loop between two steps (see ``runner.train_stacked``): the stack's
+    step and training time, the stack indices of the seeds still training, and their
+    loop states."""
+
+    step: int
+    train_time: float
+    active: list[int]
+    loops: dict[int, LoopState]
+
+
+def stack_checkpoint_path(directory: str | os.PathLike, run_ids: list[str]) -> Path:
+    """One file per unit of stacked runs, named after all of its runs."""
+    return Path(directory) / f"stack-{hashlib.sha256(','.join(run_ids).encode()).hexdigest()[:24]}.pt"
+
+
+class StackCheckpointer(Checkpointer):
+    """Saves and restores a seed stack (``runner.train_stacked``) at ``path``: the
+    stack's model and optimizer, every random state with each seed's data generator,
+    the ``StackState``, which of the unit's runs the stack holds (``members``, indices
+    into the unit that ``identity`` names) and the rows each recorded seed was sent.
+
+    A checkpoint is of the whole unit; a stack resumed after some of its runs were
+    recorded (done, or taken by another process) holds them again, trained but no
+    longer recorded (``runner.train_stacked``'s runs without a sink)."""
+
+    def __init__(self, path: str | os.PathLike | None, identity: str = "", policy: CheckpointPolicy = OFF,
+                 members: list[int] | None = None) -> None:
+        super().__init__(path, identity, policy)
+        self.members = list(members or [])
+        self._rows: dict[int, tuple[list, list]] = {}  # stack index -> the rows its seed was sent
+        self._sinks: list[Sink | None] = []
+
+    def peek(self) -> tuple[list[int], list[int]] | None:
+        """(members, stack indices still training) of the saved stack, or None."""
+        payload = self._load()
+        return None if payload is None else (list(payload["members"]), list(payload["loop"]["active"]))
+
+    def record_runs(self, sinks: list[Sink | None]) -> list[Sink | None]:
+        """Wrap each seed's sink (None: a seed not recorded) so its rows are saved too."""
+        if not self.enabled:
+            return sinks
+
+        def recording(i: int, sink: Sink) -> Sink:
+            def record(metrics: list[tuple], diagnostics: list[tuple]) -> None:
+                sink(metrics, diagnostics)
+                rows = self._rows.setdefault(i, ([], []))
+                rows[0].extend(metrics)
+                rows[1].extend(diagnostics)
+
+            return record
+
+        self._sinks = sinks
+        return [None if sink is None else recording(i, sink) for i, sink in enumerate(sinks)]
+
+    def save_stack(self, model: torch.nn.Module, opt: torch.optim.Optimizer, gens: list[torch.Generator],
+                   state: StackState) -> None:
+        loop = state._replace(loops={i: s._asdict() for i, s in state.loops.items()})._asdict()
+        self._write({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "rng": _rng_state([g.get_state() for g in gens]), "loop": loop, "members": self.members,
+                     "rows": self._rows}, state.step)
+
+    def resume_stack(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     gens: list[torch.Generator]) -> StackState | None:
+        """Load the saved stack into ``model``, ``opt``, ``gens`` and the RNGs, replay
+        the saved rows of each recorded seed into its sink, and return the stack's loop
+        state; None when there is none (or it holds other runs than ``members``)."""
+        payload = self._load()
+        if payload is None:
+            return None
+        if list(payload["members"]) != self.members:
+            warnings.warn(f"ignoring checkpoint {self.path} (it holds other runs); the stack starts from step 0")
+            self.delete()
+            return None
+        loop = self._restore(payload, model, opt, gens, payload["rng"]["data"])
+        for i, sink in enumerate(self._sinks):
+            if sink is not None:  # rows of seeds recorded no longer are not replayed, nor kept
+                self._rows[i] = tuple(list(r) for r in payload["rows"].get(i, ([], [])))
+                sink(*self._rows[i])
+        self._last_step, self._last_time = loop["step"], time.monotonic()
+        return StackState(loop["step"], loop["train_time"], list(loop["active"]),
+                          {int(i): LoopState(**s) for i, s in loop["loops"].items()})
+
+
+def _rng_state(data: Any) -> dict[str, Any]:
+    """Every random state: Python's, NumPy's, torch's (CPU and CUDA), and ``data``: the
+    state of the data generator (a list of them for a stack)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(), "data": gen.get_state(),
+            "torch": torch.get_rng_state(), "data": data,
             # only a process that already uses CUDA has CUDA generators worth saving
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
 
-def _set_rng_state(gen: torch.Generator, rng: dict[str, Any]) -> None:
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    """The process-wide random states of ``_rng_state`` (the data generators: ``_restore``)."""
     version, internal, gauss_next = rng["python"]
     random.setstate((version, tuple(internal), gauss_next))
     kind, keys, pos, has_gauss, gauss = rng["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(rng["torch"])
-    gen.set_state(rng["data"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
 

@@ -14,17 +14,20 @@ runs it held reclaimable instead of still owned by an orphan.
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing as mp
 import os
 import threading
 import time
 import traceback
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable
 
-from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
+from suite.checkpoint import (CheckpointPolicy, Checkpointer, StackCheckpointer, checkpoint_path,
+                              stack_checkpoint_path)
 from suite.env import environment
 from suite.runner import NotStackable, RunResult, Sink, stackable, train_one, train_stacked
 from suite.spec import RunSpec
@@ -67,6 +70,53 @@ def train_checkpointed(spec: RunSpec, sink: Sink, directory: str, policy: Checkp
     result = train_one(run, sink, ckpt)
     ckpt.delete()
     return result
+
+
+def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks: list[Sink],
+                             on_result: Callable[[int, RunResult], None], directory: str,
+                             policy: CheckpointPolicy, device: str | None = None) -> None:
+    """``runner.train_stacked`` of the ``claimed`` runs of a unit of ``stack_groups``
+    (``sinks`` and ``on_result``'s index follow ``claimed``), resuming from and saving
+    to the unit's checkpoint (``stack_checkpoint_path``).
+
+    Where the checkpoint holds a stack in which every claimed run is still training,
+    that stack goes on, with the same seeds: those not claimed now (recorded since the
+    checkpoint, or another process's) train on unrecorded. Else the claimed runs start
+    a stack of their own (fewer than two: ``NotStackable``), and the checkpoint, of
+    another stack, is deleted. The checkpoint is deleted once the stack has ended; a
+    stack that raises keeps it for ``--retry-failed``, as one run does. ``device``
+    overrides where it trains (a Ray worker's GPU) without changing its identity.
+    """
+    ids = [s.run_id for s in unit]
+    path, identity = stack_checkpoint_path(directory, ids), json.dumps([s.to_json() for s in unit])
+    mine = [ids.index(s.run_id) for s in claimed]
+    if not mine:
+        raise NotStackable("no runs to stack")
+    saved = StackCheckpointer(path, identity, policy).peek()
+    members = mine
+    if saved is not None:
+        if set(mine) <= {saved[0][i] for i in saved[1]}:
+            members = saved[0]
+        else:
+            warnings.warn(f"ignoring checkpoint {path} (a run it had ended is to run again); the stack starts "
+                          "from step 0")
+            StackCheckpointer(path).delete()
+    if len(members) < 2:
+        raise NotStackable("fewer than two runs to stack")
+    ckpt = StackCheckpointer(path, identity, policy, members)
+    index = {m: k for k, m in enumerate(mine)}  # unit index -> index in claimed
+    specs = [unit[m] if device is None else dataclasses.replace(unit[m], device=device) for m in members]
+    train_stacked(specs, [sinks[index[m]] if m in index else None for m in members],
+                  on_result=lambda i, res: on_result(index[members[i]], res), checkpoint=ckpt)
+    ckpt.delete()
+
+
+def drop_ended_stack_checkpoint(unit: list[RunSpec], store: Store, directory: str) -> None:
+    """Delete the checkpoint of a unit whose runs have all ended done or diverged (a
+    kill after its stack recorded the last of them, before it deleted the checkpoint,
+    leaves one). A failed run's unit keeps it for ``--retry-failed``."""
+    if len(unit) > 1 and all(store.status_of(s.run_id) in ("done", "diverged") for s in unit):
+        StackCheckpointer(stack_checkpoint_path(directory, [s.run_id for s in unit])).delete()
 
 
 def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> str | None:
@@ -131,11 +181,11 @@ def can_stack(spec: RunSpec) -> bool:
 
 def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOptions()) -> dict[str, str | None]:
     """Claim and train a unit of ``stack_groups``: one run as ``execute`` does; several
-    as one seed stack (``runner.train_stacked``, no checkpoints: a checkpoint an earlier,
-    unstacked attempt left is deleted). Each run is recorded as soon as it ends; if
-    the stack fails, the runs it had not finished fail with it. Where the runs turn out
-    not to be stackable, they are given back and run one after another. Returns
-    run_id -> final status (None: not ours)."""
+    as one seed stack (``train_stack_checkpointed``; a run's own checkpoint, which an
+    earlier, unstacked attempt left, is deleted as the run ends). Each run is recorded
+    as soon as it ends; if the stack fails, the runs it had not finished fail with it.
+    Where the runs turn out not to be stackable, they are given back and run one after
+    another. Returns run_id -> final status (None: not ours)."""
     if len(specs) == 1:
         return {specs[0].run_id: execute(specs[0], store, options)}
     owner = owner_id()
@@ -143,6 +193,9 @@ def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOp
     claimed = [s for s in specs if store.claim(s.run_id, owner, retry_failed=options.retry_failed)]
     ended: set[str] = set()
     directory = options.checkpoints_for(store.path)
+    if not claimed:
+        drop_ended_stack_checkpoint(specs, store, directory)
+        return statuses
 
     def record(i: int, res: RunResult) -> None:
         spec = claimed[i]
@@ -161,9 +214,7 @@ def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOp
 
     sinks = [lambda m, d, rid=spec.run_id: store.write(rid, m, d, owner=owner) for spec in claimed]
     try:
-        if len(claimed) < 2:
-            raise NotStackable("fewer than two runs to stack")
-        train_stacked(claimed, sinks, on_result=record)
+        train_stack_checkpointed(specs, claimed, sinks, record, directory, options.checkpoint)
     except NotStackable:  # found out before training: nothing has ended yet
         give_back()
         for spec in claimed:

@@ -39,8 +39,9 @@ from typing import Any, Callable, Iterator
 from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.env import environment
 from suite.errors import UserError
-from suite.executors import Progress, RunOptions, can_stack, failure_reason, stack_groups, train_checkpointed
-from suite.runner import NotStackable, RunResult, Sink, train_stacked
+from suite.executors import (Progress, RunOptions, can_stack, drop_ended_stack_checkpoint, failure_reason,
+                             stack_groups, train_checkpointed, train_stack_checkpointed)
+from suite.runner import NotStackable, RunResult, Sink
 from suite.spec import RunSpec
 from suite.store import ClaimLost, Store, owner_id
 
@@ -56,18 +57,22 @@ def import_ray() -> Any:
     return ray
 
 
-def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy, threads: int) -> Iterator[tuple]:
-    """The Ray task for a unit of ``stack_groups``: one run, or seeds of one spec trained
-    as one stack (``runner.train_stacked``). It yields ``("rows", i, metrics,
-    diagnostics)`` per flush of run i, ``("result", i, status, summary, reason, env)``
-    as run i ends, and ``("failed", reason, env)`` when training raised: every run of the
-    unit that had not ended fails. A unit that turns out
-    not to be stackable yields ``("unstackable", why)`` before training anything (the
-    driver then runs its seeds as units of their own)."""
+def stream_unit(unit_jsons: list[str], claimed_ids: list[str], directory: str, policy: CheckpointPolicy,
+                threads: int) -> Iterator[tuple]:
+    """The Ray task for a unit of ``stack_groups``, of which the driver claimed the runs
+    ``claimed_ids``: one run, or seeds of one spec trained as one stack
+    (``executors.train_stack_checkpointed``, which may resume the unit's stack with runs
+    the driver did not claim, unrecorded). It yields, with i the index of a claimed run,
+    ``("rows", i, metrics, diagnostics)`` per flush of run i, ``("result", i, status,
+    summary, reason, env)`` as run i ends, and ``("failed", reason, env)`` when training
+    raised: every run of the unit that had not ended fails. A unit that turns out not to
+    be stackable yields ``("unstackable", why)`` before training anything (the driver
+    then runs its seeds as units of their own)."""
     import torch
 
     torch.set_num_threads(threads)
-    specs = [RunSpec.from_json(j) for j in spec_jsons]
+    unit = [RunSpec.from_json(j) for j in unit_jsons]
+    specs = [s for s in unit if s.run_id in claimed_ids]
     # Ray shows a task only the GPUs it was given, so the first visible one is ours.
     device = "cuda" if specs[0].device.startswith("cuda") else None
     out: queue.Queue = queue.Queue()
@@ -76,17 +81,17 @@ def stream_unit(spec_jsons: list[str], directory: str, policy: CheckpointPolicy,
         return lambda m, d: out.put(("rows", i, m, d))
 
     def ended(i: int, res: RunResult) -> None:
-        if len(specs) > 1:  # a checkpoint an earlier, unstacked attempt left
+        if len(unit) > 1:  # a checkpoint an earlier, unstacked attempt left
             Checkpointer(checkpoint_path(directory, specs[i].run_id)).delete()
         out.put(("result", i, res.status, res.summary, res.reason, res.env))
 
     def work() -> None:
         try:
-            if len(specs) == 1:
+            if len(unit) == 1:
                 ended(0, train_checkpointed(specs[0], sink(0), directory, policy, device))
             else:
-                here = [dataclasses.replace(s, device=device) for s in specs] if device else specs
-                train_stacked(here, [sink(i) for i in range(len(specs))], on_result=ended)
+                train_stack_checkpointed(unit, specs, [sink(i) for i in range(len(specs))], ended, directory,
+                                         policy, device)
         except NotStackable as exc:
             out.put(("unstackable", str(exc)))
         except Exception as exc:
@@ -251,15 +256,17 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
         while todo or running:
             window = (jobs or _capacity(ray, gpus, cpus)) if todo else 0
             while todo and len(running) < window:
-                claimed = []
-                for spec in todo.popleft():
+                claimed, unit = [], todo.popleft()
+                for spec in unit:
                     if store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
                         claimed.append(spec)
                     else:
                         ended(spec, None)
-                if claimed:
-                    gen = task.remote([s.to_json() for s in claimed], directory, options.checkpoint,
-                                      max(1, int(cpus)))
+                if not claimed:
+                    drop_ended_stack_checkpoint(unit, store, directory)
+                else:
+                    gen = task.remote([s.to_json() for s in unit], [s.run_id for s in claimed], directory,
+                                      options.checkpoint, max(1, int(cpus)))
                     running[gen] = _Unit(claimed)
             if not running:
                 continue

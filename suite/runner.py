@@ -23,7 +23,7 @@ import torch
 import baselines
 import tasks
 from suite import diagnostics
-from suite.checkpoint import Checkpointer, LoopState
+from suite.checkpoint import Checkpointer, LoopState, StackCheckpointer, StackState
 from suite.env import environment
 from suite.fastpath import make_train_step
 from suite.spec import RunSpec, TrainConfig
@@ -324,8 +324,9 @@ def stackable(spec: RunSpec) -> bool:
     return stack_problem(spec.train_config, task, model) is None
 
 
-def train_stacked(specs: list[RunSpec], sinks: list[Sink],
-                  on_result: Callable[[int, RunResult], None] | None = None) -> list[RunResult]:
+def train_stacked(specs: list[RunSpec], sinks: list[Sink | None],
+                  on_result: Callable[[int, RunResult], None] | None = None,
+                  checkpoint: StackCheckpointer | None = None) -> list[RunResult | None]:
     """Train the seeds ``specs`` (one spec up to its seed) as one ``SeedStack``
     (baselines/stack.py): each run records what ``train_one`` records for it, up to
     the summation order of the stacked matrix products.
@@ -333,12 +334,15 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
     Every seed keeps its own model initialisation, data stream, evaluations, probes,
     early stop and divergence; a seed that stops stays in the stack (its rows are
     still computed, not recorded) until the last one stops, and its result goes to
-    ``on_result(index, result)`` at once. Each of the S runs is charged 1/S of the
-    stack's training time and peak memory: its wall-time rows, time to solve, time
-    budget, throughput and start-up are its share, so that they read as the cost of
-    that run (``seed_stack``: S in its summary). No checkpoints: a killed group
-    restarts from step 0. Raises ``NotStackable`` before training when the specs
-    differ in more than the seed or their configuration cannot be stacked.
+    ``on_result(index, result)`` at once. A seed whose sink is None is trained but
+    never recorded and has no result (a resumed stack's run that was recorded since its
+    checkpoint). Each of the S runs is charged 1/S of the stack's training time and
+    peak memory: its wall-time rows, time to solve, time budget, throughput and
+    start-up are its share, so that they read as the cost of that run (``seed_stack``:
+    S in its summary). With ``checkpoint`` the stack resumes from its saved state if
+    there is one and saves it between steps as its policy says, as ``train_one`` does
+    for one run. Raises ``NotStackable`` before training when the specs differ in more
+    than the seed or their configuration cannot be stacked.
     """
     from baselines.stack import SeedStack
 
@@ -351,9 +355,13 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
     problem = stack_problem(cfg, *built[0])
     if problem:
         raise NotStackable(f"{first.model} on {first.task} cannot be stacked: {problem}")
+    ckpt = checkpoint or StackCheckpointer(None)
+    recorded = [sink is not None for sink in sinks]
+    sinks = ckpt.record_runs(list(sinks))
     stack = SeedStack([model for _, model in built])
     graphs = cfg.fast_path and device.type == "cuda"
-    runs = [RunLoop(spec, task, model, sink, device) for spec, (task, model), sink in zip(specs, built, sinks)]
+    runs = [RunLoop(spec, task, model, sink or _unrecorded, device)
+            for spec, (task, model), sink in zip(specs, built, sinks)]
     S = len(runs)
     opt = make_optimizer(cfg, stack.parameters(), capturable=graphs)
     train_step = make_train_step(stack, built[0][0].loss, opt, runs[0].clip, device=device, graphs=graphs)
@@ -361,13 +369,23 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stack.train()
-    for run in runs:
-        run.probe()
+    resumed = ckpt.resume_stack(stack, opt, gens)
+    if resumed is None:
+        step, train_time, active = 0, 0.0, [i for i in range(S) if recorded[i]]  # train_time: the stack's
+        for run in runs:
+            run.probe()
+    else:
+        step, train_time = resumed.step, resumed.train_time
+        active = [i for i in resumed.active if recorded[i]]
+        if any(recorded[i] and i not in resumed.active for i in range(S)):  # executors.train_stack_checkpointed
+            raise ValueError("a resumed stack cannot record a seed that had stopped before its checkpoint")
+        for i in active:
+            runs[i].load(resumed.loops[i])
     results: dict[int, RunResult] = {}
-    active = list(range(S))
-    start = StartUp(0, 0.0, train_step.warmup_steps)
+    # A resumed stack warms up (and captures its graph) again: start-up counts from here.
+    start = StartUp(step, train_time / S, train_step.warmup_steps)
     recurrence = "none"
-    step, train_time, t0 = 0, 0.0, time.perf_counter()  # train_time: the stack's
+    t0 = time.perf_counter()
 
     def finish(i: int) -> None:
         run = runs[i]
@@ -380,6 +398,11 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
             on_result(i, res)
 
     while active and step < cfg.max_steps:
+        if ckpt.due(step):  # between steps, as train_one
+            train_time += time.perf_counter() - t0
+            ckpt.save_stack(stack, opt, gens, StackState(step, train_time, active,
+                                                          {i: runs[i].loop_state() for i in active}))
+            t0 = time.perf_counter()
         step += 1
         batches = [task.train_batch(cfg.batch_size, gen, device) for (task, _), gen in zip(built, gens)]
         outs = train_step(Batch(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches])))
@@ -411,7 +434,11 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink],
         t0 = time.perf_counter()
     for i in active:
         finish(i)
-    return [results[i] for i in range(S)]
+    return [results.get(i) for i in range(S)]
+
+
+def _unrecorded(metrics: list[tuple], diagnostics: list[tuple]) -> None:
+    """The sink of a stacked seed that is trained but not recorded."""
 
 
 def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end: tuple[int, float] | None,

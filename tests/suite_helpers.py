@@ -48,13 +48,13 @@ hidden_size = 8
 [[runs]]
 task = "adding"
 task_args = {{ T = 8, n_val = 100, n_test = 100 }}
-models = ["rnn", "gru"]
+models = {models}
 """
 
 
-def write_profile(folder: Path, max_steps: int = 120, seeds: str = "0-2") -> Path:
+def write_profile(folder: Path, max_steps: int = 120, seeds: str = "0-2", models=("rnn", "gru")) -> Path:
     path = folder / "tiny.toml"
-    path.write_text(TINY_PROFILE.format(max_steps=max_steps, seeds=seeds))
+    path.write_text(TINY_PROFILE.format(max_steps=max_steps, seeds=seeds, models=json.dumps(list(models))))
     return path
 
 
@@ -115,16 +115,19 @@ def _progress(path: Path) -> int:
         db.close()
 
 
-def kill_loop(tmp_path: Path, kills: int, seed: int, seeds: str, args: list[str]) -> dict[str, int]:
+def kill_loop(tmp_path: Path, kills: int, seed: int, seeds: str, args: list[str],
+              models=("rnn", "gru")) -> dict[str, int]:
     """Kill the suite with SIGKILL at random moments (during start-up, mid-run, while
     recording), restart it each time, and check the invariants after every kill.
-    Returns how many kills left a checkpoint to resume from and how many runs ran twice."""
+    Returns how many kills left a checkpoint to resume from and how many runs ran twice.
+    With ``--stack-seeds N`` in ``args`` the reference stacks seeds as the suite does."""
     rng = random.Random(seed)
-    profile = write_profile(tmp_path, max_steps=150, seeds=seeds)
+    profile = write_profile(tmp_path, max_steps=150, seeds=seeds, models=models)
     store = tmp_path / "killed.sqlite"
     ref_store = tmp_path / "ref.sqlite"
     specs = build_specs(profile=str(profile))
-    run_local(specs, ref_store, options=RunOptions(checkpoint=OFF))
+    stack = int(args[args.index("--stack-seeds") + 1]) if "--stack-seeds" in args else 1
+    run_local(specs, ref_store, options=RunOptions(checkpoint=OFF, stack_seeds=stack))
     reference = results_of(ref_store)
     done_before: dict[str, tuple] = {}
     left_checkpoints = 0

@@ -167,6 +167,14 @@ def test_sigkill_at_random_moments_short(tmp_path):
     assert stats["rerun"] >= 1  # at least one kill hit a run in flight
 
 
+def test_sigkill_at_random_moments_stacked(tmp_path):
+    """Seeds stacked three at a time (rnn-loop, gru-loop): a killed stack resumes from its
+    checkpoint, and every run ends once, bit-identical to an uninterrupted stacked suite."""
+    stats = kill_loop(tmp_path, kills=3, seed=3, seeds="0-2", args=["--jobs", "1", "--stack-seeds", "3"],
+                      models=("rnn-loop", "gru-loop"))
+    assert stats["rerun"] >= 1 and stats["left_checkpoints"] >= 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigkill_at_random_moments_long(tmp_path, jobs):

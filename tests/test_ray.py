@@ -14,7 +14,6 @@ from suite.checkpoint import checkpoint_path
 from suite.cli import main
 from suite.errors import UserError
 from suite.executors import RunOptions, run_local
-from suite.spec import RunSpec
 from suite.store import Store
 from suite_helpers import kill_loop, results_of, tiny_specs
 
@@ -44,13 +43,13 @@ def test_ray_task_failures_fail_only_their_run_and_retry(tmp_path, ray, monkeypa
     crash, boom = specs[1].run_id, specs[2].run_id
     real = ray_executor.stream_unit
 
-    def faulty(spec_jsons, directory, policy, threads):  # shipped to the workers by value
-        (run_id,) = [RunSpec.from_json(j).run_id for j in spec_jsons]
+    def faulty(unit_jsons, claimed_ids, directory, policy, threads):  # shipped to the workers by value
+        (run_id,) = claimed_ids
         if run_id == crash:
             os._exit(1)  # the worker process dies, as on a segfault or a lost node
         if run_id == boom:  # says what it sees of the driver's RNNBENCH_* environment
             raise RuntimeError("CUDA error: an illegal memory access" + os.environ["RNNBENCH_PROBE"])
-        yield from real(spec_jsons, directory, policy, threads)
+        yield from real(unit_jsons, claimed_ids, directory, policy, threads)
 
     store = tmp_path / "s.sqlite"
     monkeypatch.setattr(ray_executor, "stream_unit", faulty)
@@ -96,10 +95,10 @@ def test_a_failing_stack_on_ray_fails_only_its_open_runs(tmp_path, ray, monkeypa
     real = ray_executor.stream_unit
     doomed = {s.run_id for s in dies}
 
-    def faulty(spec_jsons, directory, policy, threads):  # runs in the worker process
+    def faulty(unit_jsons, claimed_ids, directory, policy, threads):  # runs in the worker process
         from suite import runner
 
-        if RunSpec.from_json(spec_jsons[0]).run_id in doomed:
+        if claimed_ids[0] in doomed:
             os._exit(1)
         original = runner.RunLoop.at_eval
 
@@ -110,7 +109,7 @@ def test_a_failing_stack_on_ray_fails_only_its_open_runs(tmp_path, ray, monkeypa
 
         runner.RunLoop.at_eval = at_eval
         try:
-            yield from real(spec_jsons, directory, policy, threads)
+            yield from real(unit_jsons, claimed_ids, directory, policy, threads)
         finally:
             runner.RunLoop.at_eval = original
 
@@ -133,13 +132,13 @@ def test_a_unit_that_cannot_stack_is_split_into_runs_of_their_own(tmp_path, ray,
     real = ray_executor.stream_unit
     log, crash = tmp_path / "tasks.log", specs[0].run_id
 
-    def logged(spec_jsons, directory, policy, threads):  # runs in the worker process
-        ids = [RunSpec.from_json(j).run_id for j in spec_jsons]
+    def logged(unit_jsons, claimed_ids, directory, policy, threads):  # runs in the worker process
+        ids = list(claimed_ids)
         with open(log, "a") as f:
             f.write(f"{len(ids)}\n")
         if ids == [crash]:
             os._exit(1)
-        yield from real(spec_jsons, directory, policy, threads)
+        yield from real(unit_jsons, claimed_ids, directory, policy, threads)
 
     monkeypatch.setattr(ray_executor, "stream_unit", logged)
     statuses = ray_executor.run_ray(specs, str(tmp_path / "ray.sqlite"), options=RunOptions(stack_seeds=2))

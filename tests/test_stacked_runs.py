@@ -7,6 +7,7 @@ import math
 import pytest
 
 from suite import runner
+from suite.checkpoint import CheckpointPolicy
 from suite.profiles import build_specs
 from suite.runner import NotStackable, train_one, train_stacked
 from suite.store import Store
@@ -216,3 +217,102 @@ def test_a_run_taken_over_gives_the_others_back(tmp_path, monkeypatch):
     assert set(statuses.values()) == {None}
     runs = store.runs().set_index("run_id")["status"]
     assert runs[group[0].run_id] == "running" and runs[group[1].run_id] == runs[group[2].run_id] == "pending"
+
+
+# -- checkpoints of stacks --------------------------------------------------------------
+
+EVERY_15 = dict(checkpoint=CheckpointPolicy(every_steps=15, every_s=0.0))
+AT_EVAL = runner.RunLoop.at_eval  # as defined, whatever a test patched in since
+
+
+def stopping(seed: int, at: int, die_at: int | None = None, evals: list | None = None):
+    """A RunLoop.at_eval where ``seed`` stops (solved) at step ``at`` and the process
+    "dies" (KeyboardInterrupt: the executor gives its runs back) at step ``die_at``;
+    ``evals`` collects the steps evaluated."""
+
+    def at_eval(self):
+        if evals is not None:
+            evals.append(self.step)
+        if self.step == die_at:
+            raise KeyboardInterrupt
+        return AT_EVAL(self) or (self.spec.seed == seed and self.step == at)
+
+    return at_eval
+
+
+@pytest.mark.parametrize("stop_at", [10, 20])
+def test_a_killed_stack_resumes_from_its_checkpoint_bit_for_bit(stop_at, tmp_path, monkeypatch):
+    """Checkpoints every 15 steps; seed 1 stops at ``stop_at`` and the process dies at
+    step 30's evaluation. The restart claims seeds 0 and 2 and resumes the stack from
+    step 15, holding seed 1 as it was there: stopped (10), or still training (20), now
+    unrecorded. Every run records what an uninterrupted stack records, bit for bit
+    (CPU), and the checkpoint is gone at the end."""
+    from suite.executors import RunOptions, execute_unit
+    from suite_helpers import results_of
+
+    group = specs("gru-loop")
+    stores = {k: Store(tmp_path / f"{k}.sqlite") for k in ("ref", "killed")}
+    for store in stores.values():
+        store.add_runs(group)
+    options = RunOptions(checkpoint_dir=str(tmp_path / "ck"), **EVERY_15)
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, stop_at))
+    assert set(execute_unit(group, stores["ref"], RunOptions(checkpoint_dir=str(tmp_path / "ck-ref"))).values()) \
+        == {"done"}
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, stop_at, die_at=30))
+    with pytest.raises(KeyboardInterrupt):
+        execute_unit(group, stores["killed"], options)
+    status = stores["killed"].runs().set_index("run_id")["status"]
+    assert list(status[[s.run_id for s in group]]) == ["pending", "done", "pending"]
+    assert len(list((tmp_path / "ck").glob("stack-*.pt"))) == 1
+    evals: list[int] = []
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, stop_at, evals=evals))
+    statuses = execute_unit(group, stores["killed"], options)
+    assert statuses == {group[0].run_id: "done", group[1].run_id: None, group[2].run_id: "done"}
+    assert min(evals) == 20  # resumed after step 15, not from step 0
+    assert results_of(tmp_path / "killed.sqlite") == results_of(tmp_path / "ref.sqlite")
+    assert not list((tmp_path / "ck").glob("*"))
+
+
+def test_a_stack_checkpoint_whose_stopped_run_must_run_again_is_not_resumed(tmp_path, monkeypatch):
+    """The checkpoint (step 15) holds seed 1 stopped at step 10; a retry that claims all
+    three runs cannot resume it (seed 1 would have no training to record): it says so
+    once and trains a new stack from step 0."""
+    from suite.executors import RunOptions, train_stack_checkpointed
+
+    group = specs("rnn-loop")
+    directory = str(tmp_path / "ck")
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, 10, die_at=30))
+    sinks = [lambda m, d: None] * 3
+    with pytest.raises(KeyboardInterrupt):
+        train_stack_checkpointed(group, group, sinks, lambda i, r: None, directory, EVERY_15["checkpoint"])
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, 40))
+    rows = [[] for _ in group]
+    ended = {}
+    with pytest.warns(UserWarning, match="a run it had ended is to run again"):
+        train_stack_checkpointed(group, group, [lambda m, d, r=r: r.extend(m) for r in rows],
+                                 lambda i, res: ended.update({i: res.summary["steps"]}), directory,
+                                 EVERY_15["checkpoint"])
+    assert ended == {0: 30, 1: 30, 2: 30} and min(r[0] for r in rows[1]) == 1  # from step 0 again
+    assert not list((tmp_path / "ck").glob("*"))
+
+
+def test_the_checkpoint_of_a_unit_that_ended_is_deleted_unless_a_run_failed(tmp_path):
+    """A kill after a stack recorded its last run, before it deleted its checkpoint,
+    leaves the file: the next suite run deletes it where every run of the unit is done
+    or diverged, and keeps it where one failed (for --retry-failed)."""
+    from suite.checkpoint import stack_checkpoint_path
+    from suite.executors import RunOptions, execute_unit
+
+    group = specs("rnn-loop")
+    options = RunOptions(checkpoint_dir=str(tmp_path / "ck"))
+    path = stack_checkpoint_path(options.checkpoints_for(tmp_path / "s.sqlite"), [s.run_id for s in group])
+    path.parent.mkdir(parents=True)
+    for status, kept in (("failed", True), ("diverged", False)):
+        store = Store(tmp_path / f"{status}.sqlite")
+        store.add_runs(group)
+        path.write_bytes(b"left by a killed stack")
+        for i, spec in enumerate(group):
+            assert store.claim(spec.run_id)
+            store.finish(spec.run_id, status if i == 1 else "done", {}, None)
+        assert execute_unit(group, store, options) == dict.fromkeys((s.run_id for s in group), None)
+        assert path.exists() == kept
