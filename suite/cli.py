@@ -189,7 +189,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     from suite.nightly import nightly
 
-    if args.stack_seeds < 1:
+    if args.stack_seeds is not None and args.stack_seeds < 1:
         raise UserError(f"--stack-seeds {args.stack_seeds} must be >= 1")
     with tqdm(unit="run", disable=args.quiet) as bar:
         def progress(spec, status, summary):
@@ -201,7 +201,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
                          stack_seeds=args.stack_seeds, progress=progress)
     for task, why in result.skipped_tasks.items():
         print(f"left out {task}: {why}", file=sys.stderr)
-    print(f"store {result.store}; baseline {result.baseline or '(none: first night)'}", file=sys.stderr)
+    stacked = f"; up to {result.stack_seeds} seeds of a spec stacked" if result.stack_seeds > 1 else ""
+    print(f"store {result.store}; baseline {result.baseline or '(none: first night)'}{stacked}", file=sys.stderr)
     for line in result.report_regressions + result.asv_regressions:
         print(f"regressed: {line}", file=sys.stderr)
     return 1 if result.regressed else 0
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="night to run or resume, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--device", help="auto | cpu | cuda (default: the profile's)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (several small runs share a GPU)")
-    p.add_argument("--stack-seeds", type=int, default=1, metavar="N", help="as for 'rnnbench run'")
+    p.add_argument("--stack-seeds", type=int, metavar="N", help="as for 'rnnbench run' (default: 8 where the runs "
+                   "are on CUDA, 1 on the CPU; 1 trains one run at a time)")
     p.add_argument("--out", help="report folder (default ROOT/report)")
     p.add_argument("--no-asv", action="store_true", help="skip the asv benchmarks")
     p.add_argument("-q", "--quiet", action="store_true")

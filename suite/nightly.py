@@ -38,6 +38,7 @@ class NightlyResult:
     skipped_tasks: dict[str, str] = field(default_factory=dict)
     report_regressions: list[str] = field(default_factory=list)
     asv_regressions: list[str] = field(default_factory=list)
+    stack_seeds: int = 1  # the most seeds of one spec that trained as one stack
 
     @property
     def regressed(self) -> bool:
@@ -122,9 +123,20 @@ def run_asv(device: str, factor: float = 1.2) -> list[str]:
     return problems
 
 
+# Seeds of a spec stacked by default on CUDA (``nightly``): measured on an H100, 8 stacked
+# seeds train every custom cell at 0.63x to 2.35x cuDNN LSTM's speed per seed, against
+# 0.15x to 0.72x one at a time (benchmarks/RESULTS.md); on the CPU stacking costs the
+# gated cells a little, so it stays off there.
+CUDA_STACK_SEEDS = 8
+
+
 def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", device: str | None = None,
-            jobs: int = 1, report_dir: Path | None = None, asv: bool = True, stack_seeds: int = 1,
+            jobs: int = 1, report_dir: Path | None = None, asv: bool = True, stack_seeds: int | None = None,
             progress=None) -> NightlyResult:
+    """Run (or resume) one night: the profile's runs into ``ROOT/<date>.sqlite``, the
+    report against the previous night, asv. ``stack_seeds``: the most seeds of one spec
+    trained as one stack where the model allows it (None: ``CUDA_STACK_SEEDS`` where the
+    runs are on CUDA, else 1)."""
     from suite.executors import RunOptions, run_local
     from suite.profiles import build_specs
     from suite.store import Store
@@ -136,7 +148,9 @@ def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", de
     store_path, baseline = night_store(root, date), previous_store(root, date)
     specs = build_specs(profile=profile, device=device)
     specs, skipped = with_data(specs)
-    result = NightlyResult(store_path, baseline, skipped)
+    if stack_seeds is None:
+        stack_seeds = CUDA_STACK_SEEDS if any(s.device.startswith("cuda") for s in specs) else 1
+    result = NightlyResult(store_path, baseline, skipped, stack_seeds=stack_seeds)
     store = Store(store_path)
     store.add_runs(specs)
     store.close()

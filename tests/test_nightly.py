@@ -112,3 +112,20 @@ def test_stack_seeds_reaches_the_executor(tmp_path, offline, monkeypatch):
     profile.write_text(PROFILE)
     nightly(root=tmp_path / "n", date="2026-01-01", profile=str(profile), asv=False, stack_seeds=4)
     assert seen["options"].stack_seeds == 4
+
+
+@pytest.mark.parametrize("device,stack", [("cpu", 1), ("cuda", nightly_mod.CUDA_STACK_SEEDS)])
+def test_nightly_stacks_seeds_by_default_on_cuda_only(device, stack, tmp_path, offline, monkeypatch, capsys):
+    """Without --stack-seeds a night on CUDA stacks up to 8 seeds of a spec (and says
+    so), one on the CPU trains one run at a time."""
+    import suite.executors
+
+    seen = {}
+    monkeypatch.setattr(suite.executors, "run_local", lambda specs, path, **kw: seen.update(kw))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: device == "cuda")  # nothing here touches the GPU
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(PROFILE)
+    assert main(["nightly", "--profile", str(profile), "--root", str(tmp_path / "n"), "--date", "2026-01-01",
+                 "--device", device, "--no-asv", "-q"]) == 0
+    assert seen["options"].stack_seeds == stack
+    assert ("up to 8 seeds of a spec stacked" in capsys.readouterr().err) == (stack > 1)
