@@ -267,13 +267,17 @@ class StackCheckpointer(Checkpointer):
                      gens: list[torch.Generator]) -> StackState | None:
         """Load the saved stack into ``model``, ``opt``, ``gens`` and the RNGs, replay
         the saved rows of each recorded seed into its sink, and return the stack's loop
-        state; None when there is none (or it holds other runs than ``members``)."""
+        state; None when there is none, or when it holds other runs than ``members`` or
+        had stopped a seed that is to be recorded (another process sharing the store
+        saved it since ``executors.train_stack_checkpointed`` chose it: nothing is
+        loaded, and the stack starts from step 0)."""
         payload = self._load()
         if payload is None:
             return None
-        if list(payload["members"]) != self.members:
-            warnings.warn(f"ignoring checkpoint {self.path} (it holds other runs); the stack starts from step 0")
-            self.delete()
+        recorded = {i for i, sink in enumerate(self._sinks) if sink is not None}
+        if list(payload["members"]) != self.members or not recorded <= set(payload["loop"]["active"]):
+            warnings.warn(f"ignoring checkpoint {self.path} (it holds other runs, or stopped one to be recorded); "
+                          "the stack starts from step 0")
             return None
         loop = self._restore(payload, model, opt, gens, payload["rng"]["data"])
         for i, sink in enumerate(self._sinks):

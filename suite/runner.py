@@ -376,9 +376,7 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink | None],
             run.probe()
     else:
         step, train_time = resumed.step, resumed.train_time
-        active = [i for i in resumed.active if recorded[i]]
-        if any(recorded[i] and i not in resumed.active for i in range(S)):  # executors.train_stack_checkpointed
-            raise ValueError("a resumed stack cannot record a seed that had stopped before its checkpoint")
+        active = [i for i in resumed.active if recorded[i]]  # resume_stack: every recorded seed is among them
         for i in active:
             runs[i].load(resumed.loops[i])
     results: dict[int, RunResult] = {}

@@ -316,3 +316,25 @@ def test_the_checkpoint_of_a_unit_that_ended_is_deleted_unless_a_run_failed(tmp_
             store.finish(spec.run_id, status if i == 1 else "done", {}, None)
         assert execute_unit(group, store, options) == dict.fromkeys((s.run_id for s in group), None)
         assert path.exists() == kept
+
+
+def test_a_stack_checkpoint_changed_since_it_was_chosen_is_not_loaded(tmp_path, monkeypatch):
+    """Another process sharing the store may save the unit's checkpoint between the
+    choice (``train_stack_checkpointed``) and the load: a saved stack that stopped a seed
+    to be recorded is then not loaded (one warning) and the stack trains from step 0."""
+    from suite.checkpoint import StackCheckpointer
+    from suite.executors import train_stack_checkpointed
+
+    group = specs("rnn-loop")
+    directory = tmp_path / "ck"
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, 10, die_at=30))
+    with pytest.raises(KeyboardInterrupt):
+        train_stack_checkpointed(group, group, [lambda m, d: None] * 3, lambda i, r: None, str(directory),
+                                 EVERY_15["checkpoint"])
+    (path,) = directory.glob("stack-*.pt")
+    monkeypatch.setattr(runner.RunLoop, "at_eval", stopping(1, 40))
+    ckpt = StackCheckpointer(path, __import__("json").dumps([s.to_json() for s in group]), EVERY_15["checkpoint"],
+                             [0, 1, 2])
+    with pytest.warns(UserWarning, match="stopped one to be recorded"):
+        results = train_stacked(group, [lambda m, d: None] * 3, checkpoint=ckpt)
+    assert [r.summary["steps"] for r in results] == [30, 30, 30]

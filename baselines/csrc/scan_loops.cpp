@@ -152,9 +152,11 @@ struct Norm {
   }
 
   // dx = dL/dx_t from dy = dL/dN(x_t) on part p (as ``forward``); batch norm adds to
-  // dgamma/dbeta here, layer norm in ``layer_grads`` after the loop. dx may be dy.
+  // dgamma/dbeta here, layer norm in ``layer_grads`` after the loop, from dy: so dx may be
+  // dy except for layer norm.
   template <typename T>
   void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F, const Part& p) const {
+    TORCH_CHECK(mode != LAYER || dx != dy, "layer norm's backward keeps dy for layer_grads: dx must not be dy");
     const int64_t B0 = B / seeds, o = B0 * F;
     for (int64_t s = 0; s < seeds; ++s) {
       const int64_t r0 = std::max(p.b0 - s * B0, int64_t(0)), r1 = std::min(p.b1 - s * B0, B0);
