@@ -340,7 +340,7 @@ def _loops(u: Tensor, S: int, cell: str, nx: _Norm | None, nh: _Norm, *others: _
     if loops is None and nx is None:
         modes = tuple(_MODES[n.mode] for n in (nh, *others))
         loops = scan_triton.for_call(u, S, cell, modes)
-        name = "scan-triton-seq" if scan_triton.whole_sequence(u.shape[1], modes) else "scan-triton"
+        name = scan_triton.path(u, S, cell, modes) if loops is not None else "scan"
     _ran.path = name if loops is not None else "scan"
     if nx is not None and (loops is None or S):
         raise ValueError("an input norm runs in the compiled CPU loops, for one model (see InputNorm.available)")

@@ -128,6 +128,18 @@ ROWS_SEQ = 8
 # gates (cuobjdump --dump-resource-usage; 16 rows a program).
 WARPS_SEQ = 8
 BK_SEQ = 16
+# Grid-synchronized launches (GRID_SYNC, RNNBENCH_GPU_GRID_SYNC=1; opt-in, not yet run on
+# a GPU): where a launch per step runs (not whole sequences), all T steps in one launch of
+# the step kernels' own tiles and grid, with a barrier of every program between steps
+# (``_step_sync``: an atomic counter in global memory) in place of a launch and its
+# ordering. What a launch per step costs beyond its work, twice per step, becomes one
+# barrier; batch statistics stay within a program (the whole batch of its units), as in
+# a launch per step. Needs every program resident at once, so at most one per
+# multiprocessor (bn-lstm at the seq-MNIST shape: 25 programs of 132). Runs record
+# "scan-triton-grid". Tested in the interpreter with one program and compiled for sm_90;
+# benchmarks/device_check.sh's "grid" stage runs its GPU tests and times it.
+ENV_GRID_SYNC = "RNNBENCH_GPU_GRID_SYNC"
+GRID_SYNC = os.environ.get(ENV_GRID_SYNC) == "1"
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
@@ -175,25 +187,31 @@ _failed: str | None = None  # why the kernels could not run here, once tried
 _tried = False
 _seq_failed: str | None = None  # why the whole-sequence launches could not run here, once tried
 _seq_tried = False
+_grid_failed: str | None = None  # why the grid-synchronized launches could not run here, once tried
+_grid_tried = False
 
 
-def _probe(device: torch.device, T: int, seq: bool = False) -> str | None:
-    """Why an RNN forward pass of ``T`` steps on one row and unit fails here (None: it
-    runs); ``seq``: in a whole-sequence launch, whatever ``SEQUENCE`` says (the layer-norm
-    cells run there with it off)."""
-    global SEQUENCE
-    before, SEQUENCE = SEQUENCE, SEQUENCE or seq
+def _probe(device: torch.device, T: int, seq: bool = False, grid: bool = False) -> str | None:
+    """Why an RNN forward pass of ``T`` steps on one row fails here (None: it runs); on
+    one unit, or ``seq``: in a whole-sequence launch, whatever ``SEQUENCE`` says (the
+    layer-norm cells run there with it off); ``grid``: in a grid-synchronized launch of
+    two programs (of one in the interpreter)."""
+    global SEQUENCE, GRID_SYNC
+    before = SEQUENCE, GRID_SYNC
+    SEQUENCE, GRID_SYNC = (SEQUENCE or seq) and not grid, GRID_SYNC or grid
     try:
-        one = torch.ones(1, 1, device=device)
-        off = Norm(_NONE, one[0], None, None, None, None, None, None, 0.0)
-        rnn_forward(torch.ones(T, 1, 1, device=device), None, one, one, off, False, off, None)
+        H = 2 * BJ if grid and device.type == "cuda" else 1
+        one = torch.ones(1, H, device=device)
+        off = Norm(_NONE, one[0, :1], None, None, None, None, None, None, 0.0)
+        rnn_forward(torch.ones(T, 1, H, device=device), None, one, torch.eye(H, device=device), off, False, off,
+                    None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return None
     except Exception as e:  # a compiler, driver or launcher failure
         return one_line(e)
     finally:
-        SEQUENCE = before
+        SEQUENCE, GRID_SYNC = before
 
 
 def _capturing(device: torch.device) -> bool:
@@ -225,6 +243,32 @@ def _seq_runs_here(device: torch.device) -> bool:
                           f"kernels run a launch per step, layer-norm cells the Python loops.", RuntimeWarning,
                           stacklevel=3)
     return _seq_failed is None
+
+
+def _grid_runs_here(device: torch.device) -> bool:
+    """Whether the grid-synchronized launches compile and run here, tried once per process
+    (as ``_runs_here``) on a two-step recurrence of two programs; where they do not, one
+    warning says why and a launch per step runs. (A barrier that never opens would hang
+    here: that is why they are opt-in until timed on a GPU.)"""
+    global _grid_failed, _grid_tried
+    if not (_grid_tried or _capturing(device)):
+        _grid_tried = True
+        _grid_failed = _probe(device, 2, grid=True)
+        if _grid_failed:
+            warnings.warn(f"rnnbench: the CUDA grid-synchronized launches could not run ({_grid_failed}); the step "
+                          f"kernels run a launch per step.", RuntimeWarning, stacklevel=3)
+    return _grid_failed is None
+
+
+def path(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]) -> str:
+    """The path a recurrence on ``x`` that ``for_call`` takes records: "scan-triton-seq"
+    (whole sequences), "scan-triton-grid" (grid-synchronized) or "scan-triton" (a launch
+    per step)."""
+    T, S = x.shape[1], max(seeds, 1)
+    if whole_sequence(T, modes):
+        return "scan-triton-seq"
+    grid = grid_programs(T, x.shape[0] // S, x.shape[-1] // GATES[cell], S, modes, x.device)
+    return "scan-triton-grid" if grid else "scan-triton"
 
 
 def whole_sequence(T: int, modes: tuple[int, ...]) -> bool:
@@ -761,26 +805,45 @@ if triton is not None:
     # reads the weights where the last step left them in cache. Between steps a barrier
     # makes what the program's warps stored visible to all of them. T >= 2.
 
+    @triton.jit
+    def _step_sync(CNT, k, NPROG, GRID: tl.constexpr):
+        """Between two steps of a whole-sequence launch: a barrier of the program's warps,
+        or with GRID the k-th barrier of every program of the launch (all NPROG have
+        arrived when the counter CNT, zero at launch, reaches k * NPROG). Each program's
+        stores of the step are released before it arrives and acquired by every program
+        that leaves; the step kernels read a step's values from a region of their own, so
+        no stale cache line can hold them. Every program must be resident at once
+        (``grid_programs``), else the launch waits forever."""
+        tl.debug_barrier()
+        if GRID:
+            tl.atomic_add(CNT, 1, sem="release", scope="gpu")
+            n = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+            while n < k * NPROG:
+                n = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+            tl.debug_barrier()
+
     @triton.jit(do_not_specialize=["T"])
     def _rnn_fwd_seq(HS, ZS, H0, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     CNT, NPROG,
                      MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                     RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     RELU: tl.constexpr, GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                     PREC: tl.constexpr):
         _rnn_fwd(HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
         for t in range(1, T):
-            tl.debug_barrier()
+            _step_sync(CNT, t, NPROG, GRID)
             _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
 
     @triton.jit(do_not_specialize=["T"])
     def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0,
-                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr,
-                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CNT, NPROG, MODE: tl.constexpr, RELU: tl.constexpr,
+                     GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE, RELU, False, BB, BJ, BK, PREC)
         for i in range(1, T):
-            tl.debug_barrier()
+            _step_sync(CNT, i, NPROG, GRID)
             _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      MODE, RELU, True, BB, BJ, BK, PREC)
 
@@ -788,14 +851,15 @@ if triton is not None:
     def _lstm_fwd_seq(SIG, TG, CS, TC, HS, ZS, H0, C0, W, T, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                      CNT, NPROG,
                       MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                       CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
-                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                      GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _lstm_fwd(SIG, TG, CS, TC, HS, ZS, H0, 0, C0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
                   eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
                   CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
         for t in range(1, T):
-            tl.debug_barrier()
+            _step_sync(CNT, t, NPROG, GRID)
             prev = (t - 1) * B * H
             _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HS, prev, CS, prev, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
                       DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT,
@@ -805,19 +869,19 @@ if triton is not None:
     def _lstm_bwd_seq(GH, SIG, TG, CS, TC, C0, DA, DZ, DN, ZS, W, DC, DCL, T, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
-                      MODE: tl.constexpr, CMODE: tl.constexpr, HAS_LAST: tl.constexpr,
-                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                      CNT, NPROG, MODE: tl.constexpr, CMODE: tl.constexpr, HAS_LAST: tl.constexpr,
+                      GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         # step T-1 (nothing after it; the incoming ∂L/∂c_T), steps T-2 .. 1, step 0 (c_{-1} = c0)
         _lstm_bwd(GH, SIG, TG, CS, TC, CS, (T - 2) * B * H, DA, DZ, DN, ZS, W, DC, DCL, T - 1, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE, CMODE, False, HAS_LAST, BB, BJ, BK, PREC)
         for i in range(2, T):
-            tl.debug_barrier()
+            _step_sync(CNT, i - 1, NPROG, GRID)
             t = T - i
             _lstm_bwd(GH, SIG, TG, CS, TC, CS, (t - 1) * B * H, DA, DZ, DN, ZS, W, DC, DC, t, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB,
                       ceps, MODE, CMODE, True, False, BB, BJ, BK, PREC)
-        tl.debug_barrier()
+        _step_sync(CNT, T - 1, NPROG, GRID)
         _lstm_bwd(GH, SIG, TG, CS, TC, C0, 0, DA, DZ, DN, ZS, W, DC, DC, 0, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE, CMODE, True, False, BB, BJ, BK, PREC)
@@ -825,43 +889,78 @@ if triton is not None:
     @triton.jit(do_not_specialize=["T"])
     def _gru_fwd_seq(GATES, HW, HS, ZS, H0, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     CNT, NPROG,
                      MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _gru_fwd(GATES, HW, HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
         for t in range(1, T):
-            tl.debug_barrier()
+            _step_sync(CNT, t, NPROG, GRID)
             _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
                      DB, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
 
     @triton.jit(do_not_specialize=["T"])
     def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                     MODE: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     CNT, NPROG, MODE: tl.constexpr, GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
+                     BK: tl.constexpr, PREC: tl.constexpr):
         _gru_bwd(GH, GATES, HW, HS, (T - 2) * B * H, DA, DU, DZ, ZS, W, T - 1, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, False, BB, BJ, BK, PREC)
         for i in range(2, T):
-            tl.debug_barrier()
+            _step_sync(CNT, i - 1, NPROG, GRID)
             t = T - i
             _gru_bwd(GH, GATES, HW, HS, (t - 1) * B * H, DA, DU, DZ, ZS, W, t, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
-        tl.debug_barrier()
+        _step_sync(CNT, T - 1, NPROG, GRID)
         _gru_bwd(GH, GATES, HW, H0, 0, DA, DU, DZ, ZS, W, 0, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
 
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
+def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool) -> tuple[int, int, int, int]:
+    """Rows and units of a program, its chunk of the products and its warps: every unit
+    of ROWS_SEQ rows in whole-sequence launches; the whole batch of a seed where batch
+    statistics bind the rows; else ROWS_FREE rows."""
+    if seq:
+        return min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H)), BK_SEQ, \
+            WARPS_SEQ
+    if _BATCH in modes:
+        bb = max(16, triton.next_power_of_2(B0))
+        if bb > MAX_ROWS:
+            raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
+        return bb, BJ_WHOLE_BATCH, BK_WHOLE_BATCH, WARPS_WHOLE_BATCH if bb >= 128 else 4
+    return min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, BK, WARPS_FREE
+
+
+def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: torch.device) -> int:
+    """The programs of a grid-synchronized launch of this recurrence (``GRID_SYNC``), or
+    0 where it runs otherwise: the step kernels' tiles and grid, all T >= 2 steps in one
+    launch with a barrier of every program between steps, where no launch of a whole
+    sequence runs (``whole_sequence``; layer norm always does) and every program can be
+    resident at once: at most one per multiprocessor on CUDA, a single one in Triton's
+    interpreter (which runs programs one after another); not where these launches failed
+    to run here (``_grid_runs_here``)."""
+    if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes) or _grid_failed is not None:
+        return 0
+    bb, bj, _, _ = _tiles(B0, H, modes, False)
+    n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
+    most = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return n if n <= most and _grid_runs_here(device) else 0
+
+
 def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffers: tuple,
-           norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict, bool]:
+           norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict, dict]:
     """What every loop does first: refuse an input norm, check the buffers (and W_hh, made
     contiguous as csrc's takes any layout) and each (norm, its features) against the
     seeds, zero the norms' dγ, dβ before a backward loop. Returns W_hh, the grid, the
-    kernels' size arguments (B, H, S, B0), the tile constants and whether the whole
-    sequence runs in one launch (``whole_sequence``). W_hh of shape (S, G*H, H) means S
-    stacked seeds, each of B0 = B/S rows (seed-major), on a grid axis of their own; every
-    row of a seed is in one program where a norm takes batch statistics, and every unit
-    of a row in one program where the whole sequence runs in one launch."""
+    kernels' size arguments (B, H, S, B0), the tile constants and, where all steps run in
+    one launch, the whole-sequence kernels' sync arguments (CNT, NPROG, GRID; empty: a
+    launch per step): a launch of whole sequences (``whole_sequence``) or a
+    grid-synchronized one (``grid_programs``). W_hh of shape (S, G*H, H) means S stacked
+    seeds, each of B0 = B/S rows (seed-major), on a grid axis of their own; every row of
+    a seed is in one program where a norm takes batch statistics, and every unit of a row
+    in one program where the whole sequence runs in one launch."""
     _inactive_input(nx, ux)
     w = w.contiguous()
     _check(*buffers, w)
@@ -873,23 +972,20 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
         n.check_fits(S, T, F, B)
         if backward:
             n.zero_grads()
-    seq = whole_sequence(T, tuple(n.mode for n, _ in norms))
-    if not seq and any(n.mode == _LAYER for n, _ in norms):
+    modes = tuple(n.mode for n, _ in norms)
+    seq = whole_sequence(T, modes)
+    if not seq and _LAYER in modes:
         raise ValueError("layer norm in the step kernels needs whole-sequence launches (see whole_sequence)")
-    warps, bk = 4, BK
+    bb, bj, bk, warps = _tiles(B0, H, modes, seq)
+    nprog = 0 if seq else grid_programs(T, B0, H, S, modes, w.device)
+    sync = {}
     if seq:
-        bb, bj = min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H))
-        warps, bk = WARPS_SEQ, BK_SEQ
-    elif any(n.mode == _BATCH for n, _ in norms):
-        bb, bj, bk = max(16, triton.next_power_of_2(B0)), BJ_WHOLE_BATCH, BK_WHOLE_BATCH
-        if bb > MAX_ROWS:
-            raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
-        warps = WARPS_WHOLE_BATCH if bb >= 128 else 4
-    else:
-        bb, bj, warps = min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, WARPS_FREE
+        sync = dict(CNT=w, NPROG=1, GRID=False)  # CNT: never read
+    elif nprog:
+        sync = dict(CNT=torch.zeros(1, dtype=torch.int32, device=w.device), NPROG=nprog, GRID=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
-    return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg, seq
+    return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg, sync
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:
@@ -912,7 +1008,7 @@ def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, 
     w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
     if seq:
         _rnn_fwd_seq[grid](hs, zs if zs is not None else hs, h0, w, T, *dims, *nh.args(), RELU=relu, **nh.flags(),
-                           **cfg)
+                           **seq, **cfg)
         return
     for t in range(T):
         hp, off = _prev(h0, hs, t)
@@ -928,7 +1024,7 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     if seq:
         _rnn_bwd_seq[grid](gh, hs, da, dz, zs if zs is not None else hs, w, T, *dims, *nh.args(), MODE=nh.mode,
-                           RELU=relu, **cfg)
+                           RELU=relu, **seq, **cfg)
         return
     for t in range(T - 1, -1, -1):
         _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, *dims, *nh.args(), MODE=nh.mode,
@@ -946,7 +1042,7 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     consts = dict(**nh.flags(), **nc.flags(cell=True), **cfg)
     if seq:
         _lstm_fwd_seq[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, h0, c0, w, T, *dims, *hh, *cn,
-                            **consts)
+                            **seq, **consts)
         return
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
@@ -969,7 +1065,7 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
     if seq:
         _lstm_bwd_seq[grid](gh, sig, tg, cs, tc, c0, da, dz, dn if dn is not None else da,
                             zs if zs is not None else sig, w, dc, dc_last if dc_last is not None else dc, T, *dims,
-                            *hh, *cn, MODE=nh.mode, CMODE=nc.mode, HAS_LAST=dc_last is not None, **cfg)
+                            *hh, *cn, MODE=nh.mode, CMODE=nc.mode, HAS_LAST=dc_last is not None, **seq, **cfg)
         return dc
     for t in range(T - 1, -1, -1):
         cp, coff = _prev(c0, cs, t)
@@ -988,7 +1084,8 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
     w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
     hh = nh.args()
     if seq:
-        _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **cfg)
+        _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **seq,
+                           **cfg)
         return
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
@@ -1006,7 +1103,7 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     if seq:
         _gru_bwd_seq[grid](gh, gates, hw, hs, h0, da, du, dz, zs if zs is not None else hw, w, T, *dims, *nh.args(),
-                           MODE=nh.mode, **cfg)
+                           MODE=nh.mode, **seq, **cfg)
         return
     for t in range(T - 1, -1, -1):
         hp, hoff = _prev(h0, hs, t)

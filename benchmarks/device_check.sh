@@ -5,7 +5,7 @@
 # per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
 # a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
 # STAGES (default: all) picks stages by name: tests bench ab sweep units rows sequence stacked
-# reference smoke; "warps", "profile" (Nsight Compute on the bn-lstm step kernels), "tuned"
+# grid reference smoke; "warps", "profile" (Nsight Compute on the bn-lstm step kernels), "tuned"
 # and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked
 # stages' models under the settings step_sweep.py --pick takes from this call's units, rows
 # and sequence sweeps (the whole-sequence launches left off where their GPU tests failed).
@@ -18,7 +18,7 @@
 # models), tuned 46 s, smoke 44 s; a call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
-STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked reference smoke}
+STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked grid reference smoke}
 mkdir -p "$OUTDIR"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -31,8 +31,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv |
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 
 if want tests; then
-  stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels left out)"
-  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused-" 2>&1 \
+  stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels and grid launches left out)"
+  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused- and not grid" 2>&1 \
     | tee "$OUTDIR/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | tail -15
 fi
 if want bench; then
@@ -76,6 +76,21 @@ if want stacked; then
   stage "speed: 8 seeds stacked per step (ratio per seed)"
   timeout 150 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
 fi
+if want grid; then
+  # Opt-in launches with a barrier of every program between steps (scan_triton.GRID_SYNC):
+  # their GPU tests first, under a timeout (a barrier that never opens hangs), and the
+  # speed of the cells they run only where every test passed.
+  stage "grid-synchronized launches (RNNBENCH_GPU_GRID_SYNC=1): GPU tests, then speed"
+  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k grid 2>&1 \
+    | tee "$OUTDIR/gpu_tests_grid.log" | grep -E "passed|failed|FAILED|Error|Timeout" | tail -12
+  if grep -qE "[0-9]+ passed" "$OUTDIR/gpu_tests_grid.log" && ! grep -qE "failed|error" "$OUTDIR/gpu_tests_grid.log"; then
+    RNNBENCH_GPU_GRID_SYNC=1 timeout 150 $BENCH --shapes seq-mnist,adding \
+      --models 'lstm,rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' --json "$OUTDIR/bench_grid.json" 2>&1 \
+      | tee "$OUTDIR/bench_grid.txt" | tail -2
+  else
+    echo "grid-synchronized launches: GPU tests did not all pass (or hung); not timed"
+  fi
+fi
 KEEP=()  # the whole-sequence launches' settings stay as they are where their GPU tests failed
 grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" \
   && KEEP=(--keep SEQUENCE ROWS_SEQ WARPS_SEQ BK_SEQ)
@@ -111,7 +126,8 @@ fi
 
 stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
+want grid && tail -1 "$OUTDIR/gpu_tests_grid.log"
 for f in sweep sweep_units sweep_rows sweep_sequence sweep_warps; do  # each setting's lines are in the files
   [[ -f "$OUTDIR/$f.txt" ]] && grep -E "^best|skipped" "$OUTDIR/$f.txt"
 done
-for f in bench_ab bench_stacked bench_tuned_stacked bench bench_tuned; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done
+for f in bench_ab bench_stacked bench_tuned_stacked bench_grid bench bench_tuned; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done

@@ -36,6 +36,7 @@ class Impl(NamedTuple):
     steps: bool = False  # scan: its CUDA step kernels (baselines/scan_triton.py), in Triton's interpreter
     seq: bool = False  # the step kernels' whole-sequence launches where they apply (scan_triton.SEQUENCE)
     split: bool = False  # the compiled loops' steps split over two threads (conftest.split_every_step)
+    grid: bool = False  # the step kernels' grid-synchronized launches (scan_triton.GRID_SYNC), of one program
 
 
 SCAN = (scan.scan_rnn, scan.scan_lstm, scan.scan_gru)
@@ -47,6 +48,7 @@ IMPLS = {"scan": Impl(*SCAN, torch.float64, 1e-12, 1e-10),
          # the step kernels run float32 only (else, and for layer norm, the Python loops run)
          "scan-triton": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True),
          "scan-triton-seq": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True, seq=True),
+         "scan-triton-grid": Impl(*SCAN, torch.float32, 1e-5, 1e-4, steps=True, grid=True),
          "fused": Impl(fused.fused_rnn, fused.fused_lstm, fused.fused_gru, torch.float32, 1e-5, 1e-4)}
 
 
@@ -58,10 +60,11 @@ def assert_ran(impl: Impl, *norms: str | None, batch_stats: bool = True) -> None
     if impl.rnn is not scan.scan_rnn:
         return  # the one-program kernels record their path elsewhere
     want = "scan-cpp" if impl.compiled else "scan"
+    steps = "scan-triton-grid" if impl.grid else "scan-triton"  # the tests' recurrences have T >= 2
     if impl.steps and batch_stats and "batch" in norms:
-        want = "scan" if "layer" in norms else "scan-triton"
+        want = "scan" if "layer" in norms else steps
     elif impl.steps:
-        want = "scan-triton-seq" if impl.seq or "layer" in norms else "scan-triton"
+        want = "scan-triton-seq" if impl.seq or "layer" in norms else steps
     assert scan.last_path() == want
 
 
@@ -84,9 +87,20 @@ def interpreter_tiles(monkeypatch) -> None:
         monkeypatch.setattr(scan_triton, name, value)
 
 
+def one_program_grid(monkeypatch) -> None:
+    """Grid-synchronized launches on, with tiles that put a test's recurrence (up to 32
+    rows and units a seed) in one program: Triton's interpreter runs a launch's programs
+    one after another, so a barrier of two would never open. Several programs are
+    tested compiled, on CUDA (tests/test_gpu.py)."""
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    for name in ("BJ", "BJ_WHOLE_BATCH"):
+        monkeypatch.setattr(scan_triton, name, 32)
+
+
 @pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", "scan-cpp-split",
                         pytest.param("scan-triton", marks=needs_kernels),
                         pytest.param("scan-triton-seq", marks=needs_kernels),
+                        pytest.param("scan-triton-grid", marks=needs_kernels),
                         pytest.param("fused", marks=needs_kernels)])
 def impl(request, monkeypatch) -> Impl:
     use_scan_loops(monkeypatch, IMPLS[request.param].compiled)
@@ -95,6 +109,8 @@ def impl(request, monkeypatch) -> Impl:
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", IMPLS[request.param].steps)
     monkeypatch.setattr(scan_triton, "SEQUENCE", IMPLS[request.param].seq)
     interpreter_tiles(monkeypatch)
+    if IMPLS[request.param].grid:
+        one_program_grid(monkeypatch)
     return IMPLS[request.param]
 
 
@@ -523,8 +539,9 @@ def test_step_kernels_compile_for_sm90():
 from baselines import scan_triton as st
 
 SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
-           "eps": "fp32", "ceps": "fp32"}
-SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ)
+           "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32"}
+SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, GRID=False)
+GRID = dict(GRID=True, BK=st.BK_WHOLE_BATCH)  # the step kernels' tiles, a barrier of all programs between steps
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 LN = dict(MODE=3, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=False)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
@@ -557,11 +574,19 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd_seq, dict(LN, CMODE=3, C_BETA=True, C_SHIFT=False, C_VAR=False, **SEQ)),
     (st._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=False, **SEQ)),
     (st._gru_fwd_seq, dict(LN, **SEQ)), (st._gru_bwd_seq, dict(MODE=3, **SEQ)),
+    # grid-synchronized launches: batch norm's whole batch (4 units a program), no norm (32 rows, 8 units)
+    (st._rnn_fwd_seq, dict(BN, RELU=False, BB=128, BJ=4, **GRID)),
+    (st._rnn_bwd_seq, dict(MODE=0, RELU=True, BB=32, **GRID)),
+    (st._lstm_fwd_seq, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128, BJ=4, **GRID)),
+    (st._lstm_bwd_seq, dict(MODE=1, CMODE=1, HAS_LAST=True, BB=128, BJ=4, **GRID)),
+    (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=32, **GRID)),
+    (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, BB=32, **GRID)),
+    (st._gru_fwd_seq, dict(BN, BB=128, BJ=4, **GRID)), (st._gru_bwd_seq, dict(MODE=0, BB=32, **GRID)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 32)
+""", 40)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------

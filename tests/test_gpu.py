@@ -81,16 +81,20 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
                                                                           "gru-loop", "bn-lstm", "bn-gru", "ln-rnn",
                                                                           "ln-lstm", "ln-gru")]
                          + [("scan-triton-seq", n, 128, 25, 128) for n in ("lstm-loop", "irnn-loop")]
+                         + [("scan-triton-grid", n, 100, 30, 100) for n in ("rnn-loop", "bn-rnn", "lstm-loop", "bn-lstm",
+                                                                           "gru-loop", "bn-gru")]
                          + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
-    """The scan path (its CUDA step kernels, their whole-sequence launches, and its Python
-    loops) and the compiled Triton kernels (not the interpreter) on CUDA. Layer norm runs
-    in whole-sequence launches always; batch statistics keep a launch per step in
-    training (and run whole sequences in evaluation, with population statistics)."""
+    """The scan path (its CUDA step kernels, their whole-sequence and grid-synchronized
+    launches, and its Python loops) and the compiled Triton kernels (not the interpreter)
+    on CUDA. Layer norm runs in whole-sequence launches always; batch statistics keep a
+    launch per step in training (and run whole sequences in evaluation, with population
+    statistics); grid-synchronized launches run both, 13 to 52 programs here."""
     from baselines import fused, scan_triton
 
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
     monkeypatch.setattr(scan_triton, "SEQUENCE", path == "scan-triton-seq")
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", path == "scan-triton-grid")
     eval_path = path
     if path == "scan-triton" and name.startswith("ln-"):
         path = eval_path = "scan-triton-seq"
@@ -200,14 +204,17 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, monkeypatch):
             torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True), (3, True)])
+@pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True), (3, True),
+                                      (0, "grid"), (1, "grid"), (2, "grid")])
 def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
-    """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches) with every
-    output buffer poisoned (NaN) beforehand: all of it is written, and a second run gives
-    the same bits (no race between programs, nor between a program's warps)."""
+    """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches, or "grid":
+    grid-synchronized ones, 25 to 52 programs) with every output buffer poisoned (NaN)
+    beforehand: all of it is written, and a second run gives the same bits (no race
+    between programs, nor between a program's warps)."""
     from baselines import scan_triton as st
 
-    monkeypatch.setattr(st, "SEQUENCE", seq)
+    monkeypatch.setattr(st, "SEQUENCE", seq is True)
+    monkeypatch.setattr(st, "GRID_SYNC", seq == "grid")
 
     torch.manual_seed(0)
     B, T, H = 100, 12, 100
@@ -241,3 +248,5 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
     first, second = run(), run()
     for a, b in zip(first, second, strict=True):
         assert torch.isfinite(a).all() and torch.equal(a, b)
+    if seq == "grid":  # it ran as one launch a direction, of many programs
+        assert st.grid_programs(T, B, H, 1, (norm, norm), torch.device(DEV)) >= 25
