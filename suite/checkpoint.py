@@ -21,6 +21,7 @@ saving leaves the last good checkpoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -217,6 +218,26 @@ def stack_checkpoint_path(directory: str | os.PathLike, run_ids: list[str]) -> P
     return Path(directory) / f"stack-{hashlib.sha256(','.join(run_ids).encode()).hexdigest()[:24]}.pt"
 
 
+def runs_path(path: Path) -> Path:
+    """The file beside a stack's checkpoint that lists its unit's run ids (JSON), so that
+    what is left of an ended unit can be found (``executors.drop_ended_stack_checkpoints``)."""
+    return path.with_name(path.name.removesuffix(".pt") + ".runs.json")
+
+
+def stack_checkpoints(directory: str | os.PathLike) -> list[tuple[Path, list[str]]]:
+    """(checkpoint path, its unit's run ids) of every stack checkpoint in ``directory``
+    that names its runs (an unreadable list is skipped)."""
+    found = []
+    for names in sorted(Path(directory).glob("stack-*.runs.json")):
+        try:
+            ids = json.loads(names.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(ids, list):
+            found.append((names.with_name(names.name.removesuffix(".runs.json") + ".pt"), [str(i) for i in ids]))
+    return found
+
+
 class StackCheckpointer(Checkpointer):
     """Saves and restores a seed stack (``runner.train_stacked``) at ``path``: the
     stack's model and optimizer, every random state with each seed's data generator,
@@ -228,9 +249,10 @@ class StackCheckpointer(Checkpointer):
     longer recorded (``runner.train_stacked``'s runs without a sink)."""
 
     def __init__(self, path: str | os.PathLike | None, identity: str = "", policy: CheckpointPolicy = OFF,
-                 members: list[int] | None = None) -> None:
+                 members: list[int] | None = None, run_ids: list[str] | None = None) -> None:
         super().__init__(path, identity, policy)
         self.members = list(members or [])
+        self.run_ids = list(run_ids or [])  # the unit's runs, named beside the checkpoint (``runs_path``)
         self._rows: dict[int, tuple[list, list]] = {}  # stack index -> the rows its seed was sent
         self._sinks: list[Sink | None] = []
 
@@ -262,6 +284,14 @@ class StackCheckpointer(Checkpointer):
         self._write({"model": model.state_dict(), "optimizer": opt.state_dict(),
                      "rng": _rng_state([g.get_state() for g in gens]), "loop": loop, "members": self.members,
                      "rows": self._rows}, state.step)
+        names = runs_path(self.path)
+        if self.run_ids and not names.exists():
+            names.write_text(json.dumps(self.run_ids))
+
+    def delete(self) -> None:
+        super().delete()
+        if self.path is not None:
+            runs_path(self.path).unlink(missing_ok=True)
 
     def resume_stack(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      gens: list[torch.Generator]) -> StackState | None:

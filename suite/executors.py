@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from suite.checkpoint import (CheckpointPolicy, Checkpointer, StackCheckpointer, checkpoint_path,
-                              stack_checkpoint_path)
+                              stack_checkpoint_path, stack_checkpoints)
 from suite.env import environment
 from suite.runner import NotStackable, RunResult, Sink, stackable, train_one, train_stacked
 from suite.spec import RunSpec
@@ -103,7 +103,7 @@ def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks:
             StackCheckpointer(path).delete()
     if len(members) < 2:
         raise NotStackable("fewer than two runs to stack")
-    ckpt = StackCheckpointer(path, identity, policy, members)
+    ckpt = StackCheckpointer(path, identity, policy, members, ids)
     index = {m: k for k, m in enumerate(mine)}  # unit index -> index in claimed
     specs = [unit[m] if device is None else dataclasses.replace(unit[m], device=device) for m in members]
     train_stacked(specs, [sinks[index[m]] if m in index else None for m in members],
@@ -111,12 +111,15 @@ def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks:
     ckpt.delete()
 
 
-def drop_ended_stack_checkpoint(unit: list[RunSpec], store: Store, directory: str) -> None:
-    """Delete the checkpoint of a unit whose runs have all ended done or diverged (a
-    kill after its stack recorded the last of them, before it deleted the checkpoint,
-    leaves one). A failed run's unit keeps it for ``--retry-failed``."""
-    if len(unit) > 1 and all(store.status_of(s.run_id) in ("done", "diverged") for s in unit):
-        StackCheckpointer(stack_checkpoint_path(directory, [s.run_id for s in unit])).delete()
+def drop_ended_stack_checkpoints(store: Store, directory: str) -> None:
+    """Delete the stack checkpoints whose runs have all ended done or diverged: a kill
+    after a stack recorded its last run (before it deleted its checkpoint) leaves one, and
+    so does a change of ``--stack-seeds`` or of the seeds that regroups the runs. Where a
+    run failed the checkpoint stays, for ``--retry-failed``. Each checkpoint names its
+    runs in a file beside it (``checkpoint.runs_path``)."""
+    for path, run_ids in stack_checkpoints(directory):
+        if run_ids and all(store.status_of(r) in ("done", "diverged") for r in run_ids):
+            StackCheckpointer(path).delete()
 
 
 def execute(spec: RunSpec, store: Store, options: RunOptions = RunOptions()) -> str | None:
@@ -194,7 +197,6 @@ def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOp
     ended: set[str] = set()
     directory = options.checkpoints_for(store.path)
     if not claimed:
-        drop_ended_stack_checkpoint(specs, store, directory)
         return statuses
 
     def record(i: int, res: RunResult) -> None:
@@ -292,6 +294,7 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
     report = progress or (lambda s, st, info: None)
     store = Store(store_path)
     store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
+    drop_ended_stack_checkpoints(store, options.checkpoints_for(store_path))
     units = stack_groups(specs, options.stack_seeds, can_stack)
 
     def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.env import environment
 from suite.errors import UserError
-from suite.executors import (Progress, RunOptions, can_stack, drop_ended_stack_checkpoint, failure_reason,
+from suite.executors import (Progress, RunOptions, can_stack, drop_ended_stack_checkpoints, failure_reason,
                              stack_groups, train_checkpointed, train_stack_checkpointed)
 from suite.runner import NotStackable, RunResult, Sink
 from suite.spec import RunSpec
@@ -228,6 +228,7 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
     owner = owner_id()
     store = Store(store_path)
     store.add_runs(specs)
+    drop_ended_stack_checkpoints(store, directory)
     todo = deque(stack_groups(specs, options.stack_seeds, can_stack))
     running: dict[Any, _Unit] = {}  # generator -> its runs
     results: dict[str, str | None] = {}
@@ -262,9 +263,7 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
                         claimed.append(spec)
                     else:
                         ended(spec, None)
-                if not claimed:
-                    drop_ended_stack_checkpoint(unit, store, directory)
-                else:
+                if claimed:
                     gen = task.remote([s.to_json() for s in unit], [s.run_id for s in claimed], directory,
                                       options.checkpoint, max(1, int(cpus)))
                     running[gen] = _Unit(claimed)

@@ -296,26 +296,35 @@ def test_a_stack_checkpoint_whose_stopped_run_must_run_again_is_not_resumed(tmp_
     assert not list((tmp_path / "ck").glob("*"))
 
 
-def test_the_checkpoint_of_a_unit_that_ended_is_deleted_unless_a_run_failed(tmp_path):
-    """A kill after a stack recorded its last run, before it deleted its checkpoint,
-    leaves the file: the next suite run deletes it where every run of the unit is done
-    or diverged, and keeps it where one failed (for --retry-failed)."""
-    from suite.checkpoint import stack_checkpoint_path
-    from suite.executors import RunOptions, execute_unit
+def test_stack_checkpoints_whose_runs_all_ended_are_deleted_unless_one_failed(tmp_path):
+    """A kill after a stack recorded its last run, before it deleted its checkpoint, or
+    a regrouping of the runs (another --stack-seeds) leaves a checkpoint: the next suite
+    run deletes every one whose runs are all done or diverged, and keeps it where one
+    failed (for --retry-failed) or one is still to run."""
+    from suite.checkpoint import runs_path, stack_checkpoint_path
+    from suite.executors import RunOptions, run_local
 
     group = specs("rnn-loop")
     options = RunOptions(checkpoint_dir=str(tmp_path / "ck"))
-    path = stack_checkpoint_path(options.checkpoints_for(tmp_path / "s.sqlite"), [s.run_id for s in group])
-    path.parent.mkdir(parents=True)
-    for status, kept in (("failed", True), ("diverged", False)):
-        store = Store(tmp_path / f"{status}.sqlite")
+    ids = [s.run_id for s in group]
+    (tmp_path / "ck").mkdir()
+    for case, (status, ended, kept) in {"failed": ("failed", 3, True), "diverged": ("diverged", 3, False),
+                                        "to run": ("done", 2, True), "regrouped": ("done", 3, False)}.items():
+        store_path = tmp_path / f"{case}.sqlite"
+        store = Store(store_path)
         store.add_runs(group)
+        unit = ids if case != "regrouped" else ids[:2]  # --stack-seeds 2 before: the unit of seeds 0 and 1
+        path = stack_checkpoint_path(options.checkpoints_for(store_path), unit)
         path.write_bytes(b"left by a killed stack")
-        for i, spec in enumerate(group):
+        runs_path(path).write_text(__import__("json").dumps(unit))
+        for i, spec in enumerate(group[:ended]):
             assert store.claim(spec.run_id)
             store.finish(spec.run_id, status if i == 1 else "done", {}, None)
-        assert execute_unit(group, store, options) == dict.fromkeys((s.run_id for s in group), None)
-        assert path.exists() == kept
+        store.close()
+        run_local(group[:ended], store_path, options=RunOptions(checkpoint_dir=options.checkpoint_dir, stack_seeds=3))
+        assert path.exists() == runs_path(path).exists() == kept, case
+        for leftover in (path, runs_path(path)):
+            leftover.unlink(missing_ok=True)
 
 
 def test_a_stack_checkpoint_changed_since_it_was_chosen_is_not_loaded(tmp_path, monkeypatch):
