@@ -809,20 +809,26 @@ if triton is not None:
     def _step_sync(CNT, k, NPROG, GRID: tl.constexpr):
         """Between two steps of a whole-sequence launch: a barrier of the program's warps,
         or with GRID the k-th barrier of every program of the launch (all NPROG have
-        arrived when the counter CNT, zero at launch, reaches k * NPROG). Each program's
-        stores of the step are released before it arrives and acquired by every program
-        that leaves; the step kernels read a step's values from a region of their own, so
-        no stale cache line can hold them. Every program must be resident at once
-        (``grid_programs``), else the launch waits forever."""
+        arrived when the counter CNT, zero at launch, reaches k * NPROG; none can have
+        arrived at the next one before, hence the assert, checked where Triton compiles
+        with TRITON_DEBUG=1). One thread of each program releases the program's stores of
+        the step as it arrives (PTX: red.release.gpu after bar.sync) and polls with
+        acquire loads, which also invalidate the multiprocessor's L1 (sm_90: CCTL.IVALL):
+        the next step reads what other programs wrote, some of it in lines this program
+        cached before (the RNN forward's u_t beside a neighbour's h_t), so the poll must
+        keep its acquire. Every program must be resident at once: the launch is
+        cooperative (``_start``), and ``grid_programs`` allows at most one program per
+        multiprocessor."""
         tl.debug_barrier()
         if GRID:
             tl.atomic_add(CNT, 1, sem="release", scope="gpu")
             n = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
             while n < k * NPROG:
                 n = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+            tl.device_assert(n < (k + 1) * NPROG, "grid barriers out of step")
             tl.debug_barrier()
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "NPROG"])
     def _rnn_fwd_seq(HS, ZS, H0, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      CNT, NPROG,
@@ -836,7 +842,7 @@ if triton is not None:
             _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "NPROG"])
     def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CNT, NPROG, MODE: tl.constexpr, RELU: tl.constexpr,
                      GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
@@ -847,7 +853,7 @@ if triton is not None:
             _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      MODE, RELU, True, BB, BJ, BK, PREC)
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "NPROG"])
     def _lstm_fwd_seq(SIG, TG, CS, TC, HS, ZS, H0, C0, W, T, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
@@ -865,7 +871,7 @@ if triton is not None:
                       DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT,
                       HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "NPROG"])
     def _lstm_bwd_seq(GH, SIG, TG, CS, TC, C0, DA, DZ, DN, ZS, W, DC, DCL, T, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
@@ -886,7 +892,7 @@ if triton is not None:
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE, CMODE, True, False, BB, BJ, BK, PREC)
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_fwd_seq(GATES, HW, HS, ZS, H0, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      CNT, NPROG,
@@ -899,7 +905,7 @@ if triton is not None:
             _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
                      DB, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      CNT, NPROG, MODE: tl.constexpr, GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
@@ -981,8 +987,9 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
     sync = {}
     if seq:
         sync = dict(CNT=w, NPROG=1, GRID=False)  # CNT: never read
-    elif nprog:
-        sync = dict(CNT=torch.zeros(1, dtype=torch.int32, device=w.device), NPROG=nprog, GRID=True)
+    elif nprog:  # a cooperative launch: the driver runs every program at once, or refuses
+        sync = dict(CNT=torch.zeros(1, dtype=torch.int32, device=w.device), NPROG=nprog, GRID=True,
+                    launch_cooperative_grid=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
     return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg, sync
