@@ -25,6 +25,19 @@ needs_kernels = pytest.mark.skipif(not KERNELS, reason="the kernel tests run in 
                                    "(TRITON_INTERPRET=1, where CUDA is absent, with Triton installed)")
 
 
+if KERNELS:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _strict_step_sync(CNT, k, NPROG, GRID: tl.constexpr):
+        """``scan_triton._step_sync`` for one program in the interpreter: counts the
+        barriers reached, and spoils the count where the k-th does not say k."""
+        if GRID:
+            seen = tl.atomic_add(CNT, 1)
+            tl.atomic_add(CNT, tl.where(seen + 1 == k * NPROG, 0, 1000000))
+
+
 class Impl(NamedTuple):
     rnn: Callable
     lstm: Callable
@@ -87,14 +100,32 @@ def interpreter_tiles(monkeypatch) -> None:
         monkeypatch.setattr(scan_triton, name, value)
 
 
-def one_program_grid(monkeypatch) -> None:
+def one_program_grid(monkeypatch, request) -> None:
     """Grid-synchronized launches on, with tiles that put a test's recurrence (up to 32
     rows and units a seed) in one program: Triton's interpreter runs a launch's programs
     one after another, so a barrier of two would never open. Several programs are
-    tested compiled, on CUDA (tests/test_gpu.py)."""
+    tested compiled, on CUDA (tests/test_gpu.py). The barrier is a strict one here: the
+    k-th barrier a program reaches must say k, else its counter is spoiled; after the
+    test every launch's counter must read T - 1 (every barrier reached, in order)."""
+    launches = []
+    start = scan_triton._start
+
+    def recording(T, *args, **kwargs):
+        out = start(T, *args, **kwargs)
+        if out[4].get("GRID"):
+            launches.append((T, out[4]["CNT"], out[4]["NPROG"]))
+        return out
+
+    def check() -> None:
+        for T, cnt, nprog in launches:
+            assert nprog == 1 and cnt.item() == T - 1, (T, nprog, cnt.item())
+
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    monkeypatch.setattr(scan_triton, "_step_sync", _strict_step_sync)
+    monkeypatch.setattr(scan_triton, "_start", recording)
     for name in ("BJ", "BJ_WHOLE_BATCH"):
         monkeypatch.setattr(scan_triton, name, 32)
+    request.addfinalizer(check)
 
 
 @pytest.fixture(params=["scan", "scan-cpp", "scan-cpp-f32", "scan-cpp-split",
@@ -110,7 +141,7 @@ def impl(request, monkeypatch) -> Impl:
     monkeypatch.setattr(scan_triton, "SEQUENCE", IMPLS[request.param].seq)
     interpreter_tiles(monkeypatch)
     if IMPLS[request.param].grid:
-        one_program_grid(monkeypatch)
+        one_program_grid(monkeypatch, request)
     return IMPLS[request.param]
 
 
