@@ -141,14 +141,13 @@ struct Norm {
   template <typename T>
   void forward(int64_t t, const T* x, T* out, int64_t B, int64_t F, bool accumulate, const Part& p) const {
     const int64_t B0 = B / seeds;
-    for (int64_t s = 0; s < seeds; ++s) {
-      const int64_t r0 = std::max(p.b0 - s * B0, int64_t(0)), r1 = std::min(p.b1 - s * B0, B0);
-      if (r0 >= r1) continue;
+    each_seed(p, B0, [&](int64_t s, int64_t r0, int64_t r1) {
+      const int64_t o = s * B0 * F;
       if (mode == LAYER)
-        layer_forward(t, s, x + s * B0 * F, out + s * B0 * F, r0, r1, F, accumulate);
+        layer_forward(t, s, x + o, out + o, r0, r1, F, accumulate);
       else
-        forward_rows(t, s, x + s * B0 * F, out + s * B0 * F, B0, F, r0, r1, accumulate);
-    }
+        forward_rows(t, s, x + o, out + o, B0, F, r0, r1, accumulate);
+    });
   }
 
   // dx = dL/dx_t from dy = dL/dN(x_t) on part p (as ``forward``); batch norm adds to
@@ -157,14 +156,22 @@ struct Norm {
   template <typename T>
   void backward(int64_t t, const T* dy, const T* x, T* dx, int64_t B, int64_t F, const Part& p) const {
     TORCH_CHECK(mode != LAYER || dx != dy, "layer norm's backward keeps dy for layer_grads: dx must not be dy");
-    const int64_t B0 = B / seeds, o = B0 * F;
+    const int64_t B0 = B / seeds;
+    each_seed(p, B0, [&](int64_t s, int64_t r0, int64_t r1) {
+      const int64_t o = s * B0 * F;
+      if (mode == LAYER)
+        layer_backward(t, s, dy + o, x + o, dx + o, r0, r1, F);
+      else
+        backward_rows(t, s, dy + o, x + o, dx + o, B0, F, r0, r1);
+    });
+  }
+
+  // fn(s, r0, r1) for each seed s with rows in part p: its rows [r0, r1) of its B0
+  template <typename Fn>
+  void each_seed(const Part& p, int64_t B0, const Fn& fn) const {
     for (int64_t s = 0; s < seeds; ++s) {
       const int64_t r0 = std::max(p.b0 - s * B0, int64_t(0)), r1 = std::min(p.b1 - s * B0, B0);
-      if (r0 >= r1) continue;
-      if (mode == LAYER)
-        layer_backward(t, s, dy + s * o, x + s * o, dx + s * o, r0, r1, F);
-      else
-        backward_rows(t, s, dy + s * o, x + s * o, dx + s * o, B0, F, r0, r1);
+      if (r0 < r1) fn(s, r0, r1);
     }
   }
 
@@ -390,8 +397,10 @@ void recurrent_product(const Norm& n, const at::Tensor& h, const at::Tensor& w_t
 
 // The gradient reaching h_{t-1} through the recurrent term: gh_{t-1} += d W, where d is
 // dL/d(h W^T) (dz_t, or da_t without a norm), after the step's parts computed it.
-void recurrent_grad(int64_t t, const at::Tensor& d, const at::Tensor& w, std::vector<at::Tensor>& gh) {
+void recurrent_grad(const Norm& n, int64_t t, const at::Tensor& da, const at::Tensor& dz, const at::Tensor& w,
+                    std::vector<at::Tensor>& gh) {
   if (t == 0) return;
+  const at::Tensor& d = n.mode == NONE ? da : dz;
   if (w.dim() == 3)
     by_seed(gh[t - 1], w.size(0)).baddbmm_(by_seed(d, w.size(0)), w);
   else
@@ -568,7 +577,7 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
           for (int64_t i = i0; i < i1; ++i) d[i] = g[i] * (1 - h[i] * h[i]);
         if (nh.mode != NONE) nh.backward<scalar_t>(t, d, ptr<scalar_t>(z_s[t]), ptr<scalar_t>(dz_s[t]), B, H, p);
       });
-      recurrent_grad(t, nh.mode == NONE ? da_s[t] : dz_s[t], w, gh_s);
+      recurrent_grad(nh, t, da_s[t], dz_s[t], w, gh_s);
     }
     nh.layer_grads<scalar_t>(da, zs);
     in.backward_all<scalar_t>(da);
@@ -698,7 +707,7 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
         }
         if (nh.mode != NONE) nh.backward<scalar_t>(t, d, ptr<scalar_t>(z_s[t]), ptr<scalar_t>(dz_s[t]), B, G, p);
       });
-      recurrent_grad(t, nh.mode == NONE ? da_s[t] : dz_s[t], w, gh_s);
+      recurrent_grad(nh, t, da_s[t], dz_s[t], w, gh_s);
     }
     nc.layer_grads<scalar_t>(dn, cs);
     nh.layer_grads<scalar_t>(da, zs);
@@ -793,7 +802,7 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
         }
         if (nh.mode != NONE) nh.backward<scalar_t>(t, d, ptr<scalar_t>(z_s[t]), ptr<scalar_t>(dz_s[t]), B, G, p);
       });
-      recurrent_grad(t, nh.mode == NONE ? da_s[t] : dz_s[t], w, gh_s);
+      recurrent_grad(nh, t, da_s[t], dz_s[t], w, gh_s);
     }
     nh.layer_grads<scalar_t>(da, zs);
     in.backward_all<scalar_t>(du);
