@@ -947,7 +947,7 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     resident at once: at most one per multiprocessor on CUDA, a single one in Triton's
     interpreter (which runs programs one after another); not where these launches failed
     to run here (``_grid_runs_here``)."""
-    if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes) or _grid_failed is not None:
+    if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes):
         return 0
     bb, bj, _, _ = _tiles(B0, H, modes, False)
     n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
@@ -1012,10 +1012,10 @@ def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, 
                 ux: Tensor | None) -> None:
     """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
-    if seq:
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
+    if sync:
         _rnn_fwd_seq[grid](hs, zs if zs is not None else hs, h0, w, T, *dims, *nh.args(), RELU=relu, **nh.flags(),
-                           **seq, **cfg)
+                           **sync, **cfg)
         return
     for t in range(T):
         hp, off = _prev(h0, hs, t)
@@ -1027,11 +1027,11 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
                  relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> None:
     """gh (T, B, H): ∂L/∂h_t, completed in place; da = gh act'(h_t); dz = N'(da) (da itself without a norm)."""
     T, B, H = gh.shape
-    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
-    if seq:
+    if sync:
         _rnn_bwd_seq[grid](gh, hs, da, dz, zs if zs is not None else hs, w, T, *dims, *nh.args(), MODE=nh.mode,
-                           RELU=relu, **seq, **cfg)
+                           RELU=relu, **sync, **cfg)
         return
     for t in range(T - 1, -1, -1):
         _rnn_bwd[grid](gh, hs, da, dz, zs if zs is not None else hs, w, t, *dims, *nh.args(), MODE=nh.mode,
@@ -1044,12 +1044,12 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     sigmoids and the g block keeps its pre-activation. tg = tanh(g), cs = c_t,
     tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
     hh, cn = nh.args(), nc.args()
     consts = dict(**nh.flags(), **nc.flags(cell=True), **cfg)
-    if seq:
+    if sync:
         _lstm_fwd_seq[grid](sig, tg, cs, tc, hs, zs if zs is not None else sig, h0, c0, w, T, *dims, *hh, *cn,
-                            **seq, **consts)
+                            **sync, **consts)
         return
     for t in range(T):
         hp, hoff = _prev(h0, hs, t)
@@ -1064,15 +1064,15 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
     """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
     completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
     T, B, H = gh.shape
-    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
                                      ((nh, 4 * H), (nc, H)), backward=True)
     hh, cn = nh.args(), nc.args()
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     dc = gh.new_empty(B, H)
-    if seq:
+    if sync:
         _lstm_bwd_seq[grid](gh, sig, tg, cs, tc, c0, da, dz, dn if dn is not None else da,
                             zs if zs is not None else sig, w, dc, dc_last if dc_last is not None else dc, T, *dims,
-                            *hh, *cn, MODE=nh.mode, CMODE=nc.mode, HAS_LAST=dc_last is not None, **seq, **cfg)
+                            *hh, *cn, MODE=nh.mode, CMODE=nc.mode, HAS_LAST=dc_last is not None, **sync, **cfg)
         return dc
     for t in range(T - 1, -1, -1):
         cp, coff = _prev(c0, cs, t)
@@ -1088,10 +1088,10 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
     """gates (T, B, 3H) holds u_t and becomes (r, z, n); hw holds (0, 0, b_hn) (+ folded
     shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
     hh = nh.args()
-    if seq:
-        _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **seq,
+    if sync:
+        _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **sync,
                            **cfg)
         return
     for t in range(T):
@@ -1105,12 +1105,12 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
     """The backward loop of ``gru_forward`` (csrc's ``gru_backward``): fills du, da, dz and
     completes gh (the carry z_t ∂L/∂h_t and ∂L/∂z_t W reach h_{t-1})."""
     T, B, H = gh.shape
-    w, grid, dims, cfg, seq = _start(T, B, H, w, nx, ux, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
                                      backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
-    if seq:
+    if sync:
         _gru_bwd_seq[grid](gh, gates, hw, hs, h0, da, du, dz, zs if zs is not None else hw, w, T, *dims, *nh.args(),
-                           MODE=nh.mode, **seq, **cfg)
+                           MODE=nh.mode, **sync, **cfg)
         return
     for t in range(T - 1, -1, -1):
         hp, hoff = _prev(h0, hs, t)
