@@ -9,6 +9,7 @@ compiled kernels against the reference loop.
 """
 
 import copy
+import re
 from typing import Callable, NamedTuple
 
 import pytest
@@ -773,6 +774,22 @@ def test_compiled_loops_that_cannot_be_built_leave_the_python_loops(monkeypatch)
     assert scan_cpp.build_error() is not None and scan_cpp.for_call(u) is None  # tried once
     h, _, _ = scan.scan_rnn(u, torch.zeros(2, 4), torch.eye(4))
     assert h.shape == (2, 3, 4) and scan.last_path() == "scan"
+
+
+@pytest.mark.parametrize("capability, suffix, isa", [("AVX512", "_avx512", ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw",
+                                                                            "-mavx512dq", "-mavx512vl"]),
+                                                   ("AVX2", "_avx2", ["-mavx2", "-mfma"]), ("DEFAULT", "", [])])
+def test_compiled_loops_use_pytorchs_vector_instructions(capability, suffix, isa, monkeypatch):
+    """The loops are built for the vector instructions PyTorch's own CPU kernels use
+    (ATEN_CPU_CAPABILITY can lower them), under a name that says which: a shared
+    extension cache never hands an AVX-512 build to a CPU without AVX-512."""
+    from baselines import scan_cpp
+
+    monkeypatch.setattr(scan_cpp.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    name, flags, _ = scan_cpp._flags(False)
+    assert name == "rnnbench_scan_loops_" + re.sub(r"\W", "_", torch.__version__) + suffix
+    assert [f for f in flags if f.startswith("-m")] == isa
 
 
 @pytest.mark.parametrize("failure", ["build", "second runtime"])
