@@ -95,7 +95,8 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
 
 # -- environment -------------------------------------------------------------------
 
-ENV_KEYS = ("host", "device_name", "python", "torch", "cuda", "cudnn", "numpy", "threads", "rnnbench")
+ENV_KEYS = ("host", "device_name", "python", "torch", "cuda", "cudnn", "numpy", "threads", "cpu_capability",
+            "rnnbench")
 
 
 def _utc(ts: float | None) -> str:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import baselines
-from suite.env import device_name
+from suite.env import cpu_capability, device_name
 from suite.fastpath import make_train_step
 from tasks.base import Batch
 
@@ -209,6 +209,7 @@ def _bench(models, shapes, device, fast_path, warmup, repeats, steps_per_repeat,
                 "path": f"{step.path}/{baselines.recurrence_path(step.model)}", "device": device,
                 "device_name": device_name(device), "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "cpu_capability": cpu_capability() if dev.type == "cpu" else None,
             }
             del step
             if name in models or name == "lstm":
@@ -230,6 +231,8 @@ def format_row(r: dict[str, Any]) -> str:
 def footer(r: dict[str, Any]) -> str:
     n = r.get("threads")
     threads = f", {n} CPU thread{'s' if n != 1 else ''}" if n else ""
+    if r.get("cpu_capability"):
+        threads += f" ({r['cpu_capability']})"
     return (f"device: {r['device_name']} ({r['device']}), torch {r['torch']}{threads}; x lstm = throughput per seed "
             "relative to lstm (cuDNN/nn.LSTM) on the same shape; seeds = seeds stacked in one step; "
             "path = training step/recurrence")

@@ -39,6 +39,13 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def cpu_capability() -> str:
+    """The vector instructions PyTorch's CPU kernels use (DEFAULT, AVX2, AVX512, ...; set
+    lower with ATEN_CPU_CAPABILITY), which the compiled CPU loops are built for too: CPU
+    timings of one machine compare only at the same capability."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def environment(device: str) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
@@ -50,6 +57,7 @@ def environment(device: str) -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "numpy": np.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_capability": cpu_capability(),
         "rnnbench": suite.__version__,
         "git_commit": git_commit(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -68,7 +68,10 @@ def test_bench_times_at_the_thread_count_asked_and_restores_it(monkeypatch):
     rows = bench_mod.bench(["rnn"], ["tiny"], "cpu", repeats=2, warmup=1, steps_per_repeat=1, threads=target)
     assert seen and set(seen) == {target}
     assert [r["threads"] for r in rows] == [target, target]
-    assert f"torch {torch.__version__}, {target} CPU thread" in bench_mod.format_table(rows)
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert [r["cpu_capability"] for r in rows] == [capability, capability]
+    assert f"torch {torch.__version__}, {target} CPU thread{'s' if target > 1 else ''} ({capability})" in \
+        bench_mod.format_table(rows)
     assert torch.get_num_threads() == before
     default = bench_mod.bench(["rnn"], ["tiny"], "cpu", repeats=1, warmup=1, steps_per_repeat=1)
     assert default[0]["threads"] == before

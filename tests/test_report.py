@@ -259,3 +259,14 @@ def test_band_is_a_bootstrap_interval_around_the_mean():
     assert np.all(glo > 0) and np.all(glo <= gmean) and np.all(gmean <= ghi)
     one = figures.band(m[:1])
     np.testing.assert_allclose(one[1], one[0])
+
+
+def test_environment_names_the_runs_cpu_capability(report):
+    """The environment table names the vector instructions the runs' CPU kernels used (the
+    compiled loops are built for them), so CPU timings are compared only like for like."""
+    import torch
+
+    env = _readme(report).rsplit("Environment", 1)[1]
+    header = next(line for line in env.splitlines() if line.startswith("|"))
+    assert "cpu_capability" in header
+    assert f"| {torch.backends.cpu.get_cpu_capability()} |" in env
