@@ -21,6 +21,7 @@ statistics use it to leave padded steps out of them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -88,7 +89,7 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
 
     def plus(bias: Tensor) -> tuple[Tensor, dict]:  # xw + b_hh, each seed's rows with its own bias
         if input_norm is not None:  # the loops add it with the input norm's shift
-            return xw, {"input_norm": scan.InputNorm(input_norm.gamma, input_norm.shift + bias, input_norm.eps)}
+            return xw, {"input_norm": dataclasses.replace(input_norm, shift=input_norm.shift + bias)}
         if not kernel:  # the scan path adds it while it copies xw
             return xw, {"bias": bias}
         if not S:
@@ -247,8 +248,9 @@ class LoopCore(nn.Module):
         where they run as one Triton kernel per step (CUDA; baselines/scan_triton.py),
         "scan-triton-seq" where those run every step in one launch (layer norm; the other
         cells with ``scan_triton.SEQUENCE``).
-        ``input_norm``: xw_all is the bare projection, normalized in the loops (see
-        ``loop_input_norm``, which has made sure that this path runs)."""
+        ``input_norm``: xw_all is the bare projection, normalized in the loops, or where
+        they compute the projection themselves its stand-in (see ``loop_input_norm``,
+        which has made sure that this path runs)."""
         if not self.fast_enabled(xw_all):
             return None
         args = self.fast_norm_args(layer, masked)

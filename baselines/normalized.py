@@ -132,7 +132,9 @@ class NormLoopCore(LoopCore):
         CPU. Same values as ``input_term``'s norm; its statistics return under "x". The
         loops normalize every step before the forward loop and take the gradient after
         the backward loop, on PyTorch's CPU threads, in place of ``F.batch_norm`` and the
-        copies to and from time-major order (benchmarks/RESULTS.md has the A/B)."""
+        copies to and from time-major order (benchmarks/RESULTS.md has the A/B). Where the
+        input has few features (``InputNorm.projects``) the loops also compute the input
+        projection itself, and W_ih's gradient."""
         n = self.norm_ih[layer] if self.norm_ih is not None else None
         if (n is None or n.kind != "batch" or n.stats != "per_step" or not n.uses_batch_stats() or mask is not None
                 or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.fast_enabled(seq)
@@ -140,8 +142,11 @@ class NormLoopCore(LoopCore):
             return None
         w_ih, _, b_ih, _ = self.weights(layer)
         shift = add_optional(n.bias, b_ih)
-        return project(seq, w_ih), InputNorm(n.weight, shift if shift is not None else n.weight.new_zeros(n.features),
-                                             n.eps)
+        xn = InputNorm(n.weight, shift if shift is not None else n.weight.new_zeros(n.features), n.eps)
+        if InputNorm.projects(seq):  # the loops compute seq W_ih^T themselves
+            xn.project = (seq, w_ih)
+            return xn.stand_in(), xn
+        return project(seq, w_ih), xn
 
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
         if self.norm_ih is None:

@@ -35,7 +35,9 @@ also batch-normalize the input term with per-step statistics (``InputNorm``), re
 where the input projection left it and writing it time-major for the forward loop (and
 its gradient back after the backward loop), on PyTorch's CPU threads: that saves a
 separate batch norm over the whole (B, T, G*H) term and the copies to and from
-time-major order, memory passes over a term larger than the cache.
+time-major order, memory passes over a term larger than the cache. For an input of a
+few features they also compute the projection x W_ih^T themselves, in the same passes
+(``InputNorm.project``), so that the term is never written whole.
 """
 
 from __future__ import annotations
@@ -304,6 +306,10 @@ def _no_stats(like: Tensor, T: int, S: int) -> tuple[Tensor, Tensor]:
     return z, z
 
 
+# The most input features for which the loops project the input themselves (``InputNorm.projects``).
+PROJECT_INPUTS = 4
+
+
 @dataclass
 class InputNorm:
     """Batch norm of the input term inside the compiled loops, with per-step batch
@@ -311,21 +317,40 @@ class InputNorm:
     u (B, T, G*H) as the input projection left it; ``shift`` holds β and the biases that
     follow the norm. The call sets ``stats`` to the pass's per-step batch mean and biased
     variance (T, G*H), for the running averages. Only the compiled loops take it
-    (``available``)."""
+    (``available``).
+
+    ``project`` = (x, W_ih): the loops compute u = x W_ih^T themselves, where they use it
+    (``projects`` says when: few input features, no gradient for x), and sum W_ih's
+    gradient; the recurrence then takes ``stand_in()`` for u. That saves writing the
+    (B, T, G*H) term and its gradient and reading both back (benchmarks/RESULTS.md)."""
 
     gamma: Tensor
     shift: Tensor
     eps: float = 1e-5
     stats: tuple[Tensor, Tensor] | None = None
+    project: tuple[Tensor, Tensor] | None = None
 
     @staticmethod
     def available(u: Tensor) -> bool:
         """Whether a recurrence on ``u`` (one model) can take an input norm."""
         return scan_cpp.for_call(u) is not None
 
-    def args(self) -> tuple[Tensor, Tensor, float]:
-        """What the autograd Functions below take: γ, shift, eps."""
-        return self.gamma, self.shift, self.eps
+    @staticmethod
+    def projects(x: Tensor) -> bool:
+        """Whether the loops should project the input ``x`` (B, T, I) themselves: at most
+        ``PROJECT_INPUTS`` features (the long-dependency tasks have 1 or 2), and x needs
+        no gradient (a first layer's data)."""
+        return x.shape[-1] <= PROJECT_INPUTS and not x.requires_grad
+
+    def stand_in(self) -> Tensor:
+        """What the recurrence takes as u where the loops project x (``project``): u's
+        shape, dtype and device, and no values (one stored zero)."""
+        x, w = self.project
+        return x.new_zeros(()).expand(x.shape[0], x.shape[1], w.shape[0])
+
+    def args(self) -> tuple:
+        """What the autograd Functions below take: γ, shift, eps, x and W_ih (or None)."""
+        return self.gamma, self.shift, self.eps, *(self.project or (None, None))
 
 
 _ran = threading.local()  # which loops the last call on this thread ran (``last_path``)
@@ -361,24 +386,35 @@ def _input_buffer(u: Tensor, bias: Tensor | None, S: int, nx: _Norm | None) -> T
     return u.new_empty(u.shape[1], u.shape[0], u.shape[2])
 
 
-def _input_forward(loops, nx: _Norm | None, u: Tensor, buf: Tensor) -> tuple:
-    """The compiled forward loop's input-norm arguments: (norm, u), or an inactive norm
+def _input_forward(loops, nx: _Norm | None, u: Tensor, buf: Tensor, px: Tensor | None, pw: Tensor | None) -> tuple:
+    """The compiled forward loop's input-norm arguments: (norm, u, None); (norm, x, W^T)
+    where the loops project x themselves (``InputNorm.project``); or an inactive norm
     where ``buf`` already holds the input term."""
-    return (nx.for_loops(loops, buf), u) if nx is not None else (_inactive(loops, buf), None)
+    if nx is None:
+        return _inactive(loops, buf), None, None
+    return nx.for_loops(loops, buf), *((u, None) if px is None else (px.contiguous(), pw.t().contiguous()))
 
 
-def _input_backward(loops, nx: _Norm | None, u: Tensor | None, like: Tensor) -> tuple:
-    """The compiled backward loop's input-norm arguments: (norm, u, ∂L/∂u to fill)."""
-    return (nx.compiled, u, torch.empty_like(u)) if nx is not None else (_inactive(loops, like), None, None)
+def _input_backward(loops, nx: _Norm | None, u: Tensor | None, like: Tensor, px: Tensor | None,
+                    pw: Tensor | None) -> tuple:
+    """The compiled backward loop's input-norm arguments: (norm, u, ∂L/∂u to fill, None,
+    None), or (norm, x, None, W^T, ∂L/∂W^T to fill) where the loops project x."""
+    if nx is None:
+        return _inactive(loops, like), None, None, None, None
+    if px is None:
+        return nx.compiled, u, torch.empty_like(u), None, None
+    wt = pw.t().contiguous()
+    return nx.compiled, px.contiguous(), None, wt, torch.empty_like(wt)
 
 
 def _input_grads(nx: _Norm | None, x_args: tuple, da: Tensor) -> tuple:
-    """∂L/∂u (batch-major), ∂L/∂γ_x and ∂L/∂shift from what the backward loop left:
-    with the input norm, the gradients it computed; without, ∂L/∂u is ``da`` (T, B, F)."""
+    """∂L/∂u (batch-major), ∂L/∂γ_x, ∂L/∂shift and ∂L/∂W_ih from what the backward loop
+    left: with the input norm, the gradients it computed (∂L/∂W_ih where the loops
+    projected x, and then no ∂L/∂u); without, ∂L/∂u is ``da`` (T, B, F)."""
     if nx is None:
-        return da.transpose(0, 1), None, None
+        return da.transpose(0, 1), None, None, None
     dgx, dsx = nx.param_grads(None, None)
-    return x_args[2], dgx, dsx
+    return x_args[2], dgx, dsx, (x_args[4].t() if x_args[4] is not None else None)
 
 
 def _inactive(loops, like: Tensor):
@@ -389,17 +425,17 @@ class ScanRNN(torch.autograd.Function):
     """h_t = act(u_t + N(h_{t-1} W^T)); see ``fused.fused_rnn``."""
 
     @staticmethod
-    def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str, gx, sx, x_eps: float, bias):
+    def forward(ctx, u, h0, w, gamma, spec: NormSpec, act: str, gx, sx, x_eps: float, px, pw, bias):
         B, T, H = u.shape
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, gamma, None, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "rnn", nx, nh)
-        u = u.contiguous() if nx is not None else u
+        u = u.contiguous() if nx is not None and px is None else u
         hs = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes h_t in place
         zs = u.new_empty(T, B, H) if nh.mode else None
         if loops is not None:
             loops.rnn_forward(hs, zs, h0.contiguous(), w, nh.for_loops(loops, hs), act == "relu",
-                              *_input_forward(loops, nx, u, hs))
+                              *_input_forward(loops, nx, u, hs, px, pw))
         else:
             h_s, z_s = _steps(hs, T), _steps(zs, T)
             w_t, h = w.transpose(-1, -2), h0
@@ -409,7 +445,7 @@ class ScanRNN(torch.autograd.Function):
         moments = nh.batch_moments(zs)
         # γ goes through save_for_backward too, so that changing it before the backward
         # pass raises (as autograd does for the loop) instead of giving wrong gradients.
-        ctx.save_for_backward(h0, w, hs, zs, gamma, u if nx is not None else None, gx)
+        ctx.save_for_backward(h0, w, hs, zs, gamma, u if nx is not None else None, gx, px, pw)
         ctx.nh, ctx.nx, ctx.act = nh, nx, act
         mean, var = moments if moments is not None else _no_stats(u, T, S)
         xstats = list(nx.batch_moments(None)) if nx is not None else []
@@ -419,7 +455,7 @@ class ScanRNN(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh_out, *_stats):
-        h0, w, hs, zs, _gamma, u, _gx = ctx.saved_tensors  # unpacking checks that none changed since
+        h0, w, hs, zs, _gamma, u, _gx, px, pw = ctx.saved_tensors  # unpacking checks that none changed since
         nh: _Norm = ctx.nh
         T = hs.shape[0]
         gh = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
@@ -427,7 +463,7 @@ class ScanRNN(torch.autograd.Function):
         x_args = ()
         if ctx.loops is not None:
             dz_all = torch.empty_like(da) if nh.mode else da
-            x_args = _input_backward(ctx.loops, ctx.nx, u, hs)
+            x_args = _input_backward(ctx.loops, ctx.nx, u, hs, px, pw)
             ctx.loops.rnn_backward(gh, hs, da, dz_all if nh.mode else None, zs, w, nh.compiled, ctx.act == "relu",
                                    *x_args)
         else:
@@ -440,9 +476,9 @@ class ScanRNN(torch.autograd.Function):
                     _mm_acc_(gh_s[t - 1], dz, w, nh.S)
             dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dgamma, _ = nh.param_grads(da, zs)
-        du, dgx, dsx = _input_grads(ctx.nx, x_args, da)
+        du, dgx, dsx, dpw = _input_grads(ctx.nx, x_args, da)
         return (du, _mm(dz_all[0], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None, dgx, dsx, None,
-                _bias_grad(ctx, da, nh.S))
+                None, dpw, _bias_grad(ctx, da, nh.S))
 
 
 class ScanLSTM(torch.autograd.Function):
@@ -450,19 +486,19 @@ class ScanLSTM(torch.autograd.Function):
     h_t = σ(o) tanh(N_c(c_t)); see ``fused.fused_lstm``."""
 
     @staticmethod
-    def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec, gx, sx, x_eps: float, bias):
+    def forward(ctx, u, h0, c0, w, g, gc, bc, spec: NormSpec, cspec: NormSpec, gx, sx, x_eps: float, px, pw, bias):
         B, T, GH = u.shape
         H = GH // 4
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "lstm", nx, nh, nc)
-        u = u.contiguous() if nx is not None else u
+        u = u.contiguous() if nx is not None and px is None else u
         sig = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes σ of the gates in place (g unused)
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
         zs = u.new_empty(T, B, GH) if nh.mode else None
         if loops is not None:
-            loops.lstm_forward(sig, tg, cs, tc, hs, zs, h0.contiguous(), c0.contiguous(), w,
-                               nh.for_loops(loops, sig), nc.for_loops(loops, cs), *_input_forward(loops, nx, u, sig))
+            loops.lstm_forward(sig, tg, cs, tc, hs, zs, h0.contiguous(), c0.contiguous(), w, nh.for_loops(loops, sig),
+                               nc.for_loops(loops, cs), *_input_forward(loops, nx, u, sig, px, pw))
         else:
             sig_s, z_s = _steps(sig, T), _steps(zs, T)
             si, sf, so, a_g = (_steps(sig[..., k * H:(k + 1) * H], T) for k in (0, 1, 3, 2))
@@ -477,7 +513,7 @@ class ScanLSTM(torch.autograd.Function):
                 h = torch.mul(so[t], tc_s[t], out=h_s[t])
         stats = {k: m for k, m in (("hh", nh.batch_moments(zs)), ("c", nc.batch_moments(cs)),
                                    ("x", nx.batch_moments(None) if nx is not None else None)) if m is not None}
-        ctx.save_for_backward(h0, c0, w, sig, tg, cs, tc, hs, zs, g, gc, bc, u if nx is not None else None, gx)
+        ctx.save_for_backward(h0, c0, w, sig, tg, cs, tc, hs, zs, g, gc, bc, u if nx is not None else None, gx, px, pw)
         ctx.norms = nh, nc, nx  # γ, β: see ScanRNN
         flat = [t for m in stats.values() for t in m]
         ctx.mark_non_differentiable(*flat)
@@ -486,7 +522,7 @@ class ScanLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh_out, dc_last, *_stats):
-        h0, c0, w, sig, tg, cs, tc, hs, zs, _g, _gc, _bc, u, _gx = ctx.saved_tensors
+        h0, c0, w, sig, tg, cs, tc, hs, zs, _g, _gc, _bc, u, _gx, px, pw = ctx.saved_tensors
         nh, nc, nx = ctx.norms
         T, B, H = hs.shape
         gh = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
@@ -496,7 +532,7 @@ class ScanLSTM(torch.autograd.Function):
         x_args = ()
         if ctx.loops is not None:  # the gate derivatives are computed in the loop
             dz_all = torch.empty_like(da) if nh.mode else da
-            x_args = _input_backward(ctx.loops, nx, u, da)
+            x_args = _input_backward(ctx.loops, nx, u, da, px, pw)
             dc = ctx.loops.lstm_backward(gh, sig, tg, cs, tc, c0.contiguous(), da, dz_all if nh.mode else None, dn,
                                          zs, w, None if dc_last is None else dc_last.contiguous(), nh.compiled,
                                          nc.compiled, *x_args)
@@ -504,9 +540,9 @@ class ScanLSTM(torch.autograd.Function):
             dz_all, dc = ScanLSTM._backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc)
         dg, _ = nh.param_grads(da, zs)
         dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
-        du, dgx, dsx = _input_grads(nx, x_args, da)
+        du, dgx, dsx, dpw = _input_grads(nx, x_args, da)
         return (du, _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
-                dbc, None, None, dgx, dsx, None, _bias_grad(ctx, da, nh.S))
+                dbc, None, None, dgx, dsx, None, None, dpw, _bias_grad(ctx, da, nh.S))
 
     @staticmethod
     def _backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc) -> tuple[Tensor, Tensor]:
@@ -547,13 +583,13 @@ class ScanGRU(torch.autograd.Function):
     a = N(h_{t-1} W^T); see ``fused.fused_gru``."""
 
     @staticmethod
-    def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec, gx, sx, x_eps: float, bias):
+    def forward(ctx, u, h0, w, b_hn, g, spec: NormSpec, gx, sx, x_eps: float, px, pw, bias):
         B, T, GH = u.shape
         H = GH // 3
         S = w.shape[0] if w.dim() == 3 else 0
         nh, nx = _Norm(spec, g, None, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "gru", nx, nh)
-        u = u.contiguous() if nx is not None else u
+        u = u.contiguous() if nx is not None and px is None else u
         gates = _input_buffer(u, bias, S, nx)  # each step's row becomes (r, z, n) in place
         zero = torch.zeros_like(b_hn)
         b3 = torch.cat([zero, zero, b_hn], -1)  # ([S,] 3H)
@@ -567,7 +603,7 @@ class ScanGRU(torch.autograd.Function):
         zs = u.new_empty(T, B, GH) if nh.mode else None
         if loops is not None:
             loops.gru_forward(gates, hw, hs, zs, h0.contiguous(), w, nh.for_loops(loops, hw),
-                              *_input_forward(loops, nx, u, gates))
+                              *_input_forward(loops, nx, u, gates, px, pw))
         else:
             hw_s, hw_rz, hw_n = _steps(hw, T), _steps(hw[..., :2 * H], T), _steps(hw[..., 2 * H:], T)
             rz_s, r_s = _steps(gates[..., :2 * H], T), _steps(gates[..., :H], T)
@@ -580,7 +616,7 @@ class ScanGRU(torch.autograd.Function):
                 n = n_s[t].addcmul_(r_s[t], hw_n[t]).tanh_()
                 h = torch.addcmul(n, zg_s[t], h - n, out=h_s[t])
         moments = nh.batch_moments(zs)
-        ctx.save_for_backward(h0, w, hw, gates, hs, zs, g, u if nx is not None else None, gx)  # γ: see ScanRNN
+        ctx.save_for_backward(h0, w, hw, gates, hs, zs, g, u if nx is not None else None, gx, px, pw)  # γ: see ScanRNN
         ctx.nh, ctx.nx = nh, nx
         flat = list(moments) if moments is not None else []
         flat += list(nx.batch_moments(None)) if nx is not None else []
@@ -590,7 +626,7 @@ class ScanGRU(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh_out, *_stats):
-        h0, w, hw, gates, hs, zs, _g, u, _gx = ctx.saved_tensors
+        h0, w, hw, gates, hs, zs, _g, u, _gx, px, pw = ctx.saved_tensors
         nh: _Norm = ctx.nh
         T, B, H = hs.shape
         gh_all = _grad_out(dh_out, hs.transpose(0, 1))  # becomes ∂L/∂h_t in place
@@ -600,7 +636,7 @@ class ScanGRU(torch.autograd.Function):
         if ctx.loops is not None:  # the gate derivatives are computed in the loop
             dz_all = torch.empty_like(da) if nh.mode else da
             du = torch.empty_like(da)
-            x_args = _input_backward(ctx.loops, ctx.nx, u, da)
+            x_args = _input_backward(ctx.loops, ctx.nx, u, da, px, pw)
             ctx.loops.gru_backward(gh_all, gates, hw, hs, h0.contiguous(), da, du, dz_all if nh.mode else None, zs, w,
                                    nh.compiled, *x_args)
         else:
@@ -628,9 +664,9 @@ class ScanGRU(torch.autograd.Function):
             du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dh0 = _mm_acc_(gh_all[0] * zg[0], dz_all[0], w, nh.S)
         dg, _ = nh.param_grads(da, zs)
-        du_in, dgx, dsx = _input_grads(ctx.nx, x_args, du)
+        du_in, dgx, dsx, dpw = _input_grads(ctx.nx, x_args, du)
         return (du_in, dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None, dgx, dsx,
-                None, _bias_grad(ctx, du, nh.S))
+                None, None, dpw, _bias_grad(ctx, du, nh.S))
 
 
 # -- the functions: arguments and results as baselines/fused.py ------------------------
@@ -691,7 +727,7 @@ def _input_shapes(xn: InputNorm | None) -> dict:
 
 
 def _input_call(xn: InputNorm | None) -> tuple:
-    return (None, None, 0.0) if xn is None else xn.args()
+    return (None, None, 0.0, None, None) if xn is None else xn.args()
 
 
 def _set_stats(xn: InputNorm | None, flat: list) -> None:

@@ -345,8 +345,8 @@ class Norm:
         return dict(zip(names, (self.mode, self.beta is not None, self.shift is not None, self.var is not None)))
 
 
-def _inactive_input(nx: Norm, ux: Tensor | None) -> None:
-    if ux is not None or nx.mode != _NONE:
+def _inactive_input(nx: Norm, ux: Tensor | None, wx: Tensor | None = None) -> None:
+    if ux is not None or wx is not None or nx.mode != _NONE:
         raise ValueError("the step kernels take no input norm (it runs in the compiled CPU loops only)")
 
 
@@ -955,7 +955,7 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     return n if n <= most and _grid_runs_here(device) else 0
 
 
-def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffers: tuple,
+def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: Tensor | None, buffers: tuple,
            norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict, dict]:
     """What every loop does first: refuse an input norm, check the buffers (and W_hh, made
     contiguous as csrc's takes any layout) and each (norm, its features) against the
@@ -967,7 +967,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, buffe
     seeds, each of B0 = B/S rows (seed-major), on a grid axis of their own; every row of
     a seed is in one program where a norm takes batch statistics, and every unit of a row
     in one program where the whole sequence runs in one launch."""
-    _inactive_input(nx, ux)
+    _inactive_input(nx, ux, wx)
     w = w.contiguous()
     _check(*buffers, w)
     S = w.shape[0] if w.dim() == 3 else 1
@@ -1009,10 +1009,10 @@ def _check(*ts: Tensor | None) -> None:
 
 
 def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, relu: bool, nx: Norm,
-                ux: Tensor | None) -> None:
+                ux: Tensor | None, wx: Tensor | None = None) -> None:
     """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (hs, zs, h0), ((nh, H),))
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (hs, zs, h0), ((nh, H),))
     if sync:
         _rnn_fwd_seq[grid](hs, zs if zs is not None else hs, h0, w, T, *dims, *nh.args(), RELU=relu, **nh.flags(),
                            **sync, **cfg)
@@ -1024,10 +1024,11 @@ def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, 
 
 
 def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tensor | None, w: Tensor, nh: Norm,
-                 relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> None:
+                 relu: bool, nx: Norm, ux: Tensor | None, dux: Tensor | None,
+                 wx: Tensor | None = None, dwx: Tensor | None = None) -> None:
     """gh (T, B, H): ∂L/∂h_t, completed in place; da = gh act'(h_t); dz = N'(da) (da itself without a norm)."""
     T, B, H = gh.shape
-    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     if sync:
         _rnn_bwd_seq[grid](gh, hs, da, dz, zs if zs is not None else hs, w, T, *dims, *nh.args(), MODE=nh.mode,
@@ -1039,12 +1040,13 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
 
 
 def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs: Tensor | None, h0: Tensor,
-                 c0: Tensor, w: Tensor, nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None) -> None:
+                 c0: Tensor, w: Tensor, nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None,
+                 wx: Tensor | None = None) -> None:
     """sig (T, B, 4H) holds u_t (+ folded shift); its i, f, o blocks become the gates'
     sigmoids and the g block keeps its pre-activation. tg = tanh(g), cs = c_t,
     tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
     hh, cn = nh.args(), nc.args()
     consts = dict(**nh.flags(), **nc.flags(cell=True), **cfg)
     if sync:
@@ -1060,11 +1062,12 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
 
 def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c0: Tensor, da: Tensor,
                   dz: Tensor | None, dn: Tensor | None, zs: Tensor | None, w: Tensor, dc_last: Tensor | None,
-                  nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None, dux: Tensor | None) -> Tensor:
+                  nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None, dux: Tensor | None,
+                 wx: Tensor | None = None, dwx: Tensor | None = None) -> Tensor:
     """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
     completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
     T, B, H = gh.shape
-    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, dc_last),
                                      ((nh, 4 * H), (nc, H)), backward=True)
     hh, cn = nh.args(), nc.args()
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
@@ -1084,11 +1087,11 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
 
 
 def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm,
-                nx: Norm, ux: Tensor | None) -> None:
+                nx: Norm, ux: Tensor | None, wx: Tensor | None = None) -> None:
     """gates (T, B, 3H) holds u_t and becomes (r, z, n); hw holds (0, 0, b_hn) (+ folded
     shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
     T, B, H = hs.shape
-    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
     hh = nh.args()
     if sync:
         _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **sync,
@@ -1101,11 +1104,11 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
 
 def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, da: Tensor, du: Tensor,
                  dz: Tensor | None, zs: Tensor | None, w: Tensor, nh: Norm, nx: Norm, ux: Tensor | None,
-                 dux: Tensor | None) -> None:
+                 dux: Tensor | None, wx: Tensor | None = None, dwx: Tensor | None = None) -> None:
     """The backward loop of ``gru_forward`` (csrc's ``gru_backward``): fills du, da, dz and
     completes gh (the carry z_t ∂L/∂h_t and ∂L/∂z_t W reach h_{t-1})."""
     T, B, H = gh.shape
-    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
+    w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
                                      backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     if sync:

@@ -159,6 +159,41 @@ def test_input_norm_runs_in_the_compiled_loops_and_equals_the_reference(name, mo
 
 
 @pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])
+@pytest.mark.parametrize("inputs", [1, 4, 5])
+def test_the_loops_project_few_input_features_themselves(name, inputs, monkeypatch):
+    """Where a layer's input has at most ``scan.PROJECT_INPUTS`` features and needs no
+    gradient (the first layer's data), the compiled loops compute x W_ih^T themselves:
+    the projection runs only for wider inputs and for the second layer (whose input
+    needs a gradient). Either way the outputs and every gradient, W_ih's included, are
+    the reference loop's, over two training passes."""
+    from baselines import normalized, scan
+
+    assert scan.PROJECT_INPUTS == 4
+    use_scan_loops(monkeypatch, True)
+    torch.manual_seed(0)
+    ref = baselines.create(name, input_size=inputs, output_size=2, hidden_size=8, num_layers=2).double()
+    fast = copy.deepcopy(ref)
+    baselines.set_fast_path(ref, False)
+    projected: list[int] = []
+    real = normalized.project
+    x = torch.randn(6, 9, inputs, dtype=torch.float64)
+    for step in range(2):
+        ya = ref(x + step)
+        monkeypatch.setattr(normalized, "project", lambda s, w: projected.append(s.shape[-1]) or real(s, w))
+        yb = fast(x + step)
+        monkeypatch.setattr(normalized, "project", real)
+        assert paths(fast) == {"scan-cpp"}
+        torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+        ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
+        gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
+        for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=n)
+    assert projected == ([8] if inputs <= 4 else [inputs, 8]) * 2
+    for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])
 def test_input_norm_in_the_loops_gives_the_same_on_several_threads(name, monkeypatch):
     """With two PyTorch threads the compiled loops still normalize the input term (no
     ``SeqNorm.seq``), its passes splitting the features (40 units: 40 to 160 of them)

@@ -917,11 +917,13 @@ def test_bias_argument_equals_adding_it_to_u(cell, S, scan_loops):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("norm", [None, "batch", "layer"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype, monkeypatch):
+@pytest.mark.parametrize("projected", [False, True], ids=["u", "x W^T"])
+def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype, projected, monkeypatch):
     """scan_*(u, input_norm=InputNorm(γ, shift)) is scan_* of the per-step batch norm of u
     (``F.batch_norm`` over the whole sequence, as ``SeqNorm.seq`` does it): outputs, the
     gradients of u, γ, shift and W_hh, and the per-step statistics it returns; with any
-    recurrent norm, the LSTM's cell norm too."""
+    recurrent norm, the LSTM's cell norm too. Projected: the loops compute u = x W_ih^T
+    themselves (``InputNorm.project``, three input features) and W_ih's gradient."""
     use_scan_loops(monkeypatch, True)
     torch.manual_seed(7)
     B, T, H = 6, 5, 4
@@ -932,6 +934,9 @@ def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype
     sx = torch.randn(G, **d, requires_grad=True)
     w = (torch.randn(G, H, **d) / 2).requires_grad_()
     h0 = torch.randn(B, H, **d) / 2
+    x, w_ih = torch.randn(B, T, 3, **d) * 2 + 1, torch.randn(G, 3, **d).requires_grad_()
+    if projected:
+        u = x @ w_ih.t()
     args = dict(norm=norm) if cell == "rnn" else dict(norm=norm, **({"cell_norm": norm} if cell == "lstm" else {}))
 
     def run(x, **kw):
@@ -943,12 +948,14 @@ def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype
 
     before = F.batch_norm(u.reshape(B, T * G), None, None, gx.repeat(T), sx.repeat(T), True, 0.0, 1e-5)
     want = run(before.view(B, T, G))
-    xn = scan.InputNorm(gx, sx, 1e-5)
-    got = run(u, input_norm=xn)
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    xn = scan.InputNorm(gx, sx, 1e-5, project=(x, w_ih) if projected else None)
+    got = run(xn.stand_in() if projected else u, input_norm=xn)
+    # float32: γ's and the shift's gradients sum 30 products in another order than the
+    # reference's (1e-5 relative apart); float64 checks the arithmetic
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got, want, **tol)
     g = torch.randn_like(want)
-    params = [u, gx, sx, w]
+    params = [w_ih if projected else u, gx, sx, w]
     for a, b in zip(torch.autograd.grad((got * g).sum(), params), torch.autograd.grad((want * g).sum(), params)):
         torch.testing.assert_close(a, b, **tol)
     var, mean = torch.var_mean(u.detach(), 0, correction=0)
@@ -957,16 +964,18 @@ def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_input_norm_passes_give_the_same_bits_on_two_threads(cell, monkeypatch):
+@pytest.mark.parametrize("projected", [False, True], ids=["u", "x W^T"])
+def test_input_norm_passes_give_the_same_bits_on_two_threads(cell, projected, monkeypatch):
     """The compiled loops' input-norm passes split the features over PyTorch's threads
     (40 to 160 features here, more than one chunk): with W_hh = 0, so that no matrix
     product whose sums may follow the thread count takes part, the outputs, the
-    gradients of u, γ and the shift, and the statistics are the same bits at one thread
-    as at two."""
+    gradients of u (or, where the loops project x, of W_ih), γ and the shift, and the
+    statistics are the same bits at one thread as at two."""
     use_scan_loops(monkeypatch, True)
     torch.manual_seed(11)
     B, T, H = 6, 5, 40
     G = {"rnn": 1, "gru": 3, "lstm": 4}[cell] * H
+    x, w_ih = torch.randn(B, T, 2), torch.randn(G, 2, requires_grad=True)
     u = (torch.randn(B, T, G) * 2 + 1).requires_grad_()
     gx, sx = (torch.rand(G) + 0.5).requires_grad_(), torch.randn(G, requires_grad=True)
     w, h0 = torch.zeros(G, H), torch.randn(B, H) / 2
@@ -975,14 +984,16 @@ def test_input_norm_passes_give_the_same_bits_on_two_threads(cell, monkeypatch):
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            xn = scan.InputNorm(gx, sx, 1e-5)
+            xn = scan.InputNorm(gx, sx, 1e-5, project=(x, w_ih) if projected else None)
+            term = xn.stand_in() if projected else u
             if cell == "rnn":
-                h = scan.scan_rnn(u, h0, w, input_norm=xn)[0]
+                h = scan.scan_rnn(term, h0, w, input_norm=xn)[0]
             elif cell == "lstm":
-                h = scan.scan_lstm(u, h0, h0, w, input_norm=xn)[0]
+                h = scan.scan_lstm(term, h0, h0, w, input_norm=xn)[0]
             else:
-                h = scan.scan_gru(u, h0, w, torch.ones(H) / 4, input_norm=xn)[0]
-            return [h, *torch.autograd.grad((h * torch.linspace(-1, 1, H)).sum(), [u, gx, sx]), *xn.stats]
+                h = scan.scan_gru(term, h0, w, torch.ones(H) / 4, input_norm=xn)[0]
+            grads = torch.autograd.grad((h * torch.linspace(-1, 1, H)).sum(), [w_ih if projected else u, gx, sx])
+            return [h, *grads, *xn.stats]
         finally:
             torch.set_num_threads(before)
 
@@ -1083,7 +1094,8 @@ def test_input_norm_needs_the_compiled_loops_and_one_model(monkeypatch):
 
 
 def test_compiled_loops_reject_an_input_term_that_does_not_fit(monkeypatch):
-    """The C++ loops check u against their buffers (Python callers go through check_args)."""
+    """The C++ loops check u against their buffers (Python callers go through check_args),
+    and the input x and W^T they project themselves against u's features."""
     use_scan_loops(monkeypatch, True)
     from baselines import scan_cpp
 
@@ -1093,10 +1105,15 @@ def test_compiled_loops_reject_an_input_term_that_does_not_fit(monkeypatch):
     none = loops.Norm(0, torch.ones(1), None, None, None, None, None, None, 0.0)
     stats = [torch.zeros(T, H) for _ in range(3)]
     nx = loops.Norm(1, torch.ones(H), torch.zeros(H), None, None, *stats, 1e-5)
-    loops.rnn_forward(hs, None, h0, w, none, False, nx, torch.randn(B, T, H))  # fits
+    loops.rnn_forward(hs, None, h0, w, none, False, nx, torch.randn(B, T, H), None)  # fits
     for u in (torch.randn(B, T + 1, H), torch.randn(B + 1, T, H), torch.randn(B, T, H).double()):
         with pytest.raises(RuntimeError, match="must fit"):
-            loops.rnn_forward(hs, None, h0, w, none, False, nx, u)
+            loops.rnn_forward(hs, None, h0, w, none, False, nx, u, None)
+    x = torch.randn(B, T, 3)
+    loops.rnn_forward(hs, None, h0, w, none, False, nx, x, torch.randn(3, H))  # fits
+    for wt in (torch.randn(2, H), torch.randn(3, H + 1), torch.randn(3, H).double()):
+        with pytest.raises(RuntimeError, match="must fit|projection"):
+            loops.rnn_forward(hs, None, h0, w, none, False, nx, x, wt)
 
 
 @needs_kernels

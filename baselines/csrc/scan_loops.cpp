@@ -464,26 +464,68 @@ void each_part(int64_t B, int64_t H, std::initializer_list<const Norm*> norms, c
 // features' statistics and dgamma/dbeta sums (which add over steps in the order of the
 // backward loop, T-1 down to 0), so the result does not depend on the thread count.
 // Inactive (the loops' buffer already holds the input term) without u.
+//
+// With ``w`` (W^T, (I, F)), u is the projection's input x (B, T, I) instead and the
+// term is x W^T, computed here block by block (a step's rows, a thread's features) where
+// it is used, in both passes: for the few input features of the long-dependency tasks
+// (I = 1 or 2) that costs less than writing the (B, T, F) term and reading it back, and
+// than the projection's backward reading dL/du: the backward pass sums dL/dW^T into
+// ``dw`` (I, F) itself (over steps T-1 down to 0 and rows in order, each feature on the
+// thread that owns it) and writes no dL/du. x takes no gradient here (scan.py leaves a
+// projection that needs one to PyTorch).
 struct InputNorm {
   const Norm& n;
-  at::Tensor u, du;
-  int64_t T = 0, F = 0;
+  at::Tensor u, du, w, dw;
+  int64_t T = 0, F = 0, I = 0;
 
   // like: the loop's (T, B, F) buffer of the input term (or of its gradient)
   InputNorm(const Norm& n, const at::Tensor& like, const c10::optional<at::Tensor>& u_,
-            const c10::optional<at::Tensor>& du_ = c10::nullopt)
-      : n(n), u(u_.value_or(at::Tensor())), du(du_.value_or(at::Tensor())) {
+            const c10::optional<at::Tensor>& du_ = c10::nullopt, const c10::optional<at::Tensor>& w_ = c10::nullopt,
+            const c10::optional<at::Tensor>& dw_ = c10::nullopt)
+      : n(n), u(u_.value_or(at::Tensor())), du(du_.value_or(at::Tensor())), w(w_.value_or(at::Tensor())),
+        dw(dw_.value_or(at::Tensor())) {
     if (!u.defined()) return;
     TORCH_CHECK(n.mode == BATCH && n.seeds == 1 && n.beta.defined() && n.var.defined(),
                 "the loops' input norm is batch norm of one model, with a shift and variance buffers");
-    check({u, du});
+    check({u, du, w, dw});
     T = u.size(1);
-    F = u.size(2);
-    const auto fits = [&](const at::Tensor& t) { return t.sizes() == u.sizes() && t.scalar_type() == u.scalar_type(); };
+    const bool projected = w.defined();
+    F = projected ? w.size(1) : u.size(2);
+    I = projected ? w.size(0) : 0;
+    const auto fits = [&](const at::Tensor& t, const at::Tensor& like) {
+      return t.sizes() == like.sizes() && t.scalar_type() == like.scalar_type();
+    };
     TORCH_CHECK(u.dim() == 3 && like.size(0) == T && like.size(1) == u.size(0) && like.size(2) == F &&
-                    u.scalar_type() == like.scalar_type() && (!du.defined() || fits(du)) &&
+                    u.scalar_type() == like.scalar_type() && (!du.defined() || fits(du, u)) &&
                     n.gamma.numel() == F && n.beta.numel() == F && n.mean.size(0) >= T && n.mean.size(1) == F,
                 "the loops' input norm: u (B, T, F), du and the norm's tables must fit the (T, B, F) loop");
+    TORCH_CHECK(!projected || (w.dim() == 2 && u.size(2) == I && w.scalar_type() == u.scalar_type() && !du.defined() &&
+                               (!dw.defined() || fits(dw, w))),
+                "the loops' input projection: x (B, T, I), W^T (I, F) and dW^T like W^T, no dL/dx");
+  }
+
+  // Where step t's input term for features [f0, f1) lies: its rows ``stride`` apart, in u,
+  // or (with ``w``) computed into ``block`` (B rows of f1 - f0) from x.
+  template <typename S>
+  const S* term(int64_t t, int64_t f0, int64_t f1, std::vector<S>& block, int64_t& stride) const {
+    if (!w.defined()) {
+      stride = T * F;
+      return ptr<S>(u) + t * F + f0;
+    }
+    const int64_t B = u.size(0), nf = f1 - f0;
+    const S *x = ptr<S>(u), *wt = ptr<S>(w);
+    block.resize(B * nf);
+    for (int64_t b = 0; b < B; ++b) {
+      const S* xb = x + (b * T + t) * I;
+      S* ub = block.data() + b * nf;
+      SIMD
+      for (int64_t f = 0; f < nf; ++f) ub[f] = xb[0] * wt[f0 + f];
+      for (int64_t k = 1; k < I; ++k)
+        SIMD
+        for (int64_t f = 0; f < nf; ++f) ub[f] += xb[k] * wt[k * F + f0 + f];
+    }
+    stride = nf;
+    return block.data();
   }
 
   // out (T, B, F) = N(u_t) for every step
@@ -491,26 +533,44 @@ struct InputNorm {
   void forward_all(const at::Tensor& out) const {
     if (!u.defined()) return;
     const int64_t B = u.size(0);
-    const S *up = ptr<S>(u), *g = ptr<S>(n.gamma), *be = ptr<S>(n.beta);
+    const S *g = ptr<S>(n.gamma), *be = ptr<S>(n.beta);
     S* op = ptr<S>(out);
     at::parallel_for(0, F, kFeatureGrain, [&](int64_t f0, int64_t f1) {
-      for (int64_t t = 0; t < T; ++t)
-        n.batch_forward(t * F + f0, g + f0, be + f0, up + t * F + f0, T * F, op + t * B * F + f0, F, B, f1 - f0,
-                        false);
+      std::vector<S> block;
+      for (int64_t t = 0; t < T; ++t) {
+        int64_t xs;
+        const S* x = term<S>(t, f0, f1, block, xs);
+        n.batch_forward(t * F + f0, g + f0, be + f0, x, xs, op + t * B * F + f0, F, B, f1 - f0, false);
+      }
     });
   }
 
-  // du = dL/du from dy (T, B, F) = dL/dN(u_t) for every step; dgamma/dbeta accumulate
+  // du = dL/du (or, with ``w``, dw = dL/dW^T) from dy (T, B, F) = dL/dN(u_t) for every
+  // step; dgamma/dbeta accumulate
   template <typename S>
   void backward_all(const at::Tensor& dy) const {
     if (!u.defined()) return;
     const int64_t B = u.size(0);
-    const S *up = ptr<S>(u), *g = ptr<S>(n.gamma), *dyp = ptr<S>(dy);
-    S *dup = ptr<S>(du), *dg = ptr<S>(n.dgamma), *dbe = ptr<S>(n.dbeta);
+    const S *g = ptr<S>(n.gamma), *dyp = ptr<S>(dy), *x = w.defined() ? ptr<S>(u) : nullptr;
+    S *dg = ptr<S>(n.dgamma), *dbe = ptr<S>(n.dbeta), *dwt = dw.defined() ? ptr<S>(dw) : nullptr;
+    if (dwt) std::fill(dwt, dwt + I * F, S(0));
     at::parallel_for(0, F, kFeatureGrain, [&](int64_t f0, int64_t f1) {
-      for (int64_t t = T - 1; t >= 0; --t)
-        n.batch_backward(t * F + f0, g + f0, dg + f0, dbe + f0, dyp + t * B * F + f0, F, up + t * F + f0, T * F,
-                         dup + t * F + f0, B, f1 - f0);
+      const int64_t nf = f1 - f0;
+      std::vector<S> block, dblock(w.defined() ? B * nf : 0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        int64_t xs;
+        const S* xt = term<S>(t, f0, f1, block, xs);
+        S* dx = w.defined() ? dblock.data() : ptr<S>(du) + t * F + f0;
+        n.batch_backward(t * F + f0, g + f0, dg + f0, dbe + f0, dyp + t * B * F + f0, F, xt, xs, dx, B, nf);
+        if (!dwt) continue;
+        for (int64_t b = 0; b < B; ++b) {
+          const S* xb = x + (b * T + t) * I;
+          const S* db = dx + b * nf;
+          for (int64_t k = 0; k < I; ++k)
+            SIMD
+            for (int64_t f = 0; f < nf; ++f) dwt[k * F + f0 + f] += db[f] * xb[k];
+        }
+      }
     });
   }
 };
@@ -522,14 +582,14 @@ std::vector<at::Tensor> steps(const at::Tensor& t, int64_t T) {
 // -- RNN: h_t = act(u_t + N(h_{t-1} W^T)) ------------------------------------------------
 
 void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at::Tensor w, const Norm& nh,
-                 bool relu, const Norm& nx, c10::optional<at::Tensor> ux) {
+                 bool relu, const Norm& nx, c10::optional<at::Tensor> ux, c10::optional<at::Tensor> wx) {
   // hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs (T, B, H) gets h W^T.
   at::Tensor zs = zs_.value_or(at::Tensor());
   check({hs, zs, h0});
   const int64_t T = hs.size(0), B = hs.size(1), H = hs.size(2);
   auto h_s = steps(hs, T), z_s = steps(zs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
-  const InputNorm in(nx, hs, ux);
+  const InputNorm in(nx, hs, ux, c10::nullopt, wx);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
     in.forward_all<scalar_t>(hs);
     for (int64_t t = 0; t < T; ++t) {
@@ -553,13 +613,14 @@ void rnn_forward(at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0, at
 
 void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at::Tensor> dz_,
                   c10::optional<at::Tensor> zs_, at::Tensor w, const Norm& nh, bool relu, const Norm& nx,
-                  c10::optional<at::Tensor> ux, c10::optional<at::Tensor> dux) {
+                  c10::optional<at::Tensor> ux, c10::optional<at::Tensor> dux, c10::optional<at::Tensor> wx,
+                  c10::optional<at::Tensor> dwx) {
   // gh (T, B, H): dL/dh_t, completed in place step by step; da = gh * act'(h_t); dz = N'(da).
   at::Tensor dz = dz_.value_or(at::Tensor()), zs = zs_.value_or(at::Tensor());
   check({gh, hs, da, dz, zs});
   nh.zero_grads();
   nx.zero_grads();
-  const InputNorm in(nx, da, ux, dux);
+  const InputNorm in(nx, da, ux, dux, wx, dwx);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2);
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "rnn_backward", [&] {
@@ -589,7 +650,7 @@ void rnn_backward(at::Tensor gh, at::Tensor hs, at::Tensor da, c10::optional<at:
 
 void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, at::Tensor hs,
                   c10::optional<at::Tensor> zs_, at::Tensor h0, at::Tensor c0, at::Tensor w, const Norm& nh,
-                  const Norm& nc, const Norm& nx, c10::optional<at::Tensor> ux) {
+                  const Norm& nc, const Norm& nx, c10::optional<at::Tensor> ux, c10::optional<at::Tensor> wx) {
   // sig (T, B, 4H) holds u_t (+ folded shift); its i, f, o blocks become the gates'
   // sigmoids (the g block keeps its pre-activation, unused). tg = tanh(g), cs = c_t,
   // tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T.
@@ -598,7 +659,7 @@ void lstm_forward(at::Tensor sig, at::Tensor tg, at::Tensor cs, at::Tensor tc, a
   const int64_t T = sig.size(0), B = sig.size(1), G = sig.size(2), H = G / 4;
   auto sig_s = steps(sig, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
-  const InputNorm in(nx, sig, ux);
+  const InputNorm in(nx, sig, ux, c10::nullopt, wx);
   AT_DISPATCH_FLOATING_TYPES(sig.scalar_type(), "lstm_forward", [&] {
     in.forward_all<scalar_t>(sig);
     const scalar_t* cprev = ptr<scalar_t>(c0);
@@ -650,7 +711,7 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
                          at::Tensor da, c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> dn_,
                          c10::optional<at::Tensor> zs_, at::Tensor w, c10::optional<at::Tensor> dc_last,
                          const Norm& nh, const Norm& nc, const Norm& nx, c10::optional<at::Tensor> ux,
-                         c10::optional<at::Tensor> dux) {
+                         c10::optional<at::Tensor> dux, c10::optional<at::Tensor> wx, c10::optional<at::Tensor> dwx) {
   // gh (T, B, H): dL/dh_t, completed in place; sig, tg, cs, tc: what lstm_forward kept;
   // da (T, B, 4H) = dL/da; dz = N'(da); dn = dL/dN_c(c_t). The gates' derivatives are
   // computed here, step by step, from the forward pass's values.
@@ -661,7 +722,7 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
   nh.zero_grads();
   nc.zero_grads();
   nx.zero_grads();
-  const InputNorm in(nx, da, ux, dux);
+  const InputNorm in(nx, da, ux, dux, wx, dwx);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 4 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   at::Tensor dc = at::empty({B, H}, gh.options()), dcn = at::empty({B, H}, gh.options());
@@ -720,7 +781,8 @@ at::Tensor lstm_backward(at::Tensor gh, at::Tensor sig, at::Tensor tg, at::Tenso
 //    h_t = (1 - z) n + z h_{t-1}, a = N(h_{t-1} W^T) ---------------------------------------
 
 void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<at::Tensor> zs_, at::Tensor h0,
-                 at::Tensor w, const Norm& nh, const Norm& nx, c10::optional<at::Tensor> ux) {
+                 at::Tensor w, const Norm& nh, const Norm& nx, c10::optional<at::Tensor> ux,
+                 c10::optional<at::Tensor> wx) {
   // gates (T, B, 3H) holds u_t and becomes (r, z, n); hw (T, B, 3H) holds (0, 0, b_hn)
   // (+ folded shift) and gets N(h W^T) added; hs = h_t; zs = h W^T.
   at::Tensor zs = zs_.value_or(at::Tensor());
@@ -728,7 +790,7 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
   const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
   auto hw_s = steps(hw, T), z_s = steps(zs, T), h_s = steps(hs, T);
   at::Tensor w_t = w.transpose(-1, -2), h = h0;
-  const InputNorm in(nx, gates, ux);
+  const InputNorm in(nx, gates, ux, c10::nullopt, wx);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
     in.forward_all<scalar_t>(gates);
     for (int64_t t = 0; t < T; ++t) {
@@ -762,7 +824,8 @@ void gru_forward(at::Tensor gates, at::Tensor hw, at::Tensor hs, c10::optional<a
 
 void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs, at::Tensor h0, at::Tensor da,
                   at::Tensor du, c10::optional<at::Tensor> dz_, c10::optional<at::Tensor> zs_, at::Tensor w,
-                  const Norm& nh, const Norm& nx, c10::optional<at::Tensor> ux, c10::optional<at::Tensor> dux) {
+                  const Norm& nh, const Norm& nx, c10::optional<at::Tensor> ux, c10::optional<at::Tensor> dux,
+                  c10::optional<at::Tensor> wx, c10::optional<at::Tensor> dwx) {
   // gh (T, B, H): dL/dh_t, completed in place; gates (r, z, n), hw, hs: what gru_forward
   // kept; du = dL/du (the input term), da = dL/da, dz = N'(da). gh_{t-1} gets z_t gh_t
   // (the carry) and dz_t W. The gates' derivatives are computed here, step by step.
@@ -770,7 +833,7 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
   check({gh, gates, hw, hs, h0, da, du, dz, zs});
   nh.zero_grads();
   nx.zero_grads();
-  const InputNorm in(nx, du, ux, dux);
+  const InputNorm in(nx, du, ux, dux, wx, dwx);
   const int64_t T = gh.size(0), B = gh.size(1), H = gh.size(2), G = 3 * H;
   auto gh_s = steps(gh, T), da_s = steps(da, T), dz_s = steps(dz, T), z_s = steps(zs, T);
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "gru_backward", [&] {
