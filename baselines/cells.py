@@ -79,7 +79,9 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
     shape (S, G*H, H) it runs S stacked seeds (``baselines/stack.py``): xw, h0 and c0
     hold S*B rows seed-major, b_hh and the norms' tensors lead with S. ``input_norm``
     (``scan.InputNorm``, the compiled CPU loops only): xw is the bare projection
-    W_ih x, batch-normalized in the loops; its statistics come back under "x".
+    W_ih x, batch-normalized in the loops; its statistics come back under "x". With
+    ``scan.InputProjection`` (scan path, one model), xw is a stand-in: the recurrence
+    computes W_ih x + b_ih itself.
     """
     from baselines import fused, scan
 
@@ -88,6 +90,8 @@ def run_recurrence(cell: str, act: str, xw: Tensor, h0: Tensor, c0: Tensor | Non
     S = scan.seeds_of(w_hh)
 
     def plus(bias: Tensor) -> tuple[Tensor, dict]:  # xw + b_hh, each seed's rows with its own bias
+        if isinstance(input_norm, scan.InputProjection):  # the recurrence projects x itself
+            return xw, {"bias": bias, "project": input_norm}
         if input_norm is not None:  # the loops add it with the input norm's shift
             return xw, {"input_norm": dataclasses.replace(input_norm, shift=input_norm.shift + bias)}
         if not kernel:  # the scan path adds it while it copies xw
@@ -248,9 +252,10 @@ class LoopCore(nn.Module):
         where they run as one Triton kernel per step (CUDA; baselines/scan_triton.py),
         "scan-triton-seq" where those run every step in one launch (layer norm; the other
         cells with ``scan_triton.SEQUENCE``).
-        ``input_norm``: xw_all is the bare projection, normalized in the loops, or where
-        they compute the projection themselves its stand-in (see ``loop_input_norm``,
-        which has made sure that this path runs)."""
+        ``input_norm``: what the recurrence takes of the input term (see
+        ``loop_input_term``, which has made sure that this path runs): ``scan.InputNorm``
+        (xw_all is the bare projection, or its stand-in where the loops project x
+        themselves) or ``scan.InputProjection`` (xw_all is a stand-in)."""
         if not self.fast_enabled(xw_all):
             return None
         args = self.fast_norm_args(layer, masked)
@@ -277,10 +282,18 @@ class LoopCore(nn.Module):
         return self.fast and not torch.is_autocast_enabled(x.device.type)
 
     # -- hooks that normalized cells override --------------------------------
-    def loop_input_norm(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, Any] | None:
-        """(bare input projection, ``scan.InputNorm``) where the input term's norm can run
-        inside the compiled loops of the fast path; None: the input term is ``input_term``."""
-        return None
+    def loop_input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, Any] | None:
+        """(what the recurrence takes as the input term, what computes it) where the fast
+        path's recurrence computes the input term itself; None: it is ``input_term``.
+        Here: on the scan path, (stand-in, ``scan.InputProjection``): the recurrence
+        projects ``seq`` time-major, straight into its loops' buffer."""
+        if not self.fast_enabled(seq) or self.uses_kernel(seq) or self.fast_norm_args(layer, mask is not None) is None:
+            return None
+        from baselines import scan
+
+        w_ih, _, b_ih, _ = self.weights(layer)
+        p = scan.InputProjection(seq, w_ih, b_ih)
+        return p.stand_in(), p
 
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
         """W_ih x_t + b_ih for every step at once, (B, T, G*H)."""
@@ -315,7 +328,7 @@ class LoopCore(nn.Module):
         seq = x
         for layer in range(self.num_layers):
             top_perturb = perturb if layer == self.num_layers - 1 else None
-            in_loops = None if top_perturb is not None else self.loop_input_norm(layer, seq, mask)
+            in_loops = None if top_perturb is not None else self.loop_input_term(layer, seq, mask)
             xw_all, xn = in_loops or (self.input_term(layer, seq, mask), None)  # (B, T, G*H) in one op
             h, c = h0[layer], (c0[layer] if c0 is not None else None)
             fast = None if top_perturb is not None else self.fast_recurrence(layer, xw_all, h, c,

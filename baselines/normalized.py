@@ -34,7 +34,7 @@ their own β, which the shared bias makes redundant); its c_t norm has β.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -126,17 +126,19 @@ class NormLoopCore(LoopCore):
         self.norm_c = per_layer(norm_cell and cell == "lstm", hidden_size, True)
         self._norms = [m for m in self.modules() if isinstance(m, SeqNorm)]
 
-    def loop_input_norm(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, InputNorm] | None:
-        """The input term's batch norm in the compiled loops (``scan.InputNorm``): per-step
-        batch statistics of an unpadded batch of two or more, on the fast path, on the
-        CPU. Same values as ``input_term``'s norm; its statistics return under "x". The
+    def loop_input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, Any] | None:
+        """Without an input norm, ``LoopCore``'s. Else the input term's batch norm in the
+        compiled loops (``scan.InputNorm``): per-step batch statistics of an unpadded
+        batch of two or more, on the fast path, on the CPU. Same values as ``input_term``'s norm; its statistics return under "x". The
         loops normalize every step before the forward loop and take the gradient after
         the backward loop, on PyTorch's CPU threads, in place of ``F.batch_norm`` and the
         copies to and from time-major order (benchmarks/RESULTS.md has the A/B). Where the
         input has few features (``InputNorm.projects``) the loops also compute the input
         projection itself, and W_ih's gradient."""
-        n = self.norm_ih[layer] if self.norm_ih is not None else None
-        if (n is None or n.kind != "batch" or n.stats != "per_step" or not n.uses_batch_stats() or mask is not None
+        if self.norm_ih is None:
+            return super().loop_input_term(layer, seq, mask)
+        n = self.norm_ih[layer]
+        if (n.kind != "batch" or n.stats != "per_step" or not n.uses_batch_stats() or mask is not None
                 or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.fast_enabled(seq)
                 or self.uses_kernel(seq) or self.fast_norm_args(layer, False) is None):
             return None

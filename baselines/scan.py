@@ -343,14 +343,36 @@ class InputNorm:
         return x.shape[-1] <= PROJECT_INPUTS and not x.requires_grad
 
     def stand_in(self) -> Tensor:
-        """What the recurrence takes as u where the loops project x (``project``): u's
-        shape, dtype and device, and no values (one stored zero)."""
-        x, w = self.project
-        return x.new_zeros(()).expand(x.shape[0], x.shape[1], w.shape[0])
+        """What the recurrence takes as u where the loops project x (``project``)."""
+        return _stand_in(*self.project)
 
     def args(self) -> tuple:
         """What the autograd Functions below take: γ, shift, eps, x and W_ih (or None)."""
         return self.gamma, self.shift, self.eps, *(self.project or (None, None))
+
+
+@dataclass
+class InputProjection:
+    """The input term u = x W_ih^T + b_ih left to the recurrence (scan path, one model, no
+    input norm): it computes u time-major, as one matrix product straight into the (T, B,
+    G*H) buffer its loops update in place, and the gradients of x, W_ih and b_ih from the
+    loops' ∂L/∂u, which is time-major too. That saves writing u batch-major, copying it
+    time-major, and copying ∂L/∂u back batch-major (benchmarks/RESULTS.md). The
+    recurrence takes ``stand_in()`` for u, ``project`` = (x, W_ih), and b_ih added to its
+    ``bias``."""
+
+    x: Tensor
+    w: Tensor
+    b: Tensor | None
+
+    def stand_in(self) -> Tensor:
+        return _stand_in(self.x, self.w)
+
+
+def _stand_in(x: Tensor, w: Tensor) -> Tensor:
+    """u's stand-in where the recurrence projects x itself: u's shape (B, T, G*H), dtype
+    and device, and no values (one stored zero)."""
+    return x.new_zeros(()).expand(x.shape[0], x.shape[1], w.shape[0])
 
 
 _ran = threading.local()  # which loops the last call on this thread ran (``last_path``)
@@ -378,12 +400,20 @@ def _input_norm(gx: Tensor | None, sx: Tensor | None, eps: float, T: int) -> _No
     return None if gx is None else _Norm(NormSpec("batch", True, None, None, eps), gx, sx, T)
 
 
-def _input_buffer(u: Tensor, bias: Tensor | None, S: int, nx: _Norm | None) -> Tensor:
-    """The loops' (T, B, F) buffer of the input term: u copied time-major (``bias`` added),
-    or, where the loops normalize the input term (``nx``), empty: they write N_x(u_t) in."""
-    if nx is None:
+def _input_buffer(u: Tensor, bias: Tensor | None, S: int, nx: _Norm | None, px: Tensor | None,
+                  pw: Tensor | None) -> Tensor:
+    """The loops' (T, B, F) buffer of the input term: u copied time-major (``bias`` added);
+    x W^T (+ ``bias``) computed time-major where the recurrence projects x itself
+    (``InputProjection``); or, where the loops normalize the input term (``nx``), empty:
+    they write N_x(u_t) in."""
+    if nx is not None:
+        return u.new_empty(u.shape[1], u.shape[0], u.shape[2])
+    if px is None:
         return _time_major(u, bias, S)
-    return u.new_empty(u.shape[1], u.shape[0], u.shape[2])
+    T, B, F = px.shape[1], px.shape[0], pw.shape[0]
+    x2 = px.transpose(0, 1).reshape(T * B, -1)  # a view where x is a lower layer's output
+    out = torch.mm(x2, pw.t()) if bias is None else torch.addmm(bias, x2, pw.t())
+    return out.view(T, B, F)
 
 
 def _input_forward(loops, nx: _Norm | None, u: Tensor, buf: Tensor, px: Tensor | None, pw: Tensor | None) -> tuple:
@@ -407,14 +437,24 @@ def _input_backward(loops, nx: _Norm | None, u: Tensor | None, like: Tensor, px:
     return nx.compiled, px.contiguous(), None, wt, torch.empty_like(wt)
 
 
-def _input_grads(nx: _Norm | None, x_args: tuple, da: Tensor) -> tuple:
-    """∂L/∂u (batch-major), ∂L/∂γ_x, ∂L/∂shift and ∂L/∂W_ih from what the backward loop
-    left: with the input norm, the gradients it computed (∂L/∂W_ih where the loops
-    projected x, and then no ∂L/∂u); without, ∂L/∂u is ``da`` (T, B, F)."""
-    if nx is None:
-        return da.transpose(0, 1), None, None, None
-    dgx, dsx = nx.param_grads(None, None)
-    return x_args[2], dgx, dsx, (x_args[4].t() if x_args[4] is not None else None)
+def _input_grads(ctx, nx: _Norm | None, x_args: tuple, da: Tensor, px: Tensor | None, pw: Tensor | None) -> tuple:
+    """∂L/∂u (batch-major), ∂L/∂γ_x, ∂L/∂shift, ∂L/∂x and ∂L/∂W_ih from what the backward
+    loop left, ∂L/∂u = ``da`` (T, B, F) with no input norm: with the input norm, the
+    gradients it computed (∂L/∂W_ih where the loops projected x, and then no ∂L/∂u);
+    where the recurrence projected x itself (``InputProjection``), those of x and W_ih.
+    Every Function here takes x and W_ih third and second from last."""
+    if nx is not None:
+        dgx, dsx = nx.param_grads(None, None)
+        return x_args[2], dgx, dsx, None, (x_args[4].t() if x_args[4] is not None else None)
+    if px is None:
+        return da.transpose(0, 1), None, None, None, None
+    need_x, need_w = ctx.needs_input_grad[-3:-1]
+    T, B, F = da.shape
+    d2 = da.reshape(T * B, F)
+    dx = (d2 @ pw).view(T, B, -1).transpose(0, 1) if need_x else None
+    # X^T G, not G^T X: MKL runs the latter's shape (F x I, I small) ~4x slower (cells._Projection)
+    dw = (px.transpose(0, 1).reshape(T * B, -1).t() @ d2).t() if need_w else None
+    return None, None, None, dx, dw
 
 
 def _inactive(loops, like: Tensor):
@@ -431,7 +471,7 @@ class ScanRNN(torch.autograd.Function):
         nh, nx = _Norm(spec, gamma, None, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "rnn", nx, nh)
         u = u.contiguous() if nx is not None and px is None else u
-        hs = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes h_t in place
+        hs = nh.fold(_input_buffer(u, bias, S, nx, px, pw))  # each step's row becomes h_t in place
         zs = u.new_empty(T, B, H) if nh.mode else None
         if loops is not None:
             loops.rnn_forward(hs, zs, h0.contiguous(), w, nh.for_loops(loops, hs), act == "relu",
@@ -476,9 +516,9 @@ class ScanRNN(torch.autograd.Function):
                     _mm_acc_(gh_s[t - 1], dz, w, nh.S)
             dz_all = da if nh.mode is None else torch.stack(dzs[::-1])
         dgamma, _ = nh.param_grads(da, zs)
-        du, dgx, dsx, dpw = _input_grads(ctx.nx, x_args, da)
+        du, dgx, dsx, dpx, dpw = _input_grads(ctx, ctx.nx, x_args, da, px, pw)
         return (du, _mm(dz_all[0], w, nh.S), _w_grad(dz_all, h0, hs, nh.S), dgamma, None, None, dgx, dsx, None,
-                None, dpw, _bias_grad(ctx, da, nh.S))
+                dpx, dpw, _bias_grad(ctx, da, nh.S))
 
 
 class ScanLSTM(torch.autograd.Function):
@@ -493,7 +533,7 @@ class ScanLSTM(torch.autograd.Function):
         nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "lstm", nx, nh, nc)
         u = u.contiguous() if nx is not None and px is None else u
-        sig = nh.fold(_input_buffer(u, bias, S, nx))  # each step's row becomes σ of the gates in place (g unused)
+        sig = nh.fold(_input_buffer(u, bias, S, nx, px, pw))  # each step's row becomes σ of the gates in place (g unused)
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
         zs = u.new_empty(T, B, GH) if nh.mode else None
         if loops is not None:
@@ -540,9 +580,9 @@ class ScanLSTM(torch.autograd.Function):
             dz_all, dc = ScanLSTM._backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc)
         dg, _ = nh.param_grads(da, zs)
         dgc, dbc = nc.param_grads(dn, cs) if nc.mode else (None, None)
-        du, dgx, dsx, dpw = _input_grads(nx, x_args, da)
+        du, dgx, dsx, dpx, dpw = _input_grads(ctx, nx, x_args, da, px, pw)
         return (du, _mm(dz_all[0], w, nh.S), dc * sf[0], _w_grad(dz_all, h0, hs, nh.S), dg, dgc,
-                dbc, None, None, dgx, dsx, None, None, dpw, _bias_grad(ctx, da, nh.S))
+                dbc, None, None, dgx, dsx, None, dpx, dpw, _bias_grad(ctx, da, nh.S))
 
     @staticmethod
     def _backward_loop(gh, c0, sig, tg, cs, tc, da, dn, zs, w, dc_last, nh, nc) -> tuple[Tensor, Tensor]:
@@ -590,7 +630,7 @@ class ScanGRU(torch.autograd.Function):
         nh, nx = _Norm(spec, g, None, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "gru", nx, nh)
         u = u.contiguous() if nx is not None and px is None else u
-        gates = _input_buffer(u, bias, S, nx)  # each step's row becomes (r, z, n) in place
+        gates = _input_buffer(u, bias, S, nx, px, pw)  # each step's row becomes (r, z, n) in place
         zero = torch.zeros_like(b_hn)
         b3 = torch.cat([zero, zero, b_hn], -1)  # ([S,] 3H)
         hw = u.new_empty(T, B, GH)  # N(h W^T) + (0, 0, b_hn): b_hn stays after N
@@ -664,9 +704,9 @@ class ScanGRU(torch.autograd.Function):
             du = k_u.mul_(gh_all.unsqueeze(2)).view(T, B, 3 * H)
         dh0 = _mm_acc_(gh_all[0] * zg[0], dz_all[0], w, nh.S)
         dg, _ = nh.param_grads(da, zs)
-        du_in, dgx, dsx, dpw = _input_grads(ctx.nx, x_args, du)
+        du_in, dgx, dsx, dpx, dpw = _input_grads(ctx, ctx.nx, x_args, du, px, pw)
         return (du_in, dh0, _w_grad(dz_all, h0, hs, nh.S), _seed_sum(da[..., 2 * H:], nh.S), dg, None, dgx, dsx,
-                None, None, dpw, _bias_grad(ctx, du, nh.S))
+                None, dpx, dpw, _bias_grad(ctx, du, nh.S))
 
 
 # -- the functions: arguments and results as baselines/fused.py ------------------------
@@ -726,8 +766,24 @@ def _input_shapes(xn: InputNorm | None) -> dict:
     return {} if xn is None else {"gamma_x": xn.gamma, "shift_x": xn.shift}
 
 
-def _input_call(xn: InputNorm | None) -> tuple:
-    return (None, None, 0.0, None, None) if xn is None else xn.args()
+def _projected_bias(bias: Tensor | None, project: InputProjection | None, seeds: int) -> Tensor | None:
+    """``bias`` with the projection's b_ih added (the recurrence adds both to its buffer)."""
+    if project is None:
+        return bias
+    if seeds:
+        raise ValueError("a recurrence projects its input itself for one model only, not stacked seeds")
+    if project.x.shape[-1] != project.w.shape[-1]:
+        raise ValueError(f"the input projection: x {tuple(project.x.shape)} and W_ih {tuple(project.w.shape)} "
+                         "do not fit")
+    return project.b if bias is None else (bias if project.b is None else bias + project.b)
+
+
+def _input_call(xn: InputNorm | None, project: InputProjection | None) -> tuple:
+    """The Functions' input-term arguments: the input norm's (γ, shift, eps, x, W_ih), or
+    no norm and the projection's x and W_ih (or None)."""
+    if xn is not None:
+        return xn.args()
+    return None, None, 0.0, *((project.x, project.w) if project is not None else (None, None))
 
 
 def _set_stats(xn: InputNorm | None, flat: list) -> None:
@@ -743,18 +799,21 @@ def _spec(norm, batch_stats, mean, var, feats, like, eps, what, seeds) -> NormSp
 def scan_rnn(u: Tensor, h0: Tensor, w_hh: Tensor, gamma: Tensor | None = None, *,
              norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
              pop_var: Tensor | None = None, act: str = "tanh", eps: float = 1e-5,
-             tf32: bool = False, bias: Tensor | None = None, input_norm: InputNorm | None = None
-             ) -> tuple[Tensor, Tensor, Tensor]:
+             tf32: bool = False, bias: Tensor | None = None, input_norm: InputNorm | None = None,
+             project: InputProjection | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``fused.fused_rnn`` in PyTorch ops (``tf32`` is the global matmul setting here).
     The returned mean and variance are the batch statistics with batch norm, else zeros.
     ``bias`` ([S,] G*H; every function here): added to u, in the pass that copies u.
-    ``input_norm`` (every function here): u is normalized in the loops (``InputNorm``)."""
+    ``input_norm`` (every function here): u is normalized in the loops (``InputNorm``).
+    ``project`` (every function here): u is a stand-in, the recurrence computes x W_ih^T
+    + b_ih itself (``InputProjection``)."""
     S = seeds_of(w_hh)
+    bias = _projected_bias(bias, project, S)
     B, _, H = check_args(u, h0, 1, (norm,), S, w_hh=w_hh, gamma_hh=gamma, bias=bias, **_input_shapes(input_norm))
     lead = (S,) if S else ()
     gamma = gamma if gamma is not None else u.new_ones(*lead, H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, H, u, eps, "recurrent norm", S)
-    h, mean, var, *x = ScanRNN.apply(u, h0, w_hh, gamma, spec, act, *_input_call(input_norm), bias)
+    h, mean, var, *x = ScanRNN.apply(u, h0, w_hh, gamma, spec, act, *_input_call(input_norm, project), bias)
     _set_stats(input_norm, x)
     return h, mean, var
 
@@ -764,10 +823,11 @@ def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor 
               pop_var: Tensor | None = None, cell_norm: str | None = None, gamma_c: Tensor | None = None,
               beta_c: Tensor | None = None, cell_pop_mean: Tensor | None = None,
               cell_pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False,
-              bias: Tensor | None = None, input_norm: InputNorm | None = None
-              ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+              bias: Tensor | None = None, input_norm: InputNorm | None = None,
+              project: InputProjection | None = None) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_lstm`` in PyTorch ops: h_seq (B, T, H), c_T (B, H), batch statistics."""
     S = seeds_of(w_hh)
+    bias = _projected_bias(bias, project, S)
     B, _, H = check_args(u, h0, 4, (norm, cell_norm), S, c0=c0, w_hh=w_hh, gamma_hh=gamma_hh, gamma_c=gamma_c,
                          beta_c=beta_c, bias=bias, **_input_shapes(input_norm))
     lead = (S,) if S else ()
@@ -776,8 +836,8 @@ def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor 
     beta_c = beta_c if beta_c is not None or cell_norm is None else u.new_zeros(*lead, H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, 4 * H, u, eps, "recurrent norm", S)
     cspec = _spec(cell_norm, batch_stats, cell_pop_mean, cell_pop_var, H, u, eps, "cell norm", S)
-    h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec, *_input_call(input_norm),
-                                 bias)
+    h, c, *flat = ScanLSTM.apply(u, h0, c0, w_hh, gamma_hh, gamma_c, beta_c, spec, cspec,
+                                 *_input_call(input_norm, project), bias)
     keys = [k for k, s in (("hh", spec), ("c", cspec)) if s.kind == "batch" and s.batch_stats]
     _set_stats(input_norm, flat[2 * len(keys):])
     return h, c, {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(keys)}
@@ -786,14 +846,16 @@ def scan_lstm(u: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gamma_hh: Tensor 
 def scan_gru(u: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, gamma_hh: Tensor | None = None, *,
              norm: str | None = None, batch_stats: bool = True, pop_mean: Tensor | None = None,
              pop_var: Tensor | None = None, eps: float = 1e-5, tf32: bool = False, bias: Tensor | None = None,
-             input_norm: InputNorm | None = None) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+             input_norm: InputNorm | None = None, project: InputProjection | None = None
+             ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """``fused.fused_gru`` in PyTorch ops: h_seq (B, T, H) and the batch statistics."""
     S = seeds_of(w_hh)
+    bias = _projected_bias(bias, project, S)
     B, _, H = check_args(u, h0, 3, (norm,), S, w_hh=w_hh, b_hn=b_hn, gamma_hh=gamma_hh, bias=bias,
                          **_input_shapes(input_norm))
     gamma_hh = gamma_hh if gamma_hh is not None else u.new_ones(*((S,) if S else ()), 3 * H)
     spec = _spec(norm, batch_stats, pop_mean, pop_var, 3 * H, u, eps, "recurrent norm", S)
-    h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec, *_input_call(input_norm), bias)
+    h, *flat = ScanGRU.apply(u, h0, w_hh, b_hn, gamma_hh, spec, *_input_call(input_norm, project), bias)
     recurrent = 2 if spec.kind == "batch" and spec.batch_stats else 0
     _set_stats(input_norm, flat[recurrent:])
     return h, ({"hh": (flat[0], flat[1])} if recurrent else {})

@@ -31,6 +31,22 @@ def paths(model):
     return {m.last_path for m in model.modules() if hasattr(m, "last_path")}
 
 
+def assert_same_pass(ref, fast, ya, yb) -> None:
+    """A training pass of the fast model gives the reference's outputs and the same
+    gradient of every parameter (float64)."""
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
+    gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
+    for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=n)
+
+
+def assert_same_buffers(ref, fast) -> None:
+    """The fast model's running statistics are the reference's."""
+    for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
+
+
 def rel(a, b):
     return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
 
@@ -145,17 +161,31 @@ def test_input_norm_runs_in_the_compiled_loops_and_equals_the_reference(name, mo
     for step in range(2):
         ya, yb = ref(x + step), fast(x + step)
         assert paths(fast) == {"scan-cpp"}
-        torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
-        ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
-        gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
-        for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
-            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=n)
+        assert_same_pass(ref, fast, ya, yb)
     assert not input_norms & set(seen)
-    for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
+    assert_same_buffers(ref, fast)
     ref.eval(), fast.eval()
     torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-12)
     assert input_norms <= set(seen)  # evaluation: population statistics, outside the loops
+
+
+@pytest.mark.parametrize("name", ["lstm-loop", "gru-loop", "rnn-loop"])
+def test_plain_cells_project_their_input_in_the_recurrence(name, monkeypatch, scan_loops):
+    """On the scan path a plain cell's layers leave the input projection to the
+    recurrence (``scan.InputProjection``, time-major into its loops' buffer): the
+    batch-major projection never runs, and two layers train as the reference loop."""
+    from baselines import cells
+
+    torch.manual_seed(0)
+    ref = baselines.create(name, input_size=3, output_size=2, hidden_size=8, num_layers=2).double()
+    fast = copy.deepcopy(ref)
+    baselines.set_fast_path(ref, False)
+    x = torch.randn(6, 9, 3, dtype=torch.float64)
+    ya = ref(x)
+    monkeypatch.setattr(cells, "project", lambda *a: pytest.fail("the batch-major projection ran"))
+    yb = fast(x)
+    assert paths(fast) <= {"scan", "scan-cpp"}
+    assert_same_pass(ref, fast, ya, yb)
 
 
 @pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])
@@ -183,14 +213,9 @@ def test_the_loops_project_few_input_features_themselves(name, inputs, monkeypat
         yb = fast(x + step)
         monkeypatch.setattr(normalized, "project", real)
         assert paths(fast) == {"scan-cpp"}
-        torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
-        ga = torch.autograd.grad(ya.square().sum(), list(ref.parameters()))
-        gb = torch.autograd.grad(yb.square().sum(), list(fast.parameters()))
-        for (n, _), a, b in zip(ref.named_parameters(), ga, gb):
-            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=n)
+        assert_same_pass(ref, fast, ya, yb)
     assert projected == ([8] if inputs <= 4 else [inputs, 8]) * 2
-    for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
+    assert_same_buffers(ref, fast)
 
 
 @pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])

@@ -964,6 +964,42 @@ def test_input_norm_in_the_loops_equals_batch_norm_before_them(cell, norm, dtype
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x needs a gradient"])
+def test_recurrence_projecting_its_input_equals_the_projection_before_it(cell, x_grad, scan_loops):
+    """scan_*(stand-in, project=InputProjection(x, W_ih, b_ih)), which computes the input
+    term time-major itself, is scan_* of x W_ih^T + b_ih: outputs, and the gradients of
+    x (where it needs one), W_ih, b_ih, the bias b_hh and W_hh, on either kind of loops;
+    stacked seeds are refused."""
+    torch.manual_seed(5)
+    B, T, H, I = 5, 6, 4, 3
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell] * H
+    d = dict(dtype=torch.float64)
+    x = torch.randn(B, T, I, **d).requires_grad_(x_grad)
+    w_ih, b_ih, b_hh = (torch.randn(*shape, **d).requires_grad_() for shape in ((G, I), (G,), (G,)))
+    w = (torch.randn(G, H, **d) / 2).requires_grad_()
+    h0 = torch.randn(B, H, **d) / 2
+
+    def run(u, **kw):
+        if cell == "rnn":
+            return scan.scan_rnn(u, h0, w, bias=b_hh, **kw)[0]
+        if cell == "lstm":
+            return scan.scan_lstm(u, h0, h0, w, bias=b_hh, **kw)[0]
+        return scan.scan_gru(u, h0, w, torch.ones(H, **d) / 4, bias=b_hh, **kw)[0]
+
+    want = run(x @ w_ih.t() + b_ih)
+    p = scan.InputProjection(x, w_ih, b_ih)
+    got = run(p.stand_in(), project=p)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(want)
+    params = [w_ih, b_ih, b_hh, w] + ([x] if x_grad else [])
+    for a, b in zip(torch.autograd.grad((got * g).sum(), params), torch.autograd.grad((want * g).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if cell == "rnn":
+        with pytest.raises(ValueError, match="one model only"):
+            scan.scan_rnn(p.stand_in(), h0, w.detach().expand(1, G, H), project=p)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("projected", [False, True], ids=["u", "x W^T"])
 def test_input_norm_passes_give_the_same_bits_on_two_threads(cell, projected, monkeypatch):
     """The compiled loops' input-norm passes split the features over PyTorch's threads
