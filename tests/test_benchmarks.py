@@ -270,3 +270,31 @@ def test_step_sweep_runs_bench_under_the_picked_settings(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as done:
         step_sweep.main(["--pick", str(f), "--keep", "NOPE", "--", "--device", "cpu"])
     assert done.value.code == 2 and "unknown setting 'NOPE' in --keep" in capsys.readouterr().err
+
+
+def test_cpu_ab_switches_the_projection_and_puts_it_back(monkeypatch, capsys):
+    """benchmarks/ab_cpu.py times both settings of a switch and restores the hooks: with
+    the projection off, lstm-loop projects batch-major first (``cells.project``) and
+    bn-lstm's loops take the bare projection; on, neither."""
+    import torch
+
+    import baselines
+    from baselines import cells, normalized, scan
+    from benchmarks import ab_cpu
+
+    hooks = cells.LoopCore.loop_input_term, normalized.NormLoopCore.loop_input_term, scan.PROJECT_INPUTS
+    seen: list[str] = []
+    real = cells.project
+    monkeypatch.setattr(cells, "project", lambda *a: seen.append("plain") or real(*a))
+    monkeypatch.setattr(normalized, "project", lambda *a: seen.append("bn") or real(*a))
+    x = torch.randn(4, 5, 2)
+    for on in (False, True):
+        seen.clear()
+        with ab_cpu._projection(on):
+            for name in ("lstm-loop", "bn-lstm"):
+                baselines.create(name, input_size=2, output_size=1, hidden_size=8)(x)
+        assert seen == ([] if on else ["plain", "bn"])
+    assert (cells.LoopCore.loop_input_term, normalized.NormLoopCore.loop_input_term, scan.PROJECT_INPUTS) == hooks
+    rows = ab_cpu.run("projection", ["lstm-loop"], "tiny", reps=1, steps=1)
+    assert [r["setting"] for r in rows] == list(ab_cpu.SWITCHES["projection"]) and rows[0]["vs_first"] == 1.0
+    assert all(r["ms"] > 0 for r in rows) and "vs first" in capsys.readouterr().out
