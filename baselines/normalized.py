@@ -129,8 +129,8 @@ class NormLoopCore(LoopCore):
     def loop_input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> tuple[Tensor, Any] | None:
         """Without an input norm, ``LoopCore``'s. Else the input term's batch norm in the
         compiled loops (``scan.InputNorm``): per-step batch statistics of an unpadded
-        batch of two or more, on the fast path, on the CPU. Same values as ``input_term``'s norm; its statistics return under "x". The
-        loops normalize every step before the forward loop and take the gradient after
+        batch of two or more, on the fast path, on the CPU. Same values as
+        ``input_term``'s norm; its statistics return under "x". The loops normalize every step before the forward loop and take the gradient after
         the backward loop, on PyTorch's CPU threads, in place of ``F.batch_norm`` and the
         copies to and from time-major order (benchmarks/RESULTS.md has the A/B). Where the
         input has few features (``InputNorm.projects``) the loops also compute the input

@@ -533,7 +533,8 @@ class ScanLSTM(torch.autograd.Function):
         nh, nc, nx = _Norm(spec, g, None, T, S), _Norm(cspec, gc, bc, T, S), _input_norm(gx, sx, x_eps, T)
         loops = ctx.loops = _loops(u, S, "lstm", nx, nh, nc)
         u = u.contiguous() if nx is not None and px is None else u
-        sig = nh.fold(_input_buffer(u, bias, S, nx, px, pw))  # each step's row becomes σ of the gates in place (g unused)
+        # each step's row becomes σ of the gates in place (g unused)
+        sig = nh.fold(_input_buffer(u, bias, S, nx, px, pw))
         tg, cs, tc, hs = (u.new_empty(T, B, H) for _ in range(4))
         zs = u.new_empty(T, B, GH) if nh.mode else None
         if loops is not None:
@@ -781,6 +782,11 @@ def _projected_bias(bias: Tensor | None, project: InputProjection | None, seeds:
 def _input_call(xn: InputNorm | None, project: InputProjection | None) -> tuple:
     """The Functions' input-term arguments: the input norm's (γ, shift, eps, x, W_ih), or
     no norm and the projection's x and W_ih (or None)."""
+    if xn is not None and project is not None:
+        raise ValueError("an input norm's projection goes in InputNorm.project, not in project=")
+    if xn is not None and xn.project is not None and xn.project[0].requires_grad:
+        raise ValueError("the loops' input projection (InputNorm.project) takes no gradient for x; "
+                         "project x first where it needs one (InputNorm.projects)")
     if xn is not None:
         return xn.args()
     return None, None, 0.0, *((project.x, project.w) if project is not None else (None, None))

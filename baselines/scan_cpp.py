@@ -47,8 +47,8 @@ def _flags(openmp: bool = True) -> tuple[str, list[str], list[str]]:
     keep their meaning). On x86-64, the loops are built for the vector instructions
     PyTorch's own kernels use there (``torch.backends.cpu.get_cpu_capability``, which
     ATEN_CPU_CAPABILITY can lower): AVX2 and FMA (about 3x faster than SSE2 at H=64), or
-    AVX-512 (a 3-7% shorter training step than the AVX2 build for the LSTM and GRU
-    cells, loop, batch and layer norm, on a 2-core AMD EPYC at B=32, H=64), each under a
+    AVX-512 (a 3-9% shorter training step than the AVX2 build for every custom cell,
+    loop, batch and layer norm, on a 2-core AMD EPYC at B=32, H=64; benchmarks/RESULTS.md), each under a
     name of its own, so a shared cache never hands a build to a CPU without its
     instructions (nor one built against another torch). Where
     PyTorch runs its CPU threads with OpenMP (its Linux builds) and ``openmp`` is on,

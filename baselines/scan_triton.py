@@ -1063,7 +1063,7 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
 def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c0: Tensor, da: Tensor,
                   dz: Tensor | None, dn: Tensor | None, zs: Tensor | None, w: Tensor, dc_last: Tensor | None,
                   nh: Norm, nc: Norm, nx: Norm, ux: Tensor | None, dux: Tensor | None,
-                 wx: Tensor | None = None, dwx: Tensor | None = None) -> Tensor:
+                  wx: Tensor | None = None, dwx: Tensor | None = None) -> Tensor:
     """The backward loop of ``lstm_forward`` (csrc's ``lstm_backward``): fills da, dz, dn,
     completes gh; returns ∂L/∂c_0 before step 0's forget gate."""
     T, B, H = gh.shape

@@ -189,19 +189,19 @@ def test_plain_cells_project_their_input_in_the_recurrence(name, monkeypatch, sc
 
 
 @pytest.mark.parametrize("name", ["bn-lstm", "bn-gru", "bn-rnn"])
-@pytest.mark.parametrize("inputs", [1, 4, 5])
-def test_the_loops_project_few_input_features_themselves(name, inputs, monkeypatch):
+@pytest.mark.parametrize("inputs,hidden", [(1, 8), (4, 8), (5, 8), (2, 4)])
+def test_the_loops_project_few_input_features_themselves(name, inputs, hidden, monkeypatch):
     """Where a layer's input has at most ``scan.PROJECT_INPUTS`` features and needs no
     gradient (the first layer's data), the compiled loops compute x W_ih^T themselves:
-    the projection runs only for wider inputs and for the second layer (whose input
-    needs a gradient). Either way the outputs and every gradient, W_ih's included, are
-    the reference loop's, over two training passes."""
+    the projection runs only for wider inputs and for the second layer, whose input
+    needs a gradient (4 features at 4 hidden units). Either way the outputs and every
+    gradient, W_ih's included, are the reference loop's, over two training passes."""
     from baselines import normalized, scan
 
     assert scan.PROJECT_INPUTS == 4
     use_scan_loops(monkeypatch, True)
     torch.manual_seed(0)
-    ref = baselines.create(name, input_size=inputs, output_size=2, hidden_size=8, num_layers=2).double()
+    ref = baselines.create(name, input_size=inputs, output_size=2, hidden_size=hidden, num_layers=2).double()
     fast = copy.deepcopy(ref)
     baselines.set_fast_path(ref, False)
     projected: list[int] = []
@@ -214,7 +214,7 @@ def test_the_loops_project_few_input_features_themselves(name, inputs, monkeypat
         monkeypatch.setattr(normalized, "project", real)
         assert paths(fast) == {"scan-cpp"}
         assert_same_pass(ref, fast, ya, yb)
-    assert projected == ([8] if inputs <= 4 else [inputs, 8]) * 2
+    assert projected == ([hidden] if inputs <= 4 else [inputs, hidden]) * 2
     assert_same_buffers(ref, fast)
 
 

@@ -997,6 +997,12 @@ def test_recurrence_projecting_its_input_equals_the_projection_before_it(cell, x
     if cell == "rnn":
         with pytest.raises(ValueError, match="one model only"):
             scan.scan_rnn(p.stand_in(), h0, w.detach().expand(1, G, H), project=p)
+        xn = scan.InputNorm(torch.ones(G, **d), torch.zeros(G, **d), project=(x, w_ih))
+        with pytest.raises(ValueError, match="InputNorm.project, not in project="):
+            scan.scan_rnn(p.stand_in(), h0, w, project=p, input_norm=xn)
+        if x_grad:  # the loops' projection sums no gradient for x: refused, not silently left out
+            with pytest.raises(ValueError, match="takes no gradient for x"):
+                scan.scan_rnn(p.stand_in(), h0, w, input_norm=xn)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
