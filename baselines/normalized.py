@@ -151,10 +151,18 @@ class NormLoopCore(LoopCore):
         return project(seq, w_ih), xn
 
     def input_term(self, layer: int, seq: Tensor, mask: Tensor | None) -> Tensor:
+        """The normalized input term of every step at once, (B, T, G*H). Layer norm's rows
+        are independent, so it is projected and normalized time-major, the order in which
+        the recurrences read it, and returned as a (B, T, G*H) view: the fast path's copy
+        into its time-major buffer (and the gradient's way back) is then a plain one, not
+        a transpose."""
         if self.norm_ih is None:
             return super().input_term(layer, seq, mask)
         w_ih, _, b_ih, _ = self.weights(layer)
-        return self.norm_ih[layer].seq(project(seq, w_ih), mask, shift=b_ih)  # all steps at once
+        n = self.norm_ih[layer]
+        if n.kind == "layer":
+            return n.seq(project(seq.transpose(0, 1), w_ih), None, shift=b_ih).transpose(0, 1)
+        return n.seq(project(seq, w_ih), mask, shift=b_ih)  # all steps at once
 
     def recurrent_term(self, layer: int, t: int, h: Tensor, mask_t: Tensor | None) -> Tensor:
         if self.norm_hh is None:

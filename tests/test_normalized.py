@@ -60,6 +60,22 @@ def test_norm_off_equals_plain_loop_cell(name, layers):
         assert torch.equal(g, g_plain)
 
 
+@pytest.mark.parametrize("name", ["ln-lstm", "ln-gru", "ln-rnn"])
+def test_layer_norm_input_term_is_time_major(name):
+    """A layer-norm cell's input term, LN(W_ih x) + b_ih of every step, is computed
+    time-major (the recurrences' order) and handed over as a (B, T, G*H) view, with the
+    values of the norm of the batch-major projection."""
+    from baselines.cells import project
+
+    torch.manual_seed(0)
+    m = baselines.create(name, input_size=3, output_size=2, hidden_size=8).double()
+    x = torch.randn(5, 7, 3, dtype=torch.float64)
+    u = m.core.input_term(0, x, None)
+    w_ih, _, b_ih, _ = m.core.weights(0)
+    assert u.shape == (5, 7, w_ih.shape[0]) and u.transpose(0, 1).is_contiguous()
+    torch.testing.assert_close(u, m.core.norm_ih[0].seq(project(x, w_ih), None, shift=b_ih), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", NORM_MODELS)
 def test_norm_parameters_are_in_the_norm_group(name):
     m = make(name)
