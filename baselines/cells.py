@@ -276,6 +276,11 @@ class LoopCore(nn.Module):
 
         return x.dtype == torch.float32 and fused.available(x.device, x.shape[0], self.hidden_size, GATES[self.cell])
 
+    def runs_scan_path(self, layer: int, seq: Tensor, masked: bool) -> bool:
+        """Whether ``fast_recurrence`` runs ``layer`` on input like ``seq`` on the scan path
+        (on, the layer's norms covered, not the Triton kernel)."""
+        return self.fast_enabled(seq) and not self.uses_kernel(seq) and self.fast_norm_args(layer, masked) is not None
+
     def fast_enabled(self, x: Tensor) -> bool:
         """Whether a fast path may run on input like ``x`` (on, and no autocast); it runs
         where ``fast_norm_args`` also has the layer's norms."""
@@ -287,7 +292,7 @@ class LoopCore(nn.Module):
         path's recurrence computes the input term itself; None: it is ``input_term``.
         Here: on the scan path, (stand-in, ``scan.InputProjection``): the recurrence
         projects ``seq`` time-major, straight into its loops' buffer."""
-        if not self.fast_enabled(seq) or self.uses_kernel(seq) or self.fast_norm_args(layer, mask is not None) is None:
+        if not self.runs_scan_path(layer, seq, mask is not None):
             return None
         from baselines import scan
 

@@ -130,17 +130,17 @@ class NormLoopCore(LoopCore):
         """Without an input norm, ``LoopCore``'s. Else the input term's batch norm in the
         compiled loops (``scan.InputNorm``): per-step batch statistics of an unpadded
         batch of two or more, on the fast path, on the CPU. Same values as
-        ``input_term``'s norm; its statistics return under "x". The loops normalize every step before the forward loop and take the gradient after
-        the backward loop, on PyTorch's CPU threads, in place of ``F.batch_norm`` and the
-        copies to and from time-major order (benchmarks/RESULTS.md has the A/B). Where the
-        input has few features (``InputNorm.projects``) the loops also compute the input
-        projection itself, and W_ih's gradient."""
+        ``input_term``'s norm; its statistics return under "x". The loops normalize every
+        step before the forward loop and take the gradient after the backward loop, on
+        PyTorch's CPU threads, in place of ``F.batch_norm`` and the copies to and from
+        time-major order (benchmarks/RESULTS.md has the A/B). Where the input has few
+        features (``InputNorm.projects``) the loops also compute the input projection
+        itself, and W_ih's gradient."""
         if self.norm_ih is None:
             return super().loop_input_term(layer, seq, mask)
         n = self.norm_ih[layer]
         if (n.kind != "batch" or n.stats != "per_step" or not n.uses_batch_stats() or mask is not None
-                or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.fast_enabled(seq)
-                or self.uses_kernel(seq) or self.fast_norm_args(layer, False) is None):
+                or seq.shape[0] < 2 or not InputNorm.available(seq) or not self.runs_scan_path(layer, seq, False)):
             return None
         w_ih, _, b_ih, _ = self.weights(layer)
         shift = add_optional(n.bias, b_ih)

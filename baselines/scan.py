@@ -410,10 +410,15 @@ def _input_buffer(u: Tensor, bias: Tensor | None, S: int, nx: _Norm | None, px: 
         return u.new_empty(u.shape[1], u.shape[0], u.shape[2])
     if px is None:
         return _time_major(u, bias, S)
-    T, B, F = px.shape[1], px.shape[0], pw.shape[0]
-    x2 = px.transpose(0, 1).reshape(T * B, -1)  # a view where x is a lower layer's output
+    x2 = _time_major_rows(px)
     out = torch.mm(x2, pw.t()) if bias is None else torch.addmm(bias, x2, pw.t())
-    return out.view(T, B, F)
+    return out.view(px.shape[1], px.shape[0], pw.shape[0])
+
+
+def _time_major_rows(x: Tensor) -> Tensor:
+    """x (B, T, I) as (T*B, I) rows in time-major order: a view where x is a lower layer's
+    output (the transpose of a time-major sequence), else a copy."""
+    return x.transpose(0, 1).reshape(x.shape[0] * x.shape[1], -1)
 
 
 def _input_forward(loops, nx: _Norm | None, u: Tensor, buf: Tensor, px: Tensor | None, pw: Tensor | None) -> tuple:
@@ -453,7 +458,7 @@ def _input_grads(ctx, nx: _Norm | None, x_args: tuple, da: Tensor, px: Tensor | 
     d2 = da.reshape(T * B, F)
     dx = (d2 @ pw).view(T, B, -1).transpose(0, 1) if need_x else None
     # X^T G, not G^T X: MKL runs the latter's shape (F x I, I small) ~4x slower (cells._Projection)
-    dw = (px.transpose(0, 1).reshape(T * B, -1).t() @ d2).t() if need_w else None
+    dw = (_time_major_rows(px).t() @ d2).t() if need_w else None
     return None, None, None, dx, dw
 
 
