@@ -5,10 +5,11 @@
 # per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
 # a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
 # STAGES (default: all) picks stages by name: tests bench ab sweep units rows sequence stacked
-# grid reference smoke; "warps", "profile" (Nsight Compute on the bn-lstm step kernels), "tuned"
-# and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked
-# stages' models under the settings step_sweep.py --pick takes from this call's units, rows
-# and sequence sweeps (the whole-sequence launches left off where their GPU tests failed).
+# grid reference smoke; "warps", "sync", "syncrows" (the grid-synchronized launches' tiles),
+# "profile" (Nsight Compute on the bn-lstm step kernels), "tuned" and "tuned_stacked" run only
+# when named. tuned and tuned_stacked time the bench and stacked stages' models under the
+# settings step_sweep.py --pick takes from this call's units, rows, sequence, sync and
+# syncrows sweeps (the whole-sequence launches left off where their GPU tests failed).
 # Each sweep stage is 4-5 settings x 3-7 models, about a minute. One call for a session
 # that tunes: STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults
 # match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26).
@@ -48,7 +49,7 @@ if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
 fi
-for sw in units rows sequence; do
+for sw in units rows sequence sync syncrows; do
   if want $sw; then
     stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
     timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \
@@ -95,7 +96,7 @@ KEEP=()  # the whole-sequence launches' settings stay as they are where their GP
 grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" \
   && KEEP=(--keep SEQUENCE ROWS_SEQ WARPS_SEQ BK_SEQ)
 PICK=($PY benchmarks/step_sweep.py --pick "$OUTDIR/sweep_units.json" "$OUTDIR/sweep_rows.json"
-      "$OUTDIR/sweep_sequence.json" "${KEEP[@]}" --)
+      "$OUTDIR/sweep_sequence.json" "$OUTDIR/sweep_sync.json" "$OUTDIR/sweep_syncrows.json" "${KEEP[@]}" --)
 if want tuned; then
   stage "speed: every model, three shapes, under the settings picked from the sweeps (${KEEP[*]})"
   timeout 150 "${PICK[@]}" --device cuda --repeats 3 --json "$OUTDIR/bench_tuned.json" 2>&1 | tee "$OUTDIR/bench_tuned.txt" | tail -2
@@ -127,7 +128,8 @@ fi
 stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
 want grid && tail -1 "$OUTDIR/gpu_tests_grid.log"
-for f in sweep sweep_units sweep_rows sweep_sequence sweep_warps; do  # each setting's lines are in the files
+# each setting's lines are in the files
+for f in sweep sweep_units sweep_rows sweep_sequence sweep_sync sweep_syncrows sweep_warps; do
   [[ -f "$OUTDIR/$f.txt" ]] && grep -E "^best|skipped" "$OUTDIR/$f.txt"
 done
 for f in bench_ab bench_stacked bench_tuned_stacked bench_grid bench bench_tuned; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done

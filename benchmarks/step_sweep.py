@@ -12,9 +12,15 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   for sm_90, are in scan_triton.py);
 - ``sequence``: the whole-sequence launches for every cell without batch statistics
   (``scan_triton.SEQUENCE``; layer norm runs there always) against a launch per step,
-  16 rows a program (7 programs at B=100 instead of 13), and 4 warps with chunks of 32.
+  16 rows a program (7 programs at B=100 instead of 13), and 4 warps with chunks of 32;
+- ``sync`` and ``syncrows``: the grid-synchronized launches (``scan_triton.GRID_SYNC``:
+  all steps in one launch, a barrier between steps) against a launch per step, with the
+  tiles of the whole-batch programs (batch norm; ``sync``) or of the rows-split ones
+  (``syncrows``) made smaller, for more programs a step, now that more programs cost a
+  barrier's arrivals rather than launches; each ends with the defaults timed again
+  (``GRID_SYNC=False``), so the spread of one setting timed twice is in the table.
 
-    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence] [--json FILE]
+    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
 
 ``--pick`` reads sweeps' JSON rows, takes from each the setting that was fastest over
@@ -23,9 +29,10 @@ after ``--`` under those settings together: the whole table with a tuned set, ti
 the same call as its sweeps, before the defaults are changed to match.
 
 Run on a CUDA machine (benchmarks/device_check.sh runs each as a stage of its name,
-``tiles`` as ``sweep``). Before timing a setting, one eager training step of each model at
-the shape compiles its kernels outside any CUDA graph; a setting that this Triton
-cannot compile prints one line and is skipped.
+``tiles`` as ``sweep``). Before timing a setting, ``check`` runs one eager training step
+of each model at the shape, which compiles its kernels outside any CUDA graph, and
+compares its gradients on one batch with the reference loop's; a setting that this
+Triton cannot compile, or that computes wrong gradients, prints one line and is skipped.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from suite.bench import SHAPES, build_step, bench, make_batch
 from suite.errors import one_line
 
 DEFAULTS = dict(FP32_DOT="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=8, BJ_WHOLE_BATCH=4,
-                BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16)
+                BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16, GRID_SYNC=False)
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=32), dict(ROWS_FREE=16)],
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
@@ -57,6 +64,11 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
     "sequence": ([{}, dict(SEQUENCE=True), dict(ROWS_SEQ=16), dict(WARPS_SEQ=4, BK_SEQ=32)],
                  {"seq-mnist": ["rnn-loop", "lstm-loop", "gru-loop", "ln-rnn", "ln-lstm", "ln-gru"],
                   "adding": ["lstm-loop"]}),
+    "sync": ([{}, dict(GRID_SYNC=True), dict(GRID_SYNC=True, BJ_WHOLE_BATCH=2), dict(GRID_SYNC=False)],
+             {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm"]}),
+    "syncrows": ([{}, dict(GRID_SYNC=True), dict(GRID_SYNC=True, BJ=4), dict(GRID_SYNC=True, ROWS_FREE=16),
+                  dict(GRID_SYNC=False)],
+                 {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"], "adding": ["gru-loop"]}),
 }
 
 
@@ -74,19 +86,40 @@ def applied(settings: dict[str, Any]) -> Iterator[None]:
             setattr(scan_triton, k, v)
 
 
-def compiles(model: str, shape: str, device: str = "cuda") -> str | None:
+# Largest relative gradient error (‖fast - reference‖ / ‖reference‖ over all parameters'
+# gradients together: a parameter whose gradient is near zero would make its own ratio
+# noise) a setting may show against the reference loop before it is timed. The compiled
+# CPU loops land at 2.3e-7 (tiny shape) and 8.4e-7 (small, bn-lstm); a race between programs (a
+# barrier that lets a program read a neighbour's h_t before it is written) lands far above.
+GRAD_TOL = 1e-3
+
+
+def check(model: str, shape: str, device: str = "cuda") -> str | None:
     """None where one eager training step of ``model`` at ``shape`` runs with the current
-    settings (on CUDA: compiling its step kernels outside any CUDA graph); else why not."""
+    settings (on CUDA: compiling its step kernels outside any CUDA graph) and its
+    gradients on one batch match the reference loop's from the same weights within
+    ``GRAD_TOL``; else one line saying why not (the sweep then skips the setting)."""
     dev = torch.device(device)
     try:
         step = build_step(model, SHAPES[shape], dev, fast_path=False)  # eager: no graph to break
-        set_fast_path(step.model, True)  # with the fast recurrence
-        step(make_batch(SHAPES[shape], dev))
+        batch = make_batch(SHAPES[shape], dev)
+        grads = []
+        for fast in (False, True):  # the reference loop, then the fast recurrence
+            set_fast_path(step.model, fast)
+            step.model.zero_grad(set_to_none=True)
+            step.loss_fn(step.model(batch.x, batch.lengths), batch).backward()
+            grads.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                          for p in step.params])
+        step(batch)  # and a whole training step, optimizer included, on the fast path
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        return None
     except Exception as e:  # a setting this Triton cannot compile
         return one_line(e, 160)
+    ref, fast = (torch.cat([g.flatten().double() for g in gs]) for gs in grads)
+    err = float((fast - ref).norm() / ref.norm().clamp_min(1e-30))
+    if not err <= GRAD_TOL:  # NaN fails too
+        return f"gradients {err:.1e} off the reference loop's (relative; at most {GRAD_TOL:.0e} allowed)"
+    return None
 
 
 # A sweep's setting replaces the defaults only where it is faster by more than this
@@ -163,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
         with applied(settings):
             for shape, models in cases.items():
-                failed = {m: why for m in models if (why := compiles(m, shape, args.device))}
+                failed = {m: why for m in models if (why := check(m, shape, args.device))}
                 for m, why in failed.items():
                     print(f"{label:<34}{m:<10}{shape:<10} skipped: {why}", flush=True)
                 timed = [m for m in models if m not in failed]

@@ -137,13 +137,29 @@ def test_step_sweep_probe_says_why_a_setting_cannot_run():
     from baselines import scan_triton
     from benchmarks import step_sweep
 
-    assert step_sweep.compiles("bn-lstm", "tiny", "cpu") is None
-    assert step_sweep.compiles("no-such-model", "tiny", "cpu").startswith("UserError: unknown model")
+    assert step_sweep.check("bn-lstm", "tiny", "cpu") is None
+    assert step_sweep.check("no-such-model", "tiny", "cpu").startswith("UserError: unknown model")
     with pytest.MonkeyPatch.context() as mp:  # a failure inside the step, as a kernel that will not compile
         mp.setattr(baselines, "set_fast_path", lambda *a: (_ for _ in ()).throw(RuntimeError("PTX error\nmore")))
         mp.setattr(step_sweep, "set_fast_path", baselines.set_fast_path)
-        assert step_sweep.compiles("rnn-loop", "tiny", "cpu") == "RuntimeError: PTX error"
+        assert step_sweep.check("rnn-loop", "tiny", "cpu") == "RuntimeError: PTX error"
     assert scan_triton.BJ_WHOLE_BATCH == step_sweep.DEFAULTS["BJ_WHOLE_BATCH"]
+
+
+@pytest.mark.parametrize("model", ["bn-lstm", "gru-loop"])
+def test_step_sweep_probe_refuses_a_setting_with_wrong_gradients(model, monkeypatch):
+    """A setting that runs but computes wrong gradients (as a barrier that lets a program
+    read a neighbour's h_t too early would) is refused before it is timed: the probe
+    compares the fast path's gradients on one batch with the reference loop's."""
+    from baselines import cells
+    from benchmarks import step_sweep
+
+    real = cells.run_recurrence  # the fast path's recurrence, its outputs 5% off
+    monkeypatch.setattr(cells, "run_recurrence", lambda *a, **k: (lambda o: (o[0] * 1.05, *o[1:]))(real(*a, **k)))
+    why = step_sweep.check(model, "tiny", "cpu")
+    assert why is not None and why.startswith("gradients ") and "off the reference loop's" in why
+    monkeypatch.setattr(cells, "run_recurrence", real)
+    assert step_sweep.check(model, "tiny", "cpu") is None
 
 
 def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monkeypatch, capsys):
@@ -156,8 +172,8 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     from benchmarks import step_sweep
 
     monkeypatch.setitem(step_sweep.SWEEPS, "units", ([{}, dict(BJ_WHOLE_BATCH=8)], {"tiny": ["bn-rnn", "rnn-loop"]}))
-    real = step_sweep.compiles
-    monkeypatch.setattr(step_sweep, "compiles", lambda m, shape, device: (
+    real = step_sweep.check
+    monkeypatch.setattr(step_sweep, "check", lambda m, shape, device: (
         "RuntimeError: no" if m == "rnn-loop" and scan_triton.BJ_WHOLE_BATCH == 8 else real(m, shape, device)))
     out = tmp_path / "units.json"
     step_sweep.main(["--sweep", "units", "--device", "cpu", "--json", str(out)])
