@@ -128,18 +128,29 @@ ROWS_SEQ = 8
 # gates (cuobjdump --dump-resource-usage; 16 rows a program).
 WARPS_SEQ = 8
 BK_SEQ = 16
-# Grid-synchronized launches (GRID_SYNC, RNNBENCH_GPU_GRID_SYNC=1; opt-in, not yet run on
-# a GPU): where a launch per step runs (not whole sequences), all T steps in one launch of
-# the step kernels' own tiles and grid, with a barrier of every program between steps
+# Grid-synchronized launches (GRID_SYNC; on by default, RNNBENCH_GPU_GRID_SYNC=0 turns
+# them off): where a launch per step runs (not whole sequences), all T steps in one
+# launch of the step kernels' programs, with a barrier of every program between steps
 # (``_step_sync``: an atomic counter in global memory) in place of a launch and its
 # ordering. What a launch per step costs beyond its work, twice per step, becomes one
 # barrier; batch statistics stay within a program (the whole batch of its units), as in
 # a launch per step. Needs every program resident at once, so at most one per
-# multiprocessor (bn-lstm at the seq-MNIST shape: 25 programs of 132). Runs record
-# "scan-triton-grid". Tested in the interpreter with one program and compiled for sm_90;
-# benchmarks/device_check.sh's "grid" stage runs its GPU tests and times it.
+# multiprocessor (bn-lstm at the seq-MNIST shape: 25 programs of 132); elsewhere (8
+# stacked seeds, say) a launch per step runs. Runs record "scan-triton-grid". On an H100
+# (benchmarks/RESULTS.md; the same tiles): bn-rnn 11.19 -> 10.19 ms a training step at
+# the seq-MNIST shape, rnn-loop 7.12 -> 6.70, bn-lstm 39.11 -> 35.76 at the adding shape;
+# gru-loop 12.52 -> 13.81 at seq-MNIST until its rows were split finer (ROWS_FREE_GRID).
 ENV_GRID_SYNC = "RNNBENCH_GPU_GRID_SYNC"
-GRID_SYNC = os.environ.get(ENV_GRID_SYNC) == "1"
+GRID_SYNC = os.environ.get(ENV_GRID_SYNC, "1") != "0"
+# Rows per program where no batch statistics bind them together, in grid-synchronized
+# launches: a launch costs nothing more per program there, so a step spreads over more
+# programs (lstm-loop at seq-MNIST: 13 x 7 = 91 instead of 13 x 4). On an H100 against
+# 32 rows: lstm-loop 16.23 -> 13.66 ms, gru-loop 13.81 -> 11.12, rnn-loop 6.70 -> 5.88
+# (seq-MNIST), gru-loop 15.36 -> 15.82 (adding); 4 units a program instead was slower
+# (14.28, 12.11, 6.73). Whole-batch programs keep BJ_WHOLE_BATCH: 2 units (50 programs)
+# were 2% faster over bn-lstm, bn-gru and bn-rnn at seq-MNIST and bn-lstm at adding
+# together, under the sweeps' 3% margin (bn-lstm adding 35.76 -> 37.73 ms).
+ROWS_FREE_GRID = 16
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
@@ -248,8 +259,9 @@ def _seq_runs_here(device: torch.device) -> bool:
 def _grid_runs_here(device: torch.device) -> bool:
     """Whether the grid-synchronized launches compile and run here, tried once per process
     (as ``_runs_here``) on a two-step recurrence of two programs; where they do not, one
-    warning says why and a launch per step runs. (A barrier that never opens would hang
-    here: that is why they are opt-in until timed on a GPU.)"""
+    warning says why and a launch per step runs. (A barrier that never opened would
+    hang here; the launch is cooperative, so the driver runs every program at once or
+    refuses, and tests/test_gpu.py runs them on CUDA.)"""
     global _grid_failed, _grid_tried
     if not (_grid_tried or _capturing(device)):
         _grid_tried = True
@@ -924,10 +936,11 @@ if triton is not None:
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
-def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool) -> tuple[int, int, int, int]:
+def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False) -> tuple[int, int, int, int]:
     """Rows and units of a program, its chunk of the products and its warps: every unit
     of ROWS_SEQ rows in whole-sequence launches; the whole batch of a seed where batch
-    statistics bind the rows; else ROWS_FREE rows."""
+    statistics bind the rows; else ROWS_FREE rows (ROWS_FREE_GRID in ``grid``-
+    synchronized launches)."""
     if seq:
         return min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H)), BK_SEQ, \
             WARPS_SEQ
@@ -936,20 +949,21 @@ def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool) -> tuple[int, int
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
         return bb, BJ_WHOLE_BATCH, BK_WHOLE_BATCH, WARPS_WHOLE_BATCH if bb >= 128 else 4
-    return min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, BK, WARPS_FREE
+    return min(ROWS_FREE_GRID if grid else ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, BK, WARPS_FREE
 
 
 def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: torch.device) -> int:
     """The programs of a grid-synchronized launch of this recurrence (``GRID_SYNC``), or
-    0 where it runs otherwise: the step kernels' tiles and grid, all T >= 2 steps in one
-    launch with a barrier of every program between steps, where no launch of a whole
+    0 where it runs otherwise: the step kernels' grid at their tiles for such launches
+    (``_tiles``), all T >= 2 steps in one launch with a barrier of every program
+    between steps, where no launch of a whole
     sequence runs (``whole_sequence``; layer norm always does) and every program can be
     resident at once: at most one per multiprocessor on CUDA, a single one in Triton's
     interpreter (which runs programs one after another); not where these launches failed
     to run here (``_grid_runs_here``)."""
     if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes):
         return 0
-    bb, bj, _, _ = _tiles(B0, H, modes, False)
+    bb, bj, _, _ = _tiles(B0, H, modes, False, grid=True)
     n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
     most = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     return n if n <= most and _grid_runs_here(device) else 0
@@ -982,8 +996,8 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     seq = whole_sequence(T, modes)
     if not seq and _LAYER in modes:
         raise ValueError("layer norm in the step kernels needs whole-sequence launches (see whole_sequence)")
-    bb, bj, bk, warps = _tiles(B0, H, modes, seq)
     nprog = 0 if seq else grid_programs(T, B0, H, S, modes, w.device)
+    bb, bj, bk, warps = _tiles(B0, H, modes, seq, grid=nprog > 0)
     sync = {}
     if seq:
         sync = dict(CNT=w, NPROG=1, GRID=False)  # CNT: never read

@@ -9,6 +9,7 @@ compiled kernels against the reference loop.
 """
 
 import copy
+import os
 import re
 from typing import Callable, NamedTuple
 
@@ -84,9 +85,11 @@ def assert_ran(impl: Impl, *norms: str | None, batch_stats: bool = True) -> None
 
 def use_step_kernels(monkeypatch, sequence: bool | None = None) -> None:
     """The scan path on its CUDA step kernels, in Triton's interpreter here (not the
-    compiled CPU loops, which the CPU would take first); ``sequence``: ``SEQUENCE`` too."""
+    compiled CPU loops, which the CPU would take first), a launch per step (the
+    grid-synchronized launches have tests of their own); ``sequence``: ``SEQUENCE`` too."""
     use_scan_loops(monkeypatch, False)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", True)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", False)
     if sequence is not None:
         monkeypatch.setattr(scan_triton, "SEQUENCE", sequence)
 
@@ -124,7 +127,7 @@ def one_program_grid(monkeypatch, request) -> None:
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
     monkeypatch.setattr(scan_triton, "_step_sync", _strict_step_sync)
     monkeypatch.setattr(scan_triton, "_start", recording)
-    for name in ("BJ", "BJ_WHOLE_BATCH"):
+    for name in ("BJ", "BJ_WHOLE_BATCH", "ROWS_FREE_GRID"):
         monkeypatch.setattr(scan_triton, name, 32)
     request.addfinalizer(check)
 
@@ -140,6 +143,7 @@ def impl(request, monkeypatch) -> Impl:
         split_every_step(request)
     monkeypatch.setattr(scan_triton, "ALLOW_INTERPRETER", IMPLS[request.param].steps)
     monkeypatch.setattr(scan_triton, "SEQUENCE", IMPLS[request.param].seq)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", IMPLS[request.param].grid)
     interpreter_tiles(monkeypatch)
     if IMPLS[request.param].grid:
         one_program_grid(monkeypatch, request)
@@ -606,14 +610,14 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd_seq, dict(LN, CMODE=3, C_BETA=True, C_SHIFT=False, C_VAR=False, **SEQ)),
     (st._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=False, **SEQ)),
     (st._gru_fwd_seq, dict(LN, **SEQ)), (st._gru_bwd_seq, dict(MODE=3, **SEQ)),
-    # grid-synchronized launches: batch norm's whole batch (4 units a program), no norm (32 rows, 8 units)
+    # grid-synchronized launches: batch norm's whole batch (4 units a program), no norm (16 rows, 8 units)
     (st._rnn_fwd_seq, dict(BN, RELU=False, BB=128, BJ=4, **GRID)),
-    (st._rnn_bwd_seq, dict(MODE=0, RELU=True, BB=32, **GRID)),
+    (st._rnn_bwd_seq, dict(MODE=0, RELU=True, BB=16, **GRID)),
     (st._lstm_fwd_seq, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128, BJ=4, **GRID)),
     (st._lstm_bwd_seq, dict(MODE=1, CMODE=1, HAS_LAST=True, BB=128, BJ=4, **GRID)),
-    (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=32, **GRID)),
-    (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, BB=32, **GRID)),
-    (st._gru_fwd_seq, dict(BN, BB=128, BJ=4, **GRID)), (st._gru_bwd_seq, dict(MODE=0, BB=32, **GRID)),
+    (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **GRID)),
+    (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, BB=16, **GRID)),
+    (st._gru_fwd_seq, dict(BN, BB=128, BJ=4, **GRID)), (st._gru_bwd_seq, dict(MODE=0, BB=16, **GRID)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
@@ -1180,6 +1184,34 @@ def test_step_kernels_over_several_program_blocks(cell, norm, cell_norm, batch_s
     B, T, H = 40, 3, 44
     run_cell_case(impl, cell, B, T, H, norm, cell_norm, batch_stats)
     assert scan.last_path() == "scan-triton"
+
+
+@needs_kernels
+def test_grid_synchronized_launches_where_their_programs_fit(monkeypatch):
+    """On by default: one launch of every step where each program can sit on its own
+    multiprocessor (here a GPU of 132, as an H100), with rows split finer than a launch
+    per step splits them (ROWS_FREE_GRID, not ROWS_FREE); batch-norm programs keep the
+    whole batch; not where the programs outnumber the multiprocessors (8 stacked seeds),
+    not with GRID_SYNC off, not for one step or layer norm (whole sequences)."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(scan_triton, "_grid_runs_here", lambda d: True)
+    cuda = torch.device("cuda")
+    assert scan_triton.GRID_SYNC is (os.environ.get(scan_triton.ENV_GRID_SYNC, "1") != "0")
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    assert (scan_triton.ROWS_FREE_GRID, scan_triton.ROWS_FREE) == (16, 32)
+    assert scan_triton._tiles(100, 100, (0,), False, grid=True)[:2] == (16, 8)
+    assert scan_triton._tiles(100, 100, (0,), False)[:2] == (32, 8)
+    assert scan_triton._tiles(100, 100, (1,), False, grid=True)[:2] == (128, 4)
+    assert scan_triton.grid_programs(784, 100, 100, 1, (0, 0), cuda) == 13 * 7  # lstm-loop, seq-MNIST
+    assert scan_triton.grid_programs(784, 100, 100, 1, (1, 1), cuda) == 25  # bn-lstm: the whole batch, 4 units
+    assert scan_triton.grid_programs(1000, 128, 128, 1, (0,), cuda) == 16 * 8  # adding shape
+    assert scan_triton.grid_programs(784, 100, 100, 8, (1, 1), cuda) == 0  # 200 programs: a launch per step
+    assert scan_triton.grid_programs(1, 100, 100, 1, (0,), cuda) == 0
+    assert scan_triton.grid_programs(784, 100, 100, 1, (3,), cuda) == 0
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", False)
+    assert scan_triton.grid_programs(784, 100, 100, 1, (0,), cuda) == 0
 
 
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
