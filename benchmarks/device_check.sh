@@ -12,11 +12,14 @@
 # syncrows sweeps (the whole-sequence launches left off where their GPU tests failed).
 # Each sweep stage is 4-5 settings x 3-7 models, about a minute. One call for a session
 # that tunes: STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults
-# match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26).
+# match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26). The
+# defaults' table beside a launch per step, and the grid launches' tiles:
+# STAGES="tests bench grid stacked sync" (~8 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
-# models), tuned 46 s, smoke 44 s; a call's start and transfers ~30 s.
+# models), tuned 46-68 s, smoke 44 s, grid 70 s, sync 122 s (with its gradient checks),
+# syncrows 62 s; a call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
 STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked grid reference smoke}
@@ -32,7 +35,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv |
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 
 if want tests; then
-  stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels and grid launches left out)"
+  stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels and the grid stage's tests left out)"
   timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused- and not grid" 2>&1 \
     | tee "$OUTDIR/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | tail -15
 fi
@@ -78,19 +81,15 @@ if want stacked; then
   timeout 150 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2
 fi
 if want grid; then
-  # Opt-in launches with a barrier of every program between steps (scan_triton.GRID_SYNC):
-  # their GPU tests first, under a timeout (a barrier that never opens hangs), and the
-  # speed of the cells they run only where every test passed.
-  stage "grid-synchronized launches (RNNBENCH_GPU_GRID_SYNC=1): GPU tests, then speed"
+  # The grid-synchronized launches (scan_triton.GRID_SYNC, the default): their GPU tests
+  # under a timeout (a barrier that never opens hangs), then the same models with a launch
+  # per step (RNNBENCH_GPU_GRID_SYNC=0), to set beside the bench stage's rows.
+  stage "grid-synchronized launches: GPU tests, then a launch per step (RNNBENCH_GPU_GRID_SYNC=0) for comparison"
   timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k grid 2>&1 \
     | tee "$OUTDIR/gpu_tests_grid.log" | grep -E "passed|failed|FAILED|Error|Timeout" | tail -12
-  if grep -qE "[0-9]+ passed" "$OUTDIR/gpu_tests_grid.log" && ! grep -qE "failed|error" "$OUTDIR/gpu_tests_grid.log"; then
-    RNNBENCH_GPU_GRID_SYNC=1 timeout 150 $BENCH --shapes seq-mnist,adding \
-      --models 'lstm,rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' --json "$OUTDIR/bench_grid.json" 2>&1 \
-      | tee "$OUTDIR/bench_grid.txt" | tail -2
-  else
-    echo "grid-synchronized launches: GPU tests did not all pass (or hung); not timed"
-  fi
+  RNNBENCH_GPU_GRID_SYNC=0 timeout 150 $BENCH --shapes seq-mnist,adding \
+    --models 'lstm,rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' --json "$OUTDIR/bench_grid.json" 2>&1 \
+    | tee "$OUTDIR/bench_grid.txt" | tail -2
 fi
 KEEP=()  # the whole-sequence launches' settings stay as they are where their GPU tests failed
 grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" \

@@ -14,11 +14,14 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   (``scan_triton.SEQUENCE``; layer norm runs there always) against a launch per step,
   16 rows a program (7 programs at B=100 instead of 13), and 4 warps with chunks of 32;
 - ``sync`` and ``syncrows``: the grid-synchronized launches (``scan_triton.GRID_SYNC``:
-  all steps in one launch, a barrier between steps) against a launch per step, with the
-  tiles of the whole-batch programs (batch norm; ``sync``) or of the rows-split ones
-  (``syncrows``) made smaller, for more programs a step, now that more programs cost a
-  barrier's arrivals rather than launches; each ends with the defaults timed again
-  (``GRID_SYNC=False``), so the spread of one setting timed twice is in the table.
+  all steps in one launch, a barrier between steps; the default) against a launch per
+  step, and their tiles: 2 units or 16 warps a whole-batch program (batch norm; ``sync``;
+  a program on its own multiprocessor has warps to spare: compiled for sm_90, bn-lstm's
+  kernels need 116 and 64 registers a thread with 16 warps, no spills), 32 rows or 16
+  units a rows-split one (``syncrows``).
+
+``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
+tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
@@ -51,24 +54,25 @@ from suite.bench import SHAPES, build_step, bench, make_batch
 from suite.errors import one_line
 
 DEFAULTS = dict(FP32_DOT="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=8, BJ_WHOLE_BATCH=4,
-                BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16, GRID_SYNC=False)
-SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models})
+                BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16, GRID_SYNC=True,
+                ROWS_FREE_GRID=16)
+PER_STEP = dict(GRID_SYNC=False)  # the tiles of a launch per step (where grid-synchronized launches do not fit)
+SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings under every one of them)
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=32), dict(ROWS_FREE=16)],
-              {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}),
-    "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
+              {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}, PER_STEP),
+    "warps": ([{}, dict(WARPS_WHOLE_BATCH=4)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}, PER_STEP),
     "units": ([{}, dict(BJ_WHOLE_BATCH=8), dict(BJ_WHOLE_BATCH=16, BK_WHOLE_BATCH=32), dict(BK_WHOLE_BATCH=32),
                dict(BK_WHOLE_BATCH=64)],
-              {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}),
+              {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}, PER_STEP),
     "rows": ([{}, dict(BJ=16, BK=32), dict(BJ=16), dict(WARPS_FREE=8), dict(ROWS_FREE=16)],
-             {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"]}),
+             {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"]}, PER_STEP),
     "sequence": ([{}, dict(SEQUENCE=True), dict(ROWS_SEQ=16), dict(WARPS_SEQ=4, BK_SEQ=32)],
                  {"seq-mnist": ["rnn-loop", "lstm-loop", "gru-loop", "ln-rnn", "ln-lstm", "ln-gru"],
-                  "adding": ["lstm-loop"]}),
-    "sync": ([{}, dict(GRID_SYNC=True), dict(GRID_SYNC=True, BJ_WHOLE_BATCH=2), dict(GRID_SYNC=False)],
-             {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm"]}),
-    "syncrows": ([{}, dict(GRID_SYNC=True), dict(GRID_SYNC=True, BJ=4), dict(GRID_SYNC=True, ROWS_FREE=16),
-                  dict(GRID_SYNC=False)],
-                 {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"], "adding": ["gru-loop"]}),
+                  "adding": ["lstm-loop"]}, {}),
+    "sync": ([{}, dict(GRID_SYNC=False), dict(BJ_WHOLE_BATCH=2), dict(WARPS_WHOLE_BATCH=16)],
+             {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm"]}, {}),
+    "syncrows": ([{}, dict(GRID_SYNC=False), dict(ROWS_FREE_GRID=32), dict(BJ=16)],
+                 {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"], "adding": ["gru-loop"]}, {}),
 }
 
 
@@ -189,10 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", help="write every row here")
     ap.add_argument("--device", default="cuda", help="where to time (the kernels run on CUDA only; cpu: a dry run)")
     args = ap.parse_args(argv)
-    variants, cases = SWEEPS[args.sweep]
+    variants, cases, under = SWEEPS[args.sweep]
     rows = []
     for change in variants:
-        settings = {**DEFAULTS, **change}
+        settings = {**DEFAULTS, **under, **change}
         label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
         with applied(settings):
             for shape, models in cases.items():

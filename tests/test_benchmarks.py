@@ -126,8 +126,8 @@ def test_step_sweep_defaults_are_the_kernels_defaults():
     from benchmarks import step_sweep
 
     assert step_sweep.DEFAULTS == {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS}
-    for variants, cases in step_sweep.SWEEPS.values():
-        assert all(set(v) <= set(step_sweep.DEFAULTS) for v in variants)
+    for variants, cases, under in step_sweep.SWEEPS.values():
+        assert all(set(v) <= set(step_sweep.DEFAULTS) for v in [*variants, under])
         assert all(m in baselines.names() for models in cases.values() for m in models)
 
 
@@ -171,7 +171,8 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     from baselines import scan_triton
     from benchmarks import step_sweep
 
-    monkeypatch.setitem(step_sweep.SWEEPS, "units", ([{}, dict(BJ_WHOLE_BATCH=8)], {"tiny": ["bn-rnn", "rnn-loop"]}))
+    monkeypatch.setitem(step_sweep.SWEEPS, "units", ([{}, dict(BJ_WHOLE_BATCH=8)], {"tiny": ["bn-rnn", "rnn-loop"]},
+                                                     step_sweep.PER_STEP))
     real = step_sweep.check
     monkeypatch.setattr(step_sweep, "check", lambda m, shape, device: (
         "RuntimeError: no" if m == "rnn-loop" and scan_triton.BJ_WHOLE_BATCH == 8 else real(m, shape, device)))
@@ -179,6 +180,7 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     step_sweep.main(["--sweep", "units", "--device", "cpu", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["model"], r["BJ_WHOLE_BATCH"]) for r in rows] == [("bn-rnn", 4), ("rnn-loop", 4), ("bn-rnn", 8)]
+    assert all(r["GRID_SYNC"] is False for r in rows)  # the sweep's settings under every variant
     printed = capsys.readouterr().out
     assert "rnn-loop  tiny       skipped: RuntimeError: no" in printed
     assert {k: getattr(scan_triton, k) for k in step_sweep.DEFAULTS} == step_sweep.DEFAULTS
