@@ -61,6 +61,7 @@ without it, hence the default above.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -261,7 +262,9 @@ def _grid_runs_here(device: torch.device) -> bool:
     (as ``_runs_here``) on a two-step recurrence of two programs; where they do not, one
     warning says why and a launch per step runs. (A barrier that never opened would
     hang here; the launch is cooperative, so the driver runs every program at once or
-    refuses, and tests/test_gpu.py runs them on CUDA.)"""
+    refuses, and tests/test_gpu.py runs them on CUDA.) A GPU that offers fewer
+    multiprocessors than it has (an MPS limit on a shared card) would refuse the
+    first larger launch with an error, not hang: ``RNNBENCH_GPU_GRID_SYNC=0`` there."""
     global _grid_failed, _grid_tried
     if not (_grid_tried or _capturing(device)):
         _grid_tried = True
@@ -1001,12 +1004,15 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     sync = {}
     if seq:
         sync = dict(CNT=w, NPROG=1, GRID=False)  # CNT: never read
-    elif nprog:  # a cooperative launch: the driver runs every program at once, or refuses
+    grid = (triton.cdiv(H, bj), triton.cdiv(B0, bb), S)
+    if nprog:  # a cooperative launch: the driver runs every program at once, or refuses
+        if nprog != math.prod(grid):  # a barrier waiting for programs never launched would hang
+            raise RuntimeError(f"grid-synchronized launch of {math.prod(grid)} programs counted as {nprog}")
         sync = dict(CNT=torch.zeros(1, dtype=torch.int32, device=w.device), NPROG=nprog, GRID=True,
                     launch_cooperative_grid=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
-    return w, (triton.cdiv(H, bj), triton.cdiv(B0, bb), S), (B, H, S, B0), cfg, sync
+    return w, grid, (B, H, S, B0), cfg, sync
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:

@@ -88,8 +88,8 @@ if want grid; then
   timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k grid 2>&1 \
     | tee "$OUTDIR/gpu_tests_grid.log" | grep -E "passed|failed|FAILED|Error|Timeout" | tail -12
   RNNBENCH_GPU_GRID_SYNC=0 timeout 150 $BENCH --shapes seq-mnist,adding \
-    --models 'lstm,rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' --json "$OUTDIR/bench_grid.json" 2>&1 \
-    | tee "$OUTDIR/bench_grid.txt" | tail -2
+    --models 'lstm,rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' --json "$OUTDIR/bench_per_step.json" 2>&1 \
+    | tee "$OUTDIR/bench_per_step.txt" | tail -2
 fi
 KEEP=()  # the whole-sequence launches' settings stay as they are where their GPU tests failed
 grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" \
@@ -131,4 +131,6 @@ want grid && tail -1 "$OUTDIR/gpu_tests_grid.log"
 for f in sweep sweep_units sweep_rows sweep_sequence sweep_sync sweep_syncrows sweep_warps; do
   [[ -f "$OUTDIR/$f.txt" ]] && grep -E "^best|skipped" "$OUTDIR/$f.txt"
 done
-for f in bench_ab bench_stacked bench_tuned_stacked bench_grid bench bench_tuned; do [[ -f "$OUTDIR/$f.txt" ]] && cat "$OUTDIR/$f.txt"; done
+for f in bench_ab bench_stacked bench_tuned_stacked bench_per_step bench bench_tuned; do
+  [[ -f "$OUTDIR/$f.txt" ]] && echo "--- $f" && cat "$OUTDIR/$f.txt"
+done

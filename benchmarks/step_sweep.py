@@ -17,11 +17,15 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   all steps in one launch, a barrier between steps; the default) against a launch per
   step, and their tiles: 2 units or 16 warps a whole-batch program (batch norm; ``sync``;
   a program on its own multiprocessor has warps to spare: compiled for sm_90, bn-lstm's
-  kernels need 116 and 64 registers a thread with 16 warps, no spills), 32 rows or 16
-  units a rows-split one (``syncrows``).
+  kernels need 116 and 64 registers a thread with 16 warps, no spills, by
+  ``kernel_resources.py --warps 8,16 --chunks 16 --only 'lstm fwd bn'`` and ``'lstm bwd
+  bn'``), 32 rows or 16 units a rows-split one (``syncrows``).
 
 ``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
 tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
+What ``--pick`` takes from them applies to grid-synchronized launches too (``BJ``,
+``BK``, the whole-batch tiles; not ``ROWS_FREE``), where they were not timed: the
+``tuned`` table then shows both together.
 
     python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS

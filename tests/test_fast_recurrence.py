@@ -1214,6 +1214,52 @@ def test_grid_synchronized_launches_where_their_programs_fit(monkeypatch):
     assert scan_triton.grid_programs(784, 100, 100, 1, (0,), cuda) == 0
 
 
+@needs_kernels
+def test_grid_launches_run_on_their_own_tiles_forward_and_backward(monkeypatch):
+    """A recurrence's forward and backward launches take the grid-synchronized launches'
+    rows per program (ROWS_FREE_GRID; swapped with ROWS_FREE here, so that one program of
+    32 rows holds the 20 rows in a grid launch and two of 16 in a launch per step), and
+    the barrier counts exactly the programs launched; the results equal a launch per
+    step's."""
+    import math
+
+    use_step_kernels(monkeypatch)
+    monkeypatch.setattr(scan_triton, "ROWS_FREE", 16)
+    monkeypatch.setattr(scan_triton, "ROWS_FREE_GRID", 32)
+    starts = []
+    start = scan_triton._start
+
+    def recording(T, B, *args, **kwargs):
+        out = start(T, B, *args, **kwargs)
+        if B == 20:  # this test's launches, not the probes'
+            starts.append(out)
+        return out
+
+    monkeypatch.setattr(scan_triton, "_start", recording)
+    torch.manual_seed(0)
+    B, T, H = 20, 3, 8
+    u, h0, w = torch.randn(B, T, H), torch.randn(B, H), torch.randn(H, H) / 3
+    results = {}
+    for grid in (True, False):
+        monkeypatch.setattr(scan_triton, "GRID_SYNC", grid)
+        starts.clear()
+        uu, ww = u.clone().requires_grad_(), w.clone().requires_grad_()
+        h = scan.scan_rnn(uu, h0, ww)[0]
+        assert scan.last_path() == ("scan-triton-grid" if grid else "scan-triton")
+        h.square().sum().backward()
+        results[grid] = (h.detach(), uu.grad, ww.grad)
+        assert len(starts) == 2  # the forward launch and the backward one
+        for _, launched, _, cfg, sync in starts:
+            assert cfg["BB"] == (32 if grid else 16) and math.prod(launched) == (1 if grid else 2)
+            assert sync.get("NPROG") == (1 if grid else None)
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    monkeypatch.setattr(scan_triton, "grid_programs", lambda *a: 2)  # counted wrong: refused, never launched
+    with pytest.raises(RuntimeError, match="1 programs counted as 2"):
+        scan.scan_rnn(u, h0, w)
+
+
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
     """Layer norm outside whole-sequence launches (one step, or beside batch statistics),
     float64, more than MAX_HIDDEN units and batch norm over more rows (of a seed) than

@@ -91,7 +91,7 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
     launches, and its Python loops) and the compiled Triton kernels (not the interpreter)
     on CUDA. Layer norm runs in whole-sequence launches always; batch statistics keep a
     launch per step in training (and run whole sequences in evaluation, with population
-    statistics); grid-synchronized launches run both, 13 to 52 programs here."""
+    statistics); grid-synchronized launches run both, 25 to 91 programs here."""
     from baselines import fused, scan_triton
 
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
@@ -168,18 +168,21 @@ def test_graph_is_captured_anew_when_an_eager_step_replaces_a_buffer():
     assert not torch.equal(norm.running_mean[:sh.T], before[:sh.T])
 
 
-@pytest.mark.parametrize("steps", ["1", "0"])
+@pytest.mark.parametrize("steps,grid", [("1", True), ("1", False), ("0", False)])
 @pytest.mark.parametrize("name", ["bn-lstm", "ln-gru", "bn-rnn"])
-def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, monkeypatch):
+def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, grid, monkeypatch):
     """Three seeds stacked in one CUDA-graphed step end where each seed trained alone
     (eager) ends: losses and weights after 8 Adam steps; with the step kernels on both
-    sides, and with the Python loops on both (Adam turns the rounding differences of two
-    implementations into weight differences of the order of its step size)."""
+    sides (grid-synchronized launches, which three seeds' programs fit, or a launch per
+    step, which more seeds take), and with the Python loops on both (Adam turns the
+    rounding differences of two implementations into weight differences of the order of
+    its step size)."""
     from baselines import scan_triton
     from baselines.stack import SeedStack
     from suite.fastpath import GraphedStackedTrainStep
 
     monkeypatch.setenv(scan_triton.ENV, steps)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", grid)
 
     torch.backends.cuda.matmul.allow_tf32 = False
     sh = bench.SHAPES["graph-test"]
@@ -210,7 +213,7 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, monkeypatch):
                                       (0, "grid"), (1, "grid"), (2, "grid")])
 def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
     """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches, or "grid":
-    grid-synchronized ones, 25 to 52 programs) with every output buffer poisoned (NaN)
+    grid-synchronized ones, 25 to 91 programs) with every output buffer poisoned (NaN)
     beforehand: all of it is written, and a second run gives the same bits (no race
     between programs, nor between a program's warps)."""
     from baselines import scan_triton as st
