@@ -143,6 +143,30 @@ BK_SEQ = 16
 # gru-loop 12.52 -> 13.81 at seq-MNIST until its rows were split finer (ROWS_FREE_GRID).
 ENV_GRID_SYNC = "RNNBENCH_GPU_GRID_SYNC"
 GRID_SYNC = os.environ.get(ENV_GRID_SYNC, "1") != "0"
+# Programs a multiprocessor may hold in a grid-synchronized launch (RNNBENCH_GPU_GRID_PER_SM;
+# not yet timed above 1). More lets more programs share a step: 8 stacked seeds of bn-lstm
+# (8 x 25 programs at the seq-MNIST shape, a launch per step at 1), or 8 rows a program
+# (169 for lstm-loop). Two bn-lstm programs of 8 warps fit a multiprocessor's registers
+# (108 a thread, compiled for sm_90). The driver refuses a cooperative launch whose
+# programs cannot all be resident at once (an error, not a hang), and the sweeps check
+# each setting before timing it (benchmarks/step_sweep.py).
+ENV_GRID_PER_SM = "RNNBENCH_GPU_GRID_PER_SM"
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment variable ``name``; else (with a warning
+    naming it) ``default``."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().isdigit() and int(raw) >= 1:
+        return int(raw)
+    warnings.warn(f"rnnbench: {name}={raw!r} is not a whole number of at least 1; using {default}", RuntimeWarning,
+                  stacklevel=2)
+    return default
+
+
+GRID_PER_SM = _env_count(ENV_GRID_PER_SM, 1)
 # Rows per program where no batch statistics bind them together, in grid-synchronized
 # launches: a launch costs nothing more per program there, so a step spreads over more
 # programs (lstm-loop at seq-MNIST: 13 x 7 = 91 instead of 13 x 4). On an H100 against
@@ -959,16 +983,18 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     """The programs of a grid-synchronized launch of this recurrence (``GRID_SYNC``), or
     0 where it runs otherwise: the step kernels' grid at their tiles for such launches
     (``_tiles``), all T >= 2 steps in one launch with a barrier of every program
-    between steps, where no launch of a whole
-    sequence runs (``whole_sequence``; layer norm always does) and every program can be
-    resident at once: at most one per multiprocessor on CUDA, a single one in Triton's
-    interpreter (which runs programs one after another); not where these launches failed
-    to run here (``_grid_runs_here``)."""
+    between steps, where no launch of a whole sequence runs (``whole_sequence``; layer
+    norm always does) and every program can be resident at once: at most GRID_PER_SM
+    per multiprocessor on CUDA, a single one in Triton's interpreter (which runs
+    programs one after another); not where these launches failed to run here
+    (``_grid_runs_here``)."""
     if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes):
         return 0
     bb, bj, _, _ = _tiles(B0, H, modes, False, grid=True)
     n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
-    most = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    most = 1  # Triton's interpreter
+    if device.type == "cuda":
+        most = torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
     return n if n <= most and _grid_runs_here(device) else 0
 
 

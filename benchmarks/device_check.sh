@@ -4,8 +4,11 @@
 # CUDA step kernels against its Python loops, the custom cells with 8 seeds stacked
 # per step (ratio per seed), the reference path, and the smoke profile on CUDA. Prints
 # a short table last. Usage (repo root): bash benchmarks/device_check.sh [OUTDIR]
+# (a stage writes one to three files; where only a few files come back, write them
+# elsewhere and pack them: bash benchmarks/device_check.sh /tmp/dc; tar czf OUTDIR/dc.tgz -C /tmp dc)
 # STAGES (default: all) picks stages by name: tests bench ab sweep units rows sequence stacked
-# grid reference smoke; "warps", "sync", "syncrows" (the grid-synchronized launches' tiles),
+# grid reference smoke; "warps", "sync", "syncrows", "syncstacked" (the grid-synchronized
+# launches' tiles; syncstacked: 8 stacked seeds in one launch, two programs a multiprocessor),
 # "profile" (Nsight Compute on the bn-lstm step kernels), "tuned" and "tuned_stacked" run only
 # when named. tuned and tuned_stacked time the bench and stacked stages' models under the
 # settings step_sweep.py --pick takes from this call's units, rows, sequence, sync and
@@ -14,7 +17,7 @@
 # that tunes: STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults
 # match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26). The
 # defaults' table beside a launch per step, and the grid launches' tiles:
-# STAGES="tests bench grid stacked sync" (~8 minutes).
+# STAGES="tests bench grid stacked sync syncstacked" (~9 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
@@ -52,7 +55,7 @@ if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
 fi
-for sw in units rows sequence sync syncrows; do
+for sw in units rows sequence sync syncrows syncstacked; do
   if want $sw; then
     stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
     timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \
@@ -128,7 +131,7 @@ stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
 want grid && tail -1 "$OUTDIR/gpu_tests_grid.log"
 # each setting's lines are in the files
-for f in sweep sweep_units sweep_rows sweep_sequence sweep_sync sweep_syncrows sweep_warps; do
+for f in sweep sweep_units sweep_rows sweep_sequence sweep_sync sweep_syncrows sweep_syncstacked sweep_warps; do
   [[ -f "$OUTDIR/$f.txt" ]] && grep -E "^best|skipped" "$OUTDIR/$f.txt"
 done
 for f in bench_ab bench_stacked bench_tuned_stacked bench_per_step bench bench_tuned; do

@@ -19,7 +19,11 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   a program on its own multiprocessor has warps to spare: compiled for sm_90, bn-lstm's
   kernels need 116 and 64 registers a thread with 16 warps, no spills, by
   ``kernel_resources.py --warps 8,16 --chunks 16 --only 'lstm fwd bn'`` and ``'lstm bwd
-  bn'``), 32 rows or 16 units a rows-split one (``syncrows``).
+  bn'``), 32 rows or 16 units a rows-split one, or 8 rows with two programs a
+  multiprocessor (``GRID_PER_SM``: 169 programs for lstm-loop; ``syncrows``);
+- ``syncstacked``: 8 stacked seeds of the batch-norm cells (8 x 25 programs at the
+  seq-MNIST shape: a launch per step) against one grid-synchronized launch of two
+  programs a multiprocessor (``GRID_PER_SM=2``).
 
 ``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
 tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
@@ -27,7 +31,7 @@ What ``--pick`` takes from them applies to grid-synchronized launches too (``BJ`
 ``BK``, the whole-batch tiles; not ``ROWS_FREE``), where they were not timed: the
 ``tuned`` table then shows both together.
 
-    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows] [--json FILE]
+    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows|syncstacked] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
 
 ``--pick`` reads sweeps' JSON rows, takes from each the setting that was fastest over
@@ -59,7 +63,7 @@ from suite.errors import one_line
 
 DEFAULTS = dict(FP32_DOT="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=8, BJ_WHOLE_BATCH=4,
                 BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16, GRID_SYNC=True,
-                ROWS_FREE_GRID=16)
+                ROWS_FREE_GRID=16, GRID_PER_SM=1)
 PER_STEP = dict(GRID_SYNC=False)  # the tiles of a launch per step (where grid-synchronized launches do not fit)
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings under every one of them)
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=32), dict(ROWS_FREE=16)],
@@ -75,9 +79,12 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings und
                   "adding": ["lstm-loop"]}, {}),
     "sync": ([{}, dict(GRID_SYNC=False), dict(BJ_WHOLE_BATCH=2), dict(WARPS_WHOLE_BATCH=16)],
              {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm"]}, {}),
-    "syncrows": ([{}, dict(GRID_SYNC=False), dict(ROWS_FREE_GRID=32), dict(BJ=16)],
+    "syncrows": ([{}, dict(GRID_SYNC=False), dict(ROWS_FREE_GRID=32), dict(BJ=16),
+                  dict(GRID_PER_SM=2, ROWS_FREE_GRID=8)],
                  {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"], "adding": ["gru-loop"]}, {}),
+    "syncstacked": ([{}, dict(GRID_PER_SM=2)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}, {}),
 }
+SEEDS = {"syncstacked": 8}  # seeds stacked in one training step (ratio per seed); else one
 
 
 @contextlib.contextmanager
@@ -208,16 +215,33 @@ def main(argv: list[str] | None = None) -> None:
                 for m, why in failed.items():
                     print(f"{label:<34}{m:<10}{shape:<10} skipped: {why}", flush=True)
                 timed = [m for m in models if m not in failed]
-                for r in bench(timed, [shape], args.device, repeats=3) if timed else []:
-                    if r["model"] != "lstm":
-                        rows.append({**r, **settings, "setting": label})
-                        print(f"{label:<34}{r['model']:<10}{shape:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
-                              f"{r['path']}", flush=True)
+                for r in _time(label, timed, shape, args.device, SEEDS.get(args.sweep, 1)):
+                    rows.append({**r, **settings, "setting": label})
+                    print(f"{label:<34}{r['model']:<10}{shape:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
+                          f"{r['path']}", flush=True)
     for line in best(rows):
         print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def _time(label: str, models: list[str], shape: str, device: str, seeds: int) -> list[dict]:
+    """``bench``'s rows of ``models`` at ``shape`` (cuDNN LSTM's left out). Stacked seeds
+    (``seeds`` > 1) are timed one model at a time: ``check`` tries one seed, and a stack's
+    grid-synchronized launch may still be refused (more programs than can be resident at
+    once), which skips that model with one line, not the sweep."""
+    if not models:
+        return []
+    if seeds == 1:
+        return [r for r in bench(models, [shape], device, repeats=3) if r["model"] != "lstm"]
+    rows = []
+    for m in models:
+        try:
+            rows += [r for r in bench([m], [shape], device, repeats=3, seeds=seeds) if r["model"] != "lstm"]
+        except Exception as e:  # a launch this GPU refuses
+            print(f"{label:<34}{m:<10}{shape:<10} skipped: {one_line(e, 160)}", flush=True)
+    return rows
 
 
 def best(rows: list[dict]) -> list[str]:

@@ -189,6 +189,32 @@ def test_step_sweep_times_each_setting_and_puts_the_defaults_back(tmp_path, monk
     assert "against defaults" in summary[0] and "against defaults" in summary[1]
 
 
+def test_step_sweep_times_stacked_seeds_one_model_at_a_time(monkeypatch, capsys):
+    """A stacked-seeds sweep (``SEEDS``) times each model in its own ``bench`` call with
+    the sweep's seeds: a model whose launch the GPU refuses is skipped with one line and
+    the others are still timed; cuDNN LSTM's rows are left out."""
+    from benchmarks import step_sweep
+
+    calls = []
+
+    def fake_bench(models, shapes, device, repeats, seeds=1):
+        calls.append((tuple(models), seeds))
+        if models == ["bn-gru"]:
+            raise RuntimeError("CUDA error: too many blocks in cooperative launch\nmore")
+        return [dict(model="lstm", ms=1.0), dict(model=models[0], ms=2.0, seeds=seeds)]
+
+    monkeypatch.setattr(step_sweep, "bench", fake_bench)
+    rows = step_sweep._time("GRID_PER_SM=2", ["bn-lstm", "bn-gru", "bn-rnn"], "seq-mnist", "cuda", 8)
+    assert calls == [(("bn-lstm",), 8), (("bn-gru",), 8), (("bn-rnn",), 8)]
+    assert [(r["model"], r["seeds"]) for r in rows] == [("bn-lstm", 8), ("bn-rnn", 8)]
+    assert "bn-gru    seq-mnist  skipped: RuntimeError: CUDA error: too many blocks" in capsys.readouterr().out
+    calls.clear()
+    assert [r["model"] for r in step_sweep._time("defaults", ["bn-rnn", "rnn-loop"], "tiny", "cpu", 1)] == \
+        ["bn-rnn"]  # one seed: one bench call for all (the fake returns one row)
+    assert calls == [(("bn-rnn", "rnn-loop"), 1)]
+    assert step_sweep.SEEDS == {"syncstacked": 8} and "syncstacked" in step_sweep.SWEEPS
+
+
 def test_step_sweep_names_each_models_fastest_setting():
     from benchmarks import step_sweep
 

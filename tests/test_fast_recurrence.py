@@ -8,6 +8,7 @@ conftest.py before Triton is imported); on CUDA tests/test_gpu.py runs the
 compiled kernels against the reference loop.
 """
 
+import contextlib
 import copy
 import os
 import re
@@ -1210,8 +1211,27 @@ def test_grid_synchronized_launches_where_their_programs_fit(monkeypatch):
     assert scan_triton.grid_programs(784, 100, 100, 8, (1, 1), cuda) == 0  # 200 programs: a launch per step
     assert scan_triton.grid_programs(1, 100, 100, 1, (0,), cuda) == 0
     assert scan_triton.grid_programs(784, 100, 100, 1, (3,), cuda) == 0
+    monkeypatch.setattr(scan_triton, "GRID_PER_SM", 2)  # two programs a multiprocessor: 264 at most
+    assert scan_triton.grid_programs(784, 100, 100, 8, (1, 1), cuda) == 200  # 8 stacked seeds
+    assert scan_triton.grid_programs(784, 100, 100, 8, (0, 0), cuda) == 0  # 8 x 91
+    monkeypatch.setattr(scan_triton, "ROWS_FREE_GRID", 8)
+    assert scan_triton.grid_programs(784, 100, 100, 1, (0, 0), cuda) == 13 * 13
     monkeypatch.setattr(scan_triton, "GRID_SYNC", False)
     assert scan_triton.grid_programs(784, 100, 100, 1, (0,), cuda) == 0
+
+
+@pytest.mark.parametrize("raw,want", [(None, 1), ("2", 2), (" 3 ", 3), ("0", 1), ("two", 1), ("-1", 1)])
+def test_grid_programs_per_multiprocessor_from_the_environment(raw, want, monkeypatch):
+    """RNNBENCH_GPU_GRID_PER_SM: a whole number of at least 1; anything else warns, naming
+    the variable and the value, and keeps 1."""
+    if raw is None:
+        monkeypatch.delenv(scan_triton.ENV_GRID_PER_SM, raising=False)
+    else:
+        monkeypatch.setenv(scan_triton.ENV_GRID_PER_SM, raw)
+    bad = raw is not None and want == 1
+    with pytest.warns(RuntimeWarning, match=f"RNNBENCH_GPU_GRID_PER_SM='{raw}' is not a whole number") if bad \
+            else contextlib.nullcontext():
+        assert scan_triton._env_count(scan_triton.ENV_GRID_PER_SM, 1) == want
 
 
 @needs_kernels
