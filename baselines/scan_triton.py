@@ -135,8 +135,8 @@ BK_SEQ = 16
 # (``_step_sync``: an atomic counter in global memory) in place of a launch and its
 # ordering. What a launch per step costs beyond its work, twice per step, becomes one
 # barrier; batch statistics stay within a program (the whole batch of its units), as in
-# a launch per step. Needs every program resident at once, so at most one per
-# multiprocessor (bn-lstm at the seq-MNIST shape: 25 programs of 132); elsewhere (8
+# a launch per step. Needs every program resident at once, so at most GRID_PER_SM (1)
+# per multiprocessor (bn-lstm at the seq-MNIST shape: 25 programs of 132); elsewhere (8
 # stacked seeds, say) a launch per step runs. Runs record "scan-triton-grid". On an H100
 # (benchmarks/RESULTS.md; the same tiles): bn-rnn 11.19 -> 10.19 ms a training step at
 # the seq-MNIST shape, rnn-loop 7.12 -> 6.70, bn-lstm 39.11 -> 35.76 at the adding shape;
@@ -856,8 +856,8 @@ if triton is not None:
         the next step reads what other programs wrote, some of it in lines this program
         cached before (the RNN forward's u_t beside a neighbour's h_t), so the poll must
         keep its acquire. Every program must be resident at once: the launch is
-        cooperative (``_start``), and ``grid_programs`` allows at most one program per
-        multiprocessor."""
+        cooperative (``_start``), and ``grid_programs`` allows at most GRID_PER_SM
+        programs per multiprocessor."""
         tl.debug_barrier()
         if GRID:
             tl.atomic_add(CNT, 1, sem="release", scope="gpu")
