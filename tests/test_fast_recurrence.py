@@ -105,6 +105,21 @@ def interpreter_tiles(monkeypatch) -> None:
         monkeypatch.setattr(scan_triton, name, value)
 
 
+def recorded_starts(monkeypatch, keep: Callable) -> list:
+    """(T, B, what it returned) of every ``scan_triton._start`` call from now on that
+    ``keep(T, B, returned)`` accepts: the launches' grids, tiles and sync arguments."""
+    starts, start = [], scan_triton._start
+
+    def recording(T, B, *args, **kwargs):
+        out = start(T, B, *args, **kwargs)
+        if keep(T, B, out):
+            starts.append((T, B, out))
+        return out
+
+    monkeypatch.setattr(scan_triton, "_start", recording)
+    return starts
+
+
 def one_program_grid(monkeypatch, request) -> None:
     """Grid-synchronized launches on, with tiles that put a test's recurrence (up to 32
     rows and units a seed) in one program: Triton's interpreter runs a launch's programs
@@ -112,22 +127,14 @@ def one_program_grid(monkeypatch, request) -> None:
     tested compiled, on CUDA (tests/test_gpu.py). The barrier is a strict one here: the
     k-th barrier a program reaches must say k, else its counter is spoiled; after the
     test every launch's counter must read T - 1 (every barrier reached, in order)."""
-    launches = []
-    start = scan_triton._start
-
-    def recording(T, *args, **kwargs):
-        out = start(T, *args, **kwargs)
-        if out[4].get("GRID"):
-            launches.append((T, out[4]["CNT"], out[4]["NPROG"]))
-        return out
+    launches = recorded_starts(monkeypatch, lambda T, B, out: out[4].get("GRID"))
 
     def check() -> None:
-        for T, cnt, nprog in launches:
-            assert nprog == 1 and cnt.item() == T - 1, (T, nprog, cnt.item())
+        for T, _, (*_, sync) in launches:
+            assert sync["NPROG"] == 1 and sync["CNT"].item() == T - 1, (T, sync["NPROG"], sync["CNT"].item())
 
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
     monkeypatch.setattr(scan_triton, "_step_sync", _strict_step_sync)
-    monkeypatch.setattr(scan_triton, "_start", recording)
     for name in ("BJ", "BJ_WHOLE_BATCH", "ROWS_FREE_GRID"):
         monkeypatch.setattr(scan_triton, name, 32)
     request.addfinalizer(check)
@@ -1246,16 +1253,7 @@ def test_grid_launches_run_on_their_own_tiles_forward_and_backward(monkeypatch):
     use_step_kernels(monkeypatch)
     monkeypatch.setattr(scan_triton, "ROWS_FREE", 16)
     monkeypatch.setattr(scan_triton, "ROWS_FREE_GRID", 32)
-    starts = []
-    start = scan_triton._start
-
-    def recording(T, B, *args, **kwargs):
-        out = start(T, B, *args, **kwargs)
-        if B == 20:  # this test's launches, not the probes'
-            starts.append(out)
-        return out
-
-    monkeypatch.setattr(scan_triton, "_start", recording)
+    starts = recorded_starts(monkeypatch, lambda T, B, out: B == 20)  # this test's launches, not the probes'
     torch.manual_seed(0)
     B, T, H = 20, 3, 8
     u, h0, w = torch.randn(B, T, H), torch.randn(B, H), torch.randn(H, H) / 3
@@ -1269,7 +1267,7 @@ def test_grid_launches_run_on_their_own_tiles_forward_and_backward(monkeypatch):
         h.square().sum().backward()
         results[grid] = (h.detach(), uu.grad, ww.grad)
         assert len(starts) == 2  # the forward launch and the backward one
-        for _, launched, _, cfg, sync in starts:
+        for *_, (_, launched, _, cfg, sync) in starts:
             assert cfg["BB"] == (32 if grid else 16) and math.prod(launched) == (1 if grid else 2)
             assert sync.get("NPROG") == (1 if grid else None)
     for a, b in zip(results[True], results[False]):
