@@ -176,6 +176,16 @@ GRID_PER_SM = _env_count(ENV_GRID_PER_SM, 1)
 # were 2% faster over bn-lstm, bn-gru and bn-rnn at seq-MNIST and bn-lstm at adding
 # together, under the sweeps' 3% margin (bn-lstm adding 35.76 -> 37.73 ms).
 ROWS_FREE_GRID = 16
+# The barriers of grid-synchronized launches (not yet timed on a GPU). GRID_GROUPS: a
+# barrier waits only for the programs that share a program's rows and seed, whose stores
+# of a step are all that the next step reads from other programs (``_step_sync``): 13 of
+# lstm-loop's 91 at the seq-MNIST shape, one seed's 25 of 8 stacked bn-lstm seeds' 200,
+# each group counting on its own counter; else every program of the launch on one
+# counter. GRID_POLL: every thread waits with its own acquire loads, not one thread with
+# Triton's atomic, whose value it hands to the others through shared memory and two
+# barriers of the program's warps at every read.
+GRID_GROUPS = True
+GRID_POLL = True
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
@@ -844,26 +854,62 @@ if triton is not None:
     # reads the weights where the last step left them in cache. Between steps a barrier
     # makes what the program's warps stored visible to all of them. T >= 2.
 
+    if interpreting():
+        @triton.jit
+        def _acquire(CNT):
+            """CNT's value, read with acquire semantics (here in Triton's interpreter)."""
+            return tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+    else:
+        @triton.jit
+        def _acquire(CNT):
+            """CNT's value, read by every thread with a load of acquire semantics at GPU
+            scope (PTX ``ld.acquire.gpu``; Triton has no such load, and its scalar atomic
+            is one thread's, handed to the others through shared memory and two barriers
+            of the program's warps each time it is read)."""
+            return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [CNT], dtype=tl.int32,
+                                             is_pure=False, pack=1)
+
     @triton.jit
-    def _step_sync(CNT, k, NPROG, GRID: tl.constexpr):
+    def _counter(CNT, GROUP: tl.constexpr):
+        """The counter of this program's barriers: with GROUP its group's (the programs that
+        share its rows and seed, grid axes 1 and 2), else the launch's one."""
+        c = CNT
+        if GROUP:
+            c = CNT + tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+        return c
+
+    @triton.jit
+    def _step_sync(CNT, k, NPROG, GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr):
         """Between two steps of a whole-sequence launch: a barrier of the program's warps,
-        or with GRID the k-th barrier of every program of the launch (all NPROG have
-        arrived when the counter CNT, zero at launch, reaches k * NPROG; none can have
-        arrived at the next one before, hence the assert, checked where Triton compiles
-        with TRITON_DEBUG=1). One thread of each program releases the program's stores of
-        the step as it arrives (PTX: red.release.gpu after bar.sync) and polls with
-        acquire loads, which also invalidate the multiprocessor's L1 (sm_90: CCTL.IVALL):
-        the next step reads what other programs wrote, some of it in lines this program
-        cached before (the RNN forward's u_t beside a neighbour's h_t), so the poll must
-        keep its acquire. Every program must be resident at once: the launch is
+        or with GRID the k-th barrier of NPROG programs: of every program of the launch, or
+        with GROUP of the programs that share this one's rows and seed (``_counter``: each
+        such group its own counter), the only programs whose
+        stores of a step the next step reads here (h_{t-1} or ∂L/∂z_{t+1} of its rows;
+        every other value a step reads is its own or was written before the launch). All
+        NPROG have arrived when the counter, zero at launch, reaches k * NPROG; none can
+        have arrived at the next one before, hence the assert, checked where Triton
+        compiles with TRITON_DEBUG=1. One thread of each program releases the program's
+        stores of the step as it arrives (PTX: red.release.gpu after bar.sync) and waits
+        with acquire loads, which also invalidate the multiprocessor's L1 (sm_90:
+        CCTL.IVALL): the next step reads what other programs wrote, some of it in lines
+        this program cached before (the RNN forward's u_t beside a neighbour's h_t), so
+        the wait must keep its acquire. With POLL every thread polls with its own acquire
+        loads (``_acquire``), else one thread with Triton's atomic, whose value the others
+        get through shared memory. Every program must be resident at once: the launch is
         cooperative (``_start``), and ``grid_programs`` allows at most GRID_PER_SM
         programs per multiprocessor."""
         tl.debug_barrier()
         if GRID:
-            tl.atomic_add(CNT, 1, sem="release", scope="gpu")
-            n = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
-            while n < k * NPROG:
-                n = tl.atomic_add(CNT, 0, sem="acquire", scope="gpu")
+            c = _counter(CNT, GROUP)
+            tl.atomic_add(c, 1, sem="release", scope="gpu")
+            if POLL:
+                n = _acquire(c)
+                while n < k * NPROG:
+                    n = _acquire(c)
+            else:
+                n = tl.atomic_add(c, 0, sem="acquire", scope="gpu")
+                while n < k * NPROG:
+                    n = tl.atomic_add(c, 0, sem="acquire", scope="gpu")
             tl.device_assert(n < (k + 1) * NPROG, "grid barriers out of step")
             tl.debug_barrier()
 
@@ -872,23 +918,24 @@ if triton is not None:
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      CNT, NPROG,
                      MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                     RELU: tl.constexpr, GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                     PREC: tl.constexpr):
+                     RELU: tl.constexpr, GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _rnn_fwd(HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
         for t in range(1, T):
-            _step_sync(CNT, t, NPROG, GRID)
+            _step_sync(CNT, t, NPROG, GRID, GROUP, POLL)
             _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CNT, NPROG, MODE: tl.constexpr, RELU: tl.constexpr,
-                     GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE, RELU, False, BB, BJ, BK, PREC)
         for i in range(1, T):
-            _step_sync(CNT, i, NPROG, GRID)
+            _step_sync(CNT, i, NPROG, GRID, GROUP, POLL)
             _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      MODE, RELU, True, BB, BJ, BK, PREC)
 
@@ -899,12 +946,13 @@ if triton is not None:
                       CNT, NPROG,
                       MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                       CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
-                      GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                      GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _lstm_fwd(SIG, TG, CS, TC, HS, ZS, H0, 0, C0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
                   eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
                   CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
         for t in range(1, T):
-            _step_sync(CNT, t, NPROG, GRID)
+            _step_sync(CNT, t, NPROG, GRID, GROUP, POLL)
             prev = (t - 1) * B * H
             _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HS, prev, CS, prev, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
                       DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT,
@@ -915,18 +963,19 @@ if triton is not None:
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                       CNT, NPROG, MODE: tl.constexpr, CMODE: tl.constexpr, HAS_LAST: tl.constexpr,
-                      GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                      GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         # step T-1 (nothing after it; the incoming ∂L/∂c_T), steps T-2 .. 1, step 0 (c_{-1} = c0)
         _lstm_bwd(GH, SIG, TG, CS, TC, CS, (T - 2) * B * H, DA, DZ, DN, ZS, W, DC, DCL, T - 1, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE, CMODE, False, HAS_LAST, BB, BJ, BK, PREC)
         for i in range(2, T):
-            _step_sync(CNT, i - 1, NPROG, GRID)
+            _step_sync(CNT, i - 1, NPROG, GRID, GROUP, POLL)
             t = T - i
             _lstm_bwd(GH, SIG, TG, CS, TC, CS, (t - 1) * B * H, DA, DZ, DN, ZS, W, DC, DC, t, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB,
                       ceps, MODE, CMODE, True, False, BB, BJ, BK, PREC)
-        _step_sync(CNT, T - 1, NPROG, GRID)
+        _step_sync(CNT, T - 1, NPROG, GRID, GROUP, POLL)
         _lstm_bwd(GH, SIG, TG, CS, TC, C0, 0, DA, DZ, DN, ZS, W, DC, DC, 0, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE, CMODE, True, False, BB, BJ, BK, PREC)
@@ -936,27 +985,29 @@ if triton is not None:
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      CNT, NPROG,
                      MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                     GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _gru_fwd(GATES, HW, HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
         for t in range(1, T):
-            _step_sync(CNT, t, NPROG, GRID)
+            _step_sync(CNT, t, NPROG, GRID, GROUP, POLL)
             _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
                      DB, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                     CNT, NPROG, MODE: tl.constexpr, GRID: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
+                     CNT, NPROG, MODE: tl.constexpr,
+                     GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
                      BK: tl.constexpr, PREC: tl.constexpr):
         _gru_bwd(GH, GATES, HW, HS, (T - 2) * B * H, DA, DU, DZ, ZS, W, T - 1, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, False, BB, BJ, BK, PREC)
         for i in range(2, T):
-            _step_sync(CNT, i - 1, NPROG, GRID)
+            _step_sync(CNT, i - 1, NPROG, GRID, GROUP, POLL)
             t = T - i
             _gru_bwd(GH, GATES, HW, HS, (t - 1) * B * H, DA, DU, DZ, ZS, W, t, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
-        _step_sync(CNT, T - 1, NPROG, GRID)
+        _step_sync(CNT, T - 1, NPROG, GRID, GROUP, POLL)
         _gru_bwd(GH, GATES, HW, H0, 0, DA, DU, DZ, ZS, W, 0, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
 
@@ -983,19 +1034,21 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     """The programs of a grid-synchronized launch of this recurrence (``GRID_SYNC``), or
     0 where it runs otherwise: the step kernels' grid at their tiles for such launches
     (``_tiles``), all T >= 2 steps in one launch with a barrier of every program
-    between steps, where no launch of a whole sequence runs (``whole_sequence``; layer
-    norm always does) and every program can be resident at once: at most GRID_PER_SM
-    per multiprocessor on CUDA, a single one in Triton's interpreter (which runs
-    programs one after another); not where these launches failed to run here
+    between steps (of those that share rows and seed, with GRID_GROUPS), where no launch
+    of a whole sequence runs (``whole_sequence``; layer norm always does) and every
+    program can be resident at once: at most GRID_PER_SM per multiprocessor on CUDA; in
+    Triton's interpreter, which runs programs one after another, where each barrier waits
+    for one program alone; not where these launches failed to run here
     (``_grid_runs_here``)."""
     if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes):
         return 0
     bb, bj, _, _ = _tiles(B0, H, modes, False, grid=True)
     n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
-    most = 1  # Triton's interpreter
     if device.type == "cuda":
-        most = torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
-    return n if n <= most and _grid_runs_here(device) else 0
+        fits = n <= torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
+    else:  # Triton's interpreter runs one program after another: a barrier must wait for one alone
+        fits = (triton.cdiv(H, bj) if GRID_GROUPS else n) == 1
+    return n if fits and _grid_runs_here(device) else 0
 
 
 def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: Tensor | None, buffers: tuple,
@@ -1004,7 +1057,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     contiguous as csrc's takes any layout) and each (norm, its features) against the
     seeds, zero the norms' dγ, dβ before a backward loop. Returns W_hh, the grid, the
     kernels' size arguments (B, H, S, B0), the tile constants and, where all steps run in
-    one launch, the whole-sequence kernels' sync arguments (CNT, NPROG, GRID; empty: a
+    one launch, the whole-sequence kernels' sync arguments (CNT, NPROG, GRID, ...; empty: a
     launch per step): a launch of whole sequences (``whole_sequence``) or a
     grid-synchronized one (``grid_programs``). W_hh of shape (S, G*H, H) means S stacked
     seeds, each of B0 = B/S rows (seed-major), on a grid axis of their own; every row of
@@ -1029,13 +1082,14 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     bb, bj, bk, warps = _tiles(B0, H, modes, seq, grid=nprog > 0)
     sync = {}
     if seq:
-        sync = dict(CNT=w, NPROG=1, GRID=False)  # CNT: never read
+        sync = dict(CNT=w, NPROG=1, GRID=False, GROUP=False, POLL=False)  # CNT: never read
     grid = (triton.cdiv(H, bj), triton.cdiv(B0, bb), S)
     if nprog:  # a cooperative launch: the driver runs every program at once, or refuses
         if nprog != math.prod(grid):  # a barrier waiting for programs never launched would hang
             raise RuntimeError(f"grid-synchronized launch of {math.prod(grid)} programs counted as {nprog}")
-        sync = dict(CNT=torch.zeros(1, dtype=torch.int32, device=w.device), NPROG=nprog, GRID=True,
-                    launch_cooperative_grid=True)
+        groups = grid[1] * grid[2] if GRID_GROUPS else 1  # a counter for each (row block, seed), or one
+        sync = dict(CNT=torch.zeros(groups, dtype=torch.int32, device=w.device), NPROG=nprog // groups, GRID=True,
+                    GROUP=GRID_GROUPS, POLL=GRID_POLL, launch_cooperative_grid=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
     return w, grid, (B, H, S, B0), cfg, sync

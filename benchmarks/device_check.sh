@@ -9,6 +9,8 @@
 # STAGES (default: all) picks stages by name: tests bench ab sweep units rows sequence stacked
 # grid reference smoke; "warps", "sync", "syncrows", "syncstacked" (the grid-synchronized
 # launches' tiles; syncstacked: 8 stacked seeds in one launch, two programs a multiprocessor),
+# "barriers" (their barriers alone, benchmarks/grid_barriers.py; first), "gridtests" (their
+# GPU tests alone), "barrier" (step_sweep.py --sweep barrier: the barrier kinds),
 # "profile" (Nsight Compute on the bn-lstm step kernels), "tuned" and "tuned_stacked" run only
 # when named. tuned and tuned_stacked time the bench and stacked stages' models under the
 # settings step_sweep.py --pick takes from this call's units, rows, sequence, sync and
@@ -17,7 +19,8 @@
 # that tunes: STAGES="tests units rows sequence tuned tuned_stacked"; once the defaults
 # match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26). The
 # defaults' table beside a launch per step, and the grid launches' tiles:
-# STAGES="tests bench grid stacked sync syncstacked" (~9 minutes).
+# STAGES="tests bench grid stacked sync syncstacked" (~9 minutes). The barrier kinds, then
+# the defaults' table: STAGES="barriers gridtests tests barrier bench" (~7 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-55 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
@@ -37,9 +40,25 @@ stage environment
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUTDIR/gpu.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 
+if want barriers; then
+  # The barriers alone first: one that never opens would hang every later stage, so where
+  # this fails the grid-synchronized launches are turned off for the rest of the call.
+  stage "grid-synchronized launches: their barriers alone (benchmarks/grid_barriers.py)"
+  if ! timeout 90 $PY benchmarks/grid_barriers.py --json "$OUTDIR/grid_barriers.json" 2>&1 \
+      | tee "$OUTDIR/grid_barriers.txt"; then
+    echo "the barriers failed: RNNBENCH_GPU_GRID_SYNC=0 from here on, no barrier sweep"
+    export RNNBENCH_GPU_GRID_SYNC=0
+    STAGES=" $STAGES "; STAGES=${STAGES// barrier / }
+  fi
+fi
+if want gridtests; then
+  stage "grid-synchronized launches: GPU tests"
+  timeout 150 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "grid or counter" 2>&1 \
+    | tee "$OUTDIR/gpu_tests_grid.log" | grep -E "passed|failed|FAILED|Error|Timeout" | tail -12
+fi
 if want tests; then
   stage "correctness on CUDA (pytest -m gpu; the opt-in one-program kernels and the grid stage's tests left out)"
-  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused- and not grid" 2>&1 \
+  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "not fused- and not grid and not counter" 2>&1 \
     | tee "$OUTDIR/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | tail -15
 fi
 if want bench; then
@@ -55,7 +74,7 @@ if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
 fi
-for sw in units rows sequence sync syncrows syncstacked; do
+for sw in units rows sequence sync syncrows syncstacked barrier; do
   if want $sw; then
     stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
     timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \
@@ -88,7 +107,7 @@ if want grid; then
   # under a timeout (a barrier that never opens hangs), then the same models with a launch
   # per step (RNNBENCH_GPU_GRID_SYNC=0), to set beside the bench stage's rows.
   stage "grid-synchronized launches: GPU tests, then a launch per step (RNNBENCH_GPU_GRID_SYNC=0) for comparison"
-  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k grid 2>&1 \
+  timeout 180 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -k "grid or counter" 2>&1 \
     | tee "$OUTDIR/gpu_tests_grid.log" | grep -E "passed|failed|FAILED|Error|Timeout" | tail -12
   RNNBENCH_GPU_GRID_SYNC=0 timeout 150 $BENCH --shapes seq-mnist,adding \
     --models 'lstm,rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' --json "$OUTDIR/bench_per_step.json" 2>&1 \
@@ -129,9 +148,10 @@ fi
 
 stage "summary"
 want tests && tail -1 "$OUTDIR/gpu_tests.log"
-want grid && tail -1 "$OUTDIR/gpu_tests_grid.log"
+(want grid || want gridtests) && tail -1 "$OUTDIR/gpu_tests_grid.log"
+want barriers && cat "$OUTDIR/grid_barriers.txt"
 # each setting's lines are in the files
-for f in sweep sweep_units sweep_rows sweep_sequence sweep_sync sweep_syncrows sweep_syncstacked sweep_warps; do
+for f in sweep sweep_units sweep_rows sweep_sequence sweep_sync sweep_syncrows sweep_syncstacked sweep_barrier sweep_warps; do
   [[ -f "$OUTDIR/$f.txt" ]] && grep -E "^best|skipped" "$OUTDIR/$f.txt"
 done
 for f in bench_ab bench_stacked bench_tuned_stacked bench_per_step bench bench_tuned; do

@@ -28,7 +28,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from baselines import scan_triton as st  # noqa: E402
 
 SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
-           "eps": "fp32", "ceps": "fp32"}
+           "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32"}
 
 
 def _norm(mode: int) -> dict:
@@ -39,6 +39,8 @@ def _cell_norm(mode: int) -> dict:
     return dict(CMODE=mode, C_BETA=mode != 0, C_SHIFT=mode == 2, C_VAR=mode == 1)
 
 
+GRID = dict(GRID=True, GROUP=st.GRID_GROUPS, POLL=st.GRID_POLL)  # the barriers between steps
+SEQ = dict(GRID=False, GROUP=False, POLL=False)
 # (label, kernel, constexprs, rows a program, units a program): the tiles the suite picks
 # at the seq-MNIST shape (B=100, H=100) for each kind of program, and the whole-batch
 # program at 16 units (the earlier default) beside them
@@ -51,14 +53,21 @@ CASES = [
      st.BJ_WHOLE_BATCH),
     ("whole batch", "lstm fwd bn", st._lstm_fwd, dict(_norm(1), **_cell_norm(1)), 128, 16),
     ("whole batch", "lstm bwd bn", st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False), 128, 16),
-    ("sequence", "lstm fwd", st._lstm_fwd_seq, dict(_norm(0), **_cell_norm(0)), st.ROWS_SEQ, 128),
-    ("sequence", "lstm bwd", st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False), st.ROWS_SEQ, 128),
-    ("sequence", "lstm fwd ln", st._lstm_fwd_seq, dict(_norm(3), **_cell_norm(3)), st.ROWS_SEQ, 128),
-    ("sequence", "lstm bwd ln", st._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=False), st.ROWS_SEQ, 128),
-    ("sequence", "gru fwd", st._gru_fwd_seq, _norm(0), st.ROWS_SEQ, 128),
-    ("sequence", "gru bwd", st._gru_bwd_seq, dict(MODE=0), st.ROWS_SEQ, 128),
-    ("sequence", "rnn fwd", st._rnn_fwd_seq, dict(_norm(0), RELU=False), st.ROWS_SEQ, 128),
-    ("sequence", "rnn bwd", st._rnn_bwd_seq, dict(MODE=0, RELU=False), st.ROWS_SEQ, 128),
+    ("sequence", "lstm fwd", st._lstm_fwd_seq, dict(_norm(0), **_cell_norm(0), **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "lstm bwd", st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "lstm fwd ln", st._lstm_fwd_seq, dict(_norm(3), **_cell_norm(3), **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "lstm bwd ln", st._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=False, **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "gru fwd", st._gru_fwd_seq, dict(_norm(0), **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "gru bwd", st._gru_bwd_seq, dict(MODE=0, **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "rnn fwd", st._rnn_fwd_seq, dict(_norm(0), RELU=False, **SEQ), st.ROWS_SEQ, 128),
+    ("sequence", "rnn bwd", st._rnn_bwd_seq, dict(MODE=0, RELU=False, **SEQ), st.ROWS_SEQ, 128),
+    # grid-synchronized launches: the step kernels' tiles, all steps in one launch
+    ("grid", "lstm fwd", st._lstm_fwd_seq, dict(_norm(0), **_cell_norm(0), **GRID), st.ROWS_FREE_GRID, st.BJ),
+    ("grid", "lstm bwd", st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, **GRID), st.ROWS_FREE_GRID,
+     st.BJ),
+    ("grid", "lstm fwd bn", st._lstm_fwd_seq, dict(_norm(1), **_cell_norm(1), **GRID), 128, st.BJ_WHOLE_BATCH),
+    ("grid", "lstm bwd bn", st._lstm_bwd_seq, dict(MODE=1, CMODE=1, HAS_LAST=False, **GRID), 128,
+     st.BJ_WHOLE_BATCH),
 ]
 
 

@@ -23,7 +23,12 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   multiprocessor (``GRID_PER_SM``: 169 programs for lstm-loop; ``syncrows``);
 - ``syncstacked``: 8 stacked seeds of the batch-norm cells (8 x 25 programs at the
   seq-MNIST shape: a launch per step) against one grid-synchronized launch of two
-  programs a multiprocessor (``GRID_PER_SM=2``).
+  programs a multiprocessor (``GRID_PER_SM=2``);
+- ``barrier``: the grid-synchronized launches' barriers: one counter for every program
+  of a launch, one thread polling with Triton's atomic (as first timed), timed first and
+  last, against the defaults (a barrier of the programs that share rows and seed, every
+  thread polling with its own acquire loads: ``GRID_GROUPS``, ``GRID_POLL``) and against
+  the new polls alone.
 
 ``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
 tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
@@ -31,7 +36,7 @@ What ``--pick`` takes from them applies to grid-synchronized launches too (``BJ`
 ``BK``, the whole-batch tiles; not ``ROWS_FREE``), where they were not timed: the
 ``tuned`` table then shows both together.
 
-    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows|syncstacked] [--json FILE]
+    python3 benchmarks/step_sweep.py [--sweep tiles|warps|units|rows|sequence|sync|syncrows|syncstacked|barrier] [--json FILE]
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS
 
 ``--pick`` reads sweeps' JSON rows, takes from each the setting that was fastest over
@@ -63,8 +68,9 @@ from suite.errors import one_line
 
 DEFAULTS = dict(FP32_DOT="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4, BJ=8, BJ_WHOLE_BATCH=4,
                 BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16, GRID_SYNC=True,
-                ROWS_FREE_GRID=16, GRID_PER_SM=1)
+                ROWS_FREE_GRID=16, GRID_PER_SM=1, GRID_GROUPS=True, GRID_POLL=True)
 PER_STEP = dict(GRID_SYNC=False)  # the tiles of a launch per step (where grid-synchronized launches do not fit)
+ONE_BARRIER = dict(GRID_GROUPS=False, GRID_POLL=False)  # the grid-synchronized launches' barrier as first timed
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings under every one of them)
     "tiles": ([dict(FP32_DOT="ieee"), {}, dict(BK=32), dict(ROWS_FREE=16)],
               {"seq-mnist": ["bn-lstm", "lstm-loop", "bn-gru", "rnn-loop"], "char-lm": ["lstm-loop"]}, PER_STEP),
@@ -83,6 +89,8 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings und
                   dict(GRID_PER_SM=2, ROWS_FREE_GRID=8)],
                  {"seq-mnist": ["lstm-loop", "gru-loop", "rnn-loop"], "adding": ["gru-loop"]}, {}),
     "syncstacked": ([{}, dict(GRID_PER_SM=2)], {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"]}, {}),
+    "barrier": ([ONE_BARRIER, {}, dict(GRID_GROUPS=False), ONE_BARRIER],
+                {"seq-mnist": ["lstm-loop", "gru-loop", "bn-lstm", "bn-gru", "bn-rnn"], "adding": ["lstm-loop"]}, {}),
 }
 SEEDS = {"syncstacked": 8}  # seeds stacked in one training step (ratio per seed); else one
 

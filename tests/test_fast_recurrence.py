@@ -33,12 +33,14 @@ if KERNELS:
     import triton.language as tl
 
     @triton.jit
-    def _strict_step_sync(CNT, k, NPROG, GRID: tl.constexpr):
-        """``scan_triton._step_sync`` for one program in the interpreter: counts the
-        barriers reached, and spoils the count where the k-th does not say k."""
+    def _strict_step_sync(CNT, k, NPROG, GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr):
+        """``scan_triton._step_sync`` in the interpreter, where each barrier waits for one
+        program alone: counts the barriers reached on the program's counter, and spoils
+        the count where the k-th does not say k."""
         if GRID:
-            seen = tl.atomic_add(CNT, 1)
-            tl.atomic_add(CNT, tl.where(seen + 1 == k * NPROG, 0, 1000000))
+            c = scan_triton._counter(CNT, GROUP)
+            seen = tl.atomic_add(c, 1)
+            tl.atomic_add(c, tl.where(seen + 1 == k * NPROG, 0, 1000000))
 
 
 class Impl(NamedTuple):
@@ -131,7 +133,7 @@ def one_program_grid(monkeypatch, request) -> None:
 
     def check() -> None:
         for T, _, (*_, sync) in launches:
-            assert sync["NPROG"] == 1 and sync["CNT"].item() == T - 1, (T, sync["NPROG"], sync["CNT"].item())
+            assert sync["NPROG"] == 1 and sync["CNT"].tolist() == [T - 1] * len(sync["CNT"]), (T, sync)
 
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
     monkeypatch.setattr(scan_triton, "_step_sync", _strict_step_sync)
@@ -540,10 +542,12 @@ from triton.compiler import ASTSource
 """ + cases + r"""
 for fn, consts in CASES:
     consts = dict(TILES, **consts)
+    options = OPTIONS(consts)
     names = fn.arg_names
+    consts = {k: v for k, v in consts.items() if k in names}  # the tiles a kernel takes
     sig = {n: "constexpr" if n in consts else SCALARS.get(n, "*fp32") for n in names}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=OPTIONS(consts))
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     assert k.metadata.shared <= 227 * 1024, (fn.__name__, consts, k.metadata.shared)
     print(fn.__name__, "ok", flush=True)
 """
@@ -581,11 +585,13 @@ def test_step_kernels_compile_for_sm90():
     through Triton's compiler for sm_90, with the float32 setting's product (3xTF32)."""
     compile_for_sm90(r"""
 from baselines import scan_triton as st
+from benchmarks import grid_barriers
 
 SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
            "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32"}
-SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, GRID=False)
-GRID = dict(GRID=True, BK=st.BK_WHOLE_BATCH)  # the step kernels' tiles, a barrier of all programs between steps
+SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, GRID=False, GROUP=False, POLL=False)
+# the step kernels' tiles, a barrier between steps: of the programs that share rows and seed, every thread polling
+GRID = dict(GRID=True, GROUP=True, POLL=True, BK=st.BK_WHOLE_BATCH)
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 LN = dict(MODE=3, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=False)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
@@ -626,11 +632,16 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **GRID)),
     (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, BB=16, **GRID)),
     (st._gru_fwd_seq, dict(BN, BB=128, BJ=4, **GRID)), (st._gru_bwd_seq, dict(MODE=0, BB=16, **GRID)),
+    # a barrier of every program, one thread polling with Triton's atomic
+    (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16,
+                            **dict(GRID, GROUP=False, POLL=False))),
+    # the barriers alone, as benchmarks/grid_barriers.py times them
+    (grid_barriers._barriers, dict(GROUP=True, POLL=True, BB=16)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 40)
+""", 42)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------
@@ -1276,6 +1287,46 @@ def test_grid_launches_run_on_their_own_tiles_forward_and_backward(monkeypatch):
     monkeypatch.setattr(scan_triton, "grid_programs", lambda *a: 2)  # counted wrong: refused, never launched
     with pytest.raises(RuntimeError, match="1 programs counted as 2"):
         scan.scan_rnn(u, h0, w)
+
+
+@needs_kernels
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_grid_barriers_wait_for_the_programs_that_share_rows_and_seed(norm, monkeypatch, request):
+    """With GRID_GROUPS each (row block, seed) of a grid-synchronized launch has a barrier,
+    and a counter, of its own. Triton's interpreter runs one program after another, so a
+    launch of three row blocks (40 rows, 16 a program) or, with batch norm, two stacked
+    seeds (a seed's whole batch a program) runs here only because each program waits for
+    itself alone: every counter must reach T - 1, barrier by barrier (the strict barrier
+    of ``one_program_grid``), and the results must equal a launch per step's, forward and
+    backward, which they could not if a step read the stores of another group (a program
+    not yet run). Without GRID_GROUPS the barrier would wait for every program: a launch
+    per step runs."""
+    use_step_kernels(monkeypatch)
+    one_program_grid(monkeypatch, request)
+    monkeypatch.setattr(scan_triton, "ROWS_FREE_GRID", 16)
+    starts = recorded_starts(monkeypatch, lambda T, B, out: B == 40)  # this test's launches, not the probes'
+    torch.manual_seed(0)
+    S = 2 if norm else 0
+    B, T, H = 40, 4, 8
+    u, h0, c0 = torch.randn(B, T, 4 * H), torch.randn(B, H), torch.randn(B, H)
+    w = torch.randn(*(S,) * bool(S), 4 * H, H) / 3
+    results = {}
+    for grid, groups in ((True, True), (True, False), (False, False)):
+        monkeypatch.setattr(scan_triton, "GRID_SYNC", grid)
+        monkeypatch.setattr(scan_triton, "GRID_GROUPS", groups)
+        starts.clear()
+        uu, ww = u.clone().requires_grad_(), w.clone().requires_grad_()
+        h, c, _ = scan.scan_lstm(uu, h0, c0, ww, norm=norm, cell_norm=norm)
+        assert scan.last_path() == ("scan-triton-grid" if grid and groups else "scan-triton")
+        (h.square().sum() + c.sum()).backward()
+        results[grid, groups] = (h.detach(), c.detach(), uu.grad, ww.grad)
+        if grid and groups:
+            assert len(starts) == 2  # the forward launch and the backward one
+            for *_, (_, launched, _, _, sync) in starts:
+                assert launched == ((1, 1, 2) if norm else (1, 3, 1)) and sync["GROUP"]
+                assert sync["CNT"].numel() == (2 if norm else 3)
+    for a, b in zip(results[True, True], results[False, False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_step_kernels_leave_what_they_do_not_cover_to_the_python_loops(monkeypatch):
