@@ -10,7 +10,8 @@
 # grid reference smoke; "warps", "sync", "syncrows", "syncstacked" (the grid-synchronized
 # launches' tiles; syncstacked: 8 stacked seeds in one launch, two programs a multiprocessor),
 # "barriers" (their barriers alone, benchmarks/grid_barriers.py; first), "gridtests" (their
-# GPU tests alone), "barrier" (step_sweep.py --sweep barrier: the barrier kinds),
+# GPU tests alone), "barrier" (step_sweep.py --sweep barrier: the barrier kinds), "profilegrid"
+# (Nsight Compute: stall reasons of the grid-synchronized launches of lstm-loop and bn-lstm),
 # "profile" (Nsight Compute on the bn-lstm step kernels), "tuned" and "tuned_stacked" run only
 # when named. tuned and tuned_stacked time the bench and stacked stages' models under the
 # settings step_sweep.py --pick takes from this call's units, rows, sequence, sync and
@@ -98,6 +99,22 @@ if want profile; then
   done
 fi
 STACKED="--seeds 8 --shapes seq-mnist,adding --models rnn-loop,irnn-loop,bn-rnn,bn-rnn-input,ln-rnn,lstm-loop,bn-lstm,ln-lstm,gru-loop,bn-gru,ln-gru"
+if want profilegrid; then
+  # Where a grid-synchronized launch's time goes: each stall reason's cycles per issued
+  # instruction (sampled over the launch's 784 steps), lstm-loop (91 programs) and bn-lstm (25)
+  stage "Nsight Compute: the grid-synchronized launches at seq-MNIST shape (lstm-loop, bn-lstm)"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for m in lstm-loop bn-lstm; do
+    for k in _lstm_fwd_seq _lstm_bwd_seq; do
+      timeout 60 "$NCU" --clock-control none -k "regex:$k" --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+        --section LaunchStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        $PY benchmarks/profile_steps.py $m seq-mnist > "$OUTDIR/ncu_${m}$k.txt" 2>&1
+      echo "--- $m $k"
+      grep -E " Duration|Registers Per|Grid Size|Block Size" "$OUTDIR/ncu_${m}$k.txt" | cut -c1-120
+      grep -E "issue_stalled" "$OUTDIR/ncu_${m}$k.txt" | awk '$NF+0 >= 0.3' | sed 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | cut -c1-120
+    done
+  done
+fi
 if want stacked; then
   stage "speed: 8 seeds stacked per step (ratio per seed)"
   timeout 150 $BENCH $STACKED --json "$OUTDIR/bench_stacked.json" 2>&1 | tee "$OUTDIR/bench_stacked.txt" | tail -2

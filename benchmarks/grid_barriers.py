@@ -15,7 +15,8 @@ row's ms and this is the steps' own work and latency, which the barrier cannot c
     python3 benchmarks/grid_barriers.py [--repeats 5] [--json FILE]
 
 Prints one line per (launch, barrier kind): programs, programs a barrier waits for, us a
-barrier (median over repeats of one launch of T - 1 barriers, CUDA-event timed); a kind
+barrier (median over repeats of one launch of T - 1 barriers, CUDA-event timed), bare and
+with each program storing 4 KB before each barrier (whose release waits for them); a kind
 that fails prints one line; the exit status is 1 where none ran.
 """
 
@@ -37,28 +38,37 @@ T = 784
 LAUNCHES = [("lstm-loop", (13, 7, 1), st.WARPS_FREE), ("bn-lstm", (25, 1, 1), st.WARPS_WHOLE_BATCH),
             ("bn-lstm x8 seeds", (25, 1, 8), st.WARPS_WHOLE_BATCH)]
 KINDS = [(False, False), (False, True), (True, False), (True, True)]  # (GRID_GROUPS, GRID_POLL)
+STORE = 1024  # floats a program stores before a barrier: an LSTM step's 8 outputs at 16 rows and 8 units
 
 if st.triton is not None:
     import triton
     import triton.language as tl
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
-    def _barriers(CNT, T, NPROG, GROUP: tl.constexpr, POLL: tl.constexpr):
-        """T - 1 barriers of ``_step_sync``, the steps' work left out."""
+    def _barriers(CNT, OUT, T, NPROG, GROUP: tl.constexpr, POLL: tl.constexpr, STORE: tl.constexpr):
+        """T - 1 barriers of ``_step_sync``, the steps' work left out; with STORE > 0 each
+        program stores STORE floats of its own before each barrier (which the barrier's
+        release then waits for), as a step does."""
+        pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
         for t in range(1, T):
+            if STORE > 0:
+                tl.store(OUT + pid * STORE + tl.arange(0, STORE), tl.full((STORE,), t, dtype=tl.float32))
             st._step_sync(CNT, t, NPROG, True, GROUP, POLL)
 
 
-def time_barriers(grid: tuple[int, int, int], warps: int, group: bool, poll: bool, repeats: int) -> float:
-    """us a barrier: the median over ``repeats`` launches of T - 1 barriers."""
+def time_barriers(grid: tuple[int, int, int], warps: int, group: bool, poll: bool, repeats: int,
+                  store: int = 0) -> float:
+    """us a barrier: the median over ``repeats`` launches of T - 1 barriers (each after
+    ``store`` floats stored by every program)."""
     groups = grid[1] * grid[2] if group else 1
+    out = torch.zeros(grid[0] * grid[1] * grid[2] * max(store, 1), device="cuda")
     times = []
     for i in range(repeats + 1):  # the first launch compiles
         cnt = torch.zeros(groups, dtype=torch.int32, device="cuda")
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        _barriers[grid](cnt, T, grid[0] * grid[1] * grid[2] // groups, GROUP=group, POLL=poll, num_warps=warps,
-                        launch_cooperative_grid=True)
+        _barriers[grid](cnt, out, T, grid[0] * grid[1] * grid[2] // groups, GROUP=group, POLL=poll, STORE=store,
+                        num_warps=warps, launch_cooperative_grid=True)
         end.record()
         torch.cuda.synchronize()
         assert cnt.tolist() == [(T - 1) * grid[0] * grid[1] * grid[2] // groups] * groups
@@ -74,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name(0)}, {sms} multiprocessors; T={T}")
-    print(f"{'launch':<18}{'programs':>9}{'a barrier':>10}  {'kind':<36}{'us a barrier':>13}")
+    print(f"{'launch':<18}{'programs':>9}{'a barrier':>10}  {'kind':<36}{'us a barrier':>13}"
+          f"{'after stores':>13}")
     rows = []
     for name, grid, warps in LAUNCHES:
         n = grid[0] * grid[1] * grid[2]
@@ -86,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
             waits = grid[0] if group else n
             try:
                 us = time_barriers(grid, warps, group, poll, args.repeats)
+                stored = time_barriers(grid, warps, group, poll, args.repeats, STORE)
             except Exception as e:  # a kind this Triton cannot compile, or a launch the GPU refuses
                 print(f"{name:<18}{n:>9}{waits:>10}  {kind:<36} failed: {one_line(e, 200)}", flush=True)
                 continue
             rows.append(dict(launch=name, programs=n, waits_for=waits, group=group, poll=poll, us=us,
-                             device=torch.cuda.get_device_name(0)))
-            print(f"{name:<18}{n:>9}{waits:>10}  {kind:<36}{us:>13.2f}", flush=True)
+                             us_after_stores=stored, device=torch.cuda.get_device_name(0)))
+            print(f"{name:<18}{n:>9}{waits:>10}  {kind:<36}{us:>13.2f}{stored:>13.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -636,7 +636,7 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16,
                             **dict(GRID, GROUP=False, POLL=False))),
     # the barriers alone, as benchmarks/grid_barriers.py times them
-    (grid_barriers._barriers, dict(GROUP=True, POLL=True, BB=16)),
+    (grid_barriers._barriers, dict(GROUP=True, POLL=True, STORE=1024, BB=16)),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
