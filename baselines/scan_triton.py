@@ -32,8 +32,12 @@ with no norm or batch norm (batch or population statistics), in float32; layer n
 run the kernels in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``) against the
 Python loops; tests/test_gpu.py runs them compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
 
-Measured on an H100 (benchmarks/RESULTS.md, code of b6af4d6; training step, ratio to
-cuDNN LSTM at the seq-MNIST shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
+A step issues every load that waits on nothing it computes before its matrix product
+(``_first``): on an H100 that took lstm-loop from 0.37x to 0.50x cuDNN LSTM at the
+seq-MNIST shape, gru-loop 0.46x -> 0.58x, rnn-loop 0.85x -> 1.00x, bn-rnn 0.48x ->
+0.56x, bn-lstm 0.18x -> 0.21x (benchmarks/RESULTS.md, 2026-11-26). Earlier, measured
+on an H100 (code of b6af4d6; training step, ratio to cuDNN LSTM at the seq-MNIST
+shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
 0.34x, gru-loop 0.19x -> 0.32x, lstm-loop 0.18x -> 0.25x, bn-gru 0.12x -> 0.13x, bn-lstm
 0.08x -> 0.10x. The batch-norm kernels are the slow ones: a program holds the whole
 batch, so a launch had H/16 programs (7 of 132 multiprocessors at H=100), and Nsight
@@ -176,14 +180,20 @@ GRID_PER_SM = _env_count(ENV_GRID_PER_SM, 1)
 # were 2% faster over bn-lstm, bn-gru and bn-rnn at seq-MNIST and bn-lstm at adding
 # together, under the sweeps' 3% margin (bn-lstm adding 35.76 -> 37.73 ms).
 ROWS_FREE_GRID = 16
-# The barriers of grid-synchronized launches (not yet timed on a GPU). GRID_GROUPS: a
-# barrier waits only for the programs that share a program's rows and seed, whose stores
-# of a step are all that the next step reads from other programs (``_step_sync``): 13 of
-# lstm-loop's 91 at the seq-MNIST shape, one seed's 25 of 8 stacked bn-lstm seeds' 200,
-# each group counting on its own counter; else every program of the launch on one
-# counter. GRID_POLL: every thread waits with its own acquire loads, not one thread with
-# Triton's atomic, whose value it hands to the others through shared memory and two
-# barriers of the program's warps at every read.
+# The barriers of grid-synchronized launches. GRID_GROUPS: a barrier waits only for the
+# programs that share a program's rows and seed, whose stores of a step are all that the
+# next step reads from other programs (``_step_sync``): 13 of lstm-loop's 91 at the
+# seq-MNIST shape, one seed's 25 of 8 stacked bn-lstm seeds' 200, each group counting on
+# its own counter; else every program of the launch on one counter. GRID_POLL: every
+# thread waits with its own acquire loads, not one thread with Triton's atomic, whose
+# value it hands to the others through shared memory and two barriers of the program's
+# warps at every read. On an H100 (benchmarks/RESULTS.md, 2026-11-26) a barrier costs
+# ~1 us whichever the kind, alone or after a step's stores (benchmarks/grid_barriers.py:
+# 0.90 to 1.15 us at 25 and 91 programs), and the two together against neither changed
+# training steps by -1% to -4% (``step_sweep.py --sweep barrier``: lstm-loop 13.60 and
+# 13.81 -> 13.39 ms, gru-loop 11.24 and 11.18 -> 10.74 at seq-MNIST; the new polls alone
+# as fast). At 200 programs (8 stacked seeds, two a multiprocessor: GRID_PER_SM=2, not
+# the default) every thread polling doubled a barrier (1.21 -> 2.25 us a group's).
 GRID_GROUPS = True
 GRID_POLL = True
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
@@ -469,13 +479,30 @@ if triton is not None:
         return tl.sum(m2.to(tl.int32), axis=1) > 0, tl.sum(mf.to(tl.float32), axis=0)
 
     @triton.jit
-    def _nfwd(z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+    def _nparams(fs, mf, tab, G, BE, SC, SH, MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr):
+        """A norm's parameters for the features ``fs`` (as ``_nfwd``), loaded where a step
+        starts (``_first``): γ and β for batch and layer norm, the step's scale and shift
+        for population statistics (zeros where there is none)."""
+        a = tl.zeros(fs.shape, dtype=tl.float32)
+        b = a
+        if MODE == 1 or MODE == 3:
+            a = tl.load(G + fs, mask=mf, other=0.0)
+            if HAS_BETA:
+                b = tl.load(BE + fs, mask=mf, other=0.0)
+        elif MODE == 2:
+            a = tl.load(SC + tab + fs, mask=mf, other=0.0)
+            if HAS_SHIFT:
+                b = tl.load(SH + tab + fs, mask=mf, other=0.0)
+        return a, b
+
+    @triton.jit
+    def _nfwd(z, ga, gb, mf, m2, tab, fs, B0, MEAN, RSTD, VAR, eps,
               MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
-        """N(z) for a (rows, features) tile of one seed's B0 rows: ``fs`` its features'
-        indices in the seed-major (S*F) parameters, ``tab`` where the step's statistics
-        are (``_table``). Batch norm writes the step's mean, 1/std (and variance) there;
-        layer norm each row's mean and 1/std over the tile's features, which must be all
-        of the term's (every unit in this program)."""
+        """N(z) for a (rows, features) tile of one seed's B0 rows, its parameters ga, gb
+        loaded (``_nparams``): ``fs`` its features' indices in the seed-major (S*F) tables,
+        ``tab`` where the step's statistics are (``_table``). Batch norm writes the step's
+        mean, 1/std (and variance) there; layer norm each row's mean and 1/std over the
+        tile's features, which must be all of the term's (every unit in this program)."""
         if MODE == 3:
             mr, nf = _layer_rows(m2, mf)
             mean = tl.sum(tl.where(m2, z, 0.0), axis=1) / nf
@@ -483,14 +510,13 @@ if triton is not None:
             rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=1) / nf + eps)
             tl.store(MEAN + tab, mean, mask=mr)
             tl.store(RSTD + tab, rstd, mask=mr)
-            y = d * rstd[:, None] * tl.load(G + fs, mask=mf, other=0.0)[None, :]
+            y = d * rstd[:, None] * ga[None, :]
             if HAS_BETA:
-                y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
+                y += gb[None, :]
         elif MODE == 2:
-            row = tab + fs
-            y = z * tl.load(SC + row, mask=mf, other=0.0)[None, :]
+            y = z * ga[None, :]
             if HAS_SHIFT:
-                y += tl.load(SH + row, mask=mf, other=0.0)[None, :]
+                y += gb[None, :]
         elif MODE == 1:
             row = tab + fs
             mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B0
@@ -501,9 +527,9 @@ if triton is not None:
             tl.store(RSTD + row, rstd, mask=mf)
             if HAS_VAR:
                 tl.store(VAR + row, var, mask=mf)
-            y = d * (rstd * tl.load(G + fs, mask=mf, other=0.0))[None, :]
+            y = d * (rstd * ga)[None, :]
             if HAS_BETA:
-                y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
+                y += gb[None, :]
         else:
             y = z
         return y
@@ -521,32 +547,57 @@ if triton is not None:
             dx = rstd[:, None] * (gd - (tl.sum(gd, axis=1) / nf)[:, None] - xh * (tl.sum(gd * xh, axis=1) / nf)[:, None])
         elif MODE == 2:
             dx = dy * tl.load(SC + tab + fs, mask=mf, other=0.0)[None, :]
-        elif MODE == 1:
+        elif MODE == 1:  # every load first, ahead of the sums' barriers (``_first``)
             row = tab + fs
             mean = tl.load(MEAN + row, mask=mf, other=0.0)
             rstd = tl.load(RSTD + row, mask=mf, other=0.0)
             x = tl.load(X + xoff, mask=m2, other=0.0)
+            g = tl.load(G + fs, mask=mf, other=0.0)
+            dg = tl.load(DG + fs, mask=mf, other=0.0)
+            db = tl.load(DB + fs, mask=mf, other=0.0)
             dy = tl.where(m2, dy, 0.0)
             xh = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.0)
             sdy = tl.sum(dy, axis=0)
             sdyx = tl.sum(dy * xh, axis=0)
-            tl.store(DG + fs, tl.load(DG + fs, mask=mf, other=0.0) + sdyx, mask=mf)
-            tl.store(DB + fs, tl.load(DB + fs, mask=mf, other=0.0) + sdy, mask=mf)
-            g = tl.load(G + fs, mask=mf, other=0.0)
+            tl.store(DG + fs, dg + sdyx, mask=mf)
+            tl.store(DB + fs, db + sdy, mask=mf)
             dx = (g * rstd)[None, :] * (dy - (sdy / B0)[None, :] - xh * (sdyx / B0)[None, :])
         else:
             dx = dy
         return dx
 
     @triton.jit
-    def _term(P, ZS, o, z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+    def _term(p, ga, gb, ZS, o, z, fs, mf, m2, tab, B0, MEAN, RSTD, VAR, eps,
               MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr):
-        """One block's pre-activation P[o] + N(z) for the features fs; with a norm, z goes
-        to ZS[o] for the backward pass."""
+        """One block's pre-activation p (loaded from P[o]) + N(z) for the features fs (the
+        norm's parameters ga, gb loaded); with a norm, z goes to ZS[o] for the backward pass."""
         if MODE != 0:
             tl.store(ZS + o, z, mask=m2)
-        return tl.load(P + o, mask=m2, other=0.0) + _nfwd(z, fs, mf, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
-                                                          eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        return p + _nfwd(z, ga, gb, mf, m2, tab, fs, B0, MEAN, RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+
+    @triton.jit
+    def _first(X, o0, H, m2, NG: tl.constexpr):
+        """X's blocks of the NG gates (gate k at X + o0 + k H; the rest zeros), loaded where a
+        step starts. Every load of a step that waits on nothing the step computes (the
+        pre-activations, c_{t-1}, the norms' parameters, the forward pass's saved values) is
+        written before the step's matrix product: written after it, each load was issued
+        only after the barriers of the program's warps that come before it (the product's
+        chunks, the layout changes of its results, the norms' sums), so the step waited one
+        memory round trip per load, in turn (from L2: a grid barrier's acquire empties L1).
+        On an H100 (benchmarks/RESULTS.md, 2026-11-26; ms per training step at the
+        seq-MNIST shape, loads after -> before the product): lstm-loop 13.31 -> 10.03,
+        gru-loop 10.72 -> 8.68, rnn-loop 5.79 -> 5.02, bn-rnn 10.22 -> 9.03, bn-gru 22.74 ->
+        19.62, bn-lstm 28.30 -> 23.46."""
+        x0 = tl.load(X + o0, mask=m2, other=0.0)
+        x1 = tl.zeros_like(x0)
+        x2 = x1
+        x3 = x1
+        if NG > 1:
+            x1 = tl.load(X + o0 + H, mask=m2, other=0.0)
+            x2 = tl.load(X + o0 + 2 * H, mask=m2, other=0.0)
+        if NG == 4:
+            x3 = tl.load(X + o0 + 3 * H, mask=m2, other=0.0)
+        return x0, x1, x2, x3
 
     @triton.jit
     def _gate_terms(P, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
@@ -554,41 +605,50 @@ if triton is not None:
                     MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         """The NG gates' pre-activations P[t] + N(h_{t-1} W_k^T) for the program's units
-        (the fourth is zeros for the GRU), and the offset of gate 0's block in P."""
+        (the fourth is zeros for the GRU), and the offset of gate 0's block in P. P's
+        blocks are loaded before the product (``_first``)."""
         F = NG * H
-        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, NG, BB, BJ, BK, PREC)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs, tab = s * F + rj, t * S * F
+        p0, p1, p2, p3 = _first(P, o0, H, m2, NG)
+        if MODE != 3:  # the norm's parameters too (layer norm's are loaded where they are used)
+            ga0, gb0 = _nparams(fs, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga1, gb1 = _nparams(fs + H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga2, gb2 = _nparams(fs + 2 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga3, gb3 = ga0, gb0
+            if NG == 4:
+                ga3, gb3 = _nparams(fs + 3 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+        z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, NG, BB, BJ, BK, PREC)
         if MODE == 3:  # one layer norm over every gate of a row (no early return: Triton compiles what follows)
-            a0, a1, a2, a3 = _layer_gates(P, ZS, o0, z0, z1, z2, z3, fs, H, mj, m2, t * B + rb, G, BE, MEAN, RSTD, eps,
-                                          NG, HAS_BETA)
+            a0, a1, a2, a3 = _layer_gates(p0, p1, p2, p3, ZS, o0, z0, z1, z2, z3, fs, H, mj, m2, t * B + rb, G, BE,
+                                          MEAN, RSTD, eps, NG, HAS_BETA)
         else:
-            a0 = _term(P, ZS, o0, z0, fs, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+            a0 = _term(p0, ga0, gb0, ZS, o0, z0, fs, mj, m2, tab, B0, MEAN, RSTD, VAR, eps,
                        MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-            a1 = _term(P, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+            a1 = _term(p1, ga1, gb1, ZS, o0 + H, z1, fs + H, mj, m2, tab, B0, MEAN, RSTD, VAR, eps,
                        MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
-            a2 = _term(P, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+            a2 = _term(p2, ga2, gb2, ZS, o0 + 2 * H, z2, fs + 2 * H, mj, m2, tab, B0, MEAN, RSTD, VAR, eps,
                        MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
             a3 = z3
             if NG == 4:
-                a3 = _term(P, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, G, BE, SC, SH, MEAN, RSTD, VAR, eps,
+                a3 = _term(p3, ga3, gb3, ZS, o0 + 3 * H, z3, fs + 3 * H, mj, m2, tab, B0, MEAN, RSTD, VAR, eps,
                            MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
         return a0, a1, a2, a3, o0
 
     @triton.jit
-    def _layer_out(P, ZS, o, z, d, rstd, fs, mf, m2, G, BE, HAS_BETA: tl.constexpr):
-        """P[o] + γ (z - mean) / std (+ β) of one gate's block, d = z - mean; z goes to ZS[o]."""
+    def _layer_out(p, ZS, o, z, d, rstd, fs, mf, m2, G, BE, HAS_BETA: tl.constexpr):
+        """p (P[o]) + γ (z - mean) / std (+ β) of one gate's block, d = z - mean; z goes to ZS[o]."""
         tl.store(ZS + o, z, mask=m2)
         y = d * rstd[:, None] * tl.load(G + fs, mask=mf, other=0.0)[None, :]
         if HAS_BETA:
             y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
-        return tl.load(P + o, mask=m2, other=0.0) + y
+        return p + y
 
     @triton.jit
-    def _layer_gates(P, ZS, o0, z0, z1, z2, z3, fs, H, mf, m2, rows, G, BE, MEAN, RSTD, eps,
+    def _layer_gates(p0, p1, p2, p3, ZS, o0, z0, z1, z2, z3, fs, H, mf, m2, rows, G, BE, MEAN, RSTD, eps,
                      NG: tl.constexpr, HAS_BETA: tl.constexpr):
         """Layer norm of h W^T over the NG (3 or 4) gates of a row at once, as the cell
-        defines it (every unit is in this program): each gate's P[o] + N(z); each row's
+        defines it (every unit is in this program): each gate's p_k (P[o]) + N(z); each row's
         mean and 1/std go to the (T, B) tables at ``rows``."""
         mr, nf = _layer_rows(m2, mf)
         nf = nf * NG
@@ -607,12 +667,12 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt_rn(ss / nf + eps)
         tl.store(MEAN + rows, mean, mask=mr)
         tl.store(RSTD + rows, rstd, mask=mr)
-        a0 = _layer_out(P, ZS, o0, z0, d0, rstd, fs, mf, m2, G, BE, HAS_BETA)
-        a1 = _layer_out(P, ZS, o0 + H, z1, d1, rstd, fs + H, mf, m2, G, BE, HAS_BETA)
-        a2 = _layer_out(P, ZS, o0 + 2 * H, z2, d2, rstd, fs + 2 * H, mf, m2, G, BE, HAS_BETA)
+        a0 = _layer_out(p0, ZS, o0, z0, d0, rstd, fs, mf, m2, G, BE, HAS_BETA)
+        a1 = _layer_out(p1, ZS, o0 + H, z1, d1, rstd, fs + H, mf, m2, G, BE, HAS_BETA)
+        a2 = _layer_out(p2, ZS, o0 + 2 * H, z2, d2, rstd, fs + 2 * H, mf, m2, G, BE, HAS_BETA)
         a3 = z3
         if NG == 4:
-            a3 = _layer_out(P, ZS, o0 + 3 * H, z3, d3, rstd, fs + 3 * H, mf, m2, G, BE, HAS_BETA)
+            a3 = _layer_out(p3, ZS, o0 + 3 * H, z3, d3, rstd, fs + 3 * H, mf, m2, G, BE, HAS_BETA)
         return a0, a1, a2, a3
 
     @triton.jit
@@ -689,11 +749,13 @@ if triton is not None:
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                  RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        z, _, _, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
         off = t * B * H + rb[:, None] * H + rj[None, :]
-        a = _term(HS, ZS, off, z, s * H + rj, mj, m2, _table(t, S, H, B, rb, MODE), B0, G, BE, SC, SH, MEAN, RSTD,
-                  VAR, eps,
-                  MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
+        tab = _table(t, S, H, B, rb, MODE)
+        p = tl.load(HS + off, mask=m2, other=0.0)  # before the product (``_first``)
+        ga, gb = _nparams(s * H + rj, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+        z, _, _, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
+        a = _term(p, ga, gb, ZS, off, z, s * H + rj, mj, m2, tab, B0, MEAN, RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT,
+                  HAS_VAR)
         if RELU:
             h = tl.where((a > 0) | (a != a), a, 0.0)
         else:
@@ -707,10 +769,10 @@ if triton is not None:
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         g = tl.load(GH + off, mask=m2, other=0.0)
+        h = tl.load(HS + off, mask=m2, other=0.0)  # before the product (``_first``)
         if HAS_NEXT:  # ∂L/∂z_{t+1} W: every unit's ∂L/∂z_{t+1} is in DZ since the last launch
             g += _mm_n(DZ + (t + 1) * B * H, rb, mb, H, W + s * H * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + off, g, mask=m2)
-        h = tl.load(HS + off, mask=m2, other=0.0)
         if RELU:
             d = tl.where(h > 0, g, 0.0)
         else:
@@ -730,6 +792,9 @@ if triton is not None:
                   CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
+        cp = tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)  # before the product
+        ctab = _table(t, S, H, B, rb, CMODE)
+        ca, cb = _nparams(s * H + rj, mj, ctab, CG, CBE, CSC, CSH, CMODE, C_BETA, C_SHIFT)
         a0, a1, a2, a3, o0 = _gate_terms(SIG, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                                          G, BE, SC, SH, MEAN, RSTD, VAR, eps, 4, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
                                          BB, BJ, BK, PREC)
@@ -743,10 +808,10 @@ if triton is not None:
         tl.store(SIG + o0 + 3 * H, o, mask=m2)
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         tl.store(TG + oh, g, mask=m2)
-        c = f * tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0) + i * g
+        c = f * cp + i * g
         tl.store(CS + oh, c, mask=m2)
-        tc = _tanh(_nfwd(c, s * H + rj, mj, m2, _table(t, S, H, B, rb, CMODE), B0, CG, CBE, CSC, CSH, CMEAN, CRSTD,
-                         CVAR, ceps, CMODE, C_BETA, C_SHIFT, C_VAR))
+        tc = _tanh(_nfwd(c, ca, cb, mj, m2, ctab, s * H + rj, B0, CMEAN, CRSTD, CVAR, ceps, CMODE, C_BETA, C_SHIFT,
+                         C_VAR))
         tl.store(TC + oh, tc, mask=m2)
         tl.store(HS + oh, o * tc, mask=m2)
 
@@ -760,27 +825,29 @@ if triton is not None:
         F = 4 * H
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        ob = rb[:, None] * H + rj[None, :]
         g = tl.load(GH + oh, mask=m2, other=0.0)
+        # what the step reads besides ∂L/∂z_{t+1}, before the product (``_first``)
+        i = tl.load(SIG + o0, mask=m2, other=0.0)
+        f = tl.load(SIG + o0 + H, mask=m2, other=0.0)
+        o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
+        y = tl.load(TC + oh, mask=m2, other=0.0)
+        gg = tl.load(TG + oh, mask=m2, other=0.0)
+        cp = tl.load(CP + coff + ob, mask=m2, other=0.0)
+        dcn = tl.zeros_like(g)
+        if HAS_NEXT:  # ∂L/∂c_{t+1} σ(f_{t+1})
+            dcn = tl.load(DC + ob, mask=m2, other=0.0) * tl.load(SIG + o0 + B * F + H, mask=m2, other=0.0)
+        if HAS_LAST:  # the incoming ∂L/∂c_T
+            dcn += tl.load(DCL + ob, mask=m2, other=0.0)
         if HAS_NEXT:
             g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + oh, g, mask=m2)
-        o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
-        y = tl.load(TC + oh, mask=m2, other=0.0)
         dn = g * (1 - y * y) * o  # ∂L/∂N_c(c_t)
         if CMODE != 0:
             tl.store(DN + oh, dn, mask=m2)
         dc = _nbwd(dn, CS, oh, s * H + rj, mj, m2, _table(t, S, H, B, rb, CMODE), B0, CG, CSC, CMEAN, CRSTD, CDG, CDB,
-                   CMODE)
-        ob = rb[:, None] * H + rj[None, :]
-        if HAS_NEXT:  # + ∂L/∂c_{t+1} σ(f_{t+1})
-            dc += tl.load(DC + ob, mask=m2, other=0.0) * tl.load(SIG + o0 + B * F + H, mask=m2, other=0.0)
-        if HAS_LAST:  # the incoming ∂L/∂c_T
-            dc += tl.load(DCL + ob, mask=m2, other=0.0)
+                   CMODE) + dcn
         tl.store(DC + ob, dc, mask=m2)
-        i = tl.load(SIG + o0, mask=m2, other=0.0)
-        f = tl.load(SIG + o0 + H, mask=m2, other=0.0)
-        gg = tl.load(TG + oh, mask=m2, other=0.0)
-        cp = tl.load(CP + coff + ob, mask=m2, other=0.0)
         d0 = dc * (1 - i) * i * gg
         d1 = dc * (1 - f) * f * cp
         d2 = dc * (1 - gg * gg) * i
@@ -800,19 +867,21 @@ if triton is not None:
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
+        # u_t's gates and this program's units of h_{t-1}, before the product (``_first``)
+        u0, u1, u2, _ = _first(GATES, t * B * 3 * H + rb[:, None] * 3 * H + rj[None, :], H, m2, 3)
+        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
         a0, a1, a2, _, o0 = _gate_terms(HW, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                                         G, BE, SC, SH, MEAN, RSTD, VAR, eps, 3, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
                                         BB, BJ, BK, PREC)
         tl.store(HW + o0, a0, mask=m2)
         tl.store(HW + o0 + H, a1, mask=m2)
         tl.store(HW + o0 + 2 * H, a2, mask=m2)
-        r = _sigmoid(tl.load(GATES + o0, mask=m2, other=0.0) + a0)
-        zg = _sigmoid(tl.load(GATES + o0 + H, mask=m2, other=0.0) + a1)
-        n = _tanh(tl.load(GATES + o0 + 2 * H, mask=m2, other=0.0) + r * a2)
+        r = _sigmoid(u0 + a0)
+        zg = _sigmoid(u1 + a1)
+        n = _tanh(u2 + r * a2)
         tl.store(GATES + o0, r, mask=m2)
         tl.store(GATES + o0 + H, zg, mask=m2)
         tl.store(GATES + o0 + 2 * H, n, mask=m2)
-        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
         tl.store(HS + t * B * H + rb[:, None] * H + rj[None, :], n + zg * (hp - n), mask=m2)
 
     @triton.jit(do_not_specialize=["t", "hoff"])
@@ -825,16 +894,16 @@ if triton is not None:
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         g = tl.load(GH + oh, mask=m2, other=0.0)
+        # what the step reads besides ∂L/∂z_{t+1}, before the product (``_first``)
+        r, zg, n, _ = _first(GATES, o0, H, m2, 3)
+        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+        an = tl.load(HW + o0 + 2 * H, mask=m2, other=0.0)
         if HAS_NEXT:  # + ∂L/∂h_{t+1} z_{t+1} (the carry) + ∂L/∂z_{t+1} W
             g += tl.load(GH + oh + B * H, mask=m2, other=0.0) * tl.load(GATES + o0 + B * F + H, mask=m2, other=0.0)
             g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + oh, g, mask=m2)
-        r = tl.load(GATES + o0, mask=m2, other=0.0)
-        zg = tl.load(GATES + o0 + H, mask=m2, other=0.0)
-        n = tl.load(GATES + o0 + 2 * H, mask=m2, other=0.0)
-        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
         dn = g * (1 - n * n) * (1 - zg)  # ∂L/∂(u_n + r a_n)
-        dr = dn * tl.load(HW + o0 + 2 * H, mask=m2, other=0.0) * r * (1 - r)
+        dr = dn * an * r * (1 - r)
         dzg = g * (hp - n) * zg * (1 - zg)
         tl.store(DU + o0, dr, mask=m2)
         tl.store(DU + o0 + H, dzg, mask=m2)
