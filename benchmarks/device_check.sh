@@ -23,10 +23,11 @@
 # STAGES="tests bench grid stacked sync syncstacked" (~9 minutes). The barrier kinds, then
 # the defaults' table: STAGES="barriers gridtests tests barrier bench" (~7 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
-# Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-55 s, ab 20 s, sweep
+# Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-69 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
 # models), tuned 46-68 s, smoke 44 s, grid 70 s, sync 122 s (with its gradient checks),
-# syncrows 62 s; a call's start and transfers ~30 s.
+# syncrows 57-62 s, barriers ~30 s, gridtests 49 s, barrier 74 s, profilegrid 73 s; a
+# call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
 STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked grid reference smoke}
