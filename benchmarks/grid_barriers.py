@@ -56,7 +56,7 @@ if st.triton is not None:
             st._step_sync(CNT, t, NPROG, True, GROUP, POLL)
 
 
-def time_barriers(grid: tuple[int, int, int], warps: int, group: bool, poll: bool, repeats: int,
+def barrier_us(grid: tuple[int, int, int], warps: int, group: bool, poll: bool, repeats: int,
                   store: int = 0) -> float:
     """us a barrier: the median over ``repeats`` launches of T - 1 barriers (each after
     ``store`` floats stored by every program)."""
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                            ", one thread polls")
             waits = grid[0] if group else n
             try:
-                us = time_barriers(grid, warps, group, poll, args.repeats)
-                stored = time_barriers(grid, warps, group, poll, args.repeats, STORE)
+                us = barrier_us(grid, warps, group, poll, args.repeats)
+                stored = barrier_us(grid, warps, group, poll, args.repeats, STORE)
             except Exception as e:  # a kind this Triton cannot compile, or a launch the GPU refuses
                 print(f"{name:<18}{n:>9}{waits:>10}  {kind:<36} failed: {one_line(e, 200)}", flush=True)
                 continue
