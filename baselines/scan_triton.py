@@ -600,28 +600,48 @@ if triton is not None:
         return x0, x1, x2, x3
 
     @triton.jit
+    def _gate_inputs(P, o0, fs, tab, H, m2, mj, G, BE, SC, SH, NG: tl.constexpr, MODE: tl.constexpr,
+                     HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr):
+        """P's blocks of the NG gates and the norm's parameters of each gate (``_nparams``;
+        zeros where unused), but for one layer norm over several gates (``_layer_gates``
+        loads its own)."""
+        p0, p1, p2, p3 = _first(P, o0, H, m2, NG)
+        if MODE != 3 or NG == 1:
+            ga0, gb0 = _nparams(fs, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga1, gb1, ga2, gb2, ga3, gb3 = ga0, gb0, ga0, gb0, ga0, gb0
+            if NG > 1:
+                ga1, gb1 = _nparams(fs + H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+                ga2, gb2 = _nparams(fs + 2 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            if NG == 4:
+                ga3, gb3 = _nparams(fs + 3 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+        else:  # never read
+            ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3 = p0, p0, p0, p0, p0, p0, p0, p0
+        return p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3
+
+    @triton.jit
     def _gate_terms(P, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                     G, BE, SC, SH, MEAN, RSTD, VAR, eps, NG: tl.constexpr,
                     MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, EARLY: tl.constexpr):
         """The NG gates' pre-activations P[t] + N(h_{t-1} W_k^T) for the program's units
         (the fourth is zeros for the GRU), and the offset of gate 0's block in P. P's
-        blocks are loaded before the product (``_first``)."""
+        blocks and the norm's parameters are loaded before the product with EARLY
+        (``_first``), else after it."""
         F = NG * H
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs, tab = s * F + rj, t * S * F
-        p0, p1, p2, p3 = _first(P, o0, H, m2, NG)
-        if MODE != 3:  # the norm's parameters too (layer norm's are loaded where they are used)
-            ga0, gb0 = _nparams(fs, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
-            ga1, gb1 = _nparams(fs + H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
-            ga2, gb2 = _nparams(fs + 2 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
-            ga3, gb3 = ga0, gb0
-            if NG == 4:
-                ga3, gb3 = _nparams(fs + 3 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+        if EARLY:
+            p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3 = _gate_inputs(
+                P, o0, fs, tab, H, m2, mj, G, BE, SC, SH, NG, MODE, HAS_BETA, HAS_SHIFT)
         z0, z1, z2, z3 = _mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, NG, BB, BJ, BK, PREC)
+        if not EARLY and MODE == 3:  # each gate's P block loaded where it is added (``_layer_out``)
+            p0, p1, p2, p3 = P, P, P, P
+        elif not EARLY:
+            p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3 = _gate_inputs(
+                P, o0, fs, tab, H, m2, mj, G, BE, SC, SH, NG, MODE, HAS_BETA, HAS_SHIFT)
         if MODE == 3:  # one layer norm over every gate of a row (no early return: Triton compiles what follows)
             a0, a1, a2, a3 = _layer_gates(p0, p1, p2, p3, ZS, o0, z0, z1, z2, z3, fs, H, mj, m2, t * B + rb, G, BE,
-                                          MEAN, RSTD, eps, NG, HAS_BETA)
+                                          MEAN, RSTD, eps, NG, HAS_BETA, EARLY)
         else:
             a0 = _term(p0, ga0, gb0, ZS, o0, z0, fs, mj, m2, tab, B0, MEAN, RSTD, VAR, eps,
                        MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
@@ -636,19 +656,25 @@ if triton is not None:
         return a0, a1, a2, a3, o0
 
     @triton.jit
-    def _layer_out(p, ZS, o, z, d, rstd, fs, mf, m2, G, BE, HAS_BETA: tl.constexpr):
-        """p (P[o]) + γ (z - mean) / std (+ β) of one gate's block, d = z - mean; z goes to ZS[o]."""
+    def _layer_out(p, ZS, o, z, d, rstd, fs, mf, m2, G, BE, HAS_BETA: tl.constexpr, LOADED: tl.constexpr):
+        """P[o] + γ (z - mean) / std (+ β) of one gate's block, d = z - mean, P[o] given as p
+        (LOADED) or loaded here from p = P; z goes to ZS[o]."""
         tl.store(ZS + o, z, mask=m2)
         y = d * rstd[:, None] * tl.load(G + fs, mask=mf, other=0.0)[None, :]
         if HAS_BETA:
             y += tl.load(BE + fs, mask=mf, other=0.0)[None, :]
-        return p + y
+        if LOADED:
+            y += p
+        else:
+            y += tl.load(p + o, mask=m2, other=0.0)
+        return y
 
     @triton.jit
     def _layer_gates(p0, p1, p2, p3, ZS, o0, z0, z1, z2, z3, fs, H, mf, m2, rows, G, BE, MEAN, RSTD, eps,
-                     NG: tl.constexpr, HAS_BETA: tl.constexpr):
+                     NG: tl.constexpr, HAS_BETA: tl.constexpr, LOADED: tl.constexpr):
         """Layer norm of h W^T over the NG (3 or 4) gates of a row at once, as the cell
-        defines it (every unit is in this program): each gate's p_k (P[o]) + N(z); each row's
+        defines it (every unit is in this program): each gate's P[o] + N(z), P[o] given as
+        p_k (LOADED) or loaded where it is added from p_k = P (``_layer_out``); each row's
         mean and 1/std go to the (T, B) tables at ``rows``."""
         mr, nf = _layer_rows(m2, mf)
         nf = nf * NG
@@ -667,12 +693,12 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt_rn(ss / nf + eps)
         tl.store(MEAN + rows, mean, mask=mr)
         tl.store(RSTD + rows, rstd, mask=mr)
-        a0 = _layer_out(p0, ZS, o0, z0, d0, rstd, fs, mf, m2, G, BE, HAS_BETA)
-        a1 = _layer_out(p1, ZS, o0 + H, z1, d1, rstd, fs + H, mf, m2, G, BE, HAS_BETA)
-        a2 = _layer_out(p2, ZS, o0 + 2 * H, z2, d2, rstd, fs + 2 * H, mf, m2, G, BE, HAS_BETA)
+        a0 = _layer_out(p0, ZS, o0, z0, d0, rstd, fs, mf, m2, G, BE, HAS_BETA, LOADED)
+        a1 = _layer_out(p1, ZS, o0 + H, z1, d1, rstd, fs + H, mf, m2, G, BE, HAS_BETA, LOADED)
+        a2 = _layer_out(p2, ZS, o0 + 2 * H, z2, d2, rstd, fs + 2 * H, mf, m2, G, BE, HAS_BETA, LOADED)
         a3 = z3
         if NG == 4:
-            a3 = _layer_out(p3, ZS, o0 + 3 * H, z3, d3, rstd, fs + 3 * H, mf, m2, G, BE, HAS_BETA)
+            a3 = _layer_out(p3, ZS, o0 + 3 * H, z3, d3, rstd, fs + 3 * H, mf, m2, G, BE, HAS_BETA, LOADED)
         return a0, a1, a2, a3
 
     @triton.jit
@@ -747,13 +773,18 @@ if triton is not None:
     def _rnn_fwd(HS, ZS, HP, hoff, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                 RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                 RELU: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                 EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         tab = _table(t, S, H, B, rb, MODE)
-        p = tl.load(HS + off, mask=m2, other=0.0)  # before the product (``_first``)
-        ga, gb = _nparams(s * H + rj, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+        if EARLY:  # before the product (``_first``)
+            p, _, _, _, ga, gb, _, _, _, _, _, _ = _gate_inputs(HS, off, s * H + rj, tab, H, m2, mj, G, BE, SC, SH, 1,
+                                                                MODE, HAS_BETA, HAS_SHIFT)
         z, _, _, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
+        if not EARLY:
+            p, _, _, _, ga, gb, _, _, _, _, _, _ = _gate_inputs(HS, off, s * H + rj, tab, H, m2, mj, G, BE, SC, SH, 1,
+                                                                MODE, HAS_BETA, HAS_SHIFT)
         a = _term(p, ga, gb, ZS, off, z, s * H + rj, mj, m2, tab, B0, MEAN, RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT,
                   HAS_VAR)
         if RELU:
@@ -765,14 +796,18 @@ if triton is not None:
     @triton.jit(do_not_specialize=["t"])
     def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE: tl.constexpr, RELU: tl.constexpr,
-                 HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                 HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                 EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         g = tl.load(GH + off, mask=m2, other=0.0)
-        h = tl.load(HS + off, mask=m2, other=0.0)  # before the product (``_first``)
+        if EARLY:  # before the product (``_first``)
+            h = tl.load(HS + off, mask=m2, other=0.0)
         if HAS_NEXT:  # ∂L/∂z_{t+1} W: every unit's ∂L/∂z_{t+1} is in DZ since the last launch
             g += _mm_n(DZ + (t + 1) * B * H, rb, mb, H, W + s * H * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + off, g, mask=m2)
+        if not EARLY:
+            h = tl.load(HS + off, mask=m2, other=0.0)
         if RELU:
             d = tl.where(h > 0, g, 0.0)
         else:
@@ -790,14 +825,18 @@ if triton is not None:
                   CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
                   CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
-                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                  EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        cp = tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)  # before the product
-        ctab = _table(t, S, H, B, rb, CMODE)
-        ca, cb = _nparams(s * H + rj, mj, ctab, CG, CBE, CSC, CSH, CMODE, C_BETA, C_SHIFT)
+        if EARLY:  # c_{t-1} and the cell norm's parameters before the product (``_first``)
+            cp, ctab, ca, cb = _cell_inputs(CP, coff, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH, CMODE, C_BETA,
+                                            C_SHIFT)
         a0, a1, a2, a3, o0 = _gate_terms(SIG, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                                          G, BE, SC, SH, MEAN, RSTD, VAR, eps, 4, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
-                                         BB, BJ, BK, PREC)
+                                         BB, BJ, BK, PREC, EARLY)
+        if not EARLY:
+            cp, ctab, ca, cb = _cell_inputs(CP, coff, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH, CMODE, C_BETA,
+                                            C_SHIFT)
         i = _sigmoid(a0)
         f = _sigmoid(a1)
         g = _tanh(a2)
@@ -815,19 +854,21 @@ if triton is not None:
         tl.store(TC + oh, tc, mask=m2)
         tl.store(HS + oh, o * tc, mask=m2)
 
-    @triton.jit(do_not_specialize=["t", "coff"])
-    def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H, S, B0,
-                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                  CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
-                  MODE: tl.constexpr, CMODE: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_LAST: tl.constexpr,
-                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        F = 4 * H
-        oh = t * B * H + rb[:, None] * H + rj[None, :]
-        o0 = t * B * F + rb[:, None] * F + rj[None, :]
-        ob = rb[:, None] * H + rj[None, :]
-        g = tl.load(GH + oh, mask=m2, other=0.0)
-        # what the step reads besides ∂L/∂z_{t+1}, before the product (``_first``)
+    @triton.jit
+    def _cell_inputs(CP, coff, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH, CMODE: tl.constexpr,
+                     C_BETA: tl.constexpr, C_SHIFT: tl.constexpr):
+        """What an LSTM forward step reads for its cell besides the gates: c_{t-1}, where the
+        cell norm's statistics go (``_table``), and its parameters (``_nparams``)."""
+        cp = tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+        ctab = _table(t, S, H, B, rb, CMODE)
+        ca, cb = _nparams(s * H + rj, mj, ctab, CG, CBE, CSC, CSH, CMODE, C_BETA, C_SHIFT)
+        return cp, ctab, ca, cb
+
+    @triton.jit
+    def _lstm_saved(SIG, TC, TG, CP, coff, DC, DCL, g, o0, oh, ob, B, H, F, m2, HAS_NEXT: tl.constexpr,
+                    HAS_LAST: tl.constexpr):
+        """What an LSTM backward step reads besides ∂L/∂z_{t+1}: σ(i), σ(f), σ(o), tanh(N_c(c_t)),
+        tanh(g), c_{t-1}, and ∂L/∂c_{t+1} σ(f_{t+1}) plus the incoming ∂L/∂c_T where they apply."""
         i = tl.load(SIG + o0, mask=m2, other=0.0)
         f = tl.load(SIG + o0 + H, mask=m2, other=0.0)
         o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
@@ -835,13 +876,34 @@ if triton is not None:
         gg = tl.load(TG + oh, mask=m2, other=0.0)
         cp = tl.load(CP + coff + ob, mask=m2, other=0.0)
         dcn = tl.zeros_like(g)
-        if HAS_NEXT:  # ∂L/∂c_{t+1} σ(f_{t+1})
+        if HAS_NEXT:
             dcn = tl.load(DC + ob, mask=m2, other=0.0) * tl.load(SIG + o0 + B * F + H, mask=m2, other=0.0)
-        if HAS_LAST:  # the incoming ∂L/∂c_T
+        if HAS_LAST:
             dcn += tl.load(DCL + ob, mask=m2, other=0.0)
+        return i, f, o, y, gg, cp, dcn
+
+    @triton.jit(do_not_specialize=["t", "coff"])
+    def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                  CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  MODE: tl.constexpr, CMODE: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_LAST: tl.constexpr,
+                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                  EARLY: tl.constexpr = True):
+        rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
+        F = 4 * H
+        oh = t * B * H + rb[:, None] * H + rj[None, :]
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        ob = rb[:, None] * H + rj[None, :]
+        g = tl.load(GH + oh, mask=m2, other=0.0)
+        if EARLY:  # what the step reads besides ∂L/∂z_{t+1}, before the product (``_first``)
+            i, f, o, y, gg, cp, dcn = _lstm_saved(SIG, TC, TG, CP, coff, DC, DCL, g, o0, oh, ob, B, H, F, m2,
+                                                  HAS_NEXT, HAS_LAST)
         if HAS_NEXT:
             g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + oh, g, mask=m2)
+        if not EARLY:
+            i, f, o, y, gg, cp, dcn = _lstm_saved(SIG, TC, TG, CP, coff, DC, DCL, g, o0, oh, ob, B, H, F, m2,
+                                                  HAS_NEXT, HAS_LAST)
         dn = g * (1 - y * y) * o  # ∂L/∂N_c(c_t)
         if CMODE != 0:
             tl.store(DN + oh, dn, mask=m2)
@@ -865,14 +927,19 @@ if triton is not None:
     def _gru_fwd(GATES, HW, HS, ZS, HP, hoff, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_VAR: tl.constexpr,
-                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                 EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
-        # u_t's gates and this program's units of h_{t-1}, before the product (``_first``)
-        u0, u1, u2, _ = _first(GATES, t * B * 3 * H + rb[:, None] * 3 * H + rj[None, :], H, m2, 3)
-        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+        o0 = t * B * 3 * H + rb[:, None] * 3 * H + rj[None, :]
+        if EARLY:  # u_t's gates and this program's units of h_{t-1} before the product (``_first``)
+            u0, u1, u2, _ = _first(GATES, o0, H, m2, 3)
+            hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
         a0, a1, a2, _, o0 = _gate_terms(HW, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                                         G, BE, SC, SH, MEAN, RSTD, VAR, eps, 3, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
-                                        BB, BJ, BK, PREC)
+                                        BB, BJ, BK, PREC, EARLY)
+        if not EARLY:
+            u0, u1, u2, _ = _first(GATES, o0, H, m2, 3)
+            hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
         tl.store(HW + o0, a0, mask=m2)
         tl.store(HW + o0 + H, a1, mask=m2)
         tl.store(HW + o0 + 2 * H, a2, mask=m2)
@@ -884,24 +951,33 @@ if triton is not None:
         tl.store(GATES + o0 + 2 * H, n, mask=m2)
         tl.store(HS + t * B * H + rb[:, None] * H + rj[None, :], n + zg * (hp - n), mask=m2)
 
+    @triton.jit
+    def _gru_saved(GATES, HW, HP, hoff, o0, rb, rj, H, m2):
+        """What a GRU backward step reads besides ∂L/∂z_{t+1} and the carry: r, z, n, this
+        program's units of h_{t-1}, and a_n."""
+        r, zg, n, _ = _first(GATES, o0, H, m2, 3)
+        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+        an = tl.load(HW + o0 + 2 * H, mask=m2, other=0.0)
+        return r, zg, n, hp, an
+
     @triton.jit(do_not_specialize=["t", "hoff"])
     def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  MODE: tl.constexpr, HAS_NEXT: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
-                 BK: tl.constexpr, PREC: tl.constexpr):
+                 BK: tl.constexpr, PREC: tl.constexpr, EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         F = 3 * H
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         g = tl.load(GH + oh, mask=m2, other=0.0)
-        # what the step reads besides ∂L/∂z_{t+1}, before the product (``_first``)
-        r, zg, n, _ = _first(GATES, o0, H, m2, 3)
-        hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
-        an = tl.load(HW + o0 + 2 * H, mask=m2, other=0.0)
+        if EARLY:  # what the step reads besides ∂L/∂z_{t+1}, before the product (``_first``)
+            r, zg, n, hp, an = _gru_saved(GATES, HW, HP, hoff, o0, rb, rj, H, m2)
         if HAS_NEXT:  # + ∂L/∂h_{t+1} z_{t+1} (the carry) + ∂L/∂z_{t+1} W
             g += tl.load(GH + oh + B * H, mask=m2, other=0.0) * tl.load(GATES + o0 + B * F + H, mask=m2, other=0.0)
             g += _mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
         tl.store(GH + oh, g, mask=m2)
+        if not EARLY:
+            r, zg, n, hp, an = _gru_saved(GATES, HW, HP, hoff, o0, rb, rj, H, m2)
         dn = g * (1 - n * n) * (1 - zg)  # ∂L/∂(u_n + r a_n)
         dr = dn * an * r * (1 - r)
         dzg = g * (hp - n) * zg * (1 - zg)
@@ -923,6 +999,8 @@ if triton is not None:
     # reads the weights where the last step left them in cache. Between steps a barrier
     # makes what the program's warps stored visible to all of them. T >= 2.
 
+    # Chosen as the module is imported, as Triton's jit decides then whether a process
+    # interprets its kernels (TRITON_INTERPRET=1) or compiles them.
     if interpreting():
         @triton.jit
         def _acquire(CNT):
@@ -990,11 +1068,11 @@ if triton is not None:
                      RELU: tl.constexpr, GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _rnn_fwd(HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                 MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
+                 MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC, GRID)
         for t in range(1, T):
             _step_sync(CNT, t, NPROG, GRID, GROUP, POLL)
             _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                     MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC)
+                     MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, RELU, BB, BJ, BK, PREC, GRID)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0,
@@ -1002,11 +1080,11 @@ if triton is not None:
                      GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                 MODE, RELU, False, BB, BJ, BK, PREC)
+                 MODE, RELU, False, BB, BJ, BK, PREC, GRID)
         for i in range(1, T):
             _step_sync(CNT, i, NPROG, GRID, GROUP, POLL)
             _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                     MODE, RELU, True, BB, BJ, BK, PREC)
+                     MODE, RELU, True, BB, BJ, BK, PREC, GRID)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _lstm_fwd_seq(SIG, TG, CS, TC, HS, ZS, H0, C0, W, T, B, H, S, B0,
@@ -1019,13 +1097,13 @@ if triton is not None:
                       BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _lstm_fwd(SIG, TG, CS, TC, HS, ZS, H0, 0, C0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
                   eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
-                  CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
+                  CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC, GRID)
         for t in range(1, T):
             _step_sync(CNT, t, NPROG, GRID, GROUP, POLL)
             prev = (t - 1) * B * H
             _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HS, prev, CS, prev, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
                       DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, MODE, HAS_BETA, HAS_SHIFT,
-                      HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC)
+                      HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, BB, BJ, BK, PREC, GRID)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _lstm_bwd_seq(GH, SIG, TG, CS, TC, C0, DA, DZ, DN, ZS, W, DC, DCL, T, B, H, S, B0,
@@ -1037,17 +1115,17 @@ if triton is not None:
         # step T-1 (nothing after it; the incoming ∂L/∂c_T), steps T-2 .. 1, step 0 (c_{-1} = c0)
         _lstm_bwd(GH, SIG, TG, CS, TC, CS, (T - 2) * B * H, DA, DZ, DN, ZS, W, DC, DCL, T - 1, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
-                  MODE, CMODE, False, HAS_LAST, BB, BJ, BK, PREC)
+                  MODE, CMODE, False, HAS_LAST, BB, BJ, BK, PREC, GRID)
         for i in range(2, T):
             _step_sync(CNT, i - 1, NPROG, GRID, GROUP, POLL)
             t = T - i
             _lstm_bwd(GH, SIG, TG, CS, TC, CS, (t - 1) * B * H, DA, DZ, DN, ZS, W, DC, DC, t, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB,
-                      ceps, MODE, CMODE, True, False, BB, BJ, BK, PREC)
+                      ceps, MODE, CMODE, True, False, BB, BJ, BK, PREC, GRID)
         _step_sync(CNT, T - 1, NPROG, GRID, GROUP, POLL)
         _lstm_bwd(GH, SIG, TG, CS, TC, C0, 0, DA, DZ, DN, ZS, W, DC, DC, 0, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
-                  MODE, CMODE, True, False, BB, BJ, BK, PREC)
+                  MODE, CMODE, True, False, BB, BJ, BK, PREC, GRID)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_fwd_seq(GATES, HW, HS, ZS, H0, W, T, B, H, S, B0,
@@ -1057,11 +1135,11 @@ if triton is not None:
                      GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         _gru_fwd(GATES, HW, HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                 MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
+                 MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC, GRID)
         for t in range(1, T):
             _step_sync(CNT, t, NPROG, GRID, GROUP, POLL)
             _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
-                     DB, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC)
+                     DB, eps, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR, BB, BJ, BK, PREC, GRID)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
@@ -1070,15 +1148,15 @@ if triton is not None:
                      GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
                      BK: tl.constexpr, PREC: tl.constexpr):
         _gru_bwd(GH, GATES, HW, HS, (T - 2) * B * H, DA, DU, DZ, ZS, W, T - 1, B, H, S, B0,
-                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, False, BB, BJ, BK, PREC)
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, False, BB, BJ, BK, PREC, GRID)
         for i in range(2, T):
             _step_sync(CNT, i - 1, NPROG, GRID, GROUP, POLL)
             t = T - i
             _gru_bwd(GH, GATES, HW, HS, (t - 1) * B * H, DA, DU, DZ, ZS, W, t, B, H, S, B0,
-                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC, GRID)
         _step_sync(CNT, T - 1, NPROG, GRID, GROUP, POLL)
         _gru_bwd(GH, GATES, HW, H0, 0, DA, DU, DZ, ZS, W, 0, B, H, S, B0,
-                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC)
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, MODE, True, BB, BJ, BK, PREC, GRID)
 
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------

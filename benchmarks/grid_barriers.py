@@ -9,8 +9,10 @@ seq-MNIST shape (T=784, B=100, H=100), against each barrier kind of
   (``GRID_POLL``).
 
 A training step runs two such launches a layer (forward, backward), so 2 x 783
-barriers: at 1 us a barrier that is 1.6 ms of a step. The difference between a bench
-row's ms and this is the steps' own work and latency, which the barrier cannot change.
+barriers: at 1 us a barrier that is 1.6 ms of a step. What this leaves out: here every
+program arrives at once, so a barrier never waits for a slow program (which a group's
+barrier waits for less), and nothing is read after it (each poll's acquire empties the
+multiprocessor's L1, which a step then refills from L2).
 
     python3 benchmarks/grid_barriers.py [--repeats 5] [--json FILE]
 

@@ -214,9 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     variants, cases, under = SWEEPS[args.sweep]
     rows = []
-    for change in variants:
+    for i, change in enumerate(variants):
         settings = {**DEFAULTS, **under, **change}
         label = " ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+        label += " (again)" * (change in variants[:i])  # a setting timed twice, for the drift between
         with applied(settings):
             for shape, models in cases.items():
                 failed = {m: why for m in models if (why := check(m, shape, args.device))}

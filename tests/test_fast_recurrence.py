@@ -549,6 +549,11 @@ for fn, consts in CASES:
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     assert k.metadata.shared <= 227 * 1024, (fn.__name__, consts, k.metadata.shared)
+    # a grid barrier's arrival is an atomic that releases at GPU scope; every thread's poll an acquire load
+    ptx = k.asm["ptx"].splitlines()
+    release = any(("red." in ln or "atom." in ln) and "release" in ln and ".gpu" in ln for ln in ptx)
+    assert not consts.get("GRID") or release, (fn.__name__, consts)
+    assert not consts.get("POLL") or any("ld.acquire.gpu" in ln for ln in ptx), (fn.__name__, consts)
     print(fn.__name__, "ok", flush=True)
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -638,7 +643,7 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     # the barriers alone, as benchmarks/grid_barriers.py times them
     (grid_barriers._barriers, dict(GROUP=True, POLL=True, STORE=1024, BB=16)),
 ]
-TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT)
+TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT, EARLY=True)  # EARLY: a launch per step's order of loads
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
 """, 42)

@@ -211,20 +211,20 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, grid, monkeypatch
 
 @pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True), (3, True),
                                       (0, "grid"), (1, "grid"), (2, "grid"), (0, "one counter"),
-                                      (1, "one counter")])
+                                      (1, "one counter"), (0, "one counter, every thread polls")])
 def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
     """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches, or "grid":
     grid-synchronized ones, 25 to 91 programs; "one counter": with the barrier of every
-    program, one thread polling) with every output buffer poisoned (NaN) beforehand: all
-    of it is written, and a second run gives the same bits (no race between programs,
-    nor between a program's warps)."""
+    program, one thread polling or every thread) with every output buffer poisoned
+    (NaN) beforehand: all of it is written, and a second run gives the same bits (no
+    race between programs, nor between a program's warps)."""
     from baselines import scan_triton as st
 
     monkeypatch.setattr(st, "SEQUENCE", seq is True)
-    monkeypatch.setattr(st, "GRID_SYNC", seq in ("grid", "one counter"))
-    if seq == "one counter":
+    monkeypatch.setattr(st, "GRID_SYNC", seq not in (True, False))
+    if seq not in (True, False, "grid"):
         monkeypatch.setattr(st, "GRID_GROUPS", False)
-        monkeypatch.setattr(st, "GRID_POLL", False)
+        monkeypatch.setattr(st, "GRID_POLL", seq != "one counter")
 
     torch.manual_seed(0)
     B, T, H = 100, 12, 100
@@ -258,5 +258,5 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
     first, second = run(), run()
     for a, b in zip(first, second, strict=True):
         assert torch.isfinite(a).all() and torch.equal(a, b)
-    if seq in ("grid", "one counter"):  # it ran as one launch a direction, of many programs
+    if seq not in (True, False):  # it ran as one launch a direction, of many programs
         assert st.grid_programs(T, B, H, 1, (norm, norm), torch.device(DEV)) >= 25
