@@ -33,9 +33,11 @@ run the kernels in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``) agai
 Python loops; tests/test_gpu.py runs them compiled. ``RNNBENCH_GPU_STEPS=0`` turns them off.
 
 A step issues every load that waits on nothing it computes before its matrix product
-(``_first``): on an H100 that took lstm-loop from 0.37x to 0.50x cuDNN LSTM at the
-seq-MNIST shape, gru-loop 0.46x -> 0.58x, rnn-loop 0.85x -> 1.00x, bn-rnn 0.48x ->
-0.56x, bn-lstm 0.18x -> 0.21x (benchmarks/RESULTS.md, 2026-11-26). Earlier, measured
+(``_first``; in a launch per step and in grid-synchronized launches, where it was
+timed; whole-sequence launches load after it, ``EARLY``): on an H100 that took
+lstm-loop from 0.37x to 0.50x cuDNN LSTM at the seq-MNIST shape, gru-loop 0.46x ->
+0.58x, rnn-loop 0.85x -> 1.00x, bn-rnn 0.48x -> 0.56x, bn-lstm 0.18x -> 0.21x
+(benchmarks/RESULTS.md, 2026-11-26). Earlier, measured
 on an H100 (code of b6af4d6; training step, ratio to cuDNN LSTM at the seq-MNIST
 shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
 0.34x, gru-loop 0.19x -> 0.32x, lstm-loop 0.18x -> 0.25x, bn-gru 0.12x -> 0.13x, bn-lstm
@@ -587,7 +589,10 @@ if triton is not None:
         On an H100 (benchmarks/RESULTS.md, 2026-11-26; ms per training step at the
         seq-MNIST shape, loads after -> before the product): lstm-loop 13.31 -> 10.03,
         gru-loop 10.72 -> 8.68, rnn-loop 5.79 -> 5.02, bn-rnn 10.22 -> 9.03, bn-gru 22.74 ->
-        19.62, bn-lstm 28.30 -> 23.46."""
+        19.62, bn-lstm 28.30 -> 23.46. The step kernels do so with EARLY (their default,
+        and grid-synchronized launches'); whole-sequence launches pass EARLY=False and
+        load after the product, as before: a program there holds every unit of its rows,
+        and its forward kernels spilled more with the loads first (untimed)."""
         x0 = tl.load(X + o0, mask=m2, other=0.0)
         x1 = tl.zeros_like(x0)
         x2 = x1
