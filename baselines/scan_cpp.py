@@ -16,11 +16,13 @@ run as Triton kernels instead (``scan_triton``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -74,10 +76,39 @@ def _flags(openmp: bool = True) -> tuple[str, list[str], list[str]]:
 
 
 def _build(openmp: bool) -> ModuleType:
-    from torch.utils.cpp_extension import load as load_extension
+    from torch.utils.cpp_extension import _get_build_directory, load as load_extension
 
     name, flags, ldflags = _flags(openmp)
-    return load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags, verbose=False)
+    with _build_lock(_get_build_directory(name, verbose=False)):
+        return load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags, verbose=False)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: str) -> Iterator[None]:
+    """Holds an flock on ``rnnbench.flock`` in the build's directory while PyTorch loads
+    (or builds) the module there. PyTorch's own lock is a file (``lock``) that it creates
+    and deletes, and every process that loads the module, even one that builds nothing,
+    takes it for a moment: a process killed then (SIGKILL at start-up, a preempted job)
+    leaves the file, and every later load waits for it forever. An flock goes with its
+    holder, so a process that holds this one and finds ``lock`` knows no live process
+    of this suite holds it, deletes it and says so in a warning. (No flock, as on
+    Windows: PyTorch's lock alone.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(os.path.join(build_dir, "rnnbench.flock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            stale = os.path.join(build_dir, "lock")
+            if os.path.exists(stale):
+                os.remove(stale)
+                warnings.warn(f"rnnbench: removed {stale}, left by a process killed while it loaded the compiled "
+                              "CPU loops", RuntimeWarning, stacklevel=4)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def openmp_runtimes() -> set[str]:

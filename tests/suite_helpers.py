@@ -151,7 +151,10 @@ def kill_loop(tmp_path: Path, kills: int, seed: int, seeds: str, args: list[str]
         assert all(got[k] == reference[k] for k in done_now), "a done run differs from the reference"
         done_before = done_now
     proc = _suite(profile, store, args)
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:  # a suite that does not finish is not left running after the test
+        proc.kill()
     assert proc.returncode == 0, err
     assert _done_rows(store).items() >= done_before.items()
     assert results_of(store) == reference  # every run done, each exactly once, bit-identical

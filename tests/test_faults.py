@@ -182,6 +182,38 @@ def test_sigkill_at_random_moments_long(tmp_path, jobs):
     assert stats["rerun"] >= 2 and stats["left_checkpoints"] >= 2  # resumed from checkpoints
 
 
+def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load(tmp_path):
+    """PyTorch's lock file of the compiled CPU loops' build (``lock`` in its directory),
+    left by a process killed while it loaded them, is taken for stale by the next
+    process, which removes it (one warning) and loads the loops: it does not wait for
+    it forever, as every start of the suite did after a SIGKILL at start-up. Runs on a
+    copy of this machine's build, in a process of its own."""
+    import shutil
+    import subprocess
+    import sys
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from baselines import scan_cpp
+
+    if scan_cpp.load() is None:
+        pytest.skip(f"the compiled CPU loops cannot be built here ({scan_cpp.build_error()})")
+    names = {scan_cpp._flags(openmp)[0] for openmp in (True, False)}
+    builds = {n: _get_build_directory(n, verbose=False) for n in names}
+    root = tmp_path / "extensions"
+    for name, build in builds.items():
+        if any(f.endswith(".so") for f in os.listdir(build)):
+            shutil.copytree(build, root / name, ignore=shutil.ignore_patterns("lock", "*.flock"))
+            (root / name / "lock").touch()  # what a killed loader leaves
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(root), PYTHONWARNINGS="default")
+    code = "from baselines import scan_cpp; print(scan_cpp.load() is not None)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0 and out.stdout.split() == ["True"], out.stderr[-2000:]
+    assert "left by a process killed while it loaded the compiled CPU loops" in out.stderr
+    assert not list(root.glob("*/lock"))
+
+
 def test_one_line_names_the_type_and_one_line_of_the_message():
     """A multi-line failure (a compiler's output, a hub client's) as one line: the type,
     then the first line (or the last), cut to the limit; an empty message leaves the type."""
