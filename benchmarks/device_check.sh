@@ -21,7 +21,10 @@
 # match the pick: STAGES="tests bench stacked" (both run on an H100, 2026-11-26). The
 # defaults' table beside a launch per step, and the grid launches' tiles:
 # STAGES="tests bench grid stacked sync syncstacked" (~9 minutes). The barrier kinds, then
-# the defaults' table: STAGES="barriers gridtests tests barrier bench" (~7 minutes).
+# the defaults' table: STAGES="barriers gridtests tests barrier bench" (~7 minutes). After
+# the step kernels' loads moved before their products (untimed there: the stacked seeds,
+# the layer-norm cells, irnn-loop, bn-rnn-input; 6 GPU tests not run on them):
+# STAGES="gridtests tests bench stacked profilegrid" (~7 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-69 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
