@@ -40,6 +40,19 @@ FORMAT = 1
 Sink = Callable[[list[tuple], list[tuple]], None]
 
 
+def _tee(sink: Sink, kept: Callable[[], tuple[list, list]]) -> Sink:
+    """``sink``, which also appends every row it is sent to the (metrics, diagnostics)
+    lists that ``kept()`` returns, looked up at each call: a resume replaces them."""
+
+    def recording(metrics: list[tuple], diagnostics: list[tuple]) -> None:
+        sink(metrics, diagnostics)
+        kept_metrics, kept_diagnostics = kept()
+        kept_metrics.extend(metrics)
+        kept_diagnostics.extend(diagnostics)
+
+    return recording
+
+
 @dataclass(frozen=True)
 class CheckpointPolicy:
     """When to checkpoint: every ``every_steps`` steps and/or every ``every_s`` seconds (0: never)."""
@@ -113,13 +126,7 @@ class Checkpointer:
         if not self.enabled:
             return sink
         self._sink = sink
-
-        def recording(metrics: list[tuple], diagnostics: list[tuple]) -> None:
-            sink(metrics, diagnostics)
-            self._metrics.extend(metrics)
-            self._diags.extend(diagnostics)
-
-        return recording
+        return _tee(sink, lambda: (self._metrics, self._diags))
 
     def due(self, step: int) -> bool:
         """Whether to save after ``step`` completed steps."""
@@ -265,18 +272,9 @@ class StackCheckpointer(Checkpointer):
         """Wrap each seed's sink (None: a seed not recorded) so its rows are saved too."""
         if not self.enabled:
             return sinks
-
-        def recording(i: int, sink: Sink) -> Sink:
-            def record(metrics: list[tuple], diagnostics: list[tuple]) -> None:
-                sink(metrics, diagnostics)
-                rows = self._rows.setdefault(i, ([], []))
-                rows[0].extend(metrics)
-                rows[1].extend(diagnostics)
-
-            return record
-
         self._sinks = sinks
-        return [None if sink is None else recording(i, sink) for i, sink in enumerate(sinks)]
+        return [None if sink is None else _tee(sink, lambda i=i: self._rows.setdefault(i, ([], [])))
+                for i, sink in enumerate(sinks)]
 
     def save_stack(self, model: torch.nn.Module, opt: torch.optim.Optimizer, gens: list[torch.Generator],
                    state: StackState) -> None:

@@ -59,6 +59,22 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     assert res.summary["steps"] == 40
 
 
+def test_a_run_resumed_twice_keeps_the_rows_recorded_between(tmp_path):
+    """Killed at step 20 (checkpoint of step 15), resumed, killed again at step 40: the
+    checkpoint of step 30 holds the rows the resumed run recorded (16-30) besides those
+    it replayed, so the second resume replays all 30 steps' rows and the run's rows
+    equal an uninterrupted run's."""
+    (spec,) = tiny_specs(models=("gru",), seeds="0")
+    _, ref_m, ref_d = _collect(spec)
+    path = tmp_path / "run.pt"
+    for die_at, saved_at in ((20, 15), (40, 30)):
+        with pytest.raises(Killed):
+            _collect(spec, Checkpointer(path, spec.to_json(), STEPS_15), die_at=die_at)
+        assert torch.load(path, weights_only=True)["loop"]["step"] == saved_at
+    res, metrics, diags = _collect(spec, Checkpointer(path, spec.to_json(), STEPS_15))
+    assert _strip(metrics) == _strip(ref_m) and diags == ref_d and res.summary["steps"] == 40
+
+
 @pytest.mark.parametrize("content", ["other-run", "garbage"])
 def test_checkpoint_of_another_run_or_damaged_is_ignored(tmp_path, content):
     spec0, spec1 = tiny_specs(models=("gru",), seeds="0-1")
