@@ -607,21 +607,31 @@ if triton is not None:
     @triton.jit
     def _gate_inputs(P, o0, fs, tab, H, m2, mj, G, BE, SC, SH, NG: tl.constexpr, MODE: tl.constexpr,
                      HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr):
-        """P's blocks of the NG gates and the norm's parameters of each gate (``_nparams``;
-        zeros where unused), but for one layer norm over several gates (``_layer_gates``
-        loads its own)."""
+        """P's blocks of the NG (3 or 4) gates and the norm's parameters of each gate
+        (``_nparams``; the fourth gate's the first's for the GRU), but for layer norm over
+        the gates (``_layer_gates`` loads its own). One term: ``_term_inputs``."""
         p0, p1, p2, p3 = _first(P, o0, H, m2, NG)
-        if MODE != 3 or NG == 1:
+        if MODE != 3:
             ga0, gb0 = _nparams(fs, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
-            ga1, gb1, ga2, gb2, ga3, gb3 = ga0, gb0, ga0, gb0, ga0, gb0
-            if NG > 1:
-                ga1, gb1 = _nparams(fs + H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
-                ga2, gb2 = _nparams(fs + 2 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga1, gb1 = _nparams(fs + H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga2, gb2 = _nparams(fs + 2 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+            ga3, gb3 = ga0, gb0
             if NG == 4:
                 ga3, gb3 = _nparams(fs + 3 * H, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
         else:  # never read
             ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3 = p0, p0, p0, p0, p0, p0, p0, p0
         return p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3
+
+    @triton.jit
+    def _term_inputs(X, t, B, H, S, rb, rj, mj, m2, s, G, BE, SC, SH, MODE: tl.constexpr,
+                     HAS_BETA: tl.constexpr, HAS_SHIFT: tl.constexpr):
+        """What a step reads for one term of H features besides the product: the program's
+        block at the pointers X (the RNN's u_t, the LSTM cell's c_{t-1}), where the term's
+        norm statistics go (``_table``), and the norm's parameters (``_nparams``)."""
+        x = tl.load(X, mask=m2, other=0.0)
+        tab = _table(t, S, H, B, rb, MODE)
+        a, b = _nparams(s * H + rj, mj, tab, G, BE, SC, SH, MODE, HAS_BETA, HAS_SHIFT)
+        return x, tab, a, b
 
     @triton.jit
     def _gate_terms(P, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
@@ -782,14 +792,13 @@ if triton is not None:
                  EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         off = t * B * H + rb[:, None] * H + rj[None, :]
-        tab = _table(t, S, H, B, rb, MODE)
-        if EARLY:  # before the product (``_first``)
-            p, _, _, _, ga, gb, _, _, _, _, _, _ = _gate_inputs(HS, off, s * H + rj, tab, H, m2, mj, G, BE, SC, SH, 1,
-                                                                MODE, HAS_BETA, HAS_SHIFT)
+        if EARLY:  # u_t and the norm's parameters before the product (``_first``)
+            p, tab, ga, gb = _term_inputs(HS + off, t, B, H, S, rb, rj, mj, m2, s, G, BE, SC, SH, MODE, HAS_BETA,
+                                          HAS_SHIFT)
         z, _, _, _ = _mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
         if not EARLY:
-            p, _, _, _, ga, gb, _, _, _, _, _, _ = _gate_inputs(HS, off, s * H + rj, tab, H, m2, mj, G, BE, SC, SH, 1,
-                                                                MODE, HAS_BETA, HAS_SHIFT)
+            p, tab, ga, gb = _term_inputs(HS + off, t, B, H, S, rb, rj, mj, m2, s, G, BE, SC, SH, MODE, HAS_BETA,
+                                          HAS_SHIFT)
         a = _term(p, ga, gb, ZS, off, z, s * H + rj, mj, m2, tab, B0, MEAN, RSTD, VAR, eps, MODE, HAS_BETA, HAS_SHIFT,
                   HAS_VAR)
         if RELU:
@@ -834,14 +843,14 @@ if triton is not None:
                   EARLY: tl.constexpr = True):
         rb, rj, mb, mj, m2, s = _tile(B0, H, BB, BJ)
         if EARLY:  # c_{t-1} and the cell norm's parameters before the product (``_first``)
-            cp, ctab, ca, cb = _cell_inputs(CP, coff, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH, CMODE, C_BETA,
-                                            C_SHIFT)
+            cp, ctab, ca, cb = _term_inputs(CP + coff + rb[:, None] * H + rj[None, :], t, B, H, S, rb, rj, mj, m2, s,
+                                            CG, CBE, CSC, CSH, CMODE, C_BETA, C_SHIFT)
         a0, a1, a2, a3, o0 = _gate_terms(SIG, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                                          G, BE, SC, SH, MEAN, RSTD, VAR, eps, 4, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
                                          BB, BJ, BK, PREC, EARLY)
         if not EARLY:
-            cp, ctab, ca, cb = _cell_inputs(CP, coff, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH, CMODE, C_BETA,
-                                            C_SHIFT)
+            cp, ctab, ca, cb = _term_inputs(CP + coff + rb[:, None] * H + rj[None, :], t, B, H, S, rb, rj, mj, m2, s,
+                                            CG, CBE, CSC, CSH, CMODE, C_BETA, C_SHIFT)
         i = _sigmoid(a0)
         f = _sigmoid(a1)
         g = _tanh(a2)
@@ -859,15 +868,6 @@ if triton is not None:
         tl.store(TC + oh, tc, mask=m2)
         tl.store(HS + oh, o * tc, mask=m2)
 
-    @triton.jit
-    def _cell_inputs(CP, coff, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH, CMODE: tl.constexpr,
-                     C_BETA: tl.constexpr, C_SHIFT: tl.constexpr):
-        """What an LSTM forward step reads for its cell besides the gates: c_{t-1}, where the
-        cell norm's statistics go (``_table``), and its parameters (``_nparams``)."""
-        cp = tl.load(CP + coff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
-        ctab = _table(t, S, H, B, rb, CMODE)
-        ca, cb = _nparams(s * H + rj, mj, ctab, CG, CBE, CSC, CSH, CMODE, C_BETA, C_SHIFT)
-        return cp, ctab, ca, cb
 
     @triton.jit
     def _lstm_saved(SIG, TC, TG, CP, coff, DC, DCL, g, o0, oh, ob, B, H, F, m2, HAS_NEXT: tl.constexpr,
@@ -939,7 +939,7 @@ if triton is not None:
         if EARLY:  # u_t's gates and this program's units of h_{t-1} before the product (``_first``)
             u0, u1, u2, _ = _first(GATES, o0, H, m2, 3)
             hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
-        a0, a1, a2, _, o0 = _gate_terms(HW, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
+        a0, a1, a2, _, _ = _gate_terms(HW, ZS, HP, hoff, W, t, B, H, S, B0, rb, rj, mb, mj, m2, s,
                                         G, BE, SC, SH, MEAN, RSTD, VAR, eps, 3, MODE, HAS_BETA, HAS_SHIFT, HAS_VAR,
                                         BB, BJ, BK, PREC, EARLY)
         if not EARLY:
