@@ -37,7 +37,11 @@ A step issues every load that waits on nothing it computes before its matrix pro
 timed; whole-sequence launches load after it, ``EARLY``): on an H100 that took
 lstm-loop from 0.37x to 0.50x cuDNN LSTM at the seq-MNIST shape, gru-loop 0.46x ->
 0.58x, rnn-loop 0.85x -> 1.00x, bn-rnn 0.48x -> 0.56x, bn-lstm 0.18x -> 0.21x
-(benchmarks/RESULTS.md, 2026-11-26). Earlier, measured
+(benchmarks/RESULTS.md, 2026-11-26). Each float32 product's three TF32 products sum
+into accumulators of their own (``FP32_DOT``), and batch and layer norm sum all gates
+in one reduction (``_bn_gates``): lstm-loop 0.60x at seq-MNIST and 0.58x at adding,
+gru-loop 0.61x and 0.67x, bn-lstm 0.25x and 0.24x, bn-gru 0.30x and 0.29x (2026-11-27).
+Earlier, measured
 on an H100 (code of b6af4d6; training step, ratio to cuDNN LSTM at the seq-MNIST
 shape, Python loops -> step kernels): rnn-loop 0.34x -> 0.64x, bn-rnn 0.16x ->
 0.34x, gru-loop 0.19x -> 0.32x, lstm-loop 0.18x -> 0.25x, bn-gru 0.12x -> 0.13x, bn-lstm
@@ -106,11 +110,23 @@ BK_WHOLE_BATCH = 16
 ROWS_FREE = 32  # rows per program where no batch statistics bind them together
 # The matrix products' precision where PyTorch's float32 matmul setting asks for full
 # float32: three TF32 products on the tensor cores (the operands split into a TF32 part
-# and a TF32 remainder; relative error ~1e-6, as float32's accumulation). Triton's plain
-# float32 product ("ieee") runs on the FMA units; on an H100 it made training steps at
-# the seq-MNIST shape slower: bn-lstm 62.7 against 48.0 ms, lstm-loop 26.6 against 20.7,
-# rnn-loop 11.1 against 7.9 (benchmarks/step_sweep.py). With TF32 allowed, one TF32 product.
-FP32_DOT = "tf32x3"
+# and a TF32 remainder, ``_tf32``; relative error ~1e-6, as float32's accumulation).
+# "split" (``_dot``) sums each of the three into its own accumulator across the chunks
+# of the reduction; Triton's own "tf32x3" chains them into one, each chunk's three
+# products waiting one on another (a chunk of 16: six dependent tensor-core
+# instructions; in the LSTM's backward product, 4H/16 chunks of them a step, one after
+# another). On an H100 (``step_sweep.py --sweep dot``, 2026-11-27; ms per training step
+# at seq-MNIST, tf32x3 -> split): lstm-loop 10.23 -> 8.38, gru-loop 8.54 -> 8.38, bn-lstm
+# 21.90 -> 20.58, bn-gru 17.81 -> 16.45; lstm-loop at adding 14.87 -> 12.08. Triton's
+# plain float32 product ("ieee") runs on the FMA units; on an H100 it made training
+# steps at the seq-MNIST shape slower: bn-lstm 62.7 against 48.0 ms, lstm-loop 26.6
+# against 20.7, rnn-loop 11.1 against 7.9 (benchmarks/step_sweep.py).
+# With TF32 allowed, one TF32 product. Whole-sequence launches (a program of 8 rows and
+# every unit) keep "tf32x3" (FP32_DOT_SEQ): compiled for sm_90 (Triton 3.6), their
+# twelve accumulators of 8 x 128 took ln-lstm's forward kernel from 56 to 200 bytes of
+# spills a thread.
+FP32_DOT = "split"
+FP32_DOT_SEQ = "tf32x3"
 WARPS_WHOLE_BATCH = 8  # warps of a program that holds the whole batch (128 rows)
 # Warps of a program of ROWS_FREE rows. Compiled for sm_90 (32 rows x 16 units), the
 # LSTM's forward kernel used 254 registers and spilled 32 bytes a thread with 4 warps and
@@ -182,6 +198,18 @@ GRID_PER_SM = _env_count(ENV_GRID_PER_SM, 1)
 # were 2% faster over bn-lstm, bn-gru and bn-rnn at seq-MNIST and bn-lstm at adding
 # together, under the sweeps' 3% margin (bn-lstm adding 35.76 -> 37.73 ms).
 ROWS_FREE_GRID = 16
+# Warps of such a program (16 rows x 8 units: each warp's tensor-core tile is the whole
+# program's, so every warp does the same product). On an H100 (2026-11-27, ms per
+# training step at seq-MNIST and adding; ``step_sweep.py --sweep gridrows``) 2 warps
+# against 4: lstm-loop 9.16 / 8.44 and 11.31 / 12.09, gru-loop 8.20 / 8.15 and 10.68 /
+# 10.65; 1 warp: 11.85, 11.73, 11.51, 10.08. Kept at 4.
+WARPS_FREE_GRID = 4
+# The products' chunk there: BK_GRID where it pads the reduction no further than BK does
+# (H a multiple of 32: the adding shape's 128), else BK. Chunks of 32 against 16 on an
+# H100 (the sweep above): lstm-loop 8.96 / 8.44 ms at seq-MNIST (H=100: 4 chunks of 32
+# are 128 units against 7 of 16, 112), 11.14 / 12.09 at adding; gru-loop 7.93 / 8.15 and
+# 9.59 / 10.65.
+BK_GRID = 32
 # The barriers of grid-synchronized launches. GRID_GROUPS: a barrier waits only for the
 # programs that share a program's rows and seed, whose stores of a step are all that the
 # next step reads from other programs (``_step_sync``): 13 of lstm-loop's 91 at the
@@ -426,43 +454,89 @@ if triton is not None:
         return tl.where(tl.abs(a) < 0.3, series, 2.0 * _sigmoid(2.0 * a) - 1.0)
 
     @triton.jit
+    def _tf32(x):
+        """x = hi + lo: hi is x rounded to TF32 (10 mantissa bits; to nearest, ties away from
+        zero, as cvt.rna.tf32.f32; NaN kept), lo the exact rest (TF32 keeps its top bits)."""
+        b = x.to(tl.int32, bitcast=True)
+        hi = ((b + 4096) & -8192).to(tl.float32, bitcast=True)
+        hi = tl.where(x == x, hi, x)
+        return hi, x - hi
+
+    @triton.jit
+    def _dot(ah, al, w, acc, lo, lo2, PREC: tl.constexpr):
+        """acc += A w at PREC. With "split" (``FP32_DOT``): A given as its TF32 parts (ah, al:
+        ``_tf32``), the three TF32 products each into its own accumulator (``_dot_sum``
+        adds them); else A = ah and one product (lo, lo2 untouched)."""
+        if PREC == "split":
+            wh, wl = _tf32(w)
+            acc = tl.dot(ah, wh, acc, input_precision="tf32")
+            lo = tl.dot(al, wh, lo, input_precision="tf32")
+            lo2 = tl.dot(ah, wl, lo2, input_precision="tf32")
+        else:
+            acc = tl.dot(ah, w, acc, input_precision=PREC)
+        return acc, lo, lo2
+
+    @triton.jit
+    def _dot_sum(acc, lo, lo2, PREC: tl.constexpr):
+        """A product of ``_dot``'s accumulators: with "split", the TF32 product plus the
+        remainders' (zero where they are NaN, as Triton's tf32x3: an infinite operand's
+        remainder is inf - inf), else acc."""
+        if PREC == "split":
+            rest = lo + lo2
+            acc += tl.where(rest == rest, rest, 0.0)
+        return acc
+
+    @triton.jit
+    def _chunk(A, rb, mb, K, rk, mk, PREC: tl.constexpr):
+        """A[rb, rk] (A's rows K apart) as ``_dot``'s left operand: its TF32 parts with
+        "split", else itself (twice; the second never read)."""
+        a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        if PREC == "split":
+            ah, al = _tf32(a)
+        else:
+            ah, al = a, a
+        return ah, al
+
+    @triton.jit
     def _mm_gates(A, rb, mb, K, W, H, rj, mj, NG: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
                   BK: tl.constexpr, PREC: tl.constexpr):
         """z_k = A[rb] @ W[k H + rj]^T for the NG gates (1, 3 or 4; the rest zeros), one pass over
         A (A's rows K apart, W's rows the outputs)."""
         z0 = tl.zeros((BB, BJ), dtype=tl.float32)
-        z1 = tl.zeros((BB, BJ), dtype=tl.float32)
-        z2 = tl.zeros((BB, BJ), dtype=tl.float32)
-        z3 = tl.zeros((BB, BJ), dtype=tl.float32)
+        z1, z2, z3 = z0, z0, z0
+        l0, l1, l2, l3 = z0, z0, z0, z0
+        m0, m1, m2, m3 = z0, z0, z0, z0
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
             mk = rk < K
-            a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            ah, al = _chunk(A, rb, mb, K, rk, mk, PREC)
             mw = mk[:, None] & mj[None, :]
             w = tl.load(W + rj[None, :] * K + rk[:, None], mask=mw, other=0.0)
-            z0 += tl.dot(a, w, input_precision=PREC)
+            z0, l0, m0 = _dot(ah, al, w, z0, l0, m0, PREC)
             if NG > 1:
                 w = tl.load(W + (H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
-                z1 += tl.dot(a, w, input_precision=PREC)
+                z1, l1, m1 = _dot(ah, al, w, z1, l1, m1, PREC)
                 w = tl.load(W + (2 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
-                z2 += tl.dot(a, w, input_precision=PREC)
+                z2, l2, m2 = _dot(ah, al, w, z2, l2, m2, PREC)
             if NG == 4:
                 w = tl.load(W + (3 * H + rj)[None, :] * K + rk[:, None], mask=mw, other=0.0)
-                z3 += tl.dot(a, w, input_precision=PREC)
-        return z0, z1, z2, z3
+                z3, l3, m3 = _dot(ah, al, w, z3, l3, m3, PREC)
+        return (_dot_sum(z0, l0, m0, PREC), _dot_sum(z1, l1, m1, PREC), _dot_sum(z2, l2, m2, PREC),
+                _dot_sum(z3, l3, m3, PREC))
 
     @triton.jit
     def _mm_n(A, rb, mb, K, W, N, wcol, mw, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
               PREC: tl.constexpr):
         """(BB, BJ): A[rb, :K] @ W[:K, wcol] (A's rows K apart, W's rows N apart)."""
         acc = tl.zeros((BB, BJ), dtype=tl.float32)
+        lo, lo2 = acc, acc
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
             mk = rk < K
-            a = tl.load(A + rb[:, None] * K + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            ah, al = _chunk(A, rb, mb, K, rk, mk, PREC)
             w = tl.load(W + rk[:, None] * N + wcol[None, :], mask=mk[:, None] & mw[None, :], other=0.0)
-            acc += tl.dot(a, w, input_precision=PREC)
-        return acc
+            acc, lo, lo2 = _dot(ah, al, w, acc, lo, lo2, PREC)
+        return _dot_sum(acc, lo, lo2, PREC)
 
     @triton.jit
     def _table(t, S, F, B, rb, MODE: tl.constexpr):
@@ -520,21 +594,88 @@ if triton is not None:
             if HAS_SHIFT:
                 y += gb[None, :]
         elif MODE == 1:
-            row = tab + fs
             mean = tl.sum(tl.where(m2, z, 0.0), axis=0) / B0
             d = tl.where(m2, z - mean[None, :], 0.0)
-            var = tl.sum(d * d, axis=0) / B0
-            rstd = 1.0 / tl.sqrt_rn(var + eps)  # IEEE square root, as the other paths
-            tl.store(MEAN + row, mean, mask=mf)
-            tl.store(RSTD + row, rstd, mask=mf)
-            if HAS_VAR:
-                tl.store(VAR + row, var, mask=mf)
-            y = d * (rstd * ga)[None, :]
-            if HAS_BETA:
-                y += gb[None, :]
+            y = _bn_out(d, mean, tl.sum(d * d, axis=0) / B0, ga, gb, mf, tab + fs, MEAN, RSTD, VAR, eps, HAS_BETA,
+                        HAS_VAR)
         else:
             y = z
         return y
+
+    @triton.jit
+    def _bn_out(d, mean, var, ga, gb, mf, row, MEAN, RSTD, VAR, eps, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr):
+        """Batch norm of a block from d = z - mean and the rows' mean and variance: writes
+        the step's mean, 1/std (and variance) at ``row`` of the tables."""
+        rstd = 1.0 / tl.sqrt_rn(var + eps)  # IEEE square root, as the other paths
+        tl.store(MEAN + row, mean, mask=mf)
+        tl.store(RSTD + row, rstd, mask=mf)
+        if HAS_VAR:
+            tl.store(VAR + row, var, mask=mf)
+        y = d * (rstd * ga)[None, :]
+        if HAS_BETA:
+            y += gb[None, :]
+        return y
+
+    @triton.jit
+    def _add2(a0, a1, b0, b1):
+        return a0 + b0, a1 + b1
+
+    @triton.jit
+    def _add4(a0, a1, a2, a3, b0, b1, b2, b3):
+        return a0 + b0, a1 + b1, a2 + b2, a3 + b3
+
+    @triton.jit
+    def _add8(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7):
+        return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4, a5 + b5, a6 + b6, a7 + b7
+
+    @triton.jit
+    def _bn_gates(p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3, ZS, o0, z0, z1, z2, z3, fs, H, mf, m2,
+                  tab, B0, MEAN, RSTD, VAR, eps, NG: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr):
+        """``_term`` of the NG gates (3 or 4; the fourth's result is z3 for the GRU) with batch
+        norm, each gate's sums over the rows in one reduction for all gates (a program
+        holds the whole batch over its warps: each reduction is an exchange between them
+        through shared memory, with its barriers; one for the means, one for the
+        variances, not one of each a gate). The sums are those ``_nfwd`` takes, gate by gate."""
+        s0, s1, s2, s3 = tl.reduce((tl.where(m2, z0, 0.0), tl.where(m2, z1, 0.0), tl.where(m2, z2, 0.0),
+                                    tl.where(m2, z3, 0.0)), 0, _add4)
+        d0 = tl.where(m2, z0 - (s0 / B0)[None, :], 0.0)
+        d1 = tl.where(m2, z1 - (s1 / B0)[None, :], 0.0)
+        d2 = tl.where(m2, z2 - (s2 / B0)[None, :], 0.0)
+        d3 = tl.where(m2, z3 - (s3 / B0)[None, :], 0.0)
+        v0, v1, v2, v3 = tl.reduce((d0 * d0, d1 * d1, d2 * d2, d3 * d3), 0, _add4)
+        tl.store(ZS + o0, z0, mask=m2)
+        tl.store(ZS + o0 + H, z1, mask=m2)
+        tl.store(ZS + o0 + 2 * H, z2, mask=m2)
+        a0 = p0 + _bn_out(d0, s0 / B0, v0 / B0, ga0, gb0, mf, tab + fs, MEAN, RSTD, VAR, eps, HAS_BETA, HAS_VAR)
+        a1 = p1 + _bn_out(d1, s1 / B0, v1 / B0, ga1, gb1, mf, tab + fs + H, MEAN, RSTD, VAR, eps, HAS_BETA, HAS_VAR)
+        a2 = p2 + _bn_out(d2, s2 / B0, v2 / B0, ga2, gb2, mf, tab + fs + 2 * H, MEAN, RSTD, VAR, eps, HAS_BETA,
+                          HAS_VAR)
+        a3 = z3
+        if NG == 4:
+            tl.store(ZS + o0 + 3 * H, z3, mask=m2)
+            a3 = p3 + _bn_out(d3, s3 / B0, v3 / B0, ga3, gb3, mf, tab + fs + 3 * H, MEAN, RSTD, VAR, eps, HAS_BETA,
+                              HAS_VAR)
+        return a0, a1, a2, a3
+
+    @triton.jit
+    def _bn_bwd_in(dy, X, xoff, fs, mf, m2, row, MEAN, RSTD, G, DG, DB):
+        """What batch norm's backward pass of a block reads (every load first, ahead of the
+        sums' barriers: ``_first``): dy masked to the real rows, x̂, γ, 1/std, dγ, dβ."""
+        mean = tl.load(MEAN + row, mask=mf, other=0.0)
+        rstd = tl.load(RSTD + row, mask=mf, other=0.0)
+        x = tl.load(X + xoff, mask=m2, other=0.0)
+        g = tl.load(G + fs, mask=mf, other=0.0)
+        dg = tl.load(DG + fs, mask=mf, other=0.0)
+        db = tl.load(DB + fs, mask=mf, other=0.0)
+        return tl.where(m2, dy, 0.0), tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.0), g, rstd, dg, db
+
+    @triton.jit
+    def _bn_bwd_out(dy, xh, g, rstd, dg, db, sdy, sdyx, fs, mf, B0, DG, DB):
+        """∂L/∂x of a batch-normed block from ``_bn_bwd_in``'s values and the sums over the
+        rows of dy and dy x̂; adds them to dβ and dγ."""
+        tl.store(DG + fs, dg + sdyx, mask=mf)
+        tl.store(DB + fs, db + sdy, mask=mf)
+        return (g * rstd)[None, :] * (dy - (sdy / B0)[None, :] - xh * (sdyx / B0)[None, :])
 
     @triton.jit
     def _nbwd(dy, X, xoff, fs, mf, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE: tl.constexpr):
@@ -546,24 +687,14 @@ if triton is not None:
             rstd = tl.load(RSTD + tab, mask=mr, other=0.0)
             xh = tl.where(m2, (tl.load(X + xoff, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None], 0.0)
             gd = tl.where(m2, dy * tl.load(G + fs, mask=mf, other=0.0)[None, :], 0.0)
-            dx = rstd[:, None] * (gd - (tl.sum(gd, axis=1) / nf)[:, None] - xh * (tl.sum(gd * xh, axis=1) / nf)[:, None])
+            sg, sgx = tl.reduce((gd, gd * xh), 1, _add2)  # one reduction for both sums
+            dx = rstd[:, None] * (gd - (sg / nf)[:, None] - xh * (sgx / nf)[:, None])
         elif MODE == 2:
             dx = dy * tl.load(SC + tab + fs, mask=mf, other=0.0)[None, :]
-        elif MODE == 1:  # every load first, ahead of the sums' barriers (``_first``)
-            row = tab + fs
-            mean = tl.load(MEAN + row, mask=mf, other=0.0)
-            rstd = tl.load(RSTD + row, mask=mf, other=0.0)
-            x = tl.load(X + xoff, mask=m2, other=0.0)
-            g = tl.load(G + fs, mask=mf, other=0.0)
-            dg = tl.load(DG + fs, mask=mf, other=0.0)
-            db = tl.load(DB + fs, mask=mf, other=0.0)
-            dy = tl.where(m2, dy, 0.0)
-            xh = tl.where(m2, (x - mean[None, :]) * rstd[None, :], 0.0)
-            sdy = tl.sum(dy, axis=0)
-            sdyx = tl.sum(dy * xh, axis=0)
-            tl.store(DG + fs, dg + sdyx, mask=mf)
-            tl.store(DB + fs, db + sdy, mask=mf)
-            dx = (g * rstd)[None, :] * (dy - (sdy / B0)[None, :] - xh * (sdyx / B0)[None, :])
+        elif MODE == 1:
+            dy, xh, g, rstd, dg, db = _bn_bwd_in(dy, X, xoff, fs, mf, m2, tab + fs, MEAN, RSTD, G, DG, DB)
+            sdy, sdyx = tl.reduce((dy, dy * xh), 0, _add2)  # one exchange between the warps for both sums
+            dx = _bn_bwd_out(dy, xh, g, rstd, dg, db, sdy, sdyx, fs, mf, B0, DG, DB)
         else:
             dx = dy
         return dx
@@ -657,6 +788,9 @@ if triton is not None:
         if MODE == 3:  # one layer norm over every gate of a row (no early return: Triton compiles what follows)
             a0, a1, a2, a3 = _layer_gates(p0, p1, p2, p3, ZS, o0, z0, z1, z2, z3, fs, H, mj, m2, t * B + rb, G, BE,
                                           MEAN, RSTD, eps, NG, HAS_BETA, EARLY)
+        elif MODE == 1:
+            a0, a1, a2, a3 = _bn_gates(p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3, ZS, o0, z0, z1, z2, z3,
+                                       fs, H, mj, m2, tab, B0, MEAN, RSTD, VAR, eps, NG, HAS_BETA, HAS_VAR)
         else:
             a0 = _term(p0, ga0, gb0, ZS, o0, z0, fs, mj, m2, tab, B0, MEAN, RSTD, VAR, eps,
                        MODE, HAS_BETA, HAS_SHIFT, HAS_VAR)
@@ -693,18 +827,21 @@ if triton is not None:
         mean and 1/std go to the (T, B) tables at ``rows``."""
         mr, nf = _layer_rows(m2, mf)
         nf = nf * NG
-        tot = tl.sum(tl.where(m2, z0, 0.0), axis=1) + tl.sum(tl.where(m2, z1, 0.0), axis=1)
-        tot += tl.sum(tl.where(m2, z2, 0.0), axis=1)
+        # each gate's sum over the row's units, the gates' in one reduction (``_bn_gates``)
+        t0, t1, t2, t3 = tl.reduce((tl.where(m2, z0, 0.0), tl.where(m2, z1, 0.0), tl.where(m2, z2, 0.0),
+                                    tl.where(m2, z3, 0.0)), 1, _add4)
+        tot = t0 + t1 + t2
         if NG == 4:
-            tot += tl.sum(tl.where(m2, z3, 0.0), axis=1)
+            tot += t3
         mean = tot / nf
         d0 = tl.where(m2, z0 - mean[:, None], 0.0)
         d1 = tl.where(m2, z1 - mean[:, None], 0.0)
         d2 = tl.where(m2, z2 - mean[:, None], 0.0)
         d3 = tl.where(m2, z3 - mean[:, None], 0.0)
-        ss = tl.sum(d0 * d0, axis=1) + tl.sum(d1 * d1, axis=1) + tl.sum(d2 * d2, axis=1)
+        v0, v1, v2, v3 = tl.reduce((d0 * d0, d1 * d1, d2 * d2, d3 * d3), 1, _add4)
+        ss = v0 + v1 + v2
         if NG == 4:
-            ss += tl.sum(d3 * d3, axis=1)
+            ss += v3
         rstd = 1.0 / tl.sqrt_rn(ss / nf + eps)
         tl.store(MEAN + rows, mean, mask=mr)
         tl.store(RSTD + rows, rstd, mask=mr)
@@ -733,12 +870,16 @@ if triton is not None:
         x0, g0 = _layer_in(ZS, o0, d0, mean, rstd, fs, mf, m2, G)
         x1, g1 = _layer_in(ZS, o0 + H, d1, mean, rstd, fs + H, mf, m2, G)
         x2, g2 = _layer_in(ZS, o0 + 2 * H, d2, mean, rstd, fs + 2 * H, mf, m2, G)
-        s1 = tl.sum(g0, axis=1) + tl.sum(g1, axis=1) + tl.sum(g2, axis=1)
-        s2 = tl.sum(g0 * x0, axis=1) + tl.sum(g1 * x1, axis=1) + tl.sum(g2 * x2, axis=1)
+        x3, g3 = tl.zeros_like(x0), tl.zeros_like(x0)
         if NG == 4:
             x3, g3 = _layer_in(ZS, o0 + 3 * H, d3, mean, rstd, fs + 3 * H, mf, m2, G)
-            s1 += tl.sum(g3, axis=1)
-            s2 += tl.sum(g3 * x3, axis=1)
+        a0, b0, a1, b1, a2, b2, a3, b3 = tl.reduce((g0, g0 * x0, g1, g1 * x1, g2, g2 * x2, g3, g3 * x3), 1,
+                                                   _add8)  # the gates' sums in one reduction (``_bn_gates``)
+        s1 = a0 + a1 + a2
+        s2 = b0 + b1 + b2
+        if NG == 4:
+            s1 += a3
+            s2 += b3
         m1, mx = (s1 / nf)[:, None], (s2 / nf)[:, None]
         r = rstd[:, None]
         tl.store(DZ + o0, r * (g0 - m1 - x0 * mx), mask=m2)
@@ -763,6 +904,24 @@ if triton is not None:
         fs = s * F + rj
         if MODE == 3:
             _layer_dz(DZ, ZS, o0, H, d0, d1, d2, d3, fs, mj, m2, t * B + rb, G, MEAN, RSTD, NG)
+        elif MODE == 1:  # the gates' sums over the rows in one reduction (``_bn_gates``)
+            row = t * S * F + fs
+            y0, x0, g0, r0, dg0, db0 = _bn_bwd_in(d0, ZS, o0, fs, mj, m2, row, MEAN, RSTD, G, DG, DB)
+            y1, x1, g1, r1, dg1, db1 = _bn_bwd_in(d1, ZS, o0 + H, fs + H, mj, m2, row + H, MEAN, RSTD, G, DG, DB)
+            y2, x2, g2, r2, dg2, db2 = _bn_bwd_in(d2, ZS, o0 + 2 * H, fs + 2 * H, mj, m2, row + 2 * H, MEAN, RSTD, G,
+                                                  DG, DB)
+            y3, x3, g3, r3, dg3, db3 = y2, x2, g2, r2, dg2, db2
+            if NG == 4:
+                y3, x3, g3, r3, dg3, db3 = _bn_bwd_in(d3, ZS, o0 + 3 * H, fs + 3 * H, mj, m2, row + 3 * H, MEAN, RSTD,
+                                                      G, DG, DB)
+            s0, t0, s1, t1, s2, t2, s3, t3 = tl.reduce((y0, y0 * x0, y1, y1 * x1, y2, y2 * x2, y3, y3 * x3), 0, _add8)
+            tl.store(DZ + o0, _bn_bwd_out(y0, x0, g0, r0, dg0, db0, s0, t0, fs, mj, B0, DG, DB), mask=m2)
+            tl.store(DZ + o0 + H, _bn_bwd_out(y1, x1, g1, r1, dg1, db1, s1, t1, fs + H, mj, B0, DG, DB), mask=m2)
+            tl.store(DZ + o0 + 2 * H, _bn_bwd_out(y2, x2, g2, r2, dg2, db2, s2, t2, fs + 2 * H, mj, B0, DG, DB),
+                     mask=m2)
+            if NG == 4:
+                tl.store(DZ + o0 + 3 * H, _bn_bwd_out(y3, x3, g3, r3, dg3, db3, s3, t3, fs + 3 * H, mj, B0, DG, DB),
+                         mask=m2)
         else:
             tab = t * S * F
             _store_dz(DZ, ZS, o0, d0, fs, mj, m2, tab, B0, G, SC, MEAN, RSTD, DG, DB, MODE)
@@ -1170,7 +1329,7 @@ def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = Fals
     """Rows and units of a program, its chunk of the products and its warps: every unit
     of ROWS_SEQ rows in whole-sequence launches; the whole batch of a seed where batch
     statistics bind the rows; else ROWS_FREE rows (ROWS_FREE_GRID in ``grid``-
-    synchronized launches)."""
+    synchronized launches, with chunks of BK_GRID where they pad H no further)."""
     if seq:
         return min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H)), BK_SEQ, \
             WARPS_SEQ
@@ -1179,7 +1338,10 @@ def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = Fals
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
         return bb, BJ_WHOLE_BATCH, BK_WHOLE_BATCH, WARPS_WHOLE_BATCH if bb >= 128 else 4
-    return min(ROWS_FREE_GRID if grid else ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, BK, WARPS_FREE
+    if grid:
+        bk = BK_GRID if triton.cdiv(H, BK_GRID) * BK_GRID <= triton.cdiv(H, BK) * BK else BK
+        return min(ROWS_FREE_GRID, max(16, triton.next_power_of_2(B0))), BJ, bk, WARPS_FREE_GRID
+    return min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, BK, WARPS_FREE
 
 
 def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: torch.device) -> int:
@@ -1242,7 +1404,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
         groups = grid[1] * grid[2] if GRID_GROUPS else 1  # a counter for each (row block, seed), or one
         sync = dict(CNT=torch.zeros(groups, dtype=torch.int32, device=w.device), NPROG=nprog // groups, GRID=True,
                     GROUP=GRID_GROUPS, POLL=GRID_POLL, launch_cooperative_grid=True)
-    prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
+    prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT_SEQ if seq else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
     return w, grid, (B, H, S, B0), cfg, sync
 

@@ -12,8 +12,10 @@
 # "barriers" (their barriers alone, benchmarks/grid_barriers.py; first), "gridtests" (their
 # GPU tests alone), "barrier" (step_sweep.py --sweep barrier: the barrier kinds), "profilegrid"
 # (Nsight Compute: stall reasons of the grid-synchronized launches of lstm-loop and bn-lstm),
-# "profile" (Nsight Compute on the bn-lstm step kernels), "tuned" and "tuned_stacked" run only
-# when named. tuned and tuned_stacked time the bench and stacked stages' models under the
+# "profile" (Nsight Compute on the bn-lstm step kernels), "dot" and "gridrows" (step_sweep.py:
+# the float32 products' accumulators; the rows-split grid programs' chunks and warps),
+# "abkernels" (benchmarks/ab_kernels.py: the kernels against AB_OTHER, another version of
+# their source, for AB_MODELS), "tuned" and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked stages' models under the
 # settings step_sweep.py --pick takes from this call's units, rows, sequence, sync and
 # syncrows sweeps (the whole-sequence launches left off where their GPU tests failed).
 # Each sweep stage is 4-5 settings x 3-7 models, about a minute. One call for a session
@@ -22,15 +24,17 @@
 # defaults' table beside a launch per step, and the grid launches' tiles:
 # STAGES="tests bench grid stacked sync syncstacked" (~9 minutes). The barrier kinds, then
 # the defaults' table: STAGES="barriers gridtests tests barrier bench" (~7 minutes). After
-# the step kernels' loads moved before their products (untimed there: the stacked seeds,
-# the layer-norm cells, irnn-loop, bn-rnn-input; 6 GPU tests not run on them):
-# STAGES="gridtests tests bench stacked profilegrid" (~7 minutes).
+# the step kernels' loads moved before their products: STAGES="gridtests tests bench stacked
+# profilegrid" (~7 minutes). For a change to the kernels that no switch turns off: the
+# tests, then an A/B against the source before it (AB_OTHER, carried with the call), then
+# the table: STAGES="gridtests tests abkernels bench" (~6 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
-# Stage times seen on an H100 (2026-11-26): tests 64-121 s, bench 43-69 s, ab 20 s, sweep
+# Stage times seen on an H100 (2026-11-26 and 27): tests 64-136 s, bench 43-69 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
 # models), tuned 46-68 s, smoke 44 s, grid 70 s, sync 122 s (with its gradient checks),
-# syncrows 57-62 s, barriers ~30 s, gridtests 49 s, barrier 74 s, profilegrid 73 s; a
-# call's start and transfers ~30 s.
+# syncrows 57-62 s, barriers ~30 s, gridtests 49-56 s, barrier 74 s, profilegrid 61-73 s,
+# dot 74 s, gridrows 48 s, abkernels 98 s (5 models, 2 shapes), stacked 76 s (11 models);
+# a call's start and transfers ~30 s.
 set -uo pipefail
 OUTDIR=${1:-${OUT:-results/device}}
 STAGES=${STAGES:-tests bench ab sweep units rows sequence stacked grid reference smoke}
@@ -75,11 +79,18 @@ if want ab; then
   RNNBENCH_GPU_STEPS=0 timeout 60 $BENCH --shapes seq-mnist --models 'rnn-loop,bn-rnn,lstm-loop,bn-lstm,gru-loop,bn-gru' \
     --json "$OUTDIR/bench_ab.json" 2>&1 | tee "$OUTDIR/bench_ab.txt" | tail -2
 fi
+if want abkernels; then
+  # a change no switch turns off, against the source before it (benchmarks/ab_kernels.py;
+  # the file travels with the call: git show REV:baselines/scan_triton.py > AB_OTHER)
+  stage "A/B: the step kernels against ${AB_OTHER:=results/ab/scan_triton_before.py}"
+  timeout 240 $PY benchmarks/ab_kernels.py --other "$AB_OTHER" --models "${AB_MODELS:-bn-lstm,bn-gru,bn-rnn}" \
+    --shapes seq-mnist,adding --json "$OUTDIR/ab_kernels.json" 2>&1 | tee "$OUTDIR/ab_kernels.txt" | tail -20
+fi
 if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
 fi
-for sw in units rows sequence sync syncrows syncstacked barrier; do
+for sw in units rows sequence sync syncrows syncstacked barrier dot gridrows; do
   if want $sw; then
     stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
     timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \
@@ -138,7 +149,8 @@ KEEP=()  # the whole-sequence launches' settings stay as they are where their GP
 grep -E "^FAILED" "$OUTDIR/gpu_tests.log" 2>/dev/null | grep -qE "seq|True\]" \
   && KEEP=(--keep SEQUENCE ROWS_SEQ WARPS_SEQ BK_SEQ)
 PICK=($PY benchmarks/step_sweep.py --pick "$OUTDIR/sweep_units.json" "$OUTDIR/sweep_rows.json"
-      "$OUTDIR/sweep_sequence.json" "$OUTDIR/sweep_sync.json" "$OUTDIR/sweep_syncrows.json" "${KEEP[@]}" --)
+      "$OUTDIR/sweep_sequence.json" "$OUTDIR/sweep_sync.json" "$OUTDIR/sweep_syncrows.json"
+      "$OUTDIR/sweep_dot.json" "$OUTDIR/sweep_gridrows.json" "${KEEP[@]}" --)
 if want tuned; then
   stage "speed: every model, three shapes, under the settings picked from the sweeps (${KEEP[*]})"
   timeout 150 "${PICK[@]}" --device cuda --repeats 3 --json "$OUTDIR/bench_tuned.json" 2>&1 | tee "$OUTDIR/bench_tuned.txt" | tail -2

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for warps in map(int, args.warps.split(",")):
             for bk in map(int, args.chunks.split(",")):
-                regs, stack, smem = resources(fn, dict(consts, BB=rows, BJ=units, BK=bk, PREC=st.FP32_DOT), warps)
+                prec = st.FP32_DOT_SEQ if label == "sequence" else st.FP32_DOT
+                regs, stack, smem = resources(fn, dict(consts, BB=rows, BJ=units, BK=bk, PREC=prec), warps)
                 print(f"{label:<12}{name:<13}{rows:>5}{units:>6}{warps:>6}{bk:>6}{regs:>6}{stack:>7}{smem:>8}",
                       flush=True)
 

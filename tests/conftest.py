@@ -65,3 +65,30 @@ def scan_loops(request, monkeypatch) -> str:
     if request.param == "compiled-split":
         split_every_step(request)
     return path
+
+
+
+try:  # Triton is optional (the step kernels' tests skip without it)
+    import triton
+    import triton.language as tl
+
+    from baselines import scan_triton as st
+
+    @triton.jit
+    def _product_kernel(A, W, OUT, R, K, N, PREC: tl.constexpr):
+        """OUT = A @ W through ``scan_triton._mm_n`` (16 rows, 8 columns, chunks of 16)."""
+        rb = tl.arange(0, 16)
+        col = tl.arange(0, 8)
+        z = st._mm_n(A, rb, rb < R, K, W, N, col, col < N, 16, 8, 16, PREC)
+        tl.store(OUT + rb[:, None] * N + col[None, :], z, mask=(rb < R)[:, None] & (col < N)[None, :])
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+
+def step_product(a: torch.Tensor, w: torch.Tensor, prec: str) -> torch.Tensor:
+    """a @ w (a: rows x K, w: K x N, float32, at most 16 rows and 8 columns) through the
+    CUDA step kernels' product (``scan_triton._mm_n``, chunks of 16) at precision
+    ``prec``, in one program: compiled on CUDA, in Triton's interpreter elsewhere."""
+    out = torch.empty(a.shape[0], w.shape[1], device=a.device)
+    _product_kernel[(1,)](a.contiguous(), w.contiguous(), out, a.shape[0], a.shape[1], w.shape[1], PREC=prec)
+    return out

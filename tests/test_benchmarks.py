@@ -342,3 +342,55 @@ def test_cpu_ab_switches_the_projection_and_puts_it_back(monkeypatch, capsys):
     rows = ab_cpu.run("projection", ["lstm-loop"], "tiny", reps=1, steps=1)
     assert [r["setting"] for r in rows] == list(ab_cpu.SWITCHES["projection"]) and rows[0]["vs_first"] == 1.0
     assert all(r["ms"] > 0 for r in rows) and "vs first" in capsys.readouterr().out
+
+
+def test_kernel_ab_times_this_tree_the_other_source_and_this_tree_again(tmp_path, monkeypatch, capsys):
+    """benchmarks/ab_kernels.py: the other source loads as a module of its own (a copy of
+    the kernels here, which finds itself), the scan path calls it only inside its run and
+    this tree's kernels before and after; a file that cannot load is one line."""
+    import json
+    import shutil
+
+    from baselines import scan, scan_triton
+    from benchmarks import ab_kernels
+
+    other = tmp_path / "scan_triton_before.py"
+    shutil.copy(scan_triton.__file__, other)
+    seen = []
+
+    def fake_bench(models, shapes, device, repeats):
+        seen.append(scan.scan_triton)
+        return [dict(model=m, shape=s, ms=2.0, ratio_to_lstm=0.5, path="scan-triton") for s in shapes for m in models]
+
+    monkeypatch.setattr(ab_kernels, "bench", fake_bench)
+    out = tmp_path / "ab.json"
+    ab_kernels.main(["--other", str(other), "--models", "bn-lstm", "--shapes", "seq-mnist,adding", "--json", str(out)])
+    assert seen[0] is scan_triton and seen[2] is scan_triton and scan.scan_triton is scan_triton
+    assert seen[1] is not scan_triton and seen[1].__file__ == str(other) and seen[1]._this() is seen[1]
+    rows = json.loads(out.read_text())
+    assert [(r["kernels"], r["shape"]) for r in rows] == [
+        (k, s) for k in ("this", "other", "this (again)") for s in ("seq-mnist", "adding")]
+    assert "other         bn-lstm   adding        2.00 ms  0.500x" in capsys.readouterr().out
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    with pytest.raises(SystemExit, match=r"ab_kernels: cannot load --other .*broken.py: SyntaxError"):
+        ab_kernels.main(["--other", str(broken)])
+
+
+def test_step_sweep_checks_gradients_on_the_first_steps_of_the_batch():
+    """``check`` compares gradients on a batch's first CHECK_STEPS steps: inputs cut,
+    every-step targets and lengths with them, one target a row kept."""
+    import torch
+
+    from benchmarks import step_sweep
+    from suite.bench import SHAPES, make_batch
+
+    every = make_batch(SHAPES["char-lm"], torch.device("cpu"))
+    head = step_sweep._head(every, 7)
+    assert head.x.shape == (every.x.shape[0], 7) and head.y.shape == (every.y.shape[0], 7)
+    assert torch.equal(head.y, every.y[:, :7])
+    last = make_batch(SHAPES["adding"], torch.device("cpu"))
+    head = step_sweep._head(last, 7)
+    assert head.x.shape[1] == 7 and torch.equal(head.y, last.y) and head.lengths is None
+    padded = step_sweep._head(type(every)(every.x, every.y, torch.tensor([3, 9] * (every.x.shape[0] // 2))), 7)
+    assert padded.lengths.tolist()[:2] == [3, 7]

@@ -42,6 +42,13 @@ if KERNELS:
             seen = tl.atomic_add(c, 1)
             tl.atomic_add(c, tl.where(seen + 1 == k * NPROG, 0, 1000000))
 
+    @triton.jit
+    def _tf32_parts(X, HI, LO, N: tl.constexpr):
+        x = tl.load(X + tl.arange(0, N))
+        hi, lo = scan_triton._tf32(x)
+        tl.store(HI + tl.arange(0, N), hi)
+        tl.store(LO + tl.arange(0, N), lo)
+
 
 class Impl(NamedTuple):
     rnn: Callable
@@ -403,6 +410,49 @@ def test_weights_loaded_every_step_give_the_same_result(monkeypatch):
     run_gru_case(IMPLS["fused"], 5, 4, 16, "batch", True)
 
 
+@needs_kernels
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # inf - inf: an infinity's remainder
+def test_tf32_parts_round_to_nearest_and_add_up_exactly():
+    """``scan_triton._tf32`` (the "split" product's operands): hi is x rounded to 10
+    mantissa bits, to nearest with ties away from zero (cvt.rna.tf32.f32), lo = x - hi
+    exactly; infinities and NaN stay in hi."""
+    torch.manual_seed(0)
+    base = torch.randn(4000) * torch.logspace(-30, 30, 4000)
+    ties = ((base[:8].view(torch.int32) & -8192) | 4096).view(torch.float32)  # halfway between two TF32 values
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    x = torch.cat([base, ties, torch.tensor([0.0, -0.0, 3.4e38, 1e-40]), special])
+    n = triton.next_power_of_2(x.numel())
+    x = torch.cat([x, torch.zeros(n - x.numel())])
+    hi, lo = torch.empty_like(x), torch.empty_like(x)
+    _tf32_parts[(1,)](x, hi, lo, n)
+    finite = torch.isfinite(x)
+    assert ((hi[finite].view(torch.int32) & 8191) == 0).all()
+    assert torch.equal(hi[finite] + lo[finite], x[finite])  # float32: exact
+    down = (x.view(torch.int32) & -8192).view(torch.float32)  # truncated, toward zero
+    up = ((x.view(torch.int32) & -8192) + 8192).view(torch.float32)  # the next TF32 value away from zero
+    near = torch.where((x - down).abs() < (up - x).abs(), down, up)  # a tie goes away from zero
+    assert torch.equal(hi[finite], near[finite])
+    assert torch.equal(hi[4000:4008], up[4000:4008])  # the ties
+    at = 4012  # the specials
+    assert hi[at] == float("inf") and hi[at + 1] == -float("inf") and torch.isnan(hi[at + 2])
+
+
+@needs_kernels
+@pytest.mark.parametrize("prec", ["split", "tf32x3", "ieee"])
+def test_step_product_is_float32_accurate(prec):
+    """The step kernels' product (``_mm_n``) at each float32 setting over several chunks
+    and a partial one, rows and columns masked: within float32 rounding of the float64
+    product (the interpreter's products are float32; tests/test_gpu.py runs the compiled
+    ones, where TF32 alone is 100 times off)."""
+    from conftest import step_product
+
+    torch.manual_seed(1)
+    a, w = torch.randn(13, 100), torch.randn(100, 5)
+    want = a.double() @ w.double()
+    got = step_product(a, w, prec)
+    assert ((got.double() - want).norm() / want.norm()).item() < 1e-6
+
+
 def test_scan_at_a_batch_of_one_and_a_single_step(scan_loops):
     """Edge shapes: T = 1 (no carried gradient) and B = 1 (batch statistics of one sample)."""
     impl = IMPLS["scan-cpp" if scan_loops == "scan-cpp" else "scan"]
@@ -587,14 +637,15 @@ OPTIONS = lambda consts: dict(num_warps=4, num_stages=1)
 @pytest.mark.slow
 def test_step_kernels_compile_for_sm90():
     """The CUDA step kernels (baselines/scan_triton.py) and their whole-sequence launches
-    through Triton's compiler for sm_90, with the float32 setting's product (3xTF32)."""
+    through Triton's compiler for sm_90, with the float32 setting's product (3xTF32, each
+    product in its own accumulator; Triton's chained tf32x3 too)."""
     compile_for_sm90(r"""
 from baselines import scan_triton as st
 from benchmarks import grid_barriers
 
 SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
            "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32"}
-SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, GRID=False, GROUP=False, POLL=False)
+SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, PREC=st.FP32_DOT_SEQ, GRID=False, GROUP=False, POLL=False)
 # the step kernels' tiles, a barrier between steps: of the programs that share rows and seed, every thread polling
 GRID = dict(GRID=True, GROUP=True, POLL=True, BK=st.BK_WHOLE_BATCH)
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
@@ -610,9 +661,11 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_bwd, dict(MODE=0, CMODE=0, HAS_NEXT=False, HAS_LAST=True, BB=32)),
     (st._gru_fwd, dict(BN, BB=128)), (st._gru_fwd, dict(POP, BB=32)),
     (st._gru_bwd, dict(MODE=1, HAS_NEXT=True, BB=128)), (st._gru_bwd, dict(MODE=2, HAS_NEXT=True, BB=32)),
-    # other row blocks (a batch of 64 or fewer rows); TF32 products (PyTorch's TF32 setting)
+    # other row blocks (a batch of 64 or fewer rows); TF32 products (PyTorch's TF32 setting), Triton's tf32x3
     (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=64, PREC="tf32")),
     (st._lstm_bwd, dict(MODE=1, CMODE=0, HAS_NEXT=True, HAS_LAST=True, BB=16, PREC="tf32")),
+    (st._lstm_fwd, dict(POP, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, BB=32, PREC="tf32x3")),
+    (st._lstm_bwd, dict(MODE=0, CMODE=0, HAS_NEXT=True, HAS_LAST=False, BB=32, PREC="tf32x3")),
     # fewer units per program than the tensor cores' tile (step_sweep.py --sweep units)
     (st._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=128, BJ=4)),
     (st._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=128, BJ=4)),
@@ -637,6 +690,9 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **GRID)),
     (st._lstm_bwd_seq, dict(MODE=0, CMODE=0, HAS_LAST=False, BB=16, **GRID)),
     (st._gru_fwd_seq, dict(BN, BB=128, BJ=4, **GRID)), (st._gru_bwd_seq, dict(MODE=0, BB=16, **GRID)),
+    # rows-split grid programs with chunks of 32 (BK_GRID, where H is a multiple of 32)
+    (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **dict(GRID, BK=32))),
+    (st._gru_bwd_seq, dict(MODE=0, BB=16, **dict(GRID, BK=32))),
     # a barrier of every program, one thread polling with Triton's atomic
     (st._lstm_fwd_seq, dict(POP, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16,
                             **dict(GRID, GROUP=False, POLL=False))),
@@ -646,7 +702,7 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT, EARLY=True)  # EARLY: a launch per step's order of loads
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 42)
+""", 46)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------
@@ -1292,6 +1348,18 @@ def test_grid_launches_run_on_their_own_tiles_forward_and_backward(monkeypatch):
     monkeypatch.setattr(scan_triton, "grid_programs", lambda *a: 2)  # counted wrong: refused, never launched
     with pytest.raises(RuntimeError, match="1 programs counted as 2"):
         scan.scan_rnn(u, h0, w)
+
+
+@pytest.mark.skipif(scan_triton.triton is None, reason="needs Triton")
+def test_grid_launches_take_the_longer_chunk_where_it_pads_no_further():
+    """Rows-split programs of a grid-synchronized launch reduce over chunks of BK_GRID (32)
+    where H is a multiple of it, else of BK (16: H=100 in 4 chunks of 32 would be 128
+    units, in 7 of 16 it is 112); a launch per step and whole-batch programs keep theirs."""
+    tiles = scan_triton._tiles
+    assert tiles(128, 128, (0,), False, grid=True) == (16, scan_triton.BJ, 32, scan_triton.WARPS_FREE_GRID)
+    assert tiles(100, 100, (0,), False, grid=True)[2] == 16 and tiles(100, 96, (0,), False, grid=True)[2] == 32
+    assert tiles(128, 128, (0,), False)[2] == scan_triton.BK == 16
+    assert tiles(128, 128, (1,), False, grid=True)[2] == scan_triton.BK_WHOLE_BATCH
 
 
 @needs_kernels

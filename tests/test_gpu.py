@@ -85,6 +85,7 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
                          + [("scan-triton-seq", n, 128, 25, 128) for n in ("lstm-loop", "irnn-loop")]
                          + [("scan-triton-grid", n, 100, 30, 100) for n in ("rnn-loop", "bn-rnn", "lstm-loop", "bn-lstm",
                                                                            "gru-loop", "bn-gru")]
+                         + [("scan-triton-grid", n, 128, 25, 128) for n in ("lstm-loop", "gru-loop")]  # chunks of 32
                          + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
     """The scan path (its CUDA step kernels, their whole-sequence and grid-synchronized
@@ -260,3 +261,19 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
         assert torch.isfinite(a).all() and torch.equal(a, b)
     if seq not in (True, False):  # it ran as one launch a direction, of many programs
         assert st.grid_programs(T, B, H, 1, (norm, norm), torch.device(DEV)) >= 25
+
+
+def test_step_product_keeps_float32_accuracy_on_the_tensor_cores():
+    """The step kernels' float32 products, compiled: three TF32 products, each in its own
+    accumulator ("split", the default) or chained (Triton's tf32x3), are within float32
+    rounding of the float64 product; one TF32 product (PyTorch's TF32 setting) is not,
+    which shows the check can tell."""
+    from conftest import step_product
+
+    torch.manual_seed(1)
+    a, w = torch.randn(13, 100, device=DEV), torch.randn(100, 5, device=DEV)
+    want = a.double() @ w.double()
+    err = {p: ((step_product(a, w, p).double() - want).norm() / want.norm()).item()
+           for p in ("split", "tf32x3", "tf32")}
+    assert err["split"] < 5e-6 and err["tf32x3"] < 5e-6, err
+    assert err["tf32"] > 5e-5, err
