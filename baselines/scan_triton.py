@@ -204,8 +204,8 @@ ROWS_FREE_GRID = 16
 # against 4: lstm-loop 9.16 / 8.44 and 11.31 / 12.09, gru-loop 8.20 / 8.15 and 10.68 /
 # 10.65; 1 warp: 11.85, 11.73, 11.51, 10.08. Kept at 4.
 WARPS_FREE_GRID = 4
-# The products' chunk there: BK_GRID where it pads the reduction no further than BK does
-# (H a multiple of 32: the adding shape's 128), else BK. Chunks of 32 against 16 on an
+# The products' chunk there: BK_GRID where H is a multiple of it (the adding shape's
+# 128), so that no reduction (H forward, 3H or 4H backward) is padded, else BK. Chunks of 32 against 16 on an
 # H100 (the sweep above): lstm-loop 8.96 / 8.44 ms at seq-MNIST (H=100: 4 chunks of 32
 # are 128 units against 7 of 16, 112), 11.14 / 12.09 at adding; gru-loop 7.93 / 8.15 and
 # 9.59 / 10.65.
@@ -456,7 +456,9 @@ if triton is not None:
     @triton.jit
     def _tf32(x):
         """x = hi + lo: hi is x rounded to TF32 (10 mantissa bits; to nearest, ties away from
-        zero, as cvt.rna.tf32.f32; NaN kept), lo the exact rest (TF32 keeps its top bits)."""
+        zero, as cvt.rna.tf32.f32; NaN kept), lo the exact rest (TF32 keeps its top bits).
+        As cvt.rna (and so Triton's tf32x3), |x| >= 0x7F7FF000 (3.40199e38, within 2^-11 of
+        float32's largest) rounds to an infinity: there hi + lo is NaN, not x."""
         b = x.to(tl.int32, bitcast=True)
         hi = ((b + 4096) & -8192).to(tl.float32, bitcast=True)
         hi = tl.where(x == x, hi, x)
@@ -1329,7 +1331,7 @@ def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = Fals
     """Rows and units of a program, its chunk of the products and its warps: every unit
     of ROWS_SEQ rows in whole-sequence launches; the whole batch of a seed where batch
     statistics bind the rows; else ROWS_FREE rows (ROWS_FREE_GRID in ``grid``-
-    synchronized launches, with chunks of BK_GRID where they pad H no further)."""
+    synchronized launches, with chunks of BK_GRID where H is a multiple of it)."""
     if seq:
         return min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H)), BK_SEQ, \
             WARPS_SEQ
@@ -1339,7 +1341,7 @@ def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = Fals
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
         return bb, BJ_WHOLE_BATCH, BK_WHOLE_BATCH, WARPS_WHOLE_BATCH if bb >= 128 else 4
     if grid:
-        bk = BK_GRID if triton.cdiv(H, BK_GRID) * BK_GRID <= triton.cdiv(H, BK) * BK else BK
+        bk = BK_GRID if H % BK_GRID == 0 else BK  # then every reduction (H, 3H, 4H) is whole chunks
         return min(ROWS_FREE_GRID, max(16, triton.next_power_of_2(B0))), BJ, bk, WARPS_FREE_GRID
     return min(ROWS_FREE, max(16, triton.next_power_of_2(B0))), BJ, BK, WARPS_FREE
 

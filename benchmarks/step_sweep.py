@@ -40,8 +40,8 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
 ``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
 tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
 What ``--pick`` takes from them applies to grid-synchronized launches too (``BJ``,
-``BK``, the whole-batch tiles; not ``ROWS_FREE``), where they were not timed: the
-``tuned`` table then shows both together.
+``BK`` where ``BK_GRID`` does not apply, the whole-batch tiles; not ``ROWS_FREE``),
+where they were not timed: the ``tuned`` table then shows both together.
 
     python3 benchmarks/step_sweep.py [--sweep NAME] [--json FILE]  (NAME: one of the sweeps above)
     python3 benchmarks/step_sweep.py --pick SWEEP.json... [--keep SETTING...] -- BENCH ARGS

@@ -394,3 +394,14 @@ def test_step_sweep_checks_gradients_on_the_first_steps_of_the_batch():
     assert head.x.shape[1] == 7 and torch.equal(head.y, last.y) and head.lengths is None
     padded = step_sweep._head(type(every)(every.x, every.y, torch.tensor([3, 9] * (every.x.shape[0] // 2))), 7)
     assert padded.lengths.tolist()[:2] == [3, 7]
+
+
+def test_step_sweep_check_compares_the_head_of_the_batch(monkeypatch):
+    """``check`` takes its gradients on ``_head(batch, CHECK_STEPS)``."""
+    from benchmarks import step_sweep
+
+    seen = []
+    real = step_sweep._head
+    monkeypatch.setattr(step_sweep, "_head", lambda batch, steps: seen.append(steps) or real(batch, steps))
+    assert step_sweep.check("rnn-loop", "tiny", "cpu") is None
+    assert seen == [step_sweep.CHECK_STEPS]

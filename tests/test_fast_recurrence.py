@@ -415,17 +415,25 @@ def test_weights_loaded_every_step_give_the_same_result(monkeypatch):
 def test_tf32_parts_round_to_nearest_and_add_up_exactly():
     """``scan_triton._tf32`` (the "split" product's operands): hi is x rounded to 10
     mantissa bits, to nearest with ties away from zero (cvt.rna.tf32.f32), lo = x - hi
-    exactly; infinities and NaN stay in hi."""
+    exactly; infinities and NaN (any payload) stay in hi; from 0x7F7FF000 up, hi is an
+    infinity, as cvt.rna's."""
     torch.manual_seed(0)
     base = torch.randn(4000) * torch.logspace(-30, 30, 4000)
     ties = ((base[:8].view(torch.int32) & -8192) | 4096).view(torch.float32)  # halfway between two TF32 values
-    special = torch.tensor([float("inf"), -float("inf"), float("nan")])
-    x = torch.cat([base, ties, torch.tensor([0.0, -0.0, 3.4e38, 1e-40]), special])
+    payload_nan = torch.tensor([0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)  # + 4096 would carry out
+    special = torch.cat([torch.tensor([float("inf"), -float("inf"), float("nan")]), payload_nan])
+    top = torch.tensor([0x7F7FEFFF, 0x7F7FF000, 0x7F7FFFFF], dtype=torch.int32).view(torch.float32)
+    x = torch.cat([base, ties, torch.tensor([0.0, -0.0, 3.4e38, 1e-40]), special, top, -top])
     n = triton.next_power_of_2(x.numel())
     x = torch.cat([x, torch.zeros(n - x.numel())])
     hi, lo = torch.empty_like(x), torch.empty_like(x)
     _tf32_parts[(1,)](x, hi, lo, n)
-    finite = torch.isfinite(x)
+    at = 4012  # the specials, then the top of the range
+    assert hi[at] == float("inf") and hi[at + 1] == -float("inf") and torch.isnan(hi[at + 2:at + 5]).all()
+    top_hi = hi[at + 5:at + 11]
+    assert torch.isfinite(top_hi[0]) and torch.isinf(top_hi[1:3]).all() and top_hi[3] == -top_hi[0]
+    assert torch.isinf(top_hi[4:]).all() and (top_hi[4:] < 0).all()
+    finite = torch.isfinite(x) & (x.abs() < top[1])
     assert ((hi[finite].view(torch.int32) & 8191) == 0).all()
     assert torch.equal(hi[finite] + lo[finite], x[finite])  # float32: exact
     down = (x.view(torch.int32) & -8192).view(torch.float32)  # truncated, toward zero
@@ -433,8 +441,6 @@ def test_tf32_parts_round_to_nearest_and_add_up_exactly():
     near = torch.where((x - down).abs() < (up - x).abs(), down, up)  # a tie goes away from zero
     assert torch.equal(hi[finite], near[finite])
     assert torch.equal(hi[4000:4008], up[4000:4008])  # the ties
-    at = 4012  # the specials
-    assert hi[at] == float("inf") and hi[at + 1] == -float("inf") and torch.isnan(hi[at + 2])
 
 
 @needs_kernels
@@ -442,8 +448,9 @@ def test_tf32_parts_round_to_nearest_and_add_up_exactly():
 def test_step_product_is_float32_accurate(prec):
     """The step kernels' product (``_mm_n``) at each float32 setting over several chunks
     and a partial one, rows and columns masked: within float32 rounding of the float64
-    product (the interpreter's products are float32; tests/test_gpu.py runs the compiled
-    ones, where TF32 alone is 100 times off)."""
+    product. The interpreter's products are float32 whatever the setting, so here this
+    checks that "split" adds all three of its products, and every setting's chunks and
+    masks; tests/test_gpu.py runs the compiled ones, where TF32 alone is 100 times off."""
     from conftest import step_product
 
     torch.manual_seed(1)
@@ -1351,13 +1358,15 @@ def test_grid_launches_run_on_their_own_tiles_forward_and_backward(monkeypatch):
 
 
 @pytest.mark.skipif(scan_triton.triton is None, reason="needs Triton")
-def test_grid_launches_take_the_longer_chunk_where_it_pads_no_further():
+def test_grid_launches_take_the_longer_chunk_where_it_pads_nothing():
     """Rows-split programs of a grid-synchronized launch reduce over chunks of BK_GRID (32)
     where H is a multiple of it, else of BK (16: H=100 in 4 chunks of 32 would be 128
-    units, in 7 of 16 it is 112); a launch per step and whole-batch programs keep theirs."""
+    units, in 7 of 16 it is 112; H=20's LSTM backward, 4H=80, would be 96 in chunks of
+    32); a launch per step and whole-batch programs keep theirs."""
     tiles = scan_triton._tiles
     assert tiles(128, 128, (0,), False, grid=True) == (16, scan_triton.BJ, 32, scan_triton.WARPS_FREE_GRID)
     assert tiles(100, 100, (0,), False, grid=True)[2] == 16 and tiles(100, 96, (0,), False, grid=True)[2] == 32
+    assert tiles(100, 20, (0,), False, grid=True)[2] == 16
     assert tiles(128, 128, (0,), False)[2] == scan_triton.BK == 16
     assert tiles(128, 128, (1,), False, grid=True)[2] == scan_triton.BK_WHOLE_BATCH
 
