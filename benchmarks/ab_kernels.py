@@ -24,8 +24,9 @@ import sys
 from collections.abc import Iterator
 from types import ModuleType
 
+import baselines
 from baselines import scan
-from suite.bench import bench
+from suite.bench import SHAPES, bench
 from suite.errors import one_line
 
 
@@ -62,15 +63,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args(argv)
+    models, shapes = [m for m in args.models.split(",") if m], args.shapes.split(",")
+    bad = [s for s in shapes if s not in SHAPES] + [m for m in models if m not in baselines.names()]
+    if bad:
+        raise SystemExit(f"ab_kernels: unknown shape or model '{bad[0]}'; shapes: {', '.join(SHAPES)}; models: "
+                         f"{', '.join(baselines.names())}")
     try:
         other = load(args.other)
     except (OSError, SyntaxError, ValueError, ImportError) as e:
         raise SystemExit(f"ab_kernels: cannot load --other {args.other}: {one_line(e, 200)}")
-    models = [m for m in args.models.split(",") if m]
     rows = []
     for label, mod in (("this", scan.scan_triton), ("other", other), ("this (again)", scan.scan_triton)):
         with kernels(mod):
-            for r in bench(models, args.shapes.split(","), args.device, repeats=3):
+            for r in bench(models, shapes, args.device, repeats=3):
                 rows.append({**r, "kernels": label})
                 print(f"{label:<14}{r['model']:<10}{r['shape']:<10}{r['ms']:>8.2f} ms{r['ratio_to_lstm']:>7.3f}x  "
                       f"{r.get('path', '')}", flush=True)

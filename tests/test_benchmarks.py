@@ -375,6 +375,9 @@ def test_kernel_ab_times_this_tree_the_other_source_and_this_tree_again(tmp_path
     broken.write_text("def (:\n")
     with pytest.raises(SystemExit, match=r"ab_kernels: cannot load --other .*broken.py: SyntaxError"):
         ab_kernels.main(["--other", str(broken)])
+    for bad in (["--models", "bn-lsmt"], ["--shapes", "seq-mnist,addding"]):
+        with pytest.raises(SystemExit, match=r"ab_kernels: unknown shape or model '(bn-lsmt|addding)'; shapes: seq-mnist"):
+            ab_kernels.main(["--other", str(other), *bad])
 
 
 def test_step_sweep_checks_gradients_on_the_first_steps_of_the_batch():
