@@ -205,10 +205,10 @@ ROWS_FREE_GRID = 16
 # 10.65; 1 warp: 11.85, 11.73, 11.51, 10.08. Kept at 4.
 WARPS_FREE_GRID = 4
 # The products' chunk there: BK_GRID where H is a multiple of it (the adding shape's
-# 128), so that no reduction (H forward, 3H or 4H backward) is padded, else BK. Chunks of 32 against 16 on an
-# H100 (the sweep above): lstm-loop 8.96 / 8.44 ms at seq-MNIST (H=100: 4 chunks of 32
-# are 128 units against 7 of 16, 112), 11.14 / 12.09 at adding; gru-loop 7.93 / 8.15 and
-# 9.59 / 10.65.
+# 128), so that no reduction (H forward, 3H or 4H backward) is padded, else BK. Chunks
+# of 32 against 16 on an H100 (the sweep above): lstm-loop 8.96 / 8.44 ms at seq-MNIST
+# (H=100: 4 chunks of 32 are 128 units against 7 of 16, 112), 11.14 / 12.09 at adding;
+# gru-loop 7.93 / 8.15 and 9.59 / 10.65.
 BK_GRID = 32
 # The barriers of grid-synchronized launches. GRID_GROUPS: a barrier waits only for the
 # programs that share a program's rows and seed, whose stores of a step are all that the
@@ -1029,7 +1029,6 @@ if triton is not None:
         tl.store(TC + oh, tc, mask=m2)
         tl.store(HS + oh, o * tc, mask=m2)
 
-
     @triton.jit
     def _lstm_saved(SIG, TC, TG, CP, coff, DC, DCL, g, o0, oh, ob, B, H, F, m2, HAS_NEXT: tl.constexpr,
                     HAS_LAST: tl.constexpr):
@@ -1192,6 +1191,16 @@ if triton is not None:
         return c
 
     @triton.jit
+    def _poll(c, POLL: tl.constexpr):
+        """The counter c's value for a barrier's wait: with POLL every thread's own acquire
+        load (``_acquire``), else one thread's acquire atomic (Triton's)."""
+        if POLL:
+            n = _acquire(c)
+        else:
+            n = tl.atomic_add(c, 0, sem="acquire", scope="gpu")
+        return n
+
+    @triton.jit
     def _step_sync(CNT, k, NPROG, GRID: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr):
         """Between two steps of a whole-sequence launch: a barrier of the program's warps,
         or with GRID the k-th barrier of NPROG programs: of every program of the launch, or
@@ -1207,7 +1216,7 @@ if triton is not None:
         CCTL.IVALL): the next step reads what other programs wrote, some of it in lines
         this program cached before (the RNN forward's u_t beside a neighbour's h_t), so
         the wait must keep its acquire. With POLL every thread polls with its own acquire
-        loads (``_acquire``), else one thread with Triton's atomic, whose value the others
+        loads (``_poll``), else one thread with Triton's atomic, whose value the others
         get through shared memory. Every program must be resident at once: the launch is
         cooperative (``_start``), and ``grid_programs`` allows at most GRID_PER_SM
         programs per multiprocessor."""
@@ -1215,14 +1224,9 @@ if triton is not None:
         if GRID:
             c = _counter(CNT, GROUP)
             tl.atomic_add(c, 1, sem="release", scope="gpu")
-            if POLL:
-                n = _acquire(c)
-                while n < k * NPROG:
-                    n = _acquire(c)
-            else:
-                n = tl.atomic_add(c, 0, sem="acquire", scope="gpu")
-                while n < k * NPROG:
-                    n = tl.atomic_add(c, 0, sem="acquire", scope="gpu")
+            n = _poll(c, POLL)
+            while n < k * NPROG:
+                n = _poll(c, POLL)
             tl.device_assert(n < (k + 1) * NPROG, "grid barriers out of step")
             tl.debug_barrier()
 
@@ -1367,6 +1371,13 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     return n if fits and _grid_runs_here(device) else 0
 
 
+def barrier_counters(grid: tuple[int, int, int], group: bool) -> int:
+    """The counters of a grid-synchronized launch's barriers (``_counter``): one for each
+    (row block, seed) of the grid (unit blocks, row blocks, seeds) with ``group``
+    (GRID_GROUPS), each counting the programs of its group, else one for every program."""
+    return grid[1] * grid[2] if group else 1
+
+
 def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: Tensor | None, buffers: tuple,
            norms: tuple[tuple[Norm, int], ...], backward: bool = False) -> tuple[Tensor, tuple, tuple, dict, dict]:
     """What every loop does first: refuse an input norm, check the buffers (and W_hh, made
@@ -1403,7 +1414,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     if nprog:  # a cooperative launch: the driver runs every program at once, or refuses
         if nprog != math.prod(grid):  # a barrier waiting for programs never launched would hang
             raise RuntimeError(f"grid-synchronized launch of {math.prod(grid)} programs counted as {nprog}")
-        groups = grid[1] * grid[2] if GRID_GROUPS else 1  # a counter for each (row block, seed), or one
+        groups = barrier_counters(grid, GRID_GROUPS)
         sync = dict(CNT=torch.zeros(groups, dtype=torch.int32, device=w.device), NPROG=nprog // groups, GRID=True,
                     GROUP=GRID_GROUPS, POLL=GRID_POLL, launch_cooperative_grid=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT_SEQ if seq else FP32_DOT

@@ -59,10 +59,10 @@ if st.triton is not None:
 
 
 def barrier_us(grid: tuple[int, int, int], warps: int, group: bool, poll: bool, repeats: int,
-                  store: int = 0) -> float:
+               store: int = 0) -> float:
     """us a barrier: the median over ``repeats`` launches of T - 1 barriers (each after
     ``store`` floats stored by every program)."""
-    groups = grid[1] * grid[2] if group else 1
+    groups = st.barrier_counters(grid, group)
     out = torch.zeros(grid[0] * grid[1] * grid[2] * max(store, 1), device="cuda")
     times = []
     for i in range(repeats + 1):  # the first launch compiles

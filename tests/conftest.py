@@ -67,7 +67,6 @@ def scan_loops(request, monkeypatch) -> str:
     return path
 
 
-
 try:  # Triton is optional (the step kernels' tests skip without it)
     import triton
     import triton.language as tl
