@@ -22,6 +22,8 @@ model's do, with its own weights, norm parameters and statistics, so a launch ha
 times the programs (the batch-norm kernels above have few). Nothing is shared between
 programs of one launch, so there is no atomic and the sums are in a fixed order: the
 results are the same from run to run, and a stacked seed's are those of the seed alone.
+(With ``BN_SPLIT``, opt-in, batch norm's rows are split over programs that exchange
+their rows' statistics, in a fixed order too: ``baselines/scan_triton_rows.py``.)
 
 The functions take the arguments of the compiled CPU loops (``scan_cpp``,
 csrc/scan_loops.cpp) and fill the same buffers, so scan.py runs either with the same
@@ -226,6 +228,19 @@ BK_GRID = 32
 # the default) every thread polling doubled a barrier (1.21 -> 2.25 us a group's).
 GRID_GROUPS = True
 GRID_POLL = True
+# Batch norm with the batch's rows split over programs (``baselines/scan_triton_rows.py``;
+# RNNBENCH_GPU_BN_SPLIT=1): where the hidden term's norm takes batch statistics, a
+# grid-synchronized launch takes the rows-split programs' tiles (ROWS_FREE_GRID rows, BJ
+# units: 91 programs for bn-lstm at the seq-MNIST shape, against 25 of the whole batch),
+# and the programs of a unit block exchange their rows' statistics through global memory,
+# with a barrier of every program of the launch between a step's phases (two a step; three
+# for the LSTM with its cell's batch norm). Tested in the interpreter and compiled for
+# sm_90, not yet timed on a GPU: off until it is. BN_SPLIT_STEPS: in a launch per step too,
+# each phase a launch of its own (the tests' way to run several row blocks in Triton's
+# interpreter, which runs a launch's programs one after another).
+ENV_BN_SPLIT = "RNNBENCH_GPU_BN_SPLIT"
+BN_SPLIT = os.environ.get(ENV_BN_SPLIT) == "1"
+BN_SPLIT_STEPS = False
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
@@ -281,15 +296,22 @@ def _probe(device: torch.device, T: int, seq: bool = False, grid: bool = False) 
     """Why an RNN forward pass of ``T`` steps on one row fails here (None: it runs); on
     one unit, or ``seq``: in a whole-sequence launch, whatever ``SEQUENCE`` says (the
     layer-norm cells run there with it off); ``grid``: in a grid-synchronized launch of
-    two programs (of one in the interpreter)."""
+    several programs (of one in the interpreter), over a whole chunk of BK_GRID units
+    (the longer chunk that H a multiple of it takes), with batch norm where BN_SPLIT
+    splits its rows (``scan_triton_rows``' kernels)."""
     global SEQUENCE, GRID_SYNC
     before = SEQUENCE, GRID_SYNC
     SEQUENCE, GRID_SYNC = (SEQUENCE or seq) and not grid, GRID_SYNC or grid
     try:
-        H = 2 * BJ if grid and device.type == "cuda" else 1
+        H = BK_GRID * triton.cdiv(2 * BJ, BK_GRID) if grid and device.type == "cuda" else 1
         one = torch.ones(1, H, device=device)
         off = Norm(_NONE, one[0, :1], None, None, None, None, None, None, 0.0)
-        rnn_forward(torch.ones(T, 1, H, device=device), None, one, torch.eye(H, device=device), off, False, off,
+        nh, zs = off, None
+        if grid and BN_SPLIT:
+            nh = Norm(_BATCH, one[0], None, None, None, torch.empty(T, H, device=device),
+                      torch.empty(T, H, device=device), None, 1e-5)
+            zs = torch.empty(T, 1, H, device=device)
+        rnn_forward(torch.ones(T, 1, H, device=device), zs, one, torch.eye(H, device=device), nh, False, off,
                     None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -374,6 +396,14 @@ def _this():
     import sys
 
     return sys.modules[__name__]
+
+
+def _rows():
+    """The rows-split batch-norm launches (``rows_split``), imported where first used: their
+    module builds on this one's kernels."""
+    from baselines import scan_triton_rows
+
+    return scan_triton_rows
 
 
 class Norm:
@@ -1331,15 +1361,25 @@ if triton is not None:
 
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
+def rows_split(modes: tuple[int, ...], grid: bool) -> bool:
+    """Whether batch norm runs with the rows split over programs (``BN_SPLIT``,
+    ``scan_triton_rows``): the hidden term's norm (``modes[0]``) takes batch statistics,
+    in a ``grid``-synchronized launch, or in a launch per step with BN_SPLIT_STEPS."""
+    return BN_SPLIT and modes[:1] == (_BATCH,) and (grid or BN_SPLIT_STEPS)
+
+
 def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False) -> tuple[int, int, int, int]:
     """Rows and units of a program, its chunk of the products and its warps: every unit
     of ROWS_SEQ rows in whole-sequence launches; the whole batch of a seed where batch
-    statistics bind the rows; else ROWS_FREE rows (ROWS_FREE_GRID in ``grid``-
+    statistics bind the rows, unless they split (``rows_split``: then the tiles of
+    grid-synchronized launches); else ROWS_FREE rows (ROWS_FREE_GRID in ``grid``-
     synchronized launches, with chunks of BK_GRID where H is a multiple of it)."""
     if seq:
         return min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H)), BK_SEQ, \
             WARPS_SEQ
-    if _BATCH in modes:
+    split = rows_split(modes, grid)
+    grid = grid or split
+    if _BATCH in modes and not split:
         bb = max(16, triton.next_power_of_2(B0))
         if bb > MAX_ROWS:
             raise ValueError(f"batch norm in the step kernels takes at most {MAX_ROWS} rows a seed, got {B0}")
@@ -1367,7 +1407,7 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     if device.type == "cuda":
         fits = n <= torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
     else:  # Triton's interpreter runs one program after another: a barrier must wait for one alone
-        fits = (triton.cdiv(H, bj) if GRID_GROUPS else n) == 1
+        fits = (triton.cdiv(H, bj) if GRID_GROUPS and not rows_split(modes, True) else n) == 1
     return n if fits and _grid_runs_here(device) else 0
 
 
@@ -1388,8 +1428,10 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     launch per step): a launch of whole sequences (``whole_sequence``) or a
     grid-synchronized one (``grid_programs``). W_hh of shape (S, G*H, H) means S stacked
     seeds, each of B0 = B/S rows (seed-major), on a grid axis of their own; every row of
-    a seed is in one program where a norm takes batch statistics, and every unit of a row
-    in one program where the whole sequence runs in one launch."""
+    a seed is in one program where a norm takes batch statistics (unless ``rows_split``:
+    then ``cfg`` has PART, the row blocks' shares of the statistics, and NRB, their number
+    rounded up to a power of two, and the launch is scan_triton_rows'), and every unit of
+    a row in one program where the whole sequence runs in one launch."""
     _inactive_input(nx, ux, wx)
     w = w.contiguous()
     _check(*buffers, w)
@@ -1407,6 +1449,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
         raise ValueError("layer norm in the step kernels needs whole-sequence launches (see whole_sequence)")
     nprog = 0 if seq else grid_programs(T, B0, H, S, modes, w.device)
     bb, bj, bk, warps = _tiles(B0, H, modes, seq, grid=nprog > 0)
+    split = not seq and rows_split(modes, nprog > 0)
     sync = {}
     if seq:
         sync = dict(CNT=w, NPROG=1, GRID=False, GROUP=False, POLL=False)  # CNT: never read
@@ -1414,11 +1457,15 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     if nprog:  # a cooperative launch: the driver runs every program at once, or refuses
         if nprog != math.prod(grid):  # a barrier waiting for programs never launched would hang
             raise RuntimeError(f"grid-synchronized launch of {math.prod(grid)} programs counted as {nprog}")
-        groups = barrier_counters(grid, GRID_GROUPS)
+        group = GRID_GROUPS and not split  # a phase's exchange binds the programs of a unit block
+        groups = barrier_counters(grid, group)
         sync = dict(CNT=torch.zeros(groups, dtype=torch.int32, device=w.device), NPROG=nprog // groups, GRID=True,
-                    GROUP=GRID_GROUPS, POLL=GRID_POLL, launch_cooperative_grid=True)
+                    GROUP=group, POLL=GRID_POLL, launch_cooperative_grid=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT_SEQ if seq else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
+    if split:  # each row block's two sums per feature, for the gates and the LSTM's cell (scan_triton_rows)
+        nrb = max(2, triton.next_power_of_2(grid[1]))
+        cfg.update(PART=w.new_empty(4 * nrb * S * max(F for _, F in norms)), NRB=nrb)
     return w, grid, (B, H, S, B0), cfg, sync
 
 
@@ -1440,6 +1487,9 @@ def rnn_forward(hs: Tensor, zs: Tensor | None, h0: Tensor, w: Tensor, nh: Norm, 
     """hs (T, B, H) holds u_t (+ folded shift) and becomes h_t; zs gets h W^T (with a norm)."""
     T, B, H = hs.shape
     w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (hs, zs, h0), ((nh, H),))
+    if "PART" in cfg:
+        _rows().rnn_forward(hs, zs, h0, w, nh, relu, grid, dims, cfg, sync)
+        return
     if sync:
         _rnn_fwd_seq[grid](hs, zs if zs is not None else hs, h0, w, T, *dims, *nh.args(), RELU=relu, **nh.flags(),
                            **sync, **cfg)
@@ -1457,6 +1507,9 @@ def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor | None, zs: Tens
     T, B, H = gh.shape
     w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gh, hs, da, dz, zs), ((nh, H),), backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    if "PART" in cfg:
+        _rows().rnn_backward(gh, hs, da, dz, zs, w, nh, relu, grid, dims, cfg, sync)
+        return
     if sync:
         _rnn_bwd_seq[grid](gh, hs, da, dz, zs if zs is not None else hs, w, T, *dims, *nh.args(), MODE=nh.mode,
                            RELU=relu, **sync, **cfg)
@@ -1474,6 +1527,9 @@ def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs
     tc = tanh(N_c(c_t)), hs = h_t, zs = h W^T (with a norm)."""
     T, B, H = hs.shape
     w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (sig, tg, cs, tc, hs, zs, h0, c0), ((nh, 4 * H), (nc, H)))
+    if "PART" in cfg:
+        _rows().lstm_forward(sig, tg, cs, tc, hs, zs, h0, c0, w, nh, nc, grid, dims, cfg, sync)
+        return
     hh, cn = nh.args(), nc.args()
     consts = dict(**nh.flags(), **nc.flags(cell=True), **cfg)
     if sync:
@@ -1499,6 +1555,10 @@ def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c
     hh, cn = nh.args(), nc.args()
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
     dc = gh.new_empty(B, H)
+    if "PART" in cfg:
+        _rows().lstm_backward(gh, sig, tg, cs, tc, c0, da, dz, dn if dn is not None else da, zs, w, dc, dc_last, nh,
+                              nc, grid, dims, cfg, sync)
+        return dc
     if sync:
         _lstm_bwd_seq[grid](gh, sig, tg, cs, tc, c0, da, dz, dn if dn is not None else da,
                             zs if zs is not None else sig, w, dc, dc_last if dc_last is not None else dc, T, *dims,
@@ -1519,6 +1579,9 @@ def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor | None, h0: Te
     shift) and gets N(h W^T) added; hs = h_t; zs = h W^T (with a norm)."""
     T, B, H = hs.shape
     w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gates, hw, hs, zs, h0), ((nh, 3 * H),))
+    if "PART" in cfg:
+        _rows().gru_forward(gates, hw, hs, zs, h0, w, nh, grid, dims, cfg, sync)
+        return
     hh = nh.args()
     if sync:
         _gru_fwd_seq[grid](gates, hw, hs, zs if zs is not None else hw, h0, w, T, *dims, *hh, **nh.flags(), **sync,
@@ -1538,6 +1601,9 @@ def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, 
     w, grid, dims, cfg, sync = _start(T, B, H, w, nx, ux, wx, (gh, gates, hw, hs, h0, da, du, dz, zs), ((nh, 3 * H),),
                                      backward=True)
     dz = dz if dz is not None and nh.mode else da  # without a norm ∂L/∂z is da, as csrc's
+    if "PART" in cfg:
+        _rows().gru_backward(gh, gates, hw, hs, h0, da, du, dz, zs, w, nh, grid, dims, cfg, sync)
+        return
     if sync:
         _gru_bwd_seq[grid](gh, gates, hw, hs, h0, da, du, dz, zs if zs is not None else hw, w, T, *dims, *nh.args(),
                            MODE=nh.mode, **sync, **cfg)

@@ -1,4 +1,5 @@
-"""Registers and spills of the CUDA step kernels (baselines/scan_triton.py), compiled
+"""Registers and spills of the CUDA step kernels (baselines/scan_triton.py and
+scan_triton_rows.py), compiled
 for sm_90 on any machine: Triton ships ptxas and cuobjdump, so no GPU is needed.
 
 A kernel that spills (STACK > 0: bytes of local memory a thread) runs its loads and
@@ -26,9 +27,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from baselines import scan_triton as st  # noqa: E402
+from baselines import scan_triton_rows as rows  # noqa: E402
 
 SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
-           "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32"}
+           "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32", "k": "i32"}
 
 
 def _norm(mode: int) -> dict:
@@ -41,6 +43,7 @@ def _cell_norm(mode: int) -> dict:
 
 GRID = dict(GRID=True, GROUP=st.GRID_GROUPS, POLL=st.GRID_POLL)  # the barriers between steps
 SEQ = dict(GRID=False, GROUP=False, POLL=False)
+BN_ROWS = dict(GROUP=False, POLL=st.GRID_POLL, NRB=8)
 # (label, kernel, constexprs, rows a program, units a program): the tiles the suite picks
 # at the seq-MNIST shape (B=100, H=100) for each kind of program, and the whole-batch
 # program at 16 units (the earlier default) beside them
@@ -68,6 +71,15 @@ CASES = [
     ("grid", "lstm fwd bn", st._lstm_fwd_seq, dict(_norm(1), **_cell_norm(1), **GRID), 128, st.BJ_WHOLE_BATCH),
     ("grid", "lstm bwd bn", st._lstm_bwd_seq, dict(MODE=1, CMODE=1, HAS_LAST=False, **GRID), 128,
      st.BJ_WHOLE_BATCH),
+    # batch norm with the rows split (st.BN_SPLIT): 7 row blocks of 16 at B=100, a barrier of every program
+    ("bn rows", "lstm fwd bn", rows._lstm_fwd_seq, dict(_norm(1), **_cell_norm(1), **BN_ROWS), st.ROWS_FREE_GRID,
+     st.BJ),
+    ("bn rows", "lstm bwd bn", rows._lstm_bwd_seq, dict(CMODE=1, HAS_LAST=False, **BN_ROWS), st.ROWS_FREE_GRID,
+     st.BJ),
+    ("bn rows", "gru fwd bn", rows._gru_fwd_seq, dict(_norm(1), **BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
+    ("bn rows", "gru bwd bn", rows._gru_bwd_seq, dict(BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
+    ("bn rows", "rnn fwd bn", rows._rnn_fwd_seq, dict(_norm(1), RELU=False, **BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
+    ("bn rows", "rnn bwd bn", rows._rnn_bwd_seq, dict(RELU=False, **BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
 ]
 
 

@@ -643,18 +643,21 @@ OPTIONS = lambda consts: dict(num_warps=4, num_stages=1)
 
 @pytest.mark.slow
 def test_step_kernels_compile_for_sm90():
-    """The CUDA step kernels (baselines/scan_triton.py) and their whole-sequence launches
-    through Triton's compiler for sm_90, with the float32 setting's product (3xTF32, each
-    product in its own accumulator; Triton's chained tf32x3 too)."""
+    """The CUDA step kernels (baselines/scan_triton.py, scan_triton_rows.py) and their
+    whole-sequence and grid-synchronized launches through Triton's compiler for sm_90,
+    with the float32 setting's product (3xTF32, each product in its own accumulator;
+    Triton's chained tf32x3 too)."""
     compile_for_sm90(r"""
 from baselines import scan_triton as st
+from baselines import scan_triton_rows as rows
 from benchmarks import grid_barriers
 
 SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i32", "hoff": "i32", "coff": "i32",
-           "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32"}
+           "eps": "fp32", "ceps": "fp32", "CNT": "*i32", "NPROG": "i32", "k": "i32"}
 SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, PREC=st.FP32_DOT_SEQ, GRID=False, GROUP=False, POLL=False)
 # the step kernels' tiles, a barrier between steps: of the programs that share rows and seed, every thread polling
 GRID = dict(GRID=True, GROUP=True, POLL=True, BK=st.BK_WHOLE_BATCH)
+ROWS = dict(GROUP=False, POLL=True, BJ=st.BJ, BK=st.BK, NRB=8)
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 LN = dict(MODE=3, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=False)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
@@ -705,11 +708,22 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
                             **dict(GRID, GROUP=False, POLL=False))),
     # the barriers alone, as benchmarks/grid_barriers.py times them
     (grid_barriers._barriers, dict(GROUP=True, POLL=True, STORE=1024, BB=16)),
+    # batch norm with the rows split (scan_triton_rows): grid launches, a barrier of every program between phases
+    (rows._rnn_fwd_seq, dict(BN, RELU=False, BB=16, **ROWS)), (rows._rnn_bwd_seq, dict(RELU=True, BB=16, **ROWS)),
+    (rows._lstm_fwd_seq, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=16, **ROWS)),
+    (rows._lstm_bwd_seq, dict(CMODE=1, HAS_LAST=True, BB=16, **ROWS)),
+    (rows._lstm_fwd_seq, dict(BN, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, BB=16, **dict(ROWS, BK=32))),
+    (rows._lstm_bwd_seq, dict(CMODE=0, HAS_LAST=False, BB=16, **dict(ROWS, BK=32))),
+    (rows._gru_fwd_seq, dict(BN, BB=16, **ROWS)), (rows._gru_bwd_seq, dict(BB=16, **ROWS)),
+    # and their launches per phase (BN_SPLIT_STEPS: no barrier in them)
+    (rows._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=16, PHASE=3,
+                          **dict(ROWS, POLL=False))),
+    (rows._lstm_bwd, dict(CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=2, **dict(ROWS, POLL=False))),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT, EARLY=True)  # EARLY: a launch per step's order of loads
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 46)
+""", 56)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------

@@ -86,15 +86,21 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
                          + [("scan-triton-grid", n, 100, 30, 100) for n in ("rnn-loop", "bn-rnn", "lstm-loop", "bn-lstm",
                                                                            "gru-loop", "bn-gru")]
                          + [("scan-triton-grid", n, 128, 25, 128) for n in ("lstm-loop", "gru-loop")]  # chunks of 32
+                         # batch norm with the rows split (scan_triton.BN_SPLIT): 91 and 128 programs
+                         + [("scan-triton-grid+bn-rows", n, 100, 30, 100) for n in ("bn-rnn", "bn-lstm", "bn-gru")]
+                         + [("scan-triton-grid+bn-rows", n, 128, 25, 128) for n in ("bn-lstm", "bn-gru")]
                          + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
     """The scan path (its CUDA step kernels, their whole-sequence and grid-synchronized
     launches, and its Python loops) and the compiled Triton kernels (not the interpreter)
     on CUDA. Layer norm runs in whole-sequence launches always; batch statistics keep a
     launch per step in training (and run whole sequences in evaluation, with population
-    statistics); grid-synchronized launches run both, 25 to 91 programs here."""
+    statistics); grid-synchronized launches run both, 25 to 91 programs here (128 with
+    batch norm's rows split, "+bn-rows")."""
     from baselines import fused, scan_triton
 
+    monkeypatch.setattr(scan_triton, "BN_SPLIT", path.endswith("+bn-rows"))
+    path = path.removesuffix("+bn-rows")
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
     monkeypatch.setattr(scan_triton, "SEQUENCE", path == "scan-triton-seq")
     monkeypatch.setattr(scan_triton, "GRID_SYNC", path == "scan-triton-grid")
@@ -212,18 +218,21 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, grid, monkeypatch
 
 @pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True), (3, True),
                                       (0, "grid"), (1, "grid"), (2, "grid"), (0, "one counter"),
-                                      (1, "one counter"), (0, "one counter, every thread polls")])
+                                      (1, "one counter"), (0, "one counter, every thread polls"),
+                                      (1, "grid, bn rows")])
 def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
     """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches, or "grid":
     grid-synchronized ones, 25 to 91 programs; "one counter": with the barrier of every
-    program, one thread polling or every thread) with every output buffer poisoned
+    program, one thread polling or every thread; "bn rows": batch norm with the rows
+    split, 91 programs exchanging statistics) with every output buffer poisoned
     (NaN) beforehand: all of it is written, and a second run gives the same bits (no
     race between programs, nor between a program's warps)."""
     from baselines import scan_triton as st
 
     monkeypatch.setattr(st, "SEQUENCE", seq is True)
     monkeypatch.setattr(st, "GRID_SYNC", seq not in (True, False))
-    if seq not in (True, False, "grid"):
+    monkeypatch.setattr(st, "BN_SPLIT", seq == "grid, bn rows")
+    if seq not in (True, False, "grid", "grid, bn rows"):
         monkeypatch.setattr(st, "GRID_GROUPS", False)
         monkeypatch.setattr(st, "GRID_POLL", seq != "one counter")
 

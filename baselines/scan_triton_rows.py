@@ -1,0 +1,701 @@
+"""Batch norm in the step kernels with the batch's rows split over programs.
+
+The step kernels of ``baselines/scan_triton.py`` give a program that takes batch
+statistics every row of the batch, so that each unit's mean and variance stay within
+one program: at B=100, H=100 that is 25 programs of 128 rows and 4 units, each step a
+long chain of dependent work on few multiprocessors (bn-lstm on an H100: ~11 us a
+forward step, ~14 us a backward one, against ~4 and ~6 for lstm-loop's 91 programs of
+16 rows and 8 units; benchmarks/RESULTS.md, 2026-11-27). Here a batch-norm cell takes
+lstm-loop's tiles, and the programs that share units exchange their rows' statistics:
+
+- forward: each program sums its rows of z = h_{t-1} W^T per feature, and the squares
+  about its rows' own mean, and stores both (``_bn_part``); after a barrier, every
+  program of those units reads every row block's pair and combines them in one fixed
+  order (``_bn_stats``: the pairwise update of Chan, Golub and LeVeque, "Updating
+  Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979), so all of
+  them normalize with the same mean and variance, and the first row block's program
+  writes them to the step's tables. The LSTM's cell norm does the same for c_t.
+- backward: the sums over the rows of dy and dy x̂ that the norm's backward pass needs,
+  the same way (``_sums``); the first row block's program adds them to dγ and dβ.
+
+A step is then two or three phases with a barrier between them: in a grid-synchronized
+launch (``scan_triton.GRID_SYNC``) a barrier of every program of the launch (the
+phases' exchanges bind the programs of one unit block, the steps those of one row block;
+one counter serves both), carrying what a phase computed in registers; in a launch per
+step each phase is a launch of its own (``PHASE``) that reloads what the phases before
+it stored. Triton's interpreter runs a launch's programs one after another, so it tests
+the exchange between programs through the per-phase launches, and the grid launches'
+register-carried phases where one program holds the recurrence.
+
+The sums are in a fixed order, so the results are the same from run to run; they are
+not the whole-batch programs' bits (another order of the same sums: within float32
+rounding of them). Which path runs: ``scan_triton.BN_SPLIT``.
+"""
+
+from __future__ import annotations
+
+from baselines import scan_triton as st
+
+triton, tl = st.triton, None
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _share(B0, rj, mj, BB: tl.constexpr):
+        """This program's real rows as a float32 count, and its real units where its row
+        block is their first (whose program writes the step's statistics and sums dγ and
+        dβ), else none (a mask of the units' shape: the interpreter takes no scalar in one)."""
+        i = tl.program_id(1)
+        return tl.minimum(B0 - i * BB, BB).to(tl.float32), mj & (rj * 0 + i == 0)
+
+    @triton.jit
+    def _put(P1, P2, off, H, a0, a1, a2, a3, b0, b1, b2, b3, mj, NG: tl.constexpr):
+        """a_k to P1[off + k H] and b_k to P2[off + k H] for the NG terms (k < NG)."""
+        tl.store(P1 + off, a0, mask=mj)
+        tl.store(P2 + off, b0, mask=mj)
+        if NG > 1:
+            tl.store(P1 + off + H, a1, mask=mj)
+            tl.store(P2 + off + H, b1, mask=mj)
+            tl.store(P1 + off + 2 * H, a2, mask=mj)
+            tl.store(P2 + off + 2 * H, b2, mask=mj)
+        if NG == 4:
+            tl.store(P1 + off + 3 * H, a3, mask=mj)
+            tl.store(P2 + off + 3 * H, b3, mask=mj)
+
+    @triton.jit
+    def _bn_part(P1, P2, off, H, z0, z1, z2, z3, m2, mj, n, NG: tl.constexpr):
+        """This program's share of the batch statistics of NG terms (term k's features at
+        off + k H): over its n real rows, each feature's sum to P1 and its sum of squares
+        about the rows' own mean to P2 (``_bn_stats`` combines the shares); the terms'
+        sums in one reduction (``scan_triton._bn_gates``)."""
+        if NG == 1:
+            s0 = tl.sum(tl.where(m2, z0, 0.0), axis=0)
+            s1, s2, s3 = s0, s0, s0
+        else:
+            s0, s1, s2, s3 = tl.reduce((tl.where(m2, z0, 0.0), tl.where(m2, z1, 0.0), tl.where(m2, z2, 0.0),
+                                        tl.where(m2, z3, 0.0)), 0, st._add4)
+        d0 = tl.where(m2, z0 - (s0 / n)[None, :], 0.0)
+        if NG == 1:
+            v0 = tl.sum(d0 * d0, axis=0)
+            v1, v2, v3 = v0, v0, v0
+        else:
+            d1 = tl.where(m2, z1 - (s1 / n)[None, :], 0.0)
+            d2 = tl.where(m2, z2 - (s2 / n)[None, :], 0.0)
+            d3 = tl.where(m2, z3 - (s3 / n)[None, :], 0.0)
+            v0, v1, v2, v3 = tl.reduce((d0 * d0, d1 * d1, d2 * d2, d3 * d3), 0, st._add4)
+        _put(P1, P2, off, H, s0, s1, s2, s3, v0, v1, v2, v3, mj, NG)
+
+    @triton.jit
+    def _shares(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
+        """Every row block's pair for the features fs ((NRB, units) tiles; row block i's at
+        P[i RS + fs], the blocks past the batch zeros), each block's real rows, and which
+        blocks are real."""
+        ri = tl.arange(0, NRB)
+        mi = ri * BB < B0
+        mm = mi[:, None] & mj[None, :]
+        off = ri[:, None] * RS + fs[None, :]
+        a = tl.load(P1 + off, mask=mm, other=0.0)
+        b = tl.load(P2 + off, mask=mm, other=0.0)
+        n = tl.where(mi, tl.minimum(B0 - ri * BB, BB), 1).to(tl.float32)
+        return a, b, n, mm
+
+    @triton.jit
+    def _sums(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
+        """The sums over all rows of the two quantities whose per-block sums are in P1, P2."""
+        a, b, _, _ = _shares(P1, P2, fs, mj, RS, B0, BB, NRB)
+        return tl.sum(a, axis=0), tl.sum(b, axis=0)
+
+    @triton.jit
+    def _bn_stats(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
+        """The batch mean and (biased) variance of the features fs over all B0 rows from the
+        row blocks' shares (``_bn_part``): mean = Σ s_i / B0, and the sum of squares about
+        it Σ M2_i + n_i (s_i / n_i - mean)²."""
+        s, m, n, mm = _shares(P1, P2, fs, mj, RS, B0, BB, NRB)
+        mean = tl.sum(s, axis=0) / B0
+        dm = tl.where(mm, s / n[:, None] - mean[None, :], 0.0)
+        return mean, tl.sum(m + n[:, None] * dm * dm, axis=0) / B0
+
+    @triton.jit
+    def _bn_norm(p, z, ga, gb, P1, P2, fs, mj, m2, first, row, RS, B0, MEAN, RSTD, VAR, eps,
+                 HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr, BB: tl.constexpr, NRB: tl.constexpr):
+        """p + BN(z) of one term's block with the batch statistics from the shares; the
+        first row block's program writes them at ``row`` of the step's tables."""
+        mean, var = _bn_stats(P1, P2, fs, mj, RS, B0, BB, NRB)
+        d = tl.where(m2, z - mean[None, :], 0.0)
+        return p + st._bn_out(d, mean, var, ga, gb, first, row, MEAN, RSTD, VAR, eps, HAS_BETA, HAS_VAR)
+
+    @triton.jit
+    def _gate_norms(p0, p1, p2, p3, z0, z1, z2, z3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3, P1, P2, fs, H, mj, m2,
+                    first, tab, RS, B0, MEAN, RSTD, VAR, eps, NG: tl.constexpr, HAS_BETA: tl.constexpr,
+                    HAS_VAR: tl.constexpr, BB: tl.constexpr, NRB: tl.constexpr):
+        """``_bn_norm`` of the NG gates (3 or 4; the fourth's result is z3 for the GRU)."""
+        a0 = _bn_norm(p0, z0, ga0, gb0, P1, P2, fs, mj, m2, first, tab + fs, RS, B0, MEAN, RSTD, VAR, eps,
+                      HAS_BETA, HAS_VAR, BB, NRB)
+        a1 = _bn_norm(p1, z1, ga1, gb1, P1, P2, fs + H, mj, m2, first, tab + fs + H, RS, B0, MEAN, RSTD, VAR, eps,
+                      HAS_BETA, HAS_VAR, BB, NRB)
+        a2 = _bn_norm(p2, z2, ga2, gb2, P1, P2, fs + 2 * H, mj, m2, first, tab + fs + 2 * H, RS, B0, MEAN, RSTD,
+                      VAR, eps, HAS_BETA, HAS_VAR, BB, NRB)
+        a3 = z3
+        if NG == 4:
+            a3 = _bn_norm(p3, z3, ga3, gb3, P1, P2, fs + 3 * H, mj, m2, first, tab + fs + 3 * H, RS, B0, MEAN, RSTD,
+                          VAR, eps, HAS_BETA, HAS_VAR, BB, NRB)
+        return a0, a1, a2, a3
+
+    @triton.jit
+    def _loads(X, o0, H, m2, NG: tl.constexpr):
+        """X's blocks of the NG terms (``scan_triton._first``), reloaded by a later phase's
+        launch of what an earlier one stored."""
+        return st._first(X, o0, H, m2, NG)
+
+    @triton.jit
+    def _sync(CNT, k, NPROG, PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr):
+        """Between two phases of a step: in a grid-synchronized launch (PHASE 0) the k-th
+        barrier of its programs; in a launch per phase, the launch boundary."""
+        if PHASE == 0:
+            st._step_sync(CNT, k, NPROG, True, GROUP, POLL)
+
+    @triton.jit
+    def _bwd_in(d0, d1, d2, d3, ZS, o0, fs, H, mj, m2, tab, MEAN, RSTD, G, DG, DB, NG: tl.constexpr):
+        """``scan_triton._bn_bwd_in`` of the NG gates: (dy masked, x̂, γ, 1/std, dγ, dβ) each."""
+        r0 = st._bn_bwd_in(d0, ZS, o0, fs, mj, m2, tab + fs, MEAN, RSTD, G, DG, DB)
+        r1 = st._bn_bwd_in(d1, ZS, o0 + H, fs + H, mj, m2, tab + fs + H, MEAN, RSTD, G, DG, DB)
+        r2 = st._bn_bwd_in(d2, ZS, o0 + 2 * H, fs + 2 * H, mj, m2, tab + fs + 2 * H, MEAN, RSTD, G, DG, DB)
+        r3 = r2
+        if NG == 4:
+            r3 = st._bn_bwd_in(d3, ZS, o0 + 3 * H, fs + 3 * H, mj, m2, tab + fs + 3 * H, MEAN, RSTD, G, DG, DB)
+        return r0, r1, r2, r3
+
+    @triton.jit
+    def _bwd_part(P1, P2, off, H, y0, x0, y1, x1, y2, x2, y3, x3, mj, NG: tl.constexpr):
+        """This program's sums over its rows of dy and dy x̂ of the NG gates, to P1 and P2."""
+        a0, b0, a1, b1, a2, b2, a3, b3 = tl.reduce((y0, y0 * x0, y1, y1 * x1, y2, y2 * x2, y3, y3 * x3), 0, st._add8)
+        _put(P1, P2, off, H, a0, a1, a2, a3, b0, b1, b2, b3, mj, NG)
+
+    @triton.jit
+    def _bwd_out(DZ, o0, H, r, P1, P2, fs, mj, m2, first, RS, B0, DG, DB, BB: tl.constexpr, NRB: tl.constexpr):
+        """DZ[o0] = ∂L/∂z of one gate from its ``_bn_bwd_in`` values r and the sums of every
+        row block; the first row block's program adds them to dγ and dβ."""
+        y, x, g, rstd, dg, db = r
+        sdy, sdyx = _sums(P1, P2, fs, mj, RS, B0, BB, NRB)
+        tl.store(DZ + o0, st._bn_bwd_out(y, x, g, rstd, dg, db, sdy, sdyx, fs, first, B0, DG, DB), mask=m2)
+
+    @triton.jit
+    def _gates_dz(DZ, o0, H, r0, r1, r2, r3, P1, P2, fs, mj, m2, first, RS, B0, DG, DB, NG: tl.constexpr,
+                  BB: tl.constexpr, NRB: tl.constexpr):
+        """``_bwd_out`` of the NG gates."""
+        _bwd_out(DZ, o0, H, r0, P1, P2, fs, mj, m2, first, RS, B0, DG, DB, BB, NRB)
+        _bwd_out(DZ, o0 + H, H, r1, P1, P2, fs + H, mj, m2, first, RS, B0, DG, DB, BB, NRB)
+        _bwd_out(DZ, o0 + 2 * H, H, r2, P1, P2, fs + 2 * H, mj, m2, first, RS, B0, DG, DB, BB, NRB)
+        if NG == 4:
+            _bwd_out(DZ, o0 + 3 * H, H, r3, P1, P2, fs + 3 * H, mj, m2, first, RS, B0, DG, DB, BB, NRB)
+
+    # -- RNN: h_t = act(u_t + BN(h_{t-1} W^T)); phases: the product and its shares | the rest
+
+    @triton.jit(do_not_specialize=["t", "hoff", "k", "NPROG"])
+    def _rnn_fwd(HS, ZS, HP, hoff, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 PART, CNT, k, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr, RELU: tl.constexpr,
+                 PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
+        n, first = _share(B0, rj, mj, BB)
+        RS = S * H
+        P1, P2 = PART, PART + NRB * RS
+        off = t * B * H + rb[:, None] * H + rj[None, :]
+        fs = s * H + rj
+        if PHASE != 1:
+            p, tab, ga, gb = st._term_inputs(HS + off, t, B, H, S, rb, rj, mj, m2, s, G, BE, SC, SH, 1, HAS_BETA,
+                                             False)
+        if PHASE <= 1:
+            z, _, _, _ = st._mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
+            tl.store(ZS + off, z, mask=m2)
+            _bn_part(P1, P2, tl.program_id(1) * RS + fs, H, z, z, z, z, m2, mj, n, 1)
+        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        if PHASE == 2:
+            z = tl.load(ZS + off, mask=m2, other=0.0)
+        if PHASE != 1:
+            a = _bn_norm(p, z, ga, gb, P1, P2, fs, mj, m2, first, tab + fs, RS, B0, MEAN, RSTD, VAR, eps, HAS_BETA,
+                         HAS_VAR, BB, NRB)
+            if RELU:
+                h = tl.where((a > 0) | (a != a), a, 0.0)
+            else:
+                h = st._tanh(a)
+            tl.store(HS + off, h, mask=m2)
+
+    @triton.jit(do_not_specialize=["t", "k", "NPROG"])
+    def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 PART, CNT, k, NPROG, RELU: tl.constexpr, HAS_NEXT: tl.constexpr,
+                 PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
+        _, first = _share(B0, rj, mj, BB)
+        RS = S * H
+        P1, P2 = PART, PART + NRB * RS
+        off = t * B * H + rb[:, None] * H + rj[None, :]
+        fs = s * H + rj
+        tab = t * RS
+        if PHASE <= 1:
+            g = tl.load(GH + off, mask=m2, other=0.0)
+            h = tl.load(HS + off, mask=m2, other=0.0)
+            r = st._bn_bwd_in(g, ZS, off, fs, mj, m2, tab + fs, MEAN, RSTD, G, DG, DB)  # before the product
+            if HAS_NEXT:
+                g += st._mm_n(DZ + (t + 1) * B * H, rb, mb, H, W + s * H * H, H, rj, mj, BB, BJ, BK, PREC)
+            tl.store(GH + off, g, mask=m2)
+            if RELU:
+                d = tl.where(h > 0, g, 0.0)
+            else:
+                d = g * (1 - h * h)
+            tl.store(DA + off, d, mask=m2)
+            _, x, ga, rstd, dg, db = r
+            y = tl.where(m2, d, 0.0)
+            r = (y, x, ga, rstd, dg, db)
+            _bwd_part(P1, P2, tl.program_id(1) * RS + fs, H, y, x, y, x, y, x, y, x, mj, 1)
+        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        if PHASE == 2:
+            r = st._bn_bwd_in(tl.load(DA + off, mask=m2, other=0.0), ZS, off, fs, mj, m2, tab + fs, MEAN, RSTD, G,
+                              DG, DB)
+        if PHASE != 1:
+            _bwd_out(DZ, off, H, r, P1, P2, fs, mj, m2, first, RS, B0, DG, DB, BB, NRB)
+
+    # -- LSTM: phases: the product and the gates' shares | the gates, c_t and its shares
+    #    (cell batch norm; without it h_t here) | h_t -------------------------------------
+
+    @triton.jit(do_not_specialize=["t", "hoff", "coff", "k", "NPROG"])
+    def _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HP, hoff, CP, coff, W, t, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                  CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  PART, CNT, k, NPROG,
+                  HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
+                  CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
+                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
+        n, first = _share(B0, rj, mj, BB)
+        F = 4 * H
+        RS, CRS = S * F, S * H
+        P1, P2 = PART, PART + NRB * RS  # the gates' shares; then the cell's
+        C1, C2 = PART + 2 * NRB * RS, PART + 2 * NRB * RS + NRB * CRS
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        ob = rb[:, None] * H + rj[None, :]
+        oh = t * B * H + ob
+        fs, cf = s * F + rj, s * H + rj
+        if PHASE != 1:  # the loads that wait on nothing, before the product (``scan_triton._first``)
+            p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3 = st._gate_inputs(
+                SIG, o0, fs, t * RS, H, m2, mj, G, BE, SC, SH, 4, 1, HAS_BETA, False)
+            cp, ctab, ca, cb = st._term_inputs(CP + coff + ob, t, B, H, S, rb, rj, mj, m2, s, CG, CBE, CSC, CSH,
+                                               CMODE, C_BETA, C_SHIFT)
+        if PHASE <= 1:
+            z0, z1, z2, z3 = st._mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, 4, BB, BJ, BK, PREC)
+            tl.store(ZS + o0, z0, mask=m2)
+            tl.store(ZS + o0 + H, z1, mask=m2)
+            tl.store(ZS + o0 + 2 * H, z2, mask=m2)
+            tl.store(ZS + o0 + 3 * H, z3, mask=m2)
+            _bn_part(P1, P2, tl.program_id(1) * RS + fs, H, z0, z1, z2, z3, m2, mj, n, 4)
+        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        if PHASE == 2:
+            z0, z1, z2, z3 = _loads(ZS, o0, H, m2, 4)
+        if PHASE == 0 or PHASE == 2:
+            a0, a1, a2, a3 = _gate_norms(p0, p1, p2, p3, z0, z1, z2, z3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3,
+                                         P1, P2, fs, H, mj, m2, first, t * RS, RS, B0, MEAN, RSTD, VAR, eps, 4,
+                                         HAS_BETA, HAS_VAR, BB, NRB)
+            i = st._sigmoid(a0)
+            f = st._sigmoid(a1)
+            g = st._tanh(a2)
+            o = st._sigmoid(a3)
+            tl.store(SIG + o0, i, mask=m2)
+            tl.store(SIG + o0 + H, f, mask=m2)
+            tl.store(SIG + o0 + 2 * H, a2, mask=m2)  # the g block keeps its pre-activation, as the CPU loops'
+            tl.store(SIG + o0 + 3 * H, o, mask=m2)
+            tl.store(TG + oh, g, mask=m2)
+            c = f * cp + i * g
+            tl.store(CS + oh, c, mask=m2)
+            if CMODE == 1:
+                _bn_part(C1, C2, tl.program_id(1) * CRS + cf, H, c, c, c, c, m2, mj, n, 1)
+            else:
+                tc = st._tanh(st._nfwd(c, ca, cb, mj, m2, ctab, cf, B0, CMEAN, CRSTD, CVAR, ceps, CMODE, C_BETA,
+                                       C_SHIFT, C_VAR))
+        if CMODE == 1:
+            _sync(CNT, k + 2, NPROG, PHASE, GROUP, POLL)
+            if PHASE == 3:
+                c = tl.load(CS + oh, mask=m2, other=0.0)
+                o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
+            if PHASE == 0 or PHASE == 3:
+                tc = st._tanh(_bn_norm(0.0, c, ca, cb, C1, C2, cf, mj, m2, first, ctab + cf, CRS, B0, CMEAN, CRSTD,
+                                       CVAR, ceps, C_BETA, C_VAR, BB, NRB))
+        if PHASE == 0 or PHASE == 2 + (CMODE == 1):
+            tl.store(TC + oh, tc, mask=m2)
+            tl.store(HS + oh, o * tc, mask=m2)
+
+    @triton.jit(do_not_specialize=["t", "coff", "k", "NPROG"])
+    def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                  CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  PART, CNT, k, NPROG, CMODE: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_LAST: tl.constexpr,
+                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        # phases: the product, ∂L/∂N_c(c_t) and its shares (cell batch norm) | ∂L/∂c_t, the gates' ∂L/∂N(z)
+        # and their shares | ∂L/∂z; without the cell's batch norm the first two are one
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
+        _, first = _share(B0, rj, mj, BB)
+        F = 4 * H
+        RS, CRS = S * F, S * H
+        P1, P2 = PART, PART + NRB * RS
+        C1, C2 = PART + 2 * NRB * RS, PART + 2 * NRB * RS + NRB * CRS
+        oh = t * B * H + rb[:, None] * H + rj[None, :]
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        ob = rb[:, None] * H + rj[None, :]
+        fs, cf = s * F + rj, s * H + rj
+        ctab = t * CRS
+        CELL: tl.constexpr = CMODE == 1
+        GATES: tl.constexpr = 2 + CELL  # the phase of ∂L/∂z
+        if PHASE <= 1 + CELL:  # what the step reads besides ∂L/∂z_{t+1}, before the product
+            g = tl.load(GH + oh, mask=m2, other=0.0)  # (in phase 2, ∂L/∂h_t complete)
+            i, f, o, y, gg, cp, dcn = st._lstm_saved(SIG, TC, TG, CP, coff, DC, DCL, g, o0, oh, ob, B, H, F, m2,
+                                                     HAS_NEXT, HAS_LAST)
+            if CELL and PHASE <= 1:
+                rc = st._bn_bwd_in(g, CS, oh, cf, mj, m2, ctab + cf, CMEAN, CRSTD, CG, CDG, CDB)
+            rg = _bwd_in(g, g, g, g, ZS, o0, fs, H, mj, m2, t * RS, MEAN, RSTD, G, DG, DB, 4)
+        if PHASE <= 1:
+            if HAS_NEXT:
+                g += st._mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
+            tl.store(GH + oh, g, mask=m2)
+            dn = g * (1 - y * y) * o  # ∂L/∂N_c(c_t)
+            if CMODE != 0:
+                tl.store(DN + oh, dn, mask=m2)
+            if CELL:
+                _, xc, cga, crs, cdg, cdb = rc
+                yc = tl.where(m2, dn, 0.0)
+                rc = (yc, xc, cga, crs, cdg, cdb)
+                _bwd_part(C1, C2, tl.program_id(1) * CRS + cf, H, yc, xc, yc, xc, yc, xc, yc, xc, mj, 1)
+            else:
+                dc = st._nbwd(dn, CS, oh, cf, mj, m2, st._table(t, S, H, B, rb, CMODE), B0, CG, CSC, CMEAN, CRSTD,
+                              CDG, CDB, CMODE) + dcn
+        if CELL:
+            _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+            if PHASE == 2:
+                rc = st._bn_bwd_in(tl.load(DN + oh, mask=m2, other=0.0), CS, oh, cf, mj, m2, ctab + cf, CMEAN, CRSTD,
+                                   CG, CDG, CDB)
+            if PHASE == 0 or PHASE == 2:
+                yc, xc, cga, crs, cdg, cdb = rc
+                sdy, sdyx = _sums(C1, C2, cf, mj, CRS, B0, BB, NRB)
+                dc = st._bn_bwd_out(yc, xc, cga, crs, cdg, cdb, sdy, sdyx, cf, first, B0, CDG, CDB) + dcn
+        if PHASE == 0 or PHASE == 1 + CELL:
+            tl.store(DC + ob, dc, mask=m2)
+            d0 = dc * (1 - i) * i * gg
+            d1 = dc * (1 - f) * f * cp
+            d2 = dc * (1 - gg * gg) * i
+            d3 = g * (1 - o) * o * y
+            tl.store(DA + o0, d0, mask=m2)
+            tl.store(DA + o0 + H, d1, mask=m2)
+            tl.store(DA + o0 + 2 * H, d2, mask=m2)
+            tl.store(DA + o0 + 3 * H, d3, mask=m2)
+            r0, r1, r2, r3 = rg
+            r0 = (tl.where(m2, d0, 0.0),) + r0[1:]
+            r1 = (tl.where(m2, d1, 0.0),) + r1[1:]
+            r2 = (tl.where(m2, d2, 0.0),) + r2[1:]
+            r3 = (tl.where(m2, d3, 0.0),) + r3[1:]
+            _bwd_part(P1, P2, tl.program_id(1) * RS + fs, H, r0[0], r0[1], r1[0], r1[1], r2[0], r2[1], r3[0], r3[1],
+                      mj, 4)
+        _sync(CNT, k + 1 + CELL, NPROG, PHASE, GROUP, POLL)
+        if PHASE == GATES:
+            d0, d1, d2, d3 = _loads(DA, o0, H, m2, 4)
+            r0, r1, r2, r3 = _bwd_in(d0, d1, d2, d3, ZS, o0, fs, H, mj, m2, t * RS, MEAN, RSTD, G, DG, DB, 4)
+        if PHASE == 0 or PHASE == GATES:
+            _gates_dz(DZ, o0, H, r0, r1, r2, r3, P1, P2, fs, mj, m2, first, RS, B0, DG, DB, 4, BB, NRB)
+
+    # -- GRU: phases: the product and the gates' shares | the rest -------------------------
+
+    @triton.jit(do_not_specialize=["t", "hoff", "k", "NPROG"])
+    def _gru_fwd(GATES, HW, HS, ZS, HP, hoff, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 PART, CNT, k, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
+                 PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
+        n, first = _share(B0, rj, mj, BB)
+        F = 3 * H
+        RS = S * F
+        P1, P2 = PART, PART + NRB * RS
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        fs = s * F + rj
+        if PHASE != 1:  # before the product (``scan_triton._first``)
+            u0, u1, u2, _ = st._first(GATES, o0, H, m2, 3)
+            hp = tl.load(HP + hoff + rb[:, None] * H + rj[None, :], mask=m2, other=0.0)
+            p0, p1, p2, p3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3 = st._gate_inputs(
+                HW, o0, fs, t * RS, H, m2, mj, G, BE, SC, SH, 3, 1, HAS_BETA, False)
+        if PHASE <= 1:
+            z0, z1, z2, _ = st._mm_gates(HP + hoff, rb, mb, H, W + s * F * H, H, rj, mj, 3, BB, BJ, BK, PREC)
+            tl.store(ZS + o0, z0, mask=m2)
+            tl.store(ZS + o0 + H, z1, mask=m2)
+            tl.store(ZS + o0 + 2 * H, z2, mask=m2)
+            _bn_part(P1, P2, tl.program_id(1) * RS + fs, H, z0, z1, z2, z2, m2, mj, n, 3)
+        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        if PHASE == 2:
+            z0, z1, z2, _ = _loads(ZS, o0, H, m2, 3)
+        if PHASE != 1:
+            a0, a1, a2, _ = _gate_norms(p0, p1, p2, p3, z0, z1, z2, z2, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3,
+                                        P1, P2, fs, H, mj, m2, first, t * RS, RS, B0, MEAN, RSTD, VAR, eps, 3,
+                                        HAS_BETA, HAS_VAR, BB, NRB)
+            tl.store(HW + o0, a0, mask=m2)
+            tl.store(HW + o0 + H, a1, mask=m2)
+            tl.store(HW + o0 + 2 * H, a2, mask=m2)
+            r = st._sigmoid(u0 + a0)
+            zg = st._sigmoid(u1 + a1)
+            nn = st._tanh(u2 + r * a2)
+            tl.store(GATES + o0, r, mask=m2)
+            tl.store(GATES + o0 + H, zg, mask=m2)
+            tl.store(GATES + o0 + 2 * H, nn, mask=m2)
+            tl.store(HS + t * B * H + rb[:, None] * H + rj[None, :], nn + zg * (hp - nn), mask=m2)
+
+    @triton.jit(do_not_specialize=["t", "hoff", "k", "NPROG"])
+    def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H, S, B0,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, k, NPROG, HAS_NEXT: tl.constexpr,
+                 PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
+        _, first = _share(B0, rj, mj, BB)
+        F = 3 * H
+        RS = S * F
+        P1, P2 = PART, PART + NRB * RS
+        oh = t * B * H + rb[:, None] * H + rj[None, :]
+        o0 = t * B * F + rb[:, None] * F + rj[None, :]
+        fs = s * F + rj
+        if PHASE <= 1:
+            g = tl.load(GH + oh, mask=m2, other=0.0)
+            r, zg, nn, hp, an = st._gru_saved(GATES, HW, HP, hoff, o0, rb, rj, H, m2)  # before the product
+            r0, r1, r2, _ = _bwd_in(g, g, g, g, ZS, o0, fs, H, mj, m2, t * RS, MEAN, RSTD, G, DG, DB, 3)
+            if HAS_NEXT:  # + ∂L/∂h_{t+1} z_{t+1} (the carry) + ∂L/∂z_{t+1} W
+                g += tl.load(GH + oh + B * H, mask=m2, other=0.0) * tl.load(GATES + o0 + B * F + H, mask=m2,
+                                                                            other=0.0)
+                g += st._mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
+            tl.store(GH + oh, g, mask=m2)
+            dn = g * (1 - nn * nn) * (1 - zg)  # ∂L/∂(u_n + r a_n)
+            dr = dn * an * r * (1 - r)
+            dzg = g * (hp - nn) * zg * (1 - zg)
+            tl.store(DU + o0, dr, mask=m2)
+            tl.store(DU + o0 + H, dzg, mask=m2)
+            tl.store(DU + o0 + 2 * H, dn, mask=m2)
+            tl.store(DA + o0, dr, mask=m2)
+            tl.store(DA + o0 + H, dzg, mask=m2)
+            tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
+            r0 = (tl.where(m2, dr, 0.0),) + r0[1:]
+            r1 = (tl.where(m2, dzg, 0.0),) + r1[1:]
+            r2 = (tl.where(m2, dn * r, 0.0),) + r2[1:]
+            _bwd_part(P1, P2, tl.program_id(1) * RS + fs, H, r0[0], r0[1], r1[0], r1[1], r2[0], r2[1], r2[0], r2[1],
+                      mj, 3)
+        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        if PHASE == 2:
+            d0, d1, d2, _ = _loads(DA, o0, H, m2, 3)
+            r0, r1, r2, _ = _bwd_in(d0, d1, d2, d2, ZS, o0, fs, H, mj, m2, t * RS, MEAN, RSTD, G, DG, DB, 3)
+        if PHASE != 1:
+            _gates_dz(DZ, o0, H, r0, r1, r2, r2, P1, P2, fs, mj, m2, first, RS, B0, DG, DB, 3, BB, NRB)
+
+    # -- grid-synchronized launches: every step in one launch, the phases' barriers inside
+    # (``_sync``) and a barrier between steps; step t's barriers are t NB + 1 .. t NB + NB - 1
+    # and the one before it t NB, NB a step's phases (``phases``).
+
+    @triton.jit(do_not_specialize=["T", "NPROG"])
+    def _rnn_fwd_seq(HS, ZS, H0, W, T, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     PART, CNT, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr, RELU: tl.constexpr,
+                     GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        _rnn_fwd(HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 0, NPROG,
+                 HAS_BETA, HAS_VAR, RELU, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+        for t in range(1, T):
+            st._step_sync(CNT, 2 * t, NPROG, True, GROUP, POLL)
+            _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     PART, CNT, 2 * t, NPROG, HAS_BETA, HAS_VAR, RELU, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+
+    @triton.jit(do_not_specialize=["T", "NPROG"])
+    def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     PART, CNT, NPROG, RELU: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT,
+                 0, NPROG, RELU, False, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+        for i in range(1, T):
+            st._step_sync(CNT, 2 * i, NPROG, True, GROUP, POLL)
+            _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     PART, CNT, 2 * i, NPROG, RELU, True, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+
+    @triton.jit(do_not_specialize=["T", "NPROG"])
+    def _lstm_fwd_seq(SIG, TG, CS, TC, HS, ZS, H0, C0, W, T, B, H, S, B0,
+                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                      CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                      PART, CNT, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
+                      CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
+                      GROUP: tl.constexpr, POLL: tl.constexpr,
+                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        NB: tl.constexpr = 2 + (CMODE == 1)
+        _lstm_fwd(SIG, TG, CS, TC, HS, ZS, H0, 0, C0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
+                  eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, PART, CNT, 0, NPROG, HAS_BETA, HAS_VAR,
+                  CMODE, C_BETA, C_SHIFT, C_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+        for t in range(1, T):
+            st._step_sync(CNT, NB * t, NPROG, True, GROUP, POLL)
+            prev = (t - 1) * B * H
+            _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HS, prev, CS, prev, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
+                      DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, PART, CNT, NB * t, NPROG,
+                      HAS_BETA, HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+
+    @triton.jit(do_not_specialize=["T", "NPROG"])
+    def _lstm_bwd_seq(GH, SIG, TG, CS, TC, C0, DA, DZ, DN, ZS, W, DC, DCL, T, B, H, S, B0,
+                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                      CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                      PART, CNT, NPROG, CMODE: tl.constexpr, HAS_LAST: tl.constexpr,
+                      GROUP: tl.constexpr, POLL: tl.constexpr,
+                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        NB: tl.constexpr = 2 + (CMODE == 1)
+        # step T-1 (nothing after it; the incoming ∂L/∂c_T), steps T-2 .. 1, step 0 (c_{-1} = c0)
+        _lstm_bwd(GH, SIG, TG, CS, TC, CS, (T - 2) * B * H, DA, DZ, DN, ZS, W, DC, DCL, T - 1, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  PART, CNT, 0, NPROG, CMODE, False, HAS_LAST, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+        for i in range(2, T):
+            st._step_sync(CNT, NB * (i - 1), NPROG, True, GROUP, POLL)
+            t = T - i
+            _lstm_bwd(GH, SIG, TG, CS, TC, CS, (t - 1) * B * H, DA, DZ, DN, ZS, W, DC, DC, t, B, H, S, B0,
+                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB,
+                      ceps, PART, CNT, NB * (i - 1), NPROG, CMODE, True, False, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+        st._step_sync(CNT, NB * (T - 1), NPROG, True, GROUP, POLL)
+        _lstm_bwd(GH, SIG, TG, CS, TC, C0, 0, DA, DZ, DN, ZS, W, DC, DC, 0, B, H, S, B0,
+                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
+                  PART, CNT, NB * (T - 1), NPROG, CMODE, True, False, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+
+    @triton.jit(do_not_specialize=["T", "NPROG"])
+    def _gru_fwd_seq(GATES, HW, HS, ZS, H0, W, T, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                     PART, CNT, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
+                     GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        _gru_fwd(GATES, HW, HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
+                 PART, CNT, 0, NPROG, HAS_BETA, HAS_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+        for t in range(1, T):
+            st._step_sync(CNT, 2 * t, NPROG, True, GROUP, POLL)
+            _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
+                     DB, eps, PART, CNT, 2 * t, NPROG, HAS_BETA, HAS_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+
+    @triton.jit(do_not_specialize=["T", "NPROG"])
+    def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, NPROG,
+                     GROUP: tl.constexpr, POLL: tl.constexpr,
+                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
+        _gru_bwd(GH, GATES, HW, HS, (T - 2) * B * H, DA, DU, DZ, ZS, W, T - 1, B, H, S, B0,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 0, NPROG, False, 0, GROUP, POLL,
+                 BB, BJ, BK, PREC, NRB)
+        for i in range(2, T):
+            st._step_sync(CNT, 2 * (i - 1), NPROG, True, GROUP, POLL)
+            t = T - i
+            _gru_bwd(GH, GATES, HW, HS, (t - 1) * B * H, DA, DU, DZ, ZS, W, t, B, H, S, B0,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 2 * (i - 1), NPROG, True, 0, GROUP, POLL,
+                     BB, BJ, BK, PREC, NRB)
+        st._step_sync(CNT, 2 * (T - 1), NPROG, True, GROUP, POLL)
+        _gru_bwd(GH, GATES, HW, H0, 0, DA, DU, DZ, ZS, W, 0, B, H, S, B0,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 2 * (T - 1), NPROG, True, 0, GROUP, POLL,
+                 BB, BJ, BK, PREC, NRB)
+
+
+# -- launches: called by scan_triton's, after its ``_start``, where ``cfg`` has PART -------
+
+def phases(cell: str, cmode: int = 0) -> int:
+    """A step's phases (and so its barriers in a grid-synchronized launch, the one before
+    it included): two; three for an LSTM whose cell norm takes batch statistics."""
+    return 3 if cell == "lstm" and cmode == 1 else 2
+
+
+def _launch(kernel, seq_kernel, grid: tuple, sync: dict, steps, args, kwargs: dict, n: int) -> None:
+    """All steps in one grid-synchronized launch (``sync``: its barrier counter and flags;
+    ``args(None)`` the whole-sequence kernel's arguments), or for each step t of ``steps``
+    its n phases, a launch each (``args(t)``)."""
+    if sync:
+        seq_kernel[grid](*args(None), CNT=sync["CNT"], NPROG=sync["NPROG"], GROUP=sync["GROUP"], POLL=sync["POLL"],
+                         launch_cooperative_grid=True, **kwargs)
+        return
+    for t in steps:
+        for phase in range(1, n + 1):
+            kernel[grid](*args(t), CNT=kwargs["PART"], k=0, NPROG=1, GROUP=False, POLL=False, PHASE=phase, **kwargs)
+
+
+def _bn_flags(n: st.Norm) -> dict:
+    return dict(HAS_BETA=n.beta is not None, HAS_VAR=n.var is not None)
+
+
+def rnn_forward(hs, zs, h0, w, nh: st.Norm, relu: bool, grid, dims, cfg, sync) -> None:
+    T = hs.shape[0]
+    B, H = dims[0], dims[1]
+
+    def args(t):
+        if t is None:
+            return hs, zs, h0, w, T, *dims, *nh.args()
+        hp, off = st._prev(h0, hs, t)
+        return hs, zs, hp, off, w, t, *dims, *nh.args()
+
+    _launch(_rnn_fwd, _rnn_fwd_seq, grid, sync, range(T), args, dict(RELU=relu, **_bn_flags(nh), **cfg), 2)
+
+
+def rnn_backward(gh, hs, da, dz, zs, w, nh: st.Norm, relu: bool, grid, dims, cfg, sync) -> None:
+    T = gh.shape[0]
+
+    def args(t):
+        if t is None:
+            return gh, hs, da, dz, zs, w, T, *dims, *nh.args()
+        return gh, hs, da, dz, zs, w, t, *dims, *nh.args()
+
+    kw = dict(RELU=relu, **cfg)
+    if sync:
+        _launch(_rnn_bwd, _rnn_bwd_seq, grid, sync, None, args, kw, 2)
+        return
+    for t in range(T - 1, -1, -1):
+        _launch(_rnn_bwd, None, grid, {}, (t,), args, dict(kw, HAS_NEXT=t < T - 1), 2)
+
+
+def lstm_forward(sig, tg, cs, tc, hs, zs, h0, c0, w, nh: st.Norm, nc: st.Norm, grid, dims, cfg, sync) -> None:
+    T = hs.shape[0]
+
+    def args(t):
+        if t is None:
+            return sig, tg, cs, tc, hs, zs, h0, c0, w, T, *dims, *nh.args(), *nc.args()
+        hp, hoff = st._prev(h0, hs, t)
+        cp, coff = st._prev(c0, cs, t)
+        return sig, tg, cs, tc, hs, zs, hp, hoff, cp, coff, w, t, *dims, *nh.args(), *nc.args()
+
+    kw = dict(**_bn_flags(nh), **nc.flags(cell=True), **cfg)
+    _launch(_lstm_fwd, _lstm_fwd_seq, grid, sync, range(T), args, kw, phases("lstm", nc.mode))
+
+
+def lstm_backward(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc, dc_last, nh: st.Norm, nc: st.Norm, grid, dims,
+                  cfg, sync) -> None:
+    T = gh.shape[0]
+    n = phases("lstm", nc.mode)
+    if sync:
+        _launch(None, _lstm_bwd_seq, grid, sync, None,
+                lambda _: (gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc, dc_last if dc_last is not None else dc, T,
+                           *dims, *nh.args(), *nc.args()),
+                dict(CMODE=nc.mode, HAS_LAST=dc_last is not None, **cfg), n)
+        return
+    for t in range(T - 1, -1, -1):
+        cp, coff = st._prev(c0, cs, t)
+        last = t == T - 1 and dc_last is not None
+        _launch(_lstm_bwd, None, grid, {}, (t,),
+                lambda t: (gh, sig, tg, cs, tc, cp, coff, da, dz, dn, zs, w, dc, dc_last if last else dc, t, *dims,
+                           *nh.args(), *nc.args()),
+                dict(CMODE=nc.mode, HAS_NEXT=t < T - 1, HAS_LAST=last, **cfg), n)
+
+
+def gru_forward(gates, hw, hs, zs, h0, w, nh: st.Norm, grid, dims, cfg, sync) -> None:
+    T = hs.shape[0]
+
+    def args(t):
+        if t is None:
+            return gates, hw, hs, zs, h0, w, T, *dims, *nh.args()
+        hp, hoff = st._prev(h0, hs, t)
+        return gates, hw, hs, zs, hp, hoff, w, t, *dims, *nh.args()
+
+    _launch(_gru_fwd, _gru_fwd_seq, grid, sync, range(T), args, dict(**_bn_flags(nh), **cfg), 2)
+
+
+def gru_backward(gh, gates, hw, hs, h0, da, du, dz, zs, w, nh: st.Norm, grid, dims, cfg, sync) -> None:
+    T = gh.shape[0]
+    if sync:
+        _launch(None, _gru_bwd_seq, grid, sync, None,
+                lambda _: (gh, gates, hw, hs, h0, da, du, dz, zs, w, T, *dims, *nh.args()), dict(cfg), 2)
+        return
+    for t in range(T - 1, -1, -1):
+        hp, hoff = st._prev(h0, hs, t)
+        _launch(_gru_bwd, None, grid, {}, (t,),
+                lambda t: (gh, gates, hw, hp, hoff, da, du, dz, zs, w, t, *dims, *nh.args()),
+                dict(HAS_NEXT=t < T - 1, **cfg), 2)
