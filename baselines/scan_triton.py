@@ -244,6 +244,10 @@ BN_SPLIT_STEPS = False
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
+# The programs a grid barrier may wait for in Triton's interpreter: one, as it runs a
+# launch's programs one after another (tests/interpreter_grid.py runs them as threads
+# and raises this).
+INTERPRETER_PROGRAMS = 1
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 _NONE, _BATCH, _POP, _LAYER = 0, 1, 2, 3  # csrc/scan_loops.cpp's modes; layer norm in whole sequences only
@@ -1077,6 +1081,21 @@ if triton is not None:
             dcn += tl.load(DCL + ob, mask=m2, other=0.0)
         return i, f, o, y, gg, cp, dcn
 
+    @triton.jit
+    def _lstm_gate_grads(DA, DC, o0, ob, H, dc, g, i, f, o, y, gg, cp, m2):
+        """∂L/∂(gate pre-activations) of an LSTM step, from ∂L/∂c_t (dc, stored to DC for
+        step t-1's carry) and ∂L/∂h_t (g): stored to DA's blocks at o0 and returned."""
+        tl.store(DC + ob, dc, mask=m2)
+        d0 = dc * (1 - i) * i * gg
+        d1 = dc * (1 - f) * f * cp
+        d2 = dc * (1 - gg * gg) * i
+        d3 = g * (1 - o) * o * y
+        tl.store(DA + o0, d0, mask=m2)
+        tl.store(DA + o0 + H, d1, mask=m2)
+        tl.store(DA + o0 + 2 * H, d2, mask=m2)
+        tl.store(DA + o0 + 3 * H, d3, mask=m2)
+        return d0, d1, d2, d3
+
     @triton.jit(do_not_specialize=["t", "coff"])
     def _lstm_bwd(GH, SIG, TG, CS, TC, CP, coff, DA, DZ, DN, ZS, W, DC, DCL, t, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
@@ -1104,15 +1123,7 @@ if triton is not None:
             tl.store(DN + oh, dn, mask=m2)
         dc = _nbwd(dn, CS, oh, s * H + rj, mj, m2, _table(t, S, H, B, rb, CMODE), B0, CG, CSC, CMEAN, CRSTD, CDG, CDB,
                    CMODE) + dcn
-        tl.store(DC + ob, dc, mask=m2)
-        d0 = dc * (1 - i) * i * gg
-        d1 = dc * (1 - f) * f * cp
-        d2 = dc * (1 - gg * gg) * i
-        d3 = g * (1 - o) * o * y
-        tl.store(DA + o0, d0, mask=m2)
-        tl.store(DA + o0 + H, d1, mask=m2)
-        tl.store(DA + o0 + 2 * H, d2, mask=m2)
-        tl.store(DA + o0 + 3 * H, d3, mask=m2)
+        d0, d1, d2, d3 = _lstm_gate_grads(DA, DC, o0, ob, H, dc, g, i, f, o, y, gg, cp, m2)
         _gate_dz(DZ, ZS, o0, d0, d1, d2, d3, t, B, H, S, B0, rb, rj, mj, m2, s, G, SC, MEAN, RSTD, DG, DB, 4, MODE)
 
     # -- GRU: r, z = σ(u_{r,z} + a_{r,z}), n = tanh(u_n + r a_n), h_t = (1 - z) n + z h_{t-1},
@@ -1155,6 +1166,21 @@ if triton is not None:
         an = tl.load(HW + o0 + 2 * H, mask=m2, other=0.0)
         return r, zg, n, hp, an
 
+    @triton.jit
+    def _gru_gate_grads(DU, DA, o0, H, g, r, zg, n, hp, an, m2):
+        """A GRU step's gradients from ∂L/∂h_t (g): of u_t's three blocks to DU, of the
+        recurrent term's (r a_n for the third) to DA; returns the latter."""
+        dn = g * (1 - n * n) * (1 - zg)  # ∂L/∂(u_n + r a_n)
+        dr = dn * an * r * (1 - r)
+        dzg = g * (hp - n) * zg * (1 - zg)
+        tl.store(DU + o0, dr, mask=m2)
+        tl.store(DU + o0 + H, dzg, mask=m2)
+        tl.store(DU + o0 + 2 * H, dn, mask=m2)
+        tl.store(DA + o0, dr, mask=m2)
+        tl.store(DA + o0 + H, dzg, mask=m2)
+        tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
+        return dr, dzg, dn * r
+
     @triton.jit(do_not_specialize=["t", "hoff"])
     def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
@@ -1173,16 +1199,8 @@ if triton is not None:
         tl.store(GH + oh, g, mask=m2)
         if not EARLY:
             r, zg, n, hp, an = _gru_saved(GATES, HW, HP, hoff, o0, rb, rj, H, m2)
-        dn = g * (1 - n * n) * (1 - zg)  # ∂L/∂(u_n + r a_n)
-        dr = dn * an * r * (1 - r)
-        dzg = g * (hp - n) * zg * (1 - zg)
-        tl.store(DU + o0, dr, mask=m2)
-        tl.store(DU + o0 + H, dzg, mask=m2)
-        tl.store(DU + o0 + 2 * H, dn, mask=m2)
-        tl.store(DA + o0, dr, mask=m2)
-        tl.store(DA + o0 + H, dzg, mask=m2)
-        tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
-        _gate_dz(DZ, ZS, o0, dr, dzg, dn * r, dr, t, B, H, S, B0, rb, rj, mj, m2, s, G, SC, MEAN, RSTD, DG, DB, 3,
+        dr, dzg, drn = _gru_gate_grads(DU, DA, o0, H, g, r, zg, n, hp, an, m2)
+        _gate_dz(DZ, ZS, o0, dr, dzg, drn, dr, t, B, H, S, B0, rb, rj, mj, m2, s, G, SC, MEAN, RSTD, DG, DB, 3,
                  MODE)
 
 
@@ -1362,22 +1380,23 @@ if triton is not None:
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
 def rows_split(modes: tuple[int, ...], grid: bool) -> bool:
-    """Whether batch norm runs with the rows split over programs (``BN_SPLIT``,
+    """Whether batch norm would run with the rows split over programs (``BN_SPLIT``,
     ``scan_triton_rows``): the hidden term's norm (``modes[0]``) takes batch statistics,
-    in a ``grid``-synchronized launch, or in a launch per step with BN_SPLIT_STEPS."""
+    in a ``grid``-synchronized launch (where its programs fit: ``_grid_plan``), or in a
+    launch per step with BN_SPLIT_STEPS."""
     return BN_SPLIT and modes[:1] == (_BATCH,) and (grid or BN_SPLIT_STEPS)
 
 
-def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False) -> tuple[int, int, int, int]:
+def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False,
+           split: bool = False) -> tuple[int, int, int, int]:
     """Rows and units of a program, its chunk of the products and its warps: every unit
     of ROWS_SEQ rows in whole-sequence launches; the whole batch of a seed where batch
-    statistics bind the rows, unless they split (``rows_split``: then the tiles of
+    statistics bind the rows, unless they ``split`` (``rows_split``: then the tiles of
     grid-synchronized launches); else ROWS_FREE rows (ROWS_FREE_GRID in ``grid``-
     synchronized launches, with chunks of BK_GRID where H is a multiple of it)."""
     if seq:
         return min(ROWS_SEQ, max(16, triton.next_power_of_2(B0))), max(16, triton.next_power_of_2(H)), BK_SEQ, \
             WARPS_SEQ
-    split = rows_split(modes, grid)
     grid = grid or split
     if _BATCH in modes and not split:
         bb = max(16, triton.next_power_of_2(B0))
@@ -1399,16 +1418,27 @@ def grid_programs(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], devic
     program can be resident at once: at most GRID_PER_SM per multiprocessor on CUDA; in
     Triton's interpreter, which runs programs one after another, where each barrier waits
     for one program alone; not where these launches failed to run here
-    (``_grid_runs_here``)."""
+    (``_grid_runs_here``). Batch norm takes the rows-split tiles where ``rows_split``
+    wants them and they fit, else the whole batch's (``_grid_plan``)."""
+    return _grid_plan(T, B0, H, S, modes, device)[0]
+
+
+def _grid_plan(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: torch.device) -> tuple[int, bool]:
+    """``grid_programs`` and whether batch norm's rows split in that launch: where
+    ``rows_split`` wants them split and those programs fit (one model at the seq-MNIST
+    shape: 91), else, as without BN_SPLIT, the whole batch (2 to 5 stacked seeds of 25)."""
     if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes):
-        return 0
-    bb, bj, _, _ = _tiles(B0, H, modes, False, grid=True)
-    n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
-    if device.type == "cuda":
-        fits = n <= torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
-    else:  # Triton's interpreter runs one program after another: a barrier must wait for one alone
-        fits = (triton.cdiv(H, bj) if GRID_GROUPS and not rows_split(modes, True) else n) == 1
-    return n if fits and _grid_runs_here(device) else 0
+        return 0, False
+    for split in (True, False) if rows_split(modes, True) else (False,):
+        bb, bj, _, _ = _tiles(B0, H, modes, False, grid=True, split=split)
+        n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
+        if device.type == "cuda":
+            fits = n <= torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
+        else:  # Triton's interpreter runs one program after another: a barrier must wait for one alone
+            fits = (triton.cdiv(H, bj) if GRID_GROUPS and not split else n) <= INTERPRETER_PROGRAMS
+        if fits:
+            return (n, split) if _grid_runs_here(device) else (0, False)
+    return 0, False
 
 
 def barrier_counters(grid: tuple[int, int, int], group: bool) -> int:
@@ -1447,9 +1477,9 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     seq = whole_sequence(T, modes)
     if not seq and _LAYER in modes:
         raise ValueError("layer norm in the step kernels needs whole-sequence launches (see whole_sequence)")
-    nprog = 0 if seq else grid_programs(T, B0, H, S, modes, w.device)
-    bb, bj, bk, warps = _tiles(B0, H, modes, seq, grid=nprog > 0)
-    split = not seq and rows_split(modes, nprog > 0)
+    nprog, split = (0, False) if seq else _grid_plan(T, B0, H, S, modes, w.device)
+    split = split or not (seq or nprog) and rows_split(modes, False)  # a launch per phase (BN_SPLIT_STEPS)
+    bb, bj, bk, warps = _tiles(B0, H, modes, seq, grid=nprog > 0, split=split)
     sync = {}
     if seq:
         sync = dict(CNT=w, NPROG=1, GRID=False, GROUP=False, POLL=False)  # CNT: never read

@@ -11,9 +11,11 @@ lstm-loop's tiles, and the programs that share units exchange their rows' statis
 - forward: each program sums its rows of z = h_{t-1} W^T per feature, and the squares
   about its rows' own mean, and stores both (``_bn_part``); after a barrier, every
   program of those units reads every row block's pair and combines them in one fixed
-  order (``_bn_stats``: the pairwise update of Chan, Golub and LeVeque, "Updating
-  Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979), so all of
-  them normalize with the same mean and variance, and the first row block's program
+  order (``_bn_stats``: the blocks' sums of squares about their own means plus each
+  block's count times its mean's squared distance from the batch mean; the combination
+  of Chan, Golub and LeVeque, "Updating Formulae and a Pairwise Algorithm for Computing
+  Sample Variances", 1979, over all blocks at once, exact in exact arithmetic). So all
+  of them normalize with the same mean and variance, and the first row block's program
   writes them to the step's tables. The LSTM's cell norm does the same for c_t.
 - backward: the sums over the rows of dy and dy x̂ that the norm's backward pass needs,
   the same way (``_sums``); the first row block's program adds them to dγ and dβ.
@@ -34,6 +36,10 @@ rounding of them). Which path runs: ``scan_triton.BN_SPLIT``.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from torch import Tensor
+
 from baselines import scan_triton as st
 
 triton, tl = st.triton, None
@@ -41,12 +47,17 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _share(B0, rj, mj, BB: tl.constexpr):
-        """This program's real rows as a float32 count, and its real units where its row
-        block is their first (whose program writes the step's statistics and sums dγ and
-        dβ), else none (a mask of the units' shape: the interpreter takes no scalar in one)."""
+    def _blocks(B0, H, S, F, PART, BB: tl.constexpr, BJ: tl.constexpr, NRB: tl.constexpr):
+        """``scan_triton._tile``'s rows, units, masks and seed; this program's real rows as a
+        float32 count; its real units where its row block is their first (whose program
+        writes the step's statistics and sums dγ and dβ), else none (a mask of the units'
+        shape: the interpreter takes no scalar in one); the row stride RS = S F of the
+        shares of F features a seed, and where their two arrays start in PART."""
+        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
         i = tl.program_id(1)
-        return tl.minimum(B0 - i * BB, BB).to(tl.float32), mj & (rj * 0 + i == 0)
+        RS = S * F
+        return (rb, rj, mb, mj, m2, s, tl.minimum(B0 - i * BB, BB).to(tl.float32), mj & (rj * 0 + i == 0), RS, PART,
+                PART + NRB * RS)
 
     @triton.jit
     def _put(P1, P2, off, H, a0, a1, a2, a3, b0, b1, b2, b3, mj, NG: tl.constexpr):
@@ -109,7 +120,7 @@ if triton is not None:
     def _bn_stats(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
         """The batch mean and (biased) variance of the features fs over all B0 rows from the
         row blocks' shares (``_bn_part``): mean = Σ s_i / B0, and the sum of squares about
-        it Σ M2_i + n_i (s_i / n_i - mean)²."""
+        it Σ M2_i + n_i (s_i / n_i - mean)² (block i: n_i rows, sum s_i, squares M2_i)."""
         s, m, n, mm = _shares(P1, P2, fs, mj, RS, B0, BB, NRB)
         mean = tl.sum(s, axis=0) / B0
         dm = tl.where(mm, s / n[:, None] - mean[None, :], 0.0)
@@ -196,10 +207,7 @@ if triton is not None:
                  PART, CNT, k, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr, RELU: tl.constexpr,
                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
-        n, first = _share(B0, rj, mj, BB)
-        RS = S * H
-        P1, P2 = PART, PART + NRB * RS
+        rb, rj, mb, mj, m2, s, n, first, RS, P1, P2 = _blocks(B0, H, S, H, PART, BB, BJ, NRB)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         fs = s * H + rj
         if PHASE != 1:
@@ -226,10 +234,7 @@ if triton is not None:
                  PART, CNT, k, NPROG, RELU: tl.constexpr, HAS_NEXT: tl.constexpr,
                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
-        _, first = _share(B0, rj, mj, BB)
-        RS = S * H
-        P1, P2 = PART, PART + NRB * RS
+        rb, rj, mb, mj, m2, s, _, first, RS, P1, P2 = _blocks(B0, H, S, H, PART, BB, BJ, NRB)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         fs = s * H + rj
         tab = t * RS
@@ -268,12 +273,10 @@ if triton is not None:
                   CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
                   PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
-        n, first = _share(B0, rj, mj, BB)
         F = 4 * H
-        RS, CRS = S * F, S * H
-        P1, P2 = PART, PART + NRB * RS  # the gates' shares; then the cell's
-        C1, C2 = PART + 2 * NRB * RS, PART + 2 * NRB * RS + NRB * CRS
+        rb, rj, mb, mj, m2, s, n, first, RS, P1, P2 = _blocks(B0, H, S, F, PART, BB, BJ, NRB)  # the gates' shares
+        CRS = S * H
+        C1, C2 = PART + 2 * NRB * RS, PART + 2 * NRB * RS + NRB * CRS  # the cell's
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         ob = rb[:, None] * H + rj[None, :]
         oh = t * B * H + ob
@@ -334,11 +337,9 @@ if triton is not None:
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         # phases: the product, ∂L/∂N_c(c_t) and its shares (cell batch norm) | ∂L/∂c_t, the gates' ∂L/∂N(z)
         # and their shares | ∂L/∂z; without the cell's batch norm the first two are one
-        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
-        _, first = _share(B0, rj, mj, BB)
         F = 4 * H
-        RS, CRS = S * F, S * H
-        P1, P2 = PART, PART + NRB * RS
+        rb, rj, mb, mj, m2, s, _, first, RS, P1, P2 = _blocks(B0, H, S, F, PART, BB, BJ, NRB)
+        CRS = S * H
         C1, C2 = PART + 2 * NRB * RS, PART + 2 * NRB * RS + NRB * CRS
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
@@ -379,15 +380,7 @@ if triton is not None:
                 sdy, sdyx = _sums(C1, C2, cf, mj, CRS, B0, BB, NRB)
                 dc = st._bn_bwd_out(yc, xc, cga, crs, cdg, cdb, sdy, sdyx, cf, first, B0, CDG, CDB) + dcn
         if PHASE == 0 or PHASE == 1 + CELL:
-            tl.store(DC + ob, dc, mask=m2)
-            d0 = dc * (1 - i) * i * gg
-            d1 = dc * (1 - f) * f * cp
-            d2 = dc * (1 - gg * gg) * i
-            d3 = g * (1 - o) * o * y
-            tl.store(DA + o0, d0, mask=m2)
-            tl.store(DA + o0 + H, d1, mask=m2)
-            tl.store(DA + o0 + 2 * H, d2, mask=m2)
-            tl.store(DA + o0 + 3 * H, d3, mask=m2)
+            d0, d1, d2, d3 = st._lstm_gate_grads(DA, DC, o0, ob, H, dc, g, i, f, o, y, gg, cp, m2)
             r0, r1, r2, r3 = rg
             r0 = (tl.where(m2, d0, 0.0),) + r0[1:]
             r1 = (tl.where(m2, d1, 0.0),) + r1[1:]
@@ -409,11 +402,8 @@ if triton is not None:
                  PART, CNT, k, NPROG, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
-        n, first = _share(B0, rj, mj, BB)
         F = 3 * H
-        RS = S * F
-        P1, P2 = PART, PART + NRB * RS
+        rb, rj, mb, mj, m2, s, n, first, RS, P1, P2 = _blocks(B0, H, S, F, PART, BB, BJ, NRB)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs = s * F + rj
         if PHASE != 1:  # before the product (``scan_triton._first``)
@@ -450,11 +440,8 @@ if triton is not None:
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, k, NPROG, HAS_NEXT: tl.constexpr,
                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
-        _, first = _share(B0, rj, mj, BB)
         F = 3 * H
-        RS = S * F
-        P1, P2 = PART, PART + NRB * RS
+        rb, rj, mb, mj, m2, s, _, first, RS, P1, P2 = _blocks(B0, H, S, F, PART, BB, BJ, NRB)
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs = s * F + rj
@@ -467,18 +454,10 @@ if triton is not None:
                                                                             other=0.0)
                 g += st._mm_n(DZ + (t + 1) * B * F, rb, mb, F, W + s * F * H, H, rj, mj, BB, BJ, BK, PREC)
             tl.store(GH + oh, g, mask=m2)
-            dn = g * (1 - nn * nn) * (1 - zg)  # ∂L/∂(u_n + r a_n)
-            dr = dn * an * r * (1 - r)
-            dzg = g * (hp - nn) * zg * (1 - zg)
-            tl.store(DU + o0, dr, mask=m2)
-            tl.store(DU + o0 + H, dzg, mask=m2)
-            tl.store(DU + o0 + 2 * H, dn, mask=m2)
-            tl.store(DA + o0, dr, mask=m2)
-            tl.store(DA + o0 + H, dzg, mask=m2)
-            tl.store(DA + o0 + 2 * H, dn * r, mask=m2)  # a_n enters as r a_n
+            dr, dzg, drn = st._gru_gate_grads(DU, DA, o0, H, g, r, zg, nn, hp, an, m2)
             r0 = (tl.where(m2, dr, 0.0),) + r0[1:]
             r1 = (tl.where(m2, dzg, 0.0),) + r1[1:]
-            r2 = (tl.where(m2, dn * r, 0.0),) + r2[1:]
+            r2 = (tl.where(m2, drn, 0.0),) + r2[1:]
             _bwd_part(P1, P2, tl.program_id(1) * RS + fs, H, r0[0], r0[1], r1[0], r1[1], r2[0], r2[1], r2[0], r2[1],
                       mj, 3)
         _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
@@ -597,7 +576,7 @@ def phases(cell: str, cmode: int = 0) -> int:
     return 3 if cell == "lstm" and cmode == 1 else 2
 
 
-def _launch(kernel, seq_kernel, grid: tuple, sync: dict, steps, args, kwargs: dict, n: int) -> None:
+def _launch(kernel, seq_kernel, grid: tuple, sync: dict, steps, args: Callable, kwargs: dict, n: int) -> None:
     """All steps in one grid-synchronized launch (``sync``: its barrier counter and flags;
     ``args(None)`` the whole-sequence kernel's arguments), or for each step t of ``steps``
     its n phases, a launch each (``args(t)``)."""
@@ -614,9 +593,14 @@ def _bn_flags(n: st.Norm) -> dict:
     return dict(HAS_BETA=n.beta is not None, HAS_VAR=n.var is not None)
 
 
-def rnn_forward(hs, zs, h0, w, nh: st.Norm, relu: bool, grid, dims, cfg, sync) -> None:
+# Each goes on from its namesake in scan_triton after that one's ``_start``: the buffers
+# and norms it was given, W_hh made contiguous, and what ``_start`` returned (the grid,
+# the size arguments, the tiles with PART and NRB, the grid launch's barrier arguments or
+# none); it fills the same buffers.
+
+def rnn_forward(hs: Tensor, zs: Tensor, h0: Tensor, w: Tensor, nh: st.Norm, relu: bool, grid: tuple, dims: tuple,
+                cfg: dict, sync: dict) -> None:
     T = hs.shape[0]
-    B, H = dims[0], dims[1]
 
     def args(t):
         if t is None:
@@ -627,7 +611,8 @@ def rnn_forward(hs, zs, h0, w, nh: st.Norm, relu: bool, grid, dims, cfg, sync) -
     _launch(_rnn_fwd, _rnn_fwd_seq, grid, sync, range(T), args, dict(RELU=relu, **_bn_flags(nh), **cfg), 2)
 
 
-def rnn_backward(gh, hs, da, dz, zs, w, nh: st.Norm, relu: bool, grid, dims, cfg, sync) -> None:
+def rnn_backward(gh: Tensor, hs: Tensor, da: Tensor, dz: Tensor, zs: Tensor, w: Tensor, nh: st.Norm, relu: bool,
+                 grid: tuple, dims: tuple, cfg: dict, sync: dict) -> None:
     T = gh.shape[0]
 
     def args(t):
@@ -643,7 +628,8 @@ def rnn_backward(gh, hs, da, dz, zs, w, nh: st.Norm, relu: bool, grid, dims, cfg
         _launch(_rnn_bwd, None, grid, {}, (t,), args, dict(kw, HAS_NEXT=t < T - 1), 2)
 
 
-def lstm_forward(sig, tg, cs, tc, hs, zs, h0, c0, w, nh: st.Norm, nc: st.Norm, grid, dims, cfg, sync) -> None:
+def lstm_forward(sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, hs: Tensor, zs: Tensor, h0: Tensor, c0: Tensor,
+                 w: Tensor, nh: st.Norm, nc: st.Norm, grid: tuple, dims: tuple, cfg: dict, sync: dict) -> None:
     T = hs.shape[0]
 
     def args(t):
@@ -657,8 +643,9 @@ def lstm_forward(sig, tg, cs, tc, hs, zs, h0, c0, w, nh: st.Norm, nc: st.Norm, g
     _launch(_lstm_fwd, _lstm_fwd_seq, grid, sync, range(T), args, kw, phases("lstm", nc.mode))
 
 
-def lstm_backward(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc, dc_last, nh: st.Norm, nc: st.Norm, grid, dims,
-                  cfg, sync) -> None:
+def lstm_backward(gh: Tensor, sig: Tensor, tg: Tensor, cs: Tensor, tc: Tensor, c0: Tensor, da: Tensor, dz: Tensor,
+                  dn: Tensor, zs: Tensor, w: Tensor, dc: Tensor, dc_last: Tensor | None, nh: st.Norm, nc: st.Norm,
+                  grid: tuple, dims: tuple, cfg: dict, sync: dict) -> None:
     T = gh.shape[0]
     n = phases("lstm", nc.mode)
     if sync:
@@ -676,7 +663,8 @@ def lstm_backward(gh, sig, tg, cs, tc, c0, da, dz, dn, zs, w, dc, dc_last, nh: s
                 dict(CMODE=nc.mode, HAS_NEXT=t < T - 1, HAS_LAST=last, **cfg), n)
 
 
-def gru_forward(gates, hw, hs, zs, h0, w, nh: st.Norm, grid, dims, cfg, sync) -> None:
+def gru_forward(gates: Tensor, hw: Tensor, hs: Tensor, zs: Tensor, h0: Tensor, w: Tensor, nh: st.Norm, grid: tuple,
+                dims: tuple, cfg: dict, sync: dict) -> None:
     T = hs.shape[0]
 
     def args(t):
@@ -688,7 +676,8 @@ def gru_forward(gates, hw, hs, zs, h0, w, nh: st.Norm, grid, dims, cfg, sync) ->
     _launch(_gru_fwd, _gru_fwd_seq, grid, sync, range(T), args, dict(**_bn_flags(nh), **cfg), 2)
 
 
-def gru_backward(gh, gates, hw, hs, h0, da, du, dz, zs, w, nh: st.Norm, grid, dims, cfg, sync) -> None:
+def gru_backward(gh: Tensor, gates: Tensor, hw: Tensor, hs: Tensor, h0: Tensor, da: Tensor, du: Tensor, dz: Tensor,
+                 zs: Tensor, w: Tensor, nh: st.Norm, grid: tuple, dims: tuple, cfg: dict, sync: dict) -> None:
     T = gh.shape[0]
     if sync:
         _launch(None, _gru_bwd_seq, grid, sync, None,

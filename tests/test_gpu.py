@@ -99,8 +99,22 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
     batch norm's rows split, "+bn-rows")."""
     from baselines import fused, scan_triton
 
-    monkeypatch.setattr(scan_triton, "BN_SPLIT", path.endswith("+bn-rows"))
+    rows = path.endswith("+bn-rows")
+    monkeypatch.setattr(scan_triton, "BN_SPLIT", rows)
     path = path.removesuffix("+bn-rows")
+    split = []  # with "+bn-rows": whether each training launch split the rows (scan_triton_rows)
+    if rows:
+        if not scan_triton._grid_plan(T, B, H, 1, (1, 1), DEV)[1]:
+            pytest.skip(f"the rows-split programs of B={B}, H={H} do not fit this GPU at once")
+        start = scan_triton._start
+
+        def recording(*args, **kwargs):
+            out = start(*args, **kwargs)
+            if args[1] == B:  # this test's launches (_start(T, B, ...)), not a probe's of one row
+                split.append("PART" in out[3])
+            return out
+
+        monkeypatch.setattr(scan_triton, "_start", recording)
     monkeypatch.setenv(scan_triton.ENV, "0" if path == "scan" else "1")
     monkeypatch.setattr(scan_triton, "SEQUENCE", path == "scan-triton-seq")
     monkeypatch.setattr(scan_triton, "GRID_SYNC", path == "scan-triton-grid")
@@ -129,6 +143,7 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
             assert rel(b, a) < 1e-3, (n, rel(b, a))
     for (n, a), (_, b) in zip(ref.named_buffers(), fast.named_buffers()):
         assert rel(b, a) < 1e-4, n
+    assert all(split) and bool(split) == rows  # every training launch, forward and backward
     ref.eval(), fast.eval()
     x = torch.rand(B, T + 7, 2, device=DEV)
     assert rel(fast(x), ref(x)) < 1e-4
@@ -270,6 +285,8 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
         assert torch.isfinite(a).all() and torch.equal(a, b)
     if seq not in (True, False):  # it ran as one launch a direction, of many programs
         assert st.grid_programs(T, B, H, 1, (norm, norm), torch.device(DEV)) >= 25
+    if seq == "grid, bn rows":  # 91 programs: 7 row blocks exchanging statistics
+        assert st._grid_plan(T, B, H, 1, (norm, norm), torch.device(DEV)) == (91, True)
 
 
 def test_step_product_keeps_float32_accuracy_on_the_tensor_cores():

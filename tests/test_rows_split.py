@@ -1,11 +1,11 @@
 """Batch norm in the CUDA step kernels with the batch's rows split over programs
 (baselines/scan_triton_rows.py, ``scan_triton.BN_SPLIT``), run in Triton's interpreter.
 
-The interpreter runs a launch's programs one after another, so the exchange of
-statistics between row blocks runs here through a launch per phase
-(``BN_SPLIT_STEPS``), and the grid-synchronized launch, whose phases carry their values
-in registers across barriers, where one program holds the recurrence. Several programs
-in one grid launch run compiled on CUDA (tests/test_gpu.py)."""
+The interpreter runs a launch's programs one after another, so the grid-synchronized
+launch, whose phases carry their values in registers across barriers of several
+programs, runs here with its programs as threads that take turns between barriers
+(tests/interpreter_grid.py); the launches per phase (``BN_SPLIT_STEPS``) run as they
+are. Compiled, on CUDA: tests/test_gpu.py."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from baselines import scan, scan_triton
-from test_fast_recurrence import (IMPLS, KERNELS, _strict_step_sync, recorded_starts, run_cell_case,
-                                  use_step_kernels)
+import interpreter_grid
+from test_fast_recurrence import IMPLS, KERNELS, recorded_starts, run_cell_case, use_step_kernels
 
 needs_kernels = pytest.mark.skipif(not KERNELS, reason="the kernel tests run in Triton's interpreter "
                                    "(TRITON_INTERPRET=1, where CUDA is absent, with Triton installed)")
@@ -34,17 +34,15 @@ def split_rows(monkeypatch, steps: bool) -> list:
 
 
 @needs_kernels
-@pytest.mark.parametrize("cell,cell_norm,B", [("rnn", None, 40), ("gru", None, 40), ("lstm", "batch", 40),
-                                              ("lstm", "batch", 17), ("lstm", None, 17), ("gru", None, 17)])
-def test_rows_split_batch_norm_matches_the_reference(cell, cell_norm, B, monkeypatch):
-    """Every program normalizes with the statistics of all rows of the batch, combined
-    from the row blocks' shares: 40 rows are three blocks of 16 rows (the last of 8), 17
-    rows two (the last a single row, whose squares about its own mean sum to 0); 20 units
-    are three blocks of 8. Outputs, the steps' batch statistics and every gradient (γ's
-    included, which the first row block's program sums) against the float64 reference; a
-    program that used its own rows' statistics, or missed a block's share, would be off
-    by far more. The LSTM with and without its cell's batch norm (three phases a step, or
-    two)."""
+@pytest.mark.parametrize("cell,cell_norm,B", [("lstm", "batch", 40), ("gru", None, 17)])
+def test_rows_split_batch_norm_in_launches_per_phase(cell, cell_norm, B, monkeypatch):
+    """A launch per phase (``BN_SPLIT_STEPS``): every program normalizes with the
+    statistics of all rows of the batch, combined from the row blocks' shares: 40 rows
+    are three blocks of 16 rows (the last of 8), 17 rows two (the last a single row, whose
+    squares about its own mean sum to 0); 20 units are three blocks of 8. Outputs, the
+    steps' batch statistics and every gradient (γ's included, which the first row block's
+    program sums) against the float64 reference; a program that used its own rows'
+    statistics, or missed a block's share, would be off by far more."""
     starts = split_rows(monkeypatch, steps=True)
     run_cell_case(IMPLS["scan-triton"], cell, B, 3, 20, "batch", cell_norm, True)
     assert scan.last_path() == "scan-triton"
@@ -54,10 +52,41 @@ def test_rows_split_batch_norm_matches_the_reference(cell, cell_norm, B, monkeyp
 
 
 @needs_kernels
+@pytest.mark.parametrize("cell,cell_norm,B,H", [("rnn", None, 40, 20), ("gru", None, 40, 20), ("lstm", "batch", 40, 20),
+                                                ("lstm", None, 17, 20), ("lstm", "batch", 33, 32)])
+def test_rows_split_grid_launch_of_several_programs(cell, cell_norm, B, H, monkeypatch):
+    """The grid-synchronized launch, as it runs on a GPU: each phase's values carried in
+    registers across a barrier of every program, here 9 or 12 programs run as threads
+    that take turns between barriers in a random order (tests/interpreter_grid.py).
+    Against the float64 reference, with three or two row blocks (of 16: 40, 17 and 33
+    rows) and three or four unit blocks (20 units; 32 in chunks of 32, BK_GRID); forward
+    and backward each pass barriers 1 .. T x phases - 1 in order, in every program. The
+    LSTM with and without its cell's batch norm (three phases a step, or two)."""
+    from baselines import scan_triton_rows
+
+    starts = split_rows(monkeypatch, steps=False)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    tokens = interpreter_grid.install(monkeypatch, seed=B + H)
+    T = 3
+    run_cell_case(IMPLS["scan-triton-grid"], cell, B, T, H, "batch", cell_norm, True)
+    assert scan.last_path() == "scan-triton-grid"
+    assert len(starts) == 2 and len(tokens) == 2
+    for _, _, (_, grid, _, cfg, sync) in starts:
+        assert grid == (math.ceil(H / 8), math.ceil(B / 16), 1) and "PART" in cfg and not sync["GROUP"]
+        assert cfg["BK"] == (32 if H == 32 else 16)
+    interpreter_grid.check_barriers(tokens)
+    n = scan_triton_rows.phases(cell, 1 if cell_norm else 0)
+    assert all(len(next(iter(t.seen.values()))) == T * n for t in tokens)  # T n - 1 barriers, then the end
+
+
+@needs_kernels
 def test_rows_split_stacked_seeds_keep_their_own_statistics(monkeypatch):
-    """Two stacked seeds (rows seed-major, a grid axis each): each seed's programs combine
-    only that seed's row blocks, so the stack gives each seed what it gives alone."""
-    split_rows(monkeypatch, steps=True)
+    """Two stacked seeds (rows seed-major, a grid axis each) in one grid launch of 2 x 2
+    programs (threads, tests/interpreter_grid.py): each seed's programs combine only that
+    seed's row blocks, so the stack gives each seed what it gives alone."""
+    split_rows(monkeypatch, steps=False)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    tokens = interpreter_grid.install(monkeypatch, seed=1)
     torch.manual_seed(3)
     S, B, T, H = 2, 20, 3, 8
     u, h0, c0 = torch.randn(S * B, T, 4 * H), torch.randn(S * B, H), torch.randn(S * B, H)
@@ -68,10 +97,13 @@ def test_rows_split_stacked_seeds_keep_their_own_statistics(monkeypatch):
         leaves = [x.clone().requires_grad_() for x in (u, w, g, gc)]
         h, c, stats = scan.scan_lstm(leaves[0], h0, c0, leaves[1], leaves[2], norm="batch", cell_norm="batch",
                                      gamma_c=leaves[3], batch_stats=True)
+        assert scan.last_path() == "scan-triton-grid"
         grads = torch.autograd.grad((h * cot).sum() + c.sum(), leaves)
         return h.detach(), stats, grads
 
     h, stats, grads = run(u, h0, c0, w, g, gc, cot)
+    assert [t.n for t in tokens] == [4, 4]
+    interpreter_grid.check_barriers(tokens)
     for s in range(S):
         rows = slice(s * B, (s + 1) * B)
         h1, stats1, grads1 = run(u[rows], h0[rows], c0[rows], w[s], g[s], gc[s], cot[rows])
@@ -83,39 +115,27 @@ def test_rows_split_stacked_seeds_keep_their_own_statistics(monkeypatch):
             torch.testing.assert_close(a[rows] if a.shape[0] == S * B else a[s], b, rtol=1e-4, atol=1e-5)
 
 
-@needs_kernels
-@pytest.mark.parametrize("cell,cell_norm", [("rnn", None), ("gru", None), ("lstm", "batch"), ("lstm", None)])
-def test_rows_split_grid_launch_passes_every_barrier_in_order(cell, cell_norm, monkeypatch):
-    """A grid-synchronized launch carries each phase's values in registers across its
-    barriers: here one program (the interpreter runs programs one after another), against
-    the float64 reference, with the strict barrier of tests/test_fast_recurrence.py (the
-    k-th barrier a program reaches must say k): forward and backward each reach the
-    launch's counter T x phases - 1 times, a step's barriers and the one between steps."""
-    from baselines import scan_triton_rows
+@pytest.mark.parametrize("value,on", [(None, False), ("1", True), ("0", False), ("yes", False)])
+def test_rows_split_is_off_unless_the_environment_says_1(value, on):
+    """RNNBENCH_GPU_BN_SPLIT=1 turns it on (read as the module is imported: a fresh process)."""
+    import subprocess
+    import sys
 
-    starts = split_rows(monkeypatch, steps=False)
-    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
-    monkeypatch.setattr(scan_triton, "_step_sync", _strict_step_sync)
-    monkeypatch.setattr(scan_triton, "BJ", 32)
-    monkeypatch.setattr(scan_triton, "ROWS_FREE_GRID", 32)
-    T = 4
-    run_cell_case(IMPLS["scan-triton-grid"], cell, 17, T, 20, "batch", cell_norm, True)
-    assert scan.last_path() == "scan-triton-grid"
-    n = scan_triton_rows.phases(cell, 1 if cell_norm else 0)
-    assert len(starts) == 2
-    for _, _, (_, grid, _, cfg, sync) in starts:
-        assert grid == (1, 1, 1) and "PART" in cfg and not sync["GROUP"]
-        assert sync["CNT"].tolist() == [T * n - 1]
+    env = {k: v for k, v in os.environ.items() if k != scan_triton.ENV_BN_SPLIT}
+    if value is not None:
+        env[scan_triton.ENV_BN_SPLIT] = value
+    out = subprocess.run([sys.executable, "-c", "from baselines import scan_triton; print(scan_triton.BN_SPLIT)"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == str(on), out.stderr[-2000:]
 
 
 def test_rows_split_takes_the_rows_split_grid_tiles(monkeypatch):
-    """Off by default (RNNBENCH_GPU_BN_SPLIT=1 turns it on). On, a grid-synchronized
-    launch of bn-lstm at the seq-MNIST shape has lstm-loop's 91 programs (16 rows, 8
-    units) instead of 25 of the whole batch; where they do not fit (8 stacked seeds) a
-    launch per step keeps the whole batch; only the hidden term's batch statistics split
+    """On, a grid-synchronized launch of bn-lstm at the seq-MNIST shape has lstm-loop's 91
+    programs (16 rows, 8 units) instead of 25 of the whole batch; where they do not fit
+    (2 to 5 stacked seeds) the whole batch's grid launch runs as without it (and a launch
+    per step where neither fits: 8 seeds); only the hidden term's batch statistics split
     the rows (a cell norm's alone keeps the whole batch); population statistics split
     them as before."""
-    assert scan_triton.BN_SPLIT is (os.environ.get(scan_triton.ENV_BN_SPLIT) == "1")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(multi_processor_count=132))
     monkeypatch.setattr(scan_triton, "_grid_runs_here", lambda d: True)
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
@@ -124,15 +144,20 @@ def test_rows_split_takes_the_rows_split_grid_tiles(monkeypatch):
     assert scan_triton.grid_programs(784, 100, 100, 1, (1, 1), cuda) == 25
     monkeypatch.setattr(scan_triton, "BN_SPLIT", True)
     assert scan_triton.grid_programs(784, 100, 100, 1, (1, 1), cuda) == 13 * 7
-    assert scan_triton._tiles(100, 100, (1, 1), False, grid=True) == (16, 8, 16, scan_triton.WARPS_FREE_GRID)
-    assert scan_triton._tiles(128, 128, (1,), False, grid=True)[:3] == (16, 8, 32)
+    assert scan_triton._grid_plan(784, 100, 100, 1, (1, 1), cuda) == (91, True)
+    assert scan_triton._tiles(100, 100, (1, 1), False, grid=True, split=True) == (16, 8, 16,
+                                                                                  scan_triton.WARPS_FREE_GRID)
+    assert scan_triton._tiles(128, 128, (1,), False, grid=True, split=True)[:3] == (16, 8, 32)
+    assert scan_triton._tiles(100, 100, (1, 1), False, grid=True)[:2] == (128, scan_triton.BJ_WHOLE_BATCH)
+    for seeds in (2, 5):
+        assert scan_triton._grid_plan(784, 100, 100, seeds, (1, 1), cuda) == (25 * seeds, False)
     assert scan_triton.grid_programs(784, 100, 100, 8, (1, 1), cuda) == 0
-    assert scan_triton._tiles(100, 100, (1, 1), False)[:2] == (128, scan_triton.BJ_WHOLE_BATCH)
     assert scan_triton.grid_programs(784, 100, 100, 1, (0, 1), cuda) == 25
     assert scan_triton.grid_programs(784, 100, 100, 1, (2, 2), cuda) == 13 * 7
     assert not scan_triton.rows_split((2, 2), True) and not scan_triton.rows_split((1, 1), False)
     monkeypatch.setattr(scan_triton, "BN_SPLIT_STEPS", True)
-    assert scan_triton.rows_split((1, 1), False) and scan_triton._tiles(100, 100, (1,), False)[:2] == (16, 8)
+    assert scan_triton.rows_split((1, 1), False)
+    assert scan_triton._tiles(100, 100, (1,), False, split=True)[:2] == (16, 8)
 
 
 @needs_kernels
