@@ -96,7 +96,7 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
 # -- environment -------------------------------------------------------------------
 
 ENV_KEYS = ("host", "device_name", "python", "torch", "cuda", "cudnn", "numpy", "threads", "cpu_capability",
-            "rnnbench")
+            "rnnbench", "switches")
 
 
 def _utc(ts: float | None) -> str:
@@ -111,11 +111,12 @@ def environment_section(data: ReportData) -> Section:
         return sec.add(note("No finished runs, so no environment to report."))
     env = pd.DataFrame([{k: r["env"].get(k) for k in ENV_KEYS + ("git_commit",)} | {"device": r["device"]}
                         for _, r in data.runs.iterrows()])
-    env = env.map(lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    env = env.map(lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) or "defaults")
     keys = ["device", *ENV_KEYS]
     combos = env.groupby(keys, sort=True).size().reset_index(name="runs")
     sec.add(table(combos.to_dict("records"), "Where the runs ran ('–': not recorded; a run that failed "
-                                             "before training has no environment)."))
+                                             "before training has no environment; switches: the RNNBENCH_ "
+                                             "variables that picked another code path, suite/env.py)."))
     commits = env.groupby("git_commit", sort=True).size().reset_index(name="runs")
     sec.add(table(commits.to_dict("records"), "Code version of the runs (git commit of the checkout; '+dirty' "
                                               "means uncommitted changes)."))

@@ -1,8 +1,10 @@
-"""The environment a run executed in: host, device, library versions, git commit."""
+"""The environment a run executed in: host, device, library versions, git commit, and
+the switches that picked its code path."""
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import socket
 import subprocess
@@ -16,6 +18,10 @@ import torch
 import suite
 
 REPO = Path(__file__).resolve().parent.parent
+# Environment variables that pick another code path for the same model (the compiled CPU
+# loops, the one-program fused kernels, the CUDA step kernels and their launches): its
+# numbers then differ in their last bits, and its speed, so a run records those it ran with.
+SWITCHES = ("RNNBENCH_CPU_LOOPS", "RNNBENCH_FUSED", "RNNBENCH_GPU_")
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,6 +52,12 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def switches() -> str:
+    """The code-path switches (``SWITCHES``) set in this process's environment, as
+    "NAME=value" sorted by name and joined by commas; "" where none is (the defaults)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(SWITCHES))
+
+
 def environment(device: str) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
@@ -60,5 +72,6 @@ def environment(device: str) -> dict[str, Any]:
         "cpu_capability": cpu_capability(),
         "rnnbench": suite.__version__,
         "git_commit": git_commit(),
+        "switches": switches(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -2,6 +2,7 @@
 checked against the store's numbers; determinism; partial stores; baseline flags."""
 
 import base64
+import os
 import re
 from pathlib import Path
 
@@ -261,6 +262,20 @@ def test_band_is_a_bootstrap_interval_around_the_mean():
     np.testing.assert_allclose(one[1], one[0])
 
 
+def test_environment_records_the_code_path_switches(monkeypatch):
+    """A run records the RNNBENCH_ switches that picked its code path (sorted, with their
+    values; none: ""), not other variables."""
+    from suite.env import environment
+
+    for k in [k for k in os.environ if k.startswith("RNNBENCH_")]:
+        monkeypatch.delenv(k)
+    assert environment("cpu")["switches"] == ""
+    monkeypatch.setenv("RNNBENCH_GPU_BN_SPLIT", "1")
+    monkeypatch.setenv("RNNBENCH_CPU_LOOPS", "0")
+    monkeypatch.setenv("RNNBENCH_DATA", "/tmp/data")  # a place, not a code path
+    assert environment("cpu")["switches"] == "RNNBENCH_CPU_LOOPS=0,RNNBENCH_GPU_BN_SPLIT=1"
+
+
 def test_environment_names_the_runs_cpu_capability(report):
     """The environment table names the vector instructions the runs' CPU kernels used (the
     compiled loops are built for them), so CPU timings are compared only like for like."""
@@ -268,5 +283,5 @@ def test_environment_names_the_runs_cpu_capability(report):
 
     env = _readme(report).rsplit("Environment", 1)[1]
     header = next(line for line in env.splitlines() if line.startswith("|"))
-    assert "cpu_capability" in header
+    assert "cpu_capability" in header and "switches" in header
     assert f"| {torch.backends.cpu.get_cpu_capability()} |" in env
