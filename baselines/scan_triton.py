@@ -241,6 +241,15 @@ GRID_POLL = True
 ENV_BN_SPLIT = "RNNBENCH_GPU_BN_SPLIT"
 BN_SPLIT = os.environ.get(ENV_BN_SPLIT) == "1"
 BN_SPLIT_STEPS = False
+# Layer norm the same way (RNNBENCH_GPU_LN_SPLIT=1): where the hidden term's norm is layer
+# norm (and no norm takes batch statistics), a grid-synchronized launch of the rows-split
+# programs in place of the whole-sequence launches (13 programs of 8 rows and every unit
+# at the seq-MNIST shape), the programs of a row block exchanging each row's statistics
+# over its units; where they do not fit, whole sequences as before. Tested and compiled
+# as BN_SPLIT, and tried by the grid launches' probe where it is on; not yet timed on a
+# GPU: off until it is.
+ENV_LN_SPLIT = "RNNBENCH_GPU_LN_SPLIT"
+LN_SPLIT = os.environ.get(ENV_LN_SPLIT) == "1"
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
 # the compiled CPU loops), so they are used there only when a test switches this on.
 ALLOW_INTERPRETER = False
@@ -302,7 +311,8 @@ def _probe(device: torch.device, T: int, seq: bool = False, grid: bool = False) 
     layer-norm cells run there with it off); ``grid``: in a grid-synchronized launch of
     several programs (of one in the interpreter), over a whole chunk of BK_GRID units
     (the longer chunk that H a multiple of it takes), with batch norm where BN_SPLIT
-    splits its rows (``scan_triton_rows``' kernels)."""
+    splits its rows and layer norm where LN_SPLIT does (``scan_triton_rows``' kernels;
+    each on, one after the other)."""
     global SEQUENCE, GRID_SYNC
     before = SEQUENCE, GRID_SYNC
     SEQUENCE, GRID_SYNC = (SEQUENCE or seq) and not grid, GRID_SYNC or grid
@@ -310,13 +320,16 @@ def _probe(device: torch.device, T: int, seq: bool = False, grid: bool = False) 
         H = BK_GRID * triton.cdiv(2 * BJ, BK_GRID) if grid and device.type == "cuda" else 1
         one = torch.ones(1, H, device=device)
         off = Norm(_NONE, one[0, :1], None, None, None, None, None, None, 0.0)
-        nh, zs = off, None
-        if grid and BN_SPLIT:
-            nh = Norm(_BATCH, one[0], None, None, None, torch.empty(T, H, device=device),
-                      torch.empty(T, H, device=device), None, 1e-5)
-            zs = torch.empty(T, 1, H, device=device)
-        rnn_forward(torch.ones(T, 1, H, device=device), zs, one, torch.eye(H, device=device), nh, False, off,
-                    None)
+        split = [m for m, on in ((_BATCH, BN_SPLIT), (_LAYER, LN_SPLIT)) if on and grid]
+        for mode in split or [_NONE]:
+            nh, zs = off, None
+            if mode != _NONE:  # the tables: (T, H) batch norm's, (T, 1 row) layer norm's
+                F = H if mode == _BATCH else 1
+                nh = Norm(mode, one[0], None, None, None, torch.empty(T, F, device=device),
+                          torch.empty(T, F, device=device), None, 1e-5)
+                zs = torch.empty(T, 1, H, device=device)
+            rnn_forward(torch.ones(T, 1, H, device=device), zs, one, torch.eye(H, device=device), nh, False, off,
+                        None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return None
@@ -380,19 +393,18 @@ def path(x: Tensor, seeds: int, cell: str, modes: tuple[int, ...]) -> str:
     (whole sequences), "scan-triton-grid" (grid-synchronized) or "scan-triton" (a launch
     per step)."""
     T, S = x.shape[1], max(seeds, 1)
-    if whole_sequence(T, modes):
-        return "scan-triton-seq"
-    grid = grid_programs(T, x.shape[0] // S, x.shape[-1] // GATES[cell], S, modes, x.device)
-    return "scan-triton-grid" if grid else "scan-triton"
+    seq, grid, _ = _plan(T, x.shape[0] // S, x.shape[-1] // GATES[cell], S, modes, x.device)
+    return "scan-triton-seq" if seq else "scan-triton-grid" if grid else "scan-triton"
 
 
 def whole_sequence(T: int, modes: tuple[int, ...]) -> bool:
     """Whether a recurrence of ``T`` steps whose norms have ``modes`` (csrc's numbers) runs
     as one launch per direction: two steps or more, no batch statistics, and ``SEQUENCE``
-    on or a layer norm (which runs nowhere else: ``for_call`` routes it to the kernels
-    only where this holds, independent of the call, so a backward pass never finds it
-    without the launches its forward pass used); not where the launches failed to run
-    here (``_seq_runs_here``)."""
+    on or a layer norm (which runs nowhere else but in LN_SPLIT's grid launches, which
+    ``_plan`` puts in their place: ``for_call`` routes it to the kernels only where this
+    holds, independent of the call, so a backward pass never finds it without the
+    launches its forward pass used); not where the launches failed to run here
+    (``_seq_runs_here``)."""
     return T >= 2 and _BATCH not in modes and (SEQUENCE or _LAYER in modes) and _seq_failed is None
 
 
@@ -1380,11 +1392,23 @@ if triton is not None:
 # -- launches: the arguments of csrc/scan_loops.cpp's loops ------------------------------
 
 def rows_split(modes: tuple[int, ...], grid: bool) -> bool:
-    """Whether batch norm would run with the rows split over programs (``BN_SPLIT``,
-    ``scan_triton_rows``): the hidden term's norm (``modes[0]``) takes batch statistics,
-    in a ``grid``-synchronized launch (where its programs fit: ``_grid_plan``), or in a
-    launch per step with BN_SPLIT_STEPS."""
-    return BN_SPLIT and modes[:1] == (_BATCH,) and (grid or BN_SPLIT_STEPS)
+    """Whether batch or layer norm would run with the rows split over programs that
+    exchange statistics (``BN_SPLIT``, ``LN_SPLIT``; ``scan_triton_rows``): the hidden
+    term's norm (``modes[0]``) takes batch statistics, or is layer norm with no batch
+    statistics beside it, in a ``grid``-synchronized launch (where its programs fit:
+    ``_grid_plan``), or in a launch per step with BN_SPLIT_STEPS."""
+    return _split_norm(modes) != _NONE and (grid or BN_SPLIT_STEPS)
+
+
+def _split_norm(modes: tuple[int, ...]) -> int:
+    """The norm whose statistics ``rows_split`` exchanges: batch norm (BN_SPLIT) or layer
+    norm (LN_SPLIT) on the hidden term, with no norm of the other kind beside it (an LSTM
+    whose cell norm is the other keeps its launches); else none."""
+    if BN_SPLIT and modes[:1] == (_BATCH,) and _LAYER not in modes:
+        return _BATCH
+    if LN_SPLIT and modes[:1] == (_LAYER,) and _BATCH not in modes:
+        return _LAYER
+    return _NONE
 
 
 def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False,
@@ -1427,9 +1451,10 @@ def _grid_plan(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: 
     """``grid_programs`` and whether batch norm's rows split in that launch: where
     ``rows_split`` wants them split and those programs fit (one model at the seq-MNIST
     shape: 91), else, as without BN_SPLIT, the whole batch (2 to 5 stacked seeds of 25)."""
-    if not GRID_SYNC or T < 2 or _LAYER in modes or whole_sequence(T, modes):
+    layer = rows_split(modes, True) and _split_norm(modes) == _LAYER  # in place of its whole-sequence launches
+    if not GRID_SYNC or T < 2 or (_LAYER in modes or whole_sequence(T, modes)) and not layer:
         return 0, False
-    for split in (True, False) if rows_split(modes, True) else (False,):
+    for split in (True,) if layer else (True, False) if rows_split(modes, True) else (False,):
         bb, bj, _, _ = _tiles(B0, H, modes, False, grid=True, split=split)
         n = triton.cdiv(H, bj) * triton.cdiv(B0, bb) * S
         if device.type == "cuda":
@@ -1474,11 +1499,9 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
         if backward:
             n.zero_grads()
     modes = tuple(n.mode for n, _ in norms)
-    seq = whole_sequence(T, modes)
-    if not seq and _LAYER in modes:
+    seq, nprog, split = _plan(T, B0, H, S, modes, w.device)
+    if not (seq or split) and _LAYER in modes:
         raise ValueError("layer norm in the step kernels needs whole-sequence launches (see whole_sequence)")
-    nprog, split = (0, False) if seq else _grid_plan(T, B0, H, S, modes, w.device)
-    split = split or not (seq or nprog) and rows_split(modes, False)  # a launch per phase (BN_SPLIT_STEPS)
     bb, bj, bk, warps = _tiles(B0, H, modes, seq, grid=nprog > 0, split=split)
     sync = {}
     if seq:
@@ -1493,10 +1516,22 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
                     GROUP=group, POLL=GRID_POLL, launch_cooperative_grid=True)
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT_SEQ if seq else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
-    if split:  # each row block's two sums per feature, for the gates and the LSTM's cell (scan_triton_rows)
-        nrb = max(2, triton.next_power_of_2(grid[1]))
-        cfg.update(PART=w.new_empty(4 * nrb * S * max(F for _, F in norms)), NRB=nrb)
+    if split:  # each block's two sums per feature or row, for the gates and the LSTM's cell (scan_triton_rows)
+        nrb = max(2, triton.next_power_of_2(grid[0] if modes[0] == _LAYER else grid[1]))
+        cfg.update(PART=w.new_empty(4 * nrb * max(B, S * max(F for _, F in norms))), NRB=nrb)
     return w, grid, (B, H, S, B0), cfg, sync
+
+
+def _plan(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: torch.device) -> tuple[bool, int, bool]:
+    """How a recurrence runs (``_start``, ``path``): whether as whole-sequence launches, the
+    programs of a grid-synchronized launch (0: a launch per step), and whether its norm's
+    rows split over programs that exchange statistics (``rows_split``: in that grid
+    launch, or in a launch per phase with BN_SPLIT_STEPS), which for layer norm takes the
+    place of whole sequences."""
+    seq = whole_sequence(T, modes)
+    nprog, split = _grid_plan(T, B0, H, S, modes, device) if not seq or _LAYER in modes else (0, False)
+    split = split or not nprog and rows_split(modes, False) and T >= 2  # a launch per phase (BN_SPLIT_STEPS)
+    return seq and not split, nprog, split
 
 
 def _prev(first: Tensor, seq: Tensor, t: int) -> tuple[Tensor, int]:

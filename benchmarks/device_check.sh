@@ -14,8 +14,9 @@
 # (Nsight Compute: stall reasons of the grid-synchronized launches of lstm-loop and bn-lstm),
 # "profile" (Nsight Compute on the bn-lstm step kernels), "dot" and "gridrows" (step_sweep.py:
 # the float32 products' accumulators; the rows-split grid programs' chunks and warps), "bnrows"
-# (step_sweep.py: batch norm with the rows split over programs, scan_triton.BN_SPLIT, against
-# the whole-batch programs; its GPU tests are in gridtests),
+# and "lnrows" (step_sweep.py: batch or layer norm with the rows split over programs,
+# scan_triton.BN_SPLIT, LN_SPLIT, against the whole-batch programs or whole-sequence launches;
+# their GPU tests are in gridtests),
 # "abkernels" (benchmarks/ab_kernels.py: the kernels against AB_OTHER, another version of
 # their source, for AB_MODELS), "tuned" and "tuned_stacked" run only when named. tuned and tuned_stacked time the bench and stacked stages' models under the
 # settings step_sweep.py --pick takes from this call's units, rows, sequence, sync and
@@ -29,9 +30,9 @@
 # the step kernels' loads moved before their products: STAGES="gridtests tests bench stacked
 # profilegrid" (~7 minutes). For a change to the kernels that no switch turns off: the
 # tests, then an A/B against the source before it (AB_OTHER, carried with the call), then
-# the table: STAGES="gridtests tests abkernels bench" (~6 minutes). Batch norm with the rows
-# split, first timed: STAGES="gridtests bnrows" (gridtests runs its GPU tests too; by the stage
-# times below, about 2-3 minutes).
+# the table: STAGES="gridtests tests abkernels bench" (~6 minutes). Batch and layer norm with
+# the rows split, first timed: STAGES="gridtests bnrows lnrows" (gridtests runs their GPU tests
+# too; by the stage times below, about 3-4 minutes).
 # Needs torch (CUDA), triton, numpy, pandas, scipy, pytest; nothing is installed.
 # Stage times seen on an H100 (2026-11-26 and 27): tests 64-136 s, bench 43-69 s, ab 20 s, sweep
 # 49 s, units 50 s, rows 25 s, sequence 66 s, warps 36 s, profile 29 s, stacked 37 s (6
@@ -94,7 +95,7 @@ if want sweep; then
   stage "tuning sweep of the step kernels (benchmarks/step_sweep.py)"
   timeout 150 $PY benchmarks/step_sweep.py --json "$OUTDIR/sweep.json" 2>&1 | tee "$OUTDIR/sweep.txt" | tail -3
 fi
-for sw in units rows sequence sync syncrows syncstacked barrier dot gridrows bnrows; do
+for sw in units rows sequence sync syncrows syncstacked barrier dot gridrows bnrows lnrows; do
   if want $sw; then
     stage "sweep: $sw (benchmarks/step_sweep.py --sweep $sw)"
     timeout 200 $PY benchmarks/step_sweep.py --sweep $sw --json "$OUTDIR/sweep_$sw.json" 2>&1 \

@@ -43,7 +43,6 @@ def _cell_norm(mode: int) -> dict:
 
 GRID = dict(GRID=True, GROUP=st.GRID_GROUPS, POLL=st.GRID_POLL)  # the barriers between steps
 SEQ = dict(GRID=False, GROUP=False, POLL=False)
-BN_ROWS = dict(GROUP=False, POLL=st.GRID_POLL, NRB=8)
 # (label, kernel, constexprs, rows a program, units a program): the tiles the suite picks
 # at the seq-MNIST shape (B=100, H=100) for each kind of program, and the whole-batch
 # program at 16 units (the earlier default) beside them
@@ -71,16 +70,20 @@ CASES = [
     ("grid", "lstm fwd bn", st._lstm_fwd_seq, dict(_norm(1), **_cell_norm(1), **GRID), 128, st.BJ_WHOLE_BATCH),
     ("grid", "lstm bwd bn", st._lstm_bwd_seq, dict(MODE=1, CMODE=1, HAS_LAST=False, **GRID), 128,
      st.BJ_WHOLE_BATCH),
-    # batch norm with the rows split (st.BN_SPLIT): 7 row blocks of 16 at B=100, a barrier of every program
-    ("bn rows", "lstm fwd bn", rows._lstm_fwd_seq, dict(_norm(1), **_cell_norm(1), **BN_ROWS), st.ROWS_FREE_GRID,
-     st.BJ),
-    ("bn rows", "lstm bwd bn", rows._lstm_bwd_seq, dict(CMODE=1, HAS_LAST=False, **BN_ROWS), st.ROWS_FREE_GRID,
-     st.BJ),
-    ("bn rows", "gru fwd bn", rows._gru_fwd_seq, dict(_norm(1), **BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
-    ("bn rows", "gru bwd bn", rows._gru_bwd_seq, dict(BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
-    ("bn rows", "rnn fwd bn", rows._rnn_fwd_seq, dict(_norm(1), RELU=False, **BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
-    ("bn rows", "rnn bwd bn", rows._rnn_bwd_seq, dict(RELU=False, **BN_ROWS), st.ROWS_FREE_GRID, st.BJ),
 ]
+
+# batch norm (st.BN_SPLIT) and layer norm (st.LN_SPLIT) with the rows split: lstm-loop's
+# tiles, a barrier of every program; 7 row blocks of 16 at B=100 exchanging batch norm's
+# statistics, 13 unit blocks of 8 at H=100 exchanging each row's for layer norm
+for _mode, _tag, _nrb in ((1, "bn", 8), (3, "ln", 16)):
+    _rows = dict(GROUP=False, POLL=st.GRID_POLL, NRB=_nrb)
+    CASES += [(f"{_tag} rows", f"{name} {_tag}", fn, dict(consts, **_rows), st.ROWS_FREE_GRID, st.BJ)
+              for name, fn, consts in (
+                  ("lstm fwd", rows._lstm_fwd_seq, dict(_norm(_mode), **_cell_norm(_mode))),
+                  ("lstm bwd", rows._lstm_bwd_seq, dict(MODE=_mode, CMODE=_mode, HAS_LAST=False)),
+                  ("gru fwd", rows._gru_fwd_seq, _norm(_mode)), ("gru bwd", rows._gru_bwd_seq, dict(MODE=_mode)),
+                  ("rnn fwd", rows._rnn_fwd_seq, dict(_norm(_mode), RELU=False)),
+                  ("rnn bwd", rows._rnn_bwd_seq, dict(MODE=_mode, RELU=False)))]
 
 
 def resources(fn, consts: dict, warps: int) -> tuple[str, str, int]:

@@ -40,7 +40,9 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   baselines/scan_triton_rows.py: lstm-loop's tiles, the row blocks' statistics
   exchanged between phases of a step) against whole-batch programs (the default, timed
   first and last), and with chunks of 16 where H is a multiple of 32 (compiled for
-  sm_90, bn-lstm's forward kernel spills 32 bytes a thread with chunks of 32).
+  sm_90, bn-lstm's forward kernel spills 32 bytes a thread with chunks of 32);
+- ``lnrows``: layer norm the same way (``LN_SPLIT``: grid launches of the rows-split
+  programs exchanging each row's statistics) against the whole-sequence launches.
 
 ``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
 tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
@@ -83,7 +85,7 @@ from tasks.base import Batch
 DEFAULTS = dict(FP32_DOT="split", FP32_DOT_SEQ="tf32x3", BK=16, ROWS_FREE=32, WARPS_WHOLE_BATCH=8, WARPS_FREE=4,
                 BJ=8, BJ_WHOLE_BATCH=4, BK_WHOLE_BATCH=16, SEQUENCE=False, ROWS_SEQ=8, WARPS_SEQ=8, BK_SEQ=16,
                 GRID_SYNC=True, ROWS_FREE_GRID=16, WARPS_FREE_GRID=4, BK_GRID=32, GRID_PER_SM=1,
-                GRID_GROUPS=True, GRID_POLL=True, BN_SPLIT=False)
+                GRID_GROUPS=True, GRID_POLL=True, BN_SPLIT=False, LN_SPLIT=False)
 PER_STEP = dict(GRID_SYNC=False)  # the tiles of a launch per step (where grid-synchronized launches do not fit)
 ONE_BARRIER = dict(GRID_GROUPS=False, GRID_POLL=False)  # the grid-synchronized launches' barrier as first timed
 SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings under every one of them)
@@ -113,6 +115,8 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings und
                  {"seq-mnist": ["lstm-loop", "gru-loop"], "adding": ["lstm-loop", "gru-loop"]}, {}),
     "bnrows": ([{}, dict(BN_SPLIT=True), dict(BN_SPLIT=True, BK_GRID=16), {}],
                {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm", "bn-gru", "bn-rnn"]}, {}),
+    "lnrows": ([{}, dict(LN_SPLIT=True), dict(LN_SPLIT=True, BK_GRID=16), {}],
+               {"seq-mnist": ["ln-lstm", "ln-gru", "ln-rnn"], "adding": ["ln-lstm", "ln-gru", "ln-rnn"]}, {}),
 }
 SEEDS = {"syncstacked": 8}  # seeds stacked in one training step (ratio per seed); else one
 

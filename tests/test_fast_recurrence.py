@@ -709,21 +709,31 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     # the barriers alone, as benchmarks/grid_barriers.py times them
     (grid_barriers._barriers, dict(GROUP=True, POLL=True, STORE=1024, BB=16)),
     # batch norm with the rows split (scan_triton_rows): grid launches, a barrier of every program between phases
-    (rows._rnn_fwd_seq, dict(BN, RELU=False, BB=16, **ROWS)), (rows._rnn_bwd_seq, dict(RELU=True, BB=16, **ROWS)),
+    (rows._rnn_fwd_seq, dict(BN, RELU=False, BB=16, **ROWS)),
+    (rows._rnn_bwd_seq, dict(MODE=1, RELU=True, BB=16, **ROWS)),
     (rows._lstm_fwd_seq, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=16, **ROWS)),
-    (rows._lstm_bwd_seq, dict(CMODE=1, HAS_LAST=True, BB=16, **ROWS)),
+    (rows._lstm_bwd_seq, dict(MODE=1, CMODE=1, HAS_LAST=True, BB=16, **ROWS)),
     (rows._lstm_fwd_seq, dict(BN, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, BB=16, **dict(ROWS, BK=32))),
-    (rows._lstm_bwd_seq, dict(CMODE=0, HAS_LAST=False, BB=16, **dict(ROWS, BK=32))),
-    (rows._gru_fwd_seq, dict(BN, BB=16, **ROWS)), (rows._gru_bwd_seq, dict(BB=16, **ROWS)),
+    (rows._lstm_bwd_seq, dict(MODE=1, CMODE=0, HAS_LAST=False, BB=16, **dict(ROWS, BK=32))),
+    (rows._gru_fwd_seq, dict(BN, BB=16, **ROWS)), (rows._gru_bwd_seq, dict(MODE=1, BB=16, **ROWS)),
+    # layer norm the same way (LN_SPLIT)
+    (rows._rnn_fwd_seq, dict(LN, RELU=False, BB=16, **ROWS)),
+    (rows._rnn_bwd_seq, dict(MODE=3, RELU=False, BB=16, **ROWS)),
+    (rows._lstm_fwd_seq, dict(LN, CMODE=3, C_BETA=True, C_SHIFT=False, C_VAR=False, BB=16, **ROWS)),
+    (rows._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=True, BB=16, **ROWS)),
+    (rows._gru_fwd_seq, dict(LN, BB=16, **dict(ROWS, BK=32))), (rows._gru_bwd_seq, dict(MODE=3, BB=16, **ROWS)),
+    (rows._lstm_fwd_seq, dict(LN, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **ROWS)),
+    (rows._lstm_bwd_seq, dict(MODE=3, CMODE=0, HAS_LAST=False, BB=16, **ROWS)),
     # and their launches per phase (BN_SPLIT_STEPS: no barrier in them)
     (rows._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=16, PHASE=3,
                           **dict(ROWS, POLL=False))),
-    (rows._lstm_bwd, dict(CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=2, **dict(ROWS, POLL=False))),
+    (rows._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=2, **dict(ROWS, POLL=False))),
+    (rows._lstm_bwd, dict(MODE=3, CMODE=3, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=3, **dict(ROWS, POLL=False))),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT, EARLY=True)  # EARLY: a launch per step's order of loads
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 56)
+""", 65)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------

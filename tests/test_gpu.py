@@ -89,6 +89,8 @@ GATED = ["lstm-loop", "bn-lstm", "ln-lstm", "gru-loop", "bn-gru", "ln-gru"]
                          # batch norm with the rows split (scan_triton.BN_SPLIT): 91 and 128 programs
                          + [("scan-triton-grid+bn-rows", n, 100, 30, 100) for n in ("bn-rnn", "bn-lstm", "bn-gru")]
                          + [("scan-triton-grid+bn-rows", n, 128, 25, 128) for n in ("bn-lstm", "bn-gru")]
+                         # layer norm with the rows split (scan_triton.LN_SPLIT): in place of whole sequences
+                         + [("scan-triton-grid+ln-rows", n, 100, 30, 100) for n in ("ln-rnn", "ln-lstm", "ln-gru")]
                          + [("scan", n, 100, 30, 100) for n in ("rnn-loop", "bn-lstm", "bn-gru")])
 def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch):
     """The scan path (its CUDA step kernels, their whole-sequence and grid-synchronized
@@ -96,15 +98,16 @@ def test_fast_path_equals_reference_loop_on_gpu(path, name, B, T, H, monkeypatch
     on CUDA. Layer norm runs in whole-sequence launches always; batch statistics keep a
     launch per step in training (and run whole sequences in evaluation, with population
     statistics); grid-synchronized launches run both, 25 to 91 programs here (128 with
-    batch norm's rows split, "+bn-rows")."""
+    batch norm's rows split, "+bn-rows"; layer norm's, "+ln-rows", runs there too)."""
     from baselines import fused, scan_triton
 
-    rows = path.endswith("+bn-rows")
-    monkeypatch.setattr(scan_triton, "BN_SPLIT", rows)
-    path = path.removesuffix("+bn-rows")
-    split = []  # with "+bn-rows": whether each training launch split the rows (scan_triton_rows)
+    rows = path.endswith("-rows")
+    monkeypatch.setattr(scan_triton, "BN_SPLIT", path.endswith("+bn-rows"))
+    monkeypatch.setattr(scan_triton, "LN_SPLIT", path.endswith("+ln-rows"))
+    path = path.removesuffix("+bn-rows").removesuffix("+ln-rows")
+    split = []  # with "+bn-rows" or "+ln-rows": whether each training launch split the rows (scan_triton_rows)
     if rows:
-        if not scan_triton._grid_plan(T, B, H, 1, (1, 1), DEV)[1]:
+        if not scan_triton._grid_plan(T, B, H, 1, (3, 3) if name.startswith("ln-") else (1, 1), DEV)[1]:
             pytest.skip(f"the rows-split programs of B={B}, H={H} do not fit this GPU at once")
         start = scan_triton._start
 
@@ -234,12 +237,12 @@ def test_stacked_seeds_graphed_equal_alone_on_gpu(name, steps, grid, monkeypatch
 @pytest.mark.parametrize("norm,seq", [(0, False), (1, False), (2, False), (0, True), (2, True), (3, True),
                                       (0, "grid"), (1, "grid"), (2, "grid"), (0, "one counter"),
                                       (1, "one counter"), (0, "one counter, every thread polls"),
-                                      (1, "grid, bn rows")])
+                                      (1, "grid, bn rows"), (3, "grid, ln rows")])
 def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypatch):
     """The LSTM step kernels on CUDA (``seq``: their whole-sequence launches, or "grid":
     grid-synchronized ones, 25 to 91 programs; "one counter": with the barrier of every
-    program, one thread polling or every thread; "bn rows": batch norm with the rows
-    split, 91 programs exchanging statistics) with every output buffer poisoned
+    program, one thread polling or every thread; "bn rows", "ln rows": batch or layer
+    norm with the rows split, 91 programs exchanging statistics) with every output buffer poisoned
     (NaN) beforehand: all of it is written, and a second run gives the same bits (no
     race between programs, nor between a program's warps)."""
     from baselines import scan_triton as st
@@ -247,7 +250,8 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
     monkeypatch.setattr(st, "SEQUENCE", seq is True)
     monkeypatch.setattr(st, "GRID_SYNC", seq not in (True, False))
     monkeypatch.setattr(st, "BN_SPLIT", seq == "grid, bn rows")
-    if seq not in (True, False, "grid", "grid, bn rows"):
+    monkeypatch.setattr(st, "LN_SPLIT", seq == "grid, ln rows")
+    if seq not in (True, False, "grid", "grid, bn rows", "grid, ln rows"):
         monkeypatch.setattr(st, "GRID_GROUPS", False)
         monkeypatch.setattr(st, "GRID_POLL", seq != "one counter")
 
@@ -285,7 +289,7 @@ def test_step_kernels_write_every_output_and_repeat_exactly(norm, seq, monkeypat
         assert torch.isfinite(a).all() and torch.equal(a, b)
     if seq not in (True, False):  # it ran as one launch a direction, of many programs
         assert st.grid_programs(T, B, H, 1, (norm, norm), torch.device(DEV)) >= 25
-    if seq == "grid, bn rows":  # 91 programs: 7 row blocks exchanging statistics
+    if seq in ("grid, bn rows", "grid, ln rows"):  # 91 programs: 7 row blocks (13 unit blocks) exchanging statistics
         assert st._grid_plan(T, B, H, 1, (norm, norm), torch.device(DEV)) == (91, True)
 
 

@@ -24,58 +24,74 @@ needs_kernels = pytest.mark.skipif(not KERNELS, reason="the kernel tests run in 
                                    "(TRITON_INTERPRET=1, where CUDA is absent, with Triton installed)")
 
 
-def split_rows(monkeypatch, steps: bool) -> list:
-    """The step kernels with batch norm's rows split (a launch per phase with ``steps``);
-    returns the launches' records (``recorded_starts``) from now on, the probes' left out."""
+def split_rows(monkeypatch, steps: bool, layer: bool = False) -> list:
+    """The step kernels with batch norm's rows split, or with ``layer`` layer norm's (a
+    launch per phase with ``steps``); returns the launches' records (``recorded_starts``)
+    from now on, the probes' left out. For layer norm, the path a call records is then
+    the grid launch's or a launch per step's, not whole sequences'."""
+    import test_fast_recurrence
+
     use_step_kernels(monkeypatch)
-    monkeypatch.setattr(scan_triton, "BN_SPLIT", True)
+    monkeypatch.setattr(scan_triton, "LN_SPLIT" if layer else "BN_SPLIT", True)
     monkeypatch.setattr(scan_triton, "BN_SPLIT_STEPS", steps)
+    if layer:
+        def ran(impl, *norms, batch_stats=True):
+            assert scan.last_path() == ("scan-triton" if steps else "scan-triton-grid")
+
+        monkeypatch.setattr(test_fast_recurrence, "assert_ran", ran)
     return recorded_starts(monkeypatch, lambda T, B, out: B > 1)
 
 
 @needs_kernels
-@pytest.mark.parametrize("cell,cell_norm,B", [("lstm", "batch", 40), ("gru", None, 17)])
-def test_rows_split_batch_norm_in_launches_per_phase(cell, cell_norm, B, monkeypatch):
+@pytest.mark.parametrize("cell,norm,cell_norm,B", [("lstm", "batch", "batch", 40), ("gru", "batch", None, 17),
+                                                   ("lstm", "layer", "layer", 40), ("gru", "layer", None, 17)])
+def test_rows_split_norms_in_launches_per_phase(cell, norm, cell_norm, B, monkeypatch):
     """A launch per phase (``BN_SPLIT_STEPS``): every program normalizes with the
     statistics of all rows of the batch, combined from the row blocks' shares: 40 rows
     are three blocks of 16 rows (the last of 8), 17 rows two (the last a single row, whose
     squares about its own mean sum to 0); 20 units are three blocks of 8. Outputs, the
     steps' batch statistics and every gradient (γ's included, which the first row block's
     program sums) against the float64 reference; a program that used its own rows'
-    statistics, or missed a block's share, would be off by far more."""
-    starts = split_rows(monkeypatch, steps=True)
-    run_cell_case(IMPLS["scan-triton"], cell, B, 3, 20, "batch", cell_norm, True)
+    statistics, or missed a block's share, would be off by far more. Layer norm the same
+    way, each row's statistics combined from its three unit blocks' shares."""
+    starts = split_rows(monkeypatch, steps=True, layer=norm == "layer")
+    run_cell_case(IMPLS["scan-triton"], cell, B, 3, 20, norm, cell_norm, True)
     assert scan.last_path() == "scan-triton"
     assert len(starts) == 2  # forward and backward, each a launch per phase and step
+    blocks = 3 if norm == "layer" else math.ceil(B / 16)  # that exchange: unit blocks (layer norm), row blocks
     for _, _, (_, grid, _, cfg, sync) in starts:
-        assert grid == (3, math.ceil(B / 16), 1) and cfg["NRB"] == (4 if B == 40 else 2) and not sync
+        assert grid == (3, math.ceil(B / 16), 1) and cfg["NRB"] == max(2, 1 << (blocks - 1).bit_length())
+        assert not sync
 
 
 @needs_kernels
-@pytest.mark.parametrize("cell,cell_norm,B,H", [("rnn", None, 40, 20), ("gru", None, 40, 20), ("lstm", "batch", 40, 20),
-                                                ("lstm", None, 17, 20), ("lstm", "batch", 33, 32)])
-def test_rows_split_grid_launch_of_several_programs(cell, cell_norm, B, H, monkeypatch):
+@pytest.mark.parametrize("cell,norm,cell_norm,B,H", [
+    ("rnn", "batch", None, 40, 20), ("gru", "batch", None, 40, 20), ("lstm", "batch", "batch", 40, 20),
+    ("lstm", "batch", None, 17, 20), ("lstm", "batch", "batch", 33, 32), ("rnn", "layer", None, 40, 20),
+    ("gru", "layer", None, 17, 20), ("lstm", "layer", "layer", 40, 20), ("lstm", "layer", None, 33, 32)])
+def test_rows_split_grid_launch_of_several_programs(cell, norm, cell_norm, B, H, monkeypatch):
     """The grid-synchronized launch, as it runs on a GPU: each phase's values carried in
     registers across a barrier of every program, here 9 or 12 programs run as threads
     that take turns between barriers in a random order (tests/interpreter_grid.py).
     Against the float64 reference, with three or two row blocks (of 16: 40, 17 and 33
     rows) and three or four unit blocks (20 units; 32 in chunks of 32, BK_GRID); forward
     and backward each pass barriers 1 .. T x phases - 1 in order, in every program. The
-    LSTM with and without its cell's batch norm (three phases a step, or two)."""
+    LSTM with and without its cell's norm (three phases a step, or two). Batch norm and
+    layer norm (``LN_SPLIT``: in place of whole-sequence launches)."""
     from baselines import scan_triton_rows
 
-    starts = split_rows(monkeypatch, steps=False)
+    starts = split_rows(monkeypatch, steps=False, layer=norm == "layer")
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
     tokens = interpreter_grid.install(monkeypatch, seed=B + H)
     T = 3
-    run_cell_case(IMPLS["scan-triton-grid"], cell, B, T, H, "batch", cell_norm, True)
+    run_cell_case(IMPLS["scan-triton-grid"], cell, B, T, H, norm, cell_norm, True)
     assert scan.last_path() == "scan-triton-grid"
     assert len(starts) == 2 and len(tokens) == 2
     for _, _, (_, grid, _, cfg, sync) in starts:
         assert grid == (math.ceil(H / 8), math.ceil(B / 16), 1) and "PART" in cfg and not sync["GROUP"]
         assert cfg["BK"] == (32 if H == 32 else 16)
     interpreter_grid.check_barriers(tokens)
-    n = scan_triton_rows.phases(cell, 1 if cell_norm else 0)
+    n = scan_triton_rows.phases(cell, {None: 0, "batch": 1, "layer": 3}[cell_norm])
     assert all(len(next(iter(t.seen.values()))) == T * n for t in tokens)  # T n - 1 barriers, then the end
 
 
@@ -117,16 +133,17 @@ def test_rows_split_stacked_seeds_keep_their_own_statistics(monkeypatch):
 
 @pytest.mark.parametrize("value,on", [(None, False), ("1", True), ("0", False), ("yes", False)])
 def test_rows_split_is_off_unless_the_environment_says_1(value, on):
-    """RNNBENCH_GPU_BN_SPLIT=1 turns it on (read as the module is imported: a fresh process)."""
+    """RNNBENCH_GPU_BN_SPLIT=1 and RNNBENCH_GPU_LN_SPLIT=1 turn them on (read as the module
+    is imported: a fresh process)."""
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != scan_triton.ENV_BN_SPLIT}
+    env = {k: v for k, v in os.environ.items() if k not in (scan_triton.ENV_BN_SPLIT, scan_triton.ENV_LN_SPLIT)}
     if value is not None:
-        env[scan_triton.ENV_BN_SPLIT] = value
-    out = subprocess.run([sys.executable, "-c", "from baselines import scan_triton; print(scan_triton.BN_SPLIT)"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == str(on), out.stderr[-2000:]
+        env[scan_triton.ENV_BN_SPLIT] = env[scan_triton.ENV_LN_SPLIT] = value
+    code = "from baselines import scan_triton as st; print(st.BN_SPLIT, st.LN_SPLIT)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == f"{on} {on}", out.stderr[-2000:]
 
 
 def test_rows_split_takes_the_rows_split_grid_tiles(monkeypatch):
@@ -160,12 +177,46 @@ def test_rows_split_takes_the_rows_split_grid_tiles(monkeypatch):
     assert scan_triton._tiles(100, 100, (1,), False, split=True)[:2] == (16, 8)
 
 
+def test_layer_norm_split_takes_the_place_of_whole_sequences_where_it_fits(monkeypatch):
+    """LN_SPLIT (off by default): ln-lstm at the seq-MNIST shape in one grid launch of 91
+    rows-split programs instead of whole-sequence launches; where those do not fit (8
+    stacked seeds), or beside batch statistics, or with the layer norm on the cell alone,
+    whole sequences (or the Python loops) as before; the path a run records says which."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(scan_triton, "_grid_runs_here", lambda d: True)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    cuda = torch.device("cuda")
+    plan = scan_triton._plan
+    assert plan(784, 100, 100, 1, (3, 3), cuda) == (True, 0, False)
+    monkeypatch.setattr(scan_triton, "LN_SPLIT", True)
+    assert plan(784, 100, 100, 1, (3, 3), cuda) == (False, 91, True)
+    assert plan(784, 100, 100, 1, (3,), cuda) == (False, 91, True)
+    assert plan(784, 100, 100, 8, (3, 3), cuda) == (True, 0, False)
+    assert plan(784, 100, 100, 1, (0, 3), cuda) == (True, 0, False)
+    assert plan(784, 100, 100, 1, (1, 3), cuda) == (False, 0, False)  # the Python loops (for_call says None)
+    monkeypatch.setattr(scan_triton, "BN_SPLIT", True)  # both on: a norm of each kind still splits nothing
+    assert plan(784, 100, 100, 1, (1, 3), cuda) == (False, 0, False) and not scan_triton.rows_split((1, 3), True)
+    assert plan(784, 100, 100, 1, (3, 1), cuda) == (False, 0, False) and not scan_triton.rows_split((3, 1), True)
+    monkeypatch.setattr(scan_triton, "BN_SPLIT_STEPS", True)
+    assert plan(784, 100, 100, 1, (1, 3), cuda) == (False, 0, False)
+    monkeypatch.setattr(scan_triton, "BN_SPLIT", False)
+    monkeypatch.setattr(scan_triton, "BN_SPLIT_STEPS", False)
+    assert plan(1, 100, 100, 1, (3, 3), cuda) == (False, 0, False)
+    x = types.SimpleNamespace(shape=(100, 784, 400), device=cuda)  # what path() reads of ln-lstm's input term
+    assert scan_triton.path(x, 0, "lstm", (3, 3)) == "scan-triton-grid"
+    stacked = types.SimpleNamespace(shape=(800, 784, 400), device=cuda)  # 8 seeds of 100 rows: 8 x 91 programs
+    assert scan_triton.path(stacked, 8, "lstm", (3, 3)) == "scan-triton-seq"
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", False)
+    assert plan(784, 100, 100, 1, (3, 3), cuda) == (True, 0, False)
+
+
 @needs_kernels
 def test_grid_probe_runs_the_rows_split_kernels_where_they_are_on(monkeypatch):
     """The once-a-process probe of grid-synchronized launches runs batch norm's rows-split
-    kernels where BN_SPLIT is on, so that a Triton that cannot build them turns the grid
-    launches off with one line saying why (a launch per step, whole-batch programs, runs
-    then), rather than failing the first training step."""
+    kernels where BN_SPLIT is on, and layer norm's where LN_SPLIT is, so that a Triton
+    that cannot build them turns the grid launches off with one line saying why (a launch
+    per step with whole-batch programs, or whole sequences, runs then), rather than
+    failing the first training step."""
     from baselines import scan_triton_rows
 
     split_rows(monkeypatch, steps=False)
@@ -179,7 +230,12 @@ def test_grid_probe_runs_the_rows_split_kernels_where_they_are_on(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("PassManager::run failed\nmore detail")
 
+    monkeypatch.setattr(scan_triton, "LN_SPLIT", True)  # both: each probed, layer norm's through its tables of rows
+    starts.clear()
+    assert scan_triton._probe(cpu, 2, grid=True) is None
+    assert [(cfg.get("NRB"), sync["GRID"]) for *_, (_, _, _, cfg, sync) in starts] == [(2, True), (2, True)]
+    monkeypatch.setattr(scan_triton, "BN_SPLIT", False)
     monkeypatch.setattr(scan_triton_rows, "_rnn_fwd_seq", {(1, 1, 1): broken})  # kernel[grid] -> broken
     assert scan_triton._probe(cpu, 2, grid=True) == "RuntimeError: PassManager::run failed"
-    monkeypatch.setattr(scan_triton, "BN_SPLIT", False)
+    monkeypatch.setattr(scan_triton, "LN_SPLIT", False)
     assert scan_triton._probe(cpu, 2, grid=True) is None
