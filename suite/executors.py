@@ -114,9 +114,12 @@ def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks:
 def drop_ended_stack_checkpoints(store: Store, directory: str) -> None:
     """Delete the stack checkpoints whose runs have all ended done or diverged: a kill
     after a stack recorded its last run (before it deleted its checkpoint) leaves one, and
-    so does a change of ``--stack-seeds`` or of the seeds that regroups the runs. Where a
-    run failed the checkpoint stays, for ``--retry-failed``. Each checkpoint names its
-    runs in a file beside it (``checkpoint.runs_path``)."""
+    so does a change of ``--stack-seeds`` or of the seeds that regroups the runs. So does
+    a kill between two of a stack's records: the suite then runs the rest as a unit of
+    their own, with its own checkpoint, and the old unit's ends with them; hence this runs
+    as a suite ends as well as when it starts. Where a run failed the checkpoint stays,
+    for ``--retry-failed``. Each checkpoint names its runs in a file beside it
+    (``checkpoint.runs_path``)."""
     for path, run_ids in stack_checkpoints(directory):
         if run_ids and all(store.status_of(r) in ("done", "diverged") for r in run_ids):
             StackCheckpointer(path).delete()
@@ -306,6 +309,7 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
         if jobs <= 1:
             for unit in units:
                 record(execute_unit(unit, store, options), unit)
+            drop_ended_stack_checkpoints(store, options.checkpoints_for(store_path))
             return results
         threads = max(1, (os.cpu_count() or 1) // jobs)
         slots = [_new_slot(threads) for _ in range(min(jobs, len(units)))]
@@ -348,6 +352,7 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
         finally:
             for slot in slots:
                 slot.shutdown(wait=True, cancel_futures=True)
+        drop_ended_stack_checkpoints(store, options.checkpoints_for(store_path))
         return results
     finally:
         store.close()

@@ -294,6 +294,7 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
                     continue
                 if not unit.open:
                     running.pop(gen)
+        drop_ended_stack_checkpoints(store, directory)  # a unit regrouped after a kill ended with its runs
         return results
     except BaseException:
         for gen, unit in running.items():  # give runs in flight back: pending again

@@ -327,6 +327,30 @@ def test_stack_checkpoints_whose_runs_all_ended_are_deleted_unless_one_failed(tm
             leftover.unlink(missing_ok=True)
 
 
+def test_a_stack_checkpoint_regrouped_after_a_kill_is_deleted_as_its_runs_end(tmp_path):
+    """A kill between two of a stack's records leaves one run done and its checkpoint;
+    the next suite gets only the runs still to run (as ``rnnbench run`` gives them), which
+    stack as a unit of their own, with a checkpoint of their own. The old unit's
+    checkpoint ends with their last run: deleted as that suite ends, not left behind."""
+    from suite.checkpoint import runs_path, stack_checkpoint_path
+    from suite.executors import RunOptions, run_local
+
+    group = specs("rnn-loop")
+    options = RunOptions(checkpoint_dir=str(tmp_path / "ck"), stack_seeds=3)
+    store_path = tmp_path / "s.sqlite"
+    store = Store(store_path)
+    store.add_runs(group)
+    assert store.claim(group[0].run_id)
+    store.finish(group[0].run_id, "done", {}, None)
+    store.close()
+    (tmp_path / "ck").mkdir()
+    path = stack_checkpoint_path(options.checkpoints_for(store_path), [s.run_id for s in group])
+    path.write_bytes(b"left by a stack killed between its records")
+    runs_path(path).write_text(__import__("json").dumps([s.run_id for s in group]))
+    assert run_local(group[1:], store_path, options=options) == {s.run_id: "done" for s in group[1:]}
+    assert not list((tmp_path / "ck").glob("*"))
+
+
 def test_a_stack_checkpoint_changed_since_it_was_chosen_is_not_loaded(tmp_path, monkeypatch):
     """Another process sharing the store may save the unit's checkpoint between the
     choice (``train_stack_checkpointed``) and the load: a saved stack that stopped a seed
