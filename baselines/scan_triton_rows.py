@@ -11,7 +11,7 @@ lstm-loop's tiles, and the programs that share units exchange their rows' statis
 - forward: each program sums its rows of z = h_{t-1} W^T per feature, and the squares
   about its rows' own mean, and stores both (``_bn_part``); after a barrier, every
   program of those units reads every row block's pair and combines them in one fixed
-  order (``_bn_stats``: the blocks' sums of squares about their own means plus each
+  order (``_stats``: the blocks' sums of squares about their own means plus each
   block's count times its mean's squared distance from the batch mean; the combination
   of Chan, Golub and LeVeque, "Updating Formulae and a Pairwise Algorithm for Computing
   Sample Variances", 1979, over all blocks at once, exact in exact arithmetic). So all
@@ -22,20 +22,22 @@ lstm-loop's tiles, and the programs that share units exchange their rows' statis
 
 Layer norm (``MODE`` 3; ``scan_triton.LN_SPLIT``) takes the same tiles in place of
 the whole-sequence launches, whose programs hold every unit of 8 rows (13 programs at
-the seq-MNIST shape): the programs of a row block exchange each row's statistics over their
-units (every gate's), its sum and its sum of squares about their share's own mean
-(``_ln_part``), combined as batch norm's (``_ln_norms``); the backward pass's sums of
-γ dy and γ dy x̂ over a row the same way. γ's and β's gradients are summed after the loop
-from the saved terms and statistics, as for the whole-sequence launches.
+the seq-MNIST shape): the programs of a row block exchange each row's statistics over
+their units (every gate's), its sum and its sum of squares about their share's own
+mean (``_ln_part``), combined as batch norm's (``_stats``, in ``_ln_norms``); the
+backward pass's sums of γ dy and γ dy x̂ over a row the same way. γ's and β's gradients
+are summed after the loop from the saved terms and statistics, as for the
+whole-sequence launches.
 
 A step is then two or three phases with a barrier between them: in a grid-synchronized
 launch (``scan_triton.GRID_SYNC``) a barrier of every program of the launch (the
 phases' exchanges bind the programs of one unit block, or for layer norm of one row
 block, the steps those of one row block; one counter serves both), carrying what a
 phase computed in registers; in a launch per step each phase is a launch of its own
-(``PHASE``) that reloads what the phases before it stored (BN_SPLIT_STEPS: for tests). Triton's interpreter runs a launch's programs one
-after another; the tests run the grid launches there with their programs as threads
-that take turns between barriers (tests/interpreter_grid.py).
+(``PHASE``) that reloads what the phases before it stored (BN_SPLIT_STEPS: for tests).
+Triton's interpreter runs a launch's programs one after another; the tests run the grid
+launches there with their programs as threads that take turns between barriers
+(tests/interpreter_grid.py).
 
 The sums are in a fixed order, so the results are the same from run to run; they are
 not the whole-batch (or whole-row) programs' bits (another order of the same sums:
@@ -94,7 +96,7 @@ if triton is not None:
     def _bn_part(P1, P2, off, H, z0, z1, z2, z3, m2, mj, n, NG: tl.constexpr):
         """This program's share of the batch statistics of NG terms (term k's features at
         off + k H): over its n real rows, each feature's sum to P1 and its sum of squares
-        about the rows' own mean to P2 (``_bn_stats`` combines the shares); the terms'
+        about the rows' own mean to P2 (``_stats`` combines the shares); the terms'
         sums in one reduction (``scan_triton._bn_gates``)."""
         if NG == 1:
             s0 = tl.sum(tl.where(m2, z0, 0.0), axis=0)
@@ -114,41 +116,45 @@ if triton is not None:
         _put(P1, P2, off, H, s0, s1, s2, s3, v0, v1, v2, v3, mj, NG)
 
     @triton.jit
-    def _shares(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
-        """Every row block's pair for the features fs ((NRB, units) tiles; row block i's at
-        P[i RS + fs], the blocks past the batch zeros), each block's real rows, and which
-        blocks are real."""
+    def _shares(P1, P2, at, m, stride, total, NG: tl.constexpr, BLK: tl.constexpr, NRB: tl.constexpr):
+        """Every block's pair of shares for the places ``at`` (masked by m): (NRB, places)
+        tiles, block i's at P[i stride + at], the blocks past ``total`` zeros; each block's
+        count, NG times its real part of ``total`` (BLK a block); which blocks are real. Batch
+        norm: row blocks, per feature (at: features, total: B0 rows, BLK: BB); layer norm:
+        unit blocks, per row (at: rows, total: H units, BLK: BJ, NG terms a unit)."""
         ri = tl.arange(0, NRB)
-        mi = ri * BB < B0
-        mm = mi[:, None] & mj[None, :]
-        off = ri[:, None] * RS + fs[None, :]
+        mi = ri * BLK < total
+        mm = mi[:, None] & m[None, :]
+        off = ri[:, None] * stride + at[None, :]
         a = tl.load(P1 + off, mask=mm, other=0.0)
         b = tl.load(P2 + off, mask=mm, other=0.0)
-        n = tl.where(mi, tl.minimum(B0 - ri * BB, BB), 1).to(tl.float32)
+        n = tl.where(mi, NG * tl.minimum(total - ri * BLK, BLK), 1).to(tl.float32)
         return a, b, n, mm
 
     @triton.jit
-    def _sums(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
-        """The sums over all rows of the two quantities whose per-block sums are in P1, P2."""
-        a, b, _, _ = _shares(P1, P2, fs, mj, RS, B0, BB, NRB)
+    def _sums(P1, P2, at, m, stride, total, BLK: tl.constexpr, NRB: tl.constexpr):
+        """The sums over all blocks of the two quantities whose per-block sums are in P1, P2
+        (``_shares``)."""
+        a, b, _, _ = _shares(P1, P2, at, m, stride, total, 1, BLK, NRB)
         return tl.sum(a, axis=0), tl.sum(b, axis=0)
 
     @triton.jit
-    def _bn_stats(P1, P2, fs, mj, RS, B0, BB: tl.constexpr, NRB: tl.constexpr):
-        """The batch mean and (biased) variance of the features fs over all B0 rows from the
-        row blocks' shares (``_bn_part``): mean = Σ s_i / B0, and the sum of squares about
-        it Σ M2_i + n_i (s_i / n_i - mean)² (block i: n_i rows, sum s_i, squares M2_i)."""
-        s, m, n, mm = _shares(P1, P2, fs, mj, RS, B0, BB, NRB)
-        mean = tl.sum(s, axis=0) / B0
+    def _stats(P1, P2, at, m, stride, total, NG: tl.constexpr, BLK: tl.constexpr, NRB: tl.constexpr):
+        """The mean and (biased) variance over all NG ``total`` values of the places ``at``
+        from the blocks' shares (``_bn_part``, ``_ln_part``; as ``_shares``): mean = Σ s_i / N,
+        and the sum of squares about it Σ M2_i + n_i (s_i / n_i - mean)² (block i: n_i
+        values, sum s_i, squares M2_i)."""
+        s, sq, n, mm = _shares(P1, P2, at, m, stride, total, NG, BLK, NRB)
+        mean = tl.sum(s, axis=0) / (NG * total)
         dm = tl.where(mm, s / n[:, None] - mean[None, :], 0.0)
-        return mean, tl.sum(m + n[:, None] * dm * dm, axis=0) / B0
+        return mean, tl.sum(sq + n[:, None] * dm * dm, axis=0) / (NG * total)
 
     @triton.jit
     def _bn_norm(p, z, ga, gb, P1, P2, fs, mj, m2, first, row, RS, B0, MEAN, RSTD, VAR, eps,
                  HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr, BB: tl.constexpr, NRB: tl.constexpr):
         """p + BN(z) of one term's block with the batch statistics from the shares; the
         first row block's program writes them at ``row`` of the step's tables."""
-        mean, var = _bn_stats(P1, P2, fs, mj, RS, B0, BB, NRB)
+        mean, var = _stats(P1, P2, fs, mj, RS, B0, 1, BB, NRB)
         d = tl.where(m2, z - mean[None, :], 0.0)
         return p + st._bn_out(d, mean, var, ga, gb, first, row, MEAN, RSTD, VAR, eps, HAS_BETA, HAS_VAR)
 
@@ -168,12 +174,6 @@ if triton is not None:
             a3 = _bn_norm(p3, z3, ga3, gb3, P1, P2, fs + 3 * H, mj, m2, first, tab + fs + 3 * H, RS, B0, MEAN, RSTD,
                           VAR, eps, HAS_BETA, HAS_VAR, BB, NRB)
         return a0, a1, a2, a3
-
-    @triton.jit
-    def _loads(X, o0, H, m2, NG: tl.constexpr):
-        """X's blocks of the NG terms (``scan_triton._first``), reloaded by a later phase's
-        launch of what an earlier one stored."""
-        return st._first(X, o0, H, m2, NG)
 
     @triton.jit
     def _sync(CNT, k, NPROG, PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr):
@@ -239,31 +239,14 @@ if triton is not None:
         tl.store(P2 + off, ss, mask=mb)
 
     @triton.jit
-    def _row_shares(P1, P2, rb, mb, B, H, BJ: tl.constexpr, NRB: tl.constexpr):
-        """Every unit block's pair for the rows rb ((NRB, rows) tiles; unit block j's at
-        P[j B + rb], the blocks past H zeros), each block's real units, and which blocks are
-        real."""
-        jj = tl.arange(0, NRB)
-        mi = jj * BJ < H
-        mm = mi[:, None] & mb[None, :]
-        off = jj[:, None] * B + rb[None, :]
-        a = tl.load(P1 + off, mask=mm, other=0.0)
-        b = tl.load(P2 + off, mask=mm, other=0.0)
-        n = tl.where(mi, tl.minimum(H - jj * BJ, BJ), 1).to(tl.float32)
-        return a, b, n, mm
-
-    @triton.jit
     def _ln_norms(p0, p1, p2, p3, z0, z1, z2, z3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3, P1, P2, rb, mb, m2,
                   firstr, row, B, H, MEAN, RSTD, eps, NG: tl.constexpr, HAS_BETA: tl.constexpr, BJ: tl.constexpr,
                   NRB: tl.constexpr):
         """p_k + LN(z)_k of the NG terms, each row's mean and variance over its NG H features
-        combined from the unit blocks' shares (``_ln_part``) as ``_bn_stats`` combines the
-        row blocks'; the first unit block's program writes them at ``row`` of the tables."""
-        s, m, n, mm = _row_shares(P1, P2, rb, mb, B, H, BJ, NRB)
-        n = n * NG
-        mean = tl.sum(s, axis=0) / (NG * H)
-        dm = tl.where(mm, s / n[:, None] - mean[None, :], 0.0)
-        rstd = 1.0 / tl.sqrt_rn(tl.sum(m + n[:, None] * dm * dm, axis=0) / (NG * H) + eps)
+        combined from the unit blocks' shares (``_ln_part``) as batch norm's row blocks'
+        (``_stats``); the first unit block's program writes them at ``row`` of the tables."""
+        mean, var = _stats(P1, P2, rb, mb, B, H, NG, BJ, NRB)
+        rstd = 1.0 / tl.sqrt_rn(var + eps)
         tl.store(MEAN + row, mean, mask=firstr)
         tl.store(RSTD + row, rstd, mask=firstr)
         a0 = p0 + _ln_out(z0, mean, rstd, ga0, gb0, m2, HAS_BETA)
@@ -391,8 +374,7 @@ if triton is not None:
         """∂L/∂z of the NG terms from ``_bwd_ins``' values and every block's sums, stored at DZ
         + o0 + k H with STORE; returns the first term's."""
         if MODE == 3:
-            a, b, _, _ = _row_shares(P1, P2, rb, mb, B, H, BJ, NRB)
-            s1, s2 = tl.sum(a, axis=0), tl.sum(b, axis=0)
+            s1, s2 = _sums(P1, P2, rb, mb, B, H, BJ, NRB)
             x0 = _ln_dx(r0, s1, s2, NG * H)
             x1, x2, x3 = x0, x0, x0
             if NG > 1:
@@ -514,7 +496,7 @@ if triton is not None:
             _part(P1, P2, H, B, RS, rb, fs, z0, z1, z2, z3, m2, mj, mb, n, nu, 4, MODE)
         _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
         if PHASE == 2:
-            z0, z1, z2, z3 = _loads(ZS, o0, H, m2, 4)
+            z0, z1, z2, z3 = st._first(ZS, o0, H, m2, 4)
         if PHASE == 0 or PHASE == 2:
             a0, a1, a2, a3 = _norms(p0, p1, p2, p3, z0, z1, z2, z3, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3, P1, P2, fs,
                                     H, B, rb, mb, mj, m2, first, firstr, t, RS, B0, MEAN, RSTD, VAR, eps, 4, MODE,
@@ -621,7 +603,7 @@ if triton is not None:
             _bwd_parts(P1, P2, H, B, RS, rb, fs, r0, r1, r2, r3, mj, mb, 4, MODE)
         _sync(CNT, k + 1 + CELL, NPROG, PHASE, GROUP, POLL)
         if PHASE == GATES:
-            d0, d1, d2, d3 = _loads(DA, o0, H, m2, 4)
+            d0, d1, d2, d3 = st._first(DA, o0, H, m2, 4)
             r0, r1, r2, r3 = _bwd_ins(d0, d1, d2, d3, ZS, o0, fs, H, mj, m2, mb, rb, t, RS, B, MEAN, RSTD, G, DG, DB,
                                       4, MODE)
             r0 = _dy(r0, d0, m2, MODE)
@@ -656,7 +638,7 @@ if triton is not None:
             _part(P1, P2, H, B, RS, rb, fs, z0, z1, z2, z2, m2, mj, mb, n, nu, 3, MODE)
         _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
         if PHASE == 2:
-            z0, z1, z2, _ = _loads(ZS, o0, H, m2, 3)
+            z0, z1, z2, _ = st._first(ZS, o0, H, m2, 3)
         if PHASE != 1:
             a0, a1, a2, _ = _norms(p0, p1, p2, p3, z0, z1, z2, z2, ga0, gb0, ga1, gb1, ga2, gb2, ga3, gb3, P1, P2, fs,
                                    H, B, rb, mb, mj, m2, first, firstr, t, RS, B0, MEAN, RSTD, VAR, eps, 3, MODE,
@@ -699,7 +681,7 @@ if triton is not None:
             _bwd_parts(P1, P2, H, B, RS, rb, fs, r0, r1, r2, r2, mj, mb, 3, MODE)
         _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
         if PHASE == 2:
-            d0, d1, d2, _ = _loads(DA, o0, H, m2, 3)
+            d0, d1, d2, _ = st._first(DA, o0, H, m2, 3)
             r0, r1, r2, _ = _bwd_ins(d0, d1, d2, d2, ZS, o0, fs, H, mj, m2, mb, rb, t, RS, B, MEAN, RSTD, G, DG, DB, 3,
                                      MODE)
             r0 = _dy(r0, d0, m2, MODE)
