@@ -245,9 +245,10 @@ BN_SPLIT_STEPS = False
 # norm (and no norm takes batch statistics), a grid-synchronized launch of the rows-split
 # programs in place of the whole-sequence launches (13 programs of 8 rows and every unit
 # at the seq-MNIST shape), the programs of a row block exchanging each row's statistics
-# over its units; where they do not fit, whole sequences as before. Tested and compiled
-# as BN_SPLIT, and tried by the grid launches' probe where it is on; not yet timed on a
-# GPU: off until it is.
+# over its units, so that every barrier, a step's or a phase's, waits for the programs of
+# a row block alone (with GRID_GROUPS: 13 of 91 there); where they do not fit, whole
+# sequences as before. Tested and compiled as BN_SPLIT, and tried by the grid launches'
+# probe where it is on; not yet timed on a GPU: off until it is.
 ENV_LN_SPLIT = "RNNBENCH_GPU_LN_SPLIT"
 LN_SPLIT = os.environ.get(ENV_LN_SPLIT) == "1"
 # On the CPU the kernels run only in Triton's interpreter, for tests (far slower than
@@ -1411,6 +1412,14 @@ def _split_norm(modes: tuple[int, ...]) -> int:
     return _NONE
 
 
+def _grouped(modes: tuple[int, ...], split: bool) -> bool:
+    """Whether a grid-synchronized launch's barriers are its groups' (GRID_GROUPS: the
+    programs that share a row block and seed, ``_counter``): not where batch norm's rows
+    split, whose exchanges bind the programs of a unit block, across row blocks; layer
+    norm's bind those of a row block, the group its steps wait for already."""
+    return GRID_GROUPS and not (split and _split_norm(modes) == _BATCH)
+
+
 def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False,
            split: bool = False) -> tuple[int, int, int, int]:
     """Rows and units of a program, its chunk of the products and its warps: every unit
@@ -1460,7 +1469,7 @@ def _grid_plan(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: 
         if device.type == "cuda":
             fits = n <= torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
         else:  # Triton's interpreter runs one program after another: a barrier must wait for one alone
-            fits = (triton.cdiv(H, bj) if GRID_GROUPS and not split else n) <= INTERPRETER_PROGRAMS
+            fits = (triton.cdiv(H, bj) if _grouped(modes, split) else n) <= INTERPRETER_PROGRAMS
         if fits:
             return (n, split) if _grid_runs_here(device) else (0, False)
     return 0, False
@@ -1510,7 +1519,7 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     if nprog:  # a cooperative launch: the driver runs every program at once, or refuses
         if nprog != math.prod(grid):  # a barrier waiting for programs never launched would hang
             raise RuntimeError(f"grid-synchronized launch of {math.prod(grid)} programs counted as {nprog}")
-        group = GRID_GROUPS and not split  # a phase's exchange binds the programs of a unit block
+        group = _grouped(modes, split)
         groups = barrier_counters(grid, group)
         sync = dict(CNT=torch.zeros(groups, dtype=torch.int32, device=w.device), NPROG=nprog // groups, GRID=True,
                     GROUP=group, POLL=GRID_POLL, launch_cooperative_grid=True)

@@ -30,10 +30,12 @@ are summed after the loop from the saved terms and statistics, as for the
 whole-sequence launches.
 
 A step is then two or three phases with a barrier between them: in a grid-synchronized
-launch (``scan_triton.GRID_SYNC``) a barrier of every program of the launch (the
-phases' exchanges bind the programs of one unit block, or for layer norm of one row
-block, the steps those of one row block; one counter serves both), carrying what a
-phase computed in registers; in a launch per step each phase is a launch of its own
+launch (``scan_triton.GRID_SYNC``) carrying what a phase computed in registers. Batch
+norm's exchanges bind the programs of one unit block and its steps those of one row
+block, so each of its barriers is one of every program of the launch, on one counter;
+layer norm's exchanges and steps both bind the programs of one row block, so with
+``GRID_GROUPS`` each row block (and seed) has barriers and a counter of its own
+(``scan_triton._grouped``); in a launch per step each phase is a launch of its own
 (``PHASE``) that reloads what the phases before it stored (BN_SPLIT_STEPS: for tests).
 Triton's interpreter runs a launch's programs one after another; the tests run the grid
 launches there with their programs as threads that take turns between barriers

@@ -42,7 +42,9 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   first and last), and with chunks of 16 where H is a multiple of 32 (compiled for
   sm_90, bn-lstm's forward kernel spills 32 bytes a thread with chunks of 32);
 - ``lnrows``: layer norm the same way (``LN_SPLIT``: grid launches of the rows-split
-  programs exchanging each row's statistics) against the whole-sequence launches.
+  programs exchanging each row's statistics, each row block's barriers its own) against
+  the whole-sequence launches, and with one counter for every program's barriers
+  (``GRID_GROUPS=False``).
 
 ``tiles``, ``warps``, ``units`` and ``rows`` time a launch per step (``PER_STEP``): the
 tiles that stacked seeds, too many programs for one grid-synchronized launch, run on.
@@ -115,7 +117,7 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings und
                  {"seq-mnist": ["lstm-loop", "gru-loop"], "adding": ["lstm-loop", "gru-loop"]}, {}),
     "bnrows": ([{}, dict(BN_SPLIT=True), dict(BN_SPLIT=True, BK_GRID=16), {}],
                {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm", "bn-gru", "bn-rnn"]}, {}),
-    "lnrows": ([{}, dict(LN_SPLIT=True), dict(LN_SPLIT=True, BK_GRID=16), {}],
+    "lnrows": ([{}, dict(LN_SPLIT=True), dict(LN_SPLIT=True, GRID_GROUPS=False), dict(LN_SPLIT=True, BK_GRID=16), {}],
                {"seq-mnist": ["ln-lstm", "ln-gru", "ln-rnn"], "adding": ["ln-lstm", "ln-gru", "ln-rnn"]}, {}),
 }
 SEEDS = {"syncstacked": 8}  # seeds stacked in one training step (ratio per seed); else one

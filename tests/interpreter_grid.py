@@ -3,13 +3,16 @@
 Triton's interpreter runs a launch's programs one after another, so a barrier that
 waits for several programs would never open there. ``install`` runs a cooperative
 launch (``launch_cooperative_grid``) with one thread a program instead, and replaces
-``scan_triton._step_sync`` with a token: between two barriers each program runs its
-stretch of the kernel alone, the programs in an order that a seeded random generator
-draws anew at every barrier. So a step that read what another program writes in the
-same stretch (a missing barrier, or one whose number is off) gets a result that
-depends on the order, and a barrier that some program never reaches is reported as a
-deadlock. Every program's barrier numbers are recorded: all must be 1, 2, 3, ... and
-the same for every program.
+``scan_triton._step_sync`` with a token (``Token``): one program runs at a time, and
+whenever it reaches a barrier or its end a seeded random generator draws the next from
+those free to run, a program at a barrier being free once every program that counts on
+its barrier's counter has arrived (the launch's, or its row block's with ``GROUP``). So
+a step that read what another program writes in the same stretch (a missing barrier,
+one whose number is off, or a group too small for what it exchanges) gets a result
+that depends on the order, a barrier that counts the wrong number of programs is an
+error, and one that some program never reaches is reported as a deadlock. Every
+program's barrier numbers are recorded: all must be 1, 2, 3, ... and the same for
+every program.
 
 This reaches into the interpreter's internals (Triton 3.x's ``GridExecutor``):
 ``available`` says whether they are here, and the tests skip where not."""
@@ -40,44 +43,67 @@ def available() -> bool:
 
 
 class Token:
-    """Who runs now: the programs take turns in ``order``, redrawn at every barrier."""
+    """Who runs now: one program at a time, the next drawn at random (seeded) from those
+    that can run whenever the running one reaches a barrier or its end. A program waiting
+    at its group's k-th barrier can run again once the group's programs have arrived k
+    times in all (the GPU's counter reaching k NPROG): its group every program of the
+    launch, or with GROUP those that share its row block and seed (grid axes 1 and 2,
+    ``scan_triton._counter``). So groups drift apart as far as their barriers let them."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.rng = n, random.Random(seed)
-        self.order = self.rng.sample(range(n), n)
-        self.pos = self.gen = self.arrived = 0
-        self.seen: dict[int, list] = {i: [] for i in range(n)}
+    def __init__(self, grid: list[tuple[int, int, int]], seed: int) -> None:
+        self.grid, self.n, self.rng = grid, len(grid), random.Random(seed)
+        self.seen: dict[int, list] = {i: [] for i in range(self.n)}
+        self.arrivals: dict[tuple, int] = {}  # a counter's arrivals, by its key
+        self.waiting: dict[int, tuple[tuple, int]] = {}  # a program at a barrier: its counter's key, k
+        self.size: dict[tuple, int] = {}
+        self.done: set[int] = set()
         self.error: str | None = None
         self.cv = threading.Condition()
+        self.now: int | None = self.rng.randrange(self.n)
+
+    def key(self, me: int, group: bool) -> tuple:
+        """The counter of program me's barriers, and the programs that count on it."""
+        key = ("group",) + self.grid[me][1:] if group else ("launch",)
+        if key not in self.size:
+            self.size[key] = sum(1 for g in self.grid if ("group",) + g[1:] == key) if group else self.n
+        return key
 
     def _next(self) -> None:
-        self.arrived += 1
-        if self.arrived == self.n:  # every program at the barrier (or done): the next stretch, a new order
-            self.arrived = self.pos = 0
-            self.gen += 1
-            self.order = self.rng.sample(range(self.n), self.n)
-        else:
-            self.pos += 1
+        free = [p for p in range(self.n) if p not in self.done
+                and (p not in self.waiting
+                     or self.arrivals[self.waiting[p][0]] >= self.waiting[p][1] * self.size[self.waiting[p][0]])]
+        if free:
+            self.now = self.rng.choice(free)
+            self.waiting.pop(self.now, None)
+        elif len(self.done) < self.n:
+            self.error = self.error or (f"deadlock: programs {sorted(self.waiting)} wait at barriers "
+                                        f"{sorted(set(k for _, k in self.waiting.values()))}")
         self.cv.notify_all()
 
-    def wait(self, me: int, gen: int) -> None:
-        ok = self.cv.wait_for(lambda: self.error is not None or (self.gen == gen and self.order[self.pos] == me),
-                              timeout=120)
+    def wait(self, me: int) -> None:
+        ok = self.cv.wait_for(lambda: self.error is not None or self.now == me, timeout=120)
         if not ok:
-            self.error = f"deadlock: program {me} waits at barrier generation {gen}, the others at {self.gen}"
+            self.error = f"deadlock: program {me} never ran again"
         if self.error:
             raise RuntimeError(self.error)
 
-    def barrier(self, me: int, k: int) -> None:
+    def barrier(self, me: int, k: int, nprog: int, group: bool) -> None:
         with self.cv:
+            key = self.key(me, group)
+            if nprog != self.size[key]:
+                self.error = self.error or f"a barrier counts {nprog} programs where {self.size[key]} count on it"
+                self.cv.notify_all()
+                raise RuntimeError(self.error)
             self.seen[me].append(k)
-            gen = self.gen
+            self.arrivals[key] = self.arrivals.get(key, 0) + 1
+            self.waiting[me] = (key, k)
             self._next()
-            self.wait(me, gen + 1)
+            self.wait(me)
 
     def finish(self, me: int) -> None:
         with self.cv:
             self.seen[me].append("end")
+            self.done.add(me)
             self._next()
 
     def fail(self, e: BaseException) -> None:
@@ -115,7 +141,7 @@ def install(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> list[Token]:
             grid += (1,) * (3 - len(grid))
             _interp.interpreter_builder.set_grid_dim(*grid)
             programs = [(x, y, z) for x in range(grid[0]) for y in range(grid[1]) for z in range(grid[2])]
-            token = Token(len(programs), seed + len(tokens))
+            token = Token(programs, seed + len(tokens))
             tokens.append(token)
             errors: list[BaseException] = []
 
@@ -123,7 +149,7 @@ def install(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> list[Token]:
                 _here.me, _here.token = me, token
                 try:
                     with token.cv:
-                        token.wait(me, 0)
+                        token.wait(me)
                     _interp.interpreter_builder.set_grid_idx(*idx)
                     self.fn(**args)
                     token.finish(me)
@@ -144,9 +170,9 @@ def install(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> list[Token]:
 
     def step_sync(CNT, k, NPROG, GRID, GROUP, POLL):
         if getattr(GRID, "value", GRID):  # a constexpr here; a whole-sequence launch's barrier of its own warps
-            k = int(k.handle.data.item()) if hasattr(k, "handle") else int(k)
+            k, nprog = (int(v.handle.data.item()) if hasattr(v, "handle") else int(v) for v in (k, NPROG))
             idx = _here.grid_idx
-            _here.token.barrier(_here.me, k)
+            _here.token.barrier(_here.me, k, nprog, bool(getattr(GROUP, "value", GROUP)))
             _here.grid_idx = idx
 
     monkeypatch.setattr(_interp.InterpreterBuilder, "grid_idx", property(grid_idx, set_grid_idx), raising=False)

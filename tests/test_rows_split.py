@@ -71,8 +71,10 @@ def test_rows_split_norms_in_launches_per_phase(cell, norm, cell_norm, B, monkey
     ("gru", "layer", None, 17, 20), ("lstm", "layer", "layer", 40, 20), ("lstm", "layer", None, 33, 32)])
 def test_rows_split_grid_launch_of_several_programs(cell, norm, cell_norm, B, H, monkeypatch):
     """The grid-synchronized launch, as it runs on a GPU: each phase's values carried in
-    registers across a barrier of every program, here 9 or 12 programs run as threads
-    that take turns between barriers in a random order (tests/interpreter_grid.py).
+    registers across barriers, of every program for batch norm, of a row block's for
+    layer norm (whose row blocks drift apart as far as those let them), here 9 or 12
+    programs run as threads that take turns between barriers in a random order
+    (tests/interpreter_grid.py).
     Against the float64 reference, with three or two row blocks (of 16: 40, 17 and 33
     rows) and three or four unit blocks (20 units; 32 in chunks of 32, BK_GRID); forward
     and backward each pass barriers 1 .. T x phases - 1 in order, in every program. The
@@ -88,11 +90,41 @@ def test_rows_split_grid_launch_of_several_programs(cell, norm, cell_norm, B, H,
     assert scan.last_path() == "scan-triton-grid"
     assert len(starts) == 2 and len(tokens) == 2
     for _, _, (_, grid, _, cfg, sync) in starts:
-        assert grid == (math.ceil(H / 8), math.ceil(B / 16), 1) and "PART" in cfg and not sync["GROUP"]
+        assert grid == (math.ceil(H / 8), math.ceil(B / 16), 1) and "PART" in cfg
+        assert sync["GROUP"] == (norm == "layer")  # a row block's barriers its own: layer norm's exchanges
         assert cfg["BK"] == (32 if H == 32 else 16)
     interpreter_grid.check_barriers(tokens)
     n = scan_triton_rows.phases(cell, {None: 0, "batch": 1, "layer": 3}[cell_norm])
     assert all(len(next(iter(t.seen.values()))) == T * n for t in tokens)  # T n - 1 barriers, then the end
+
+
+@needs_kernels
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # shares never written: whatever PART held
+def test_row_block_barriers_would_not_do_for_batch_norm(monkeypatch):
+    """The threads' scheduler (tests/interpreter_grid.py) lets row blocks drift apart as
+    far as their barriers allow, so it catches barriers grouped too narrowly: batch
+    norm's rows split, whose programs read every row block's shares, run with each row
+    block's barriers its own (as layer norm's, ``scan_triton._grouped``) reads shares
+    not yet written, or already overwritten, and misses the float64 reference."""
+    split_rows(monkeypatch, steps=False)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    monkeypatch.setattr(scan_triton, "_grouped", lambda modes, split: True)
+    interpreter_grid.install(monkeypatch, seed=2)
+    with pytest.raises(AssertionError):
+        run_cell_case(IMPLS["scan-triton-grid"], "gru", 40, 3, 20, "batch", None, True)
+
+
+@needs_kernels
+def test_a_barrier_that_counts_the_wrong_programs_is_an_error(monkeypatch):
+    """A barrier whose NPROG is not the number of programs on its counter (on a GPU: one
+    that opens early, or never) stops the launch with that said."""
+    split_rows(monkeypatch, steps=False, layer=True)
+    monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
+    monkeypatch.setattr(scan_triton, "_grouped", lambda modes, split: False)  # one counter, NPROG a row block's
+    monkeypatch.setattr(scan_triton, "barrier_counters", lambda grid, group: grid[1] * grid[2])
+    interpreter_grid.install(monkeypatch, seed=3)
+    with pytest.raises(Exception, match="a barrier counts 3 programs where 9 count on it"):  # or the interpreter's
+        run_cell_case(IMPLS["scan-triton-grid"], "rnn", 40, 3, 20, "layer", None, True)
 
 
 @needs_kernels
