@@ -120,10 +120,21 @@ def fmt_ci(s: Summary) -> str:
     return f"{fmt(s.mean)} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
 
 
+ALPHA = 0.05  # the reports' significance level
+
+
 def fmt_p(p: float) -> str:
+    """A p-value to three decimals, or more where three would round it across ALPHA
+    (0.0496 is "0.0496", not "0.050" beside a verdict of significant)."""
     if p is None or math.isnan(p):
         return "–"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+    if p < 1e-3:
+        return "<0.001"
+    for digits in range(3, 8):
+        text = f"{p:.{digits}f}"
+        if (float(text) < ALPHA) == (p < ALPHA):
+            break
+    return text
 
 
 def fmt_peq(p: float) -> str:

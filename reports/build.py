@@ -2,7 +2,7 @@
 
 A pure function of the store (and an optional baseline store): nothing in the
 output depends on when or where it is rendered — no "generated at" time, fixed
-bootstrap seeds, PNGs without timestamps — so the same store gives the same
+random seeds, PNGs without timestamps — so the same store gives the same
 files byte for byte, and a report can be diffed against last night's.
 """
 

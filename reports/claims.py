@@ -27,13 +27,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from reports.blocks import Section, Text, fmt, fmt_ci, fmt_p, note, table
+from reports.blocks import ALPHA, Section, Text, fmt, fmt_ci, fmt_p, note, table
 from reports.data import ReportData
 from reports.dynamics import _profiles, slopes
 from reports.literature import PUBLISHED, differences, matches, tasks_with_numbers
 from reports.stats import holm, mann_whitney, prob_improvement, summarize, welch_t
 
-ALPHA = 0.05
 SAME = ("model.cell", "model.nonlinearity", "model.hidden_size", "model.num_layers", "model.init")
 
 
@@ -125,7 +124,10 @@ def _evidence(data: ReportData, label: str, bn: str, plain: str) -> dict[str, li
                               "favours bn": _sign(db / len(fin_b) - da / len(fin_a))})
     xa = a[a["status"] == "done"]["primary"].dropna().to_numpy(float)
     xb = b[b["status"] == "done"]["primary"].dropna().to_numpy(float)
-    if xa.size >= 2 and xb.size >= 2:
+    # Brown–Forsythe compares the runs' distances from their group's median: with two runs
+    # a group's two distances are equal, so its spread within groups is 0 and any
+    # difference gets p ~ 0. Three runs a side at least.
+    if xa.size >= 3 and xb.size >= 3:
         sa, sb = float(np.std(xa, ddof=1)), float(np.std(xb, ddof=1))
         with np.errstate(all="ignore"), warnings.catch_warnings():  # 0/0 when both samples are tiny
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -143,12 +145,12 @@ def _evidence(data: ReportData, label: str, bn: str, plain: str) -> dict[str, li
                                   "plain": fmt(float(np.median(sb_))) + " (median)", "test": "Mann–Whitney U",
                                   "p": p, "favours bn": _sign(prob_improvement(sa_, sb_, higher_is_better=False) - 0.5)})
     _, late, _ = _profiles(data, label)
-    if bn in late and plain in late:
-        ka, kb = slopes(late[bn]), slopes(late[plain])
+    if bn in late and plain in late:  # flatter: a smaller |slope|, whether gradients vanish or explode
+        ka, kb = np.abs(slopes(late[bn])), np.abs(slopes(late[plain]))
         _, p = welch_t(ka, kb)
-        out["gradients"].append({**base, "measure": "gradient-flow slope at end (decades/step back)",
+        out["gradients"].append({**base, "measure": "|gradient-flow slope| at end (decades/step back)",
                                  "bn": fmt_ci(summarize(ka)), "plain": fmt_ci(summarize(kb)), "test": "Welch t",
-                                 "p": p, "favours bn": _sign(float(np.nanmean(ka)) - float(np.nanmean(kb)))})
+                                 "p": p, "favours bn": _sign(float(np.nanmean(kb)) - float(np.nanmean(ka)))})
     return out
 
 

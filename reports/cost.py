@@ -54,7 +54,7 @@ def cost_section(data: ReportData) -> Section:
         sec.add(Text(f"device: {device}", "heading"))
         sec.add(figure(figures.cost_points(dev_runs.assign(samples_per_s=_num(dev_runs, "samples_per_s")), data.colors),
                        f"cost_{device}", f"Training samples per second on {device} per task setting and model "
-                                         "(mean over seeds, 95% bootstrap CI), log scale."))
+                                         "(mean over seeds, 95% t CI), log scale."))
         for label, g in dev_runs.groupby("task_label", sort=True):
             sec.add(*_cost_table(label, device, g))
         if _num(dev_runs, "peak_mem_mb").isna().all():
@@ -193,7 +193,7 @@ def baseline_section(data: ReportData, base: ReportData, base_path: str, compari
     if not comparison.rows:
         return sec.add(note(f"No configuration of this store is in the baseline {base_path}."))
     sec.add(Text(f"Baseline: {base_path}. Configurations are matched by their full spec without seed and "
-                 "code version; a change is flagged when the two 95% bootstrap intervals do not overlap."))
+                 "code version; a change is flagged when the two 95% t intervals do not overlap."))
     flagged = comparison.regressions
     if flagged:
         sec.add(Text(f"{len(flagged)} regression(s) beyond the CI: " + "; ".join(flagged) + ".", "alert"))

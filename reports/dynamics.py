@@ -75,7 +75,7 @@ def learning_curves_section(data: ReportData) -> Section:
         sec.add(figure(figures.learning_curves(steps, wall, data.colors, info.primary, log, info.chance, info.solved),
                        f"curves_{label}",
                        f"Validation {info.primary} on {label} against training steps (left) and training wall "
-                       f"time (right, evaluation excluded): mean over seeds with a 95% bootstrap band. A run that "
+                       f"time (right, evaluation excluded): mean over seeds with a 95% t band. A run that "
                        f"has finished (solved early, or simply faster) keeps its last value; dashed: chance, "
                        f"dotted: solved (drawn when near the curves)."))
         rows, last_step = [], int(steps["step"].max())
@@ -155,7 +155,7 @@ def _flow_blocks(data: ReportData, label: str, info: TaskInfo) -> list[Any]:
                   else f"end of training (steps {steps[0]}–{steps[-1]})" if steps else "end of training")
     out: list[Any] = [figure(figures.gradient_flow(early, late, data.colors, late_label), f"gradflow_{label}",
                              f"‖∂L/∂h_t‖ against t on {label}, log scale: geometric mean over seeds with a 95% "
-                             f"bootstrap band, at step 0 (left) and at each run's last probe (right).")]
+                             f"t band, at step 0 (left) and at each run's last probe (right).")]
     rows, sentences = [], []
     for variant in sorted(early):
         s0 = summarize(slopes(early[variant]))
@@ -206,7 +206,7 @@ def _norm_blocks(data: ReportData, label: str) -> list[Any]:
         mats[variant] = np.vstack(rows)
     out: list[Any] = [figure(figures.grad_norms(centers, mats, data.colors, clip), f"gradnorm_{label}",
                              f"Global gradient norm before clipping on {label} (geometric mean per step bin and "
-                             f"over seeds, 95% bootstrap band); dashed: the clipping threshold.")]
+                             f"over seeds, 95% t band); dashed: the clipping threshold.")]
     groups = sorted(n.split("/", 1)[1] for n in m["name"].unique() if n.startswith("grad_norm/"))
     rows = []
     for variant, g in m.groupby("variant", sort=True):

@@ -1,10 +1,9 @@
 """Figures of the report. Each function takes plain frames/arrays and returns a
 matplotlib Figure; it never saves (``reports.blocks.figure`` renders it).
 
-Bands are 95% bootstrap intervals over seeds with a fixed seed, so figures are
-reproducible. Curves with many points (gradient flow over T steps, gradient norms
-over training steps) use one vectorized bootstrap over runs instead of seaborn's
-per-point loop, which would take seconds per figure at T = 1000.
+Bands are 95% Student's t intervals of the mean over seeds, as the tables'
+(``reports.stats.t_interval``: a bootstrap's fall far short of their level at a
+handful of seeds), computed for every point of a curve at once.
 """
 
 from __future__ import annotations
@@ -20,25 +19,24 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-N_BOOT = 1000
-SEED = 0
+from reports.stats import t_interval  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
 
 
-def band(matrix: np.ndarray, geometric: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over runs and a 95% percentile-bootstrap band, per column.
+def band(matrix: np.ndarray, geometric: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs and a 95% Student's t band (``reports.stats.t_interval``), per column.
 
     Args:
         matrix: shape ``(n_runs, n_points)``; NaN marks a run without a value
             at that point (it is left out there).
         geometric: average ``log10`` values (for quantities spanning decades,
-            such as gradient norms) and return them back on the linear scale.
+            such as gradient norms) and return them back on the linear scale;
+            a value of 0 (or below) has no logarithm and is left out.
 
     Returns:
-        ``(mean, low, high)``, each of shape ``(n_points,)``. With one run the
-        band is the curve itself.
+        ``(mean, low, high)``, each of shape ``(n_points,)``. Where a point has
+        one run the band is the curve itself.
     """
     m = np.asarray(matrix, dtype=float)
     if geometric:
@@ -47,18 +45,9 @@ def band(matrix: np.ndarray, geometric: bool = False, n_boot: int = N_BOOT, seed
     with np.errstate(all="ignore"), warnings.catch_warnings():  # all-NaN columns are expected
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(m, axis=0)
-        if m.shape[0] < 2:
-            low = high = mean
-        else:
-            # Resample runs: counts[b, r] = times run r is drawn in resample b. Means as
-            # matrix products keep memory at (n_boot, n_points) whatever the run count.
-            n = m.shape[0]
-            idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-            counts = np.zeros((n_boot, n))
-            np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
-            seen = ~np.isnan(m)
-            boots = (counts @ np.where(seen, m, 0.0)) / (counts @ seen)
-            low, high = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+        n = np.sum(~np.isnan(m), axis=0)
+        low, high = t_interval(mean, np.nanstd(m, axis=0, ddof=1), n)
+    low, high = np.where(n < 2, mean, low), np.where(n < 2, mean, high)
     if geometric:
         mean, low, high = 10.0**mean, 10.0**low, 10.0**high
     return mean, low, high
@@ -79,8 +68,8 @@ def _finish(ax: plt.Axes, xlabel: str, ylabel: str, xscale: str | None = None,
 
 
 def ci95(values: Any) -> tuple[float, float]:
-    """95% bootstrap interval of the mean of one group of runs, for seaborn's ``errorbar``
-    (the same resampling as :func:`band`, without seaborn's slower per-point loop)."""
+    """95% t interval of the mean of one group of runs, for seaborn's ``errorbar`` (the
+    same as :func:`band`'s and the tables')."""
     _, low, high = band(np.asarray(values, dtype=float)[:, None])
     return float(low[0]), float(high[0])
 
@@ -131,7 +120,7 @@ def learning_curves(curves: pd.DataFrame, wall: pd.DataFrame, colors: Mapping[st
 
 def curve_bands(ax: plt.Axes, x: np.ndarray, matrices: Mapping[str, np.ndarray],
                 colors: Mapping[str, Any], geometric: bool = True) -> None:
-    """One line per variant (geometric mean over runs) with its bootstrap band."""
+    """One line per variant (geometric mean over runs) with its t band."""
     for name, mat in matrices.items():
         mean, low, high = band(mat, geometric=geometric)
         ax.plot(x, mean, color=colors.get(name), lw=1.5, label=f"{name} (n={mat.shape[0]})")

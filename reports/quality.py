@@ -1,7 +1,7 @@
 """Sections on quality: the leaderboards, the significance tests and the ablations.
 
 Every number is the primary test metric of a run (the best-validation
-checkpoint's score), one value per seed; means come with 95% bootstrap CIs and
+checkpoint's score), one value per seed; means come with 95% Student's t CIs and
 comparisons with named tests, Holm-corrected (``reports.stats``).
 """
 
@@ -15,11 +15,9 @@ import numpy as np
 import pandas as pd
 
 from reports import figures
-from reports.blocks import Section, Text, figure, fmt, fmt_ci, fmt_p, fmt_peq, note, table
+from reports.blocks import ALPHA, Section, Text, figure, fmt, fmt_ci, fmt_p, fmt_peq, note, table
 from reports.data import ReportData, TaskInfo, short_key
 from reports.stats import cd_groups, friedman, nemenyi_cd, pairwise_table, summarize
-
-ALPHA = 0.05
 
 
 def _order(frame: pd.DataFrame, info: TaskInfo, col: str = "mean") -> pd.DataFrame:
@@ -68,8 +66,8 @@ def summary_section(data: ReportData) -> Section:
         sec.add(Text(f"{label}", "heading"))
         if info.note:
             sec.add(note(info.note))
-        sec.add(table(shown, f"Leaderboard of {info.describe()}. Mean over seeds with a 95% percentile "
-                             "bootstrap CI; steps/time to solve over the runs that solved."))
+        sec.add(table(shown, f"Leaderboard of {info.describe()}. Mean over seeds with a 95% Student's t "
+                             "CI; steps/time to solve over the runs that solved."))
         sec.add(_leader_sentence(raw, info))
     return sec
 
@@ -192,15 +190,19 @@ def friedman_blocks(data: ReportData) -> list[Any]:
                  f"α = {ALPHA}, CD = {cd:.2f}).")
     rows = [{"model": m, "average rank": f"{r:.2f}"} for m, r in sorted(zip(names, res.avg_ranks), key=lambda x: x[1])]
     out: list[Any] = [head, fig, table(rows, f"Average ranks over {', '.join(scores.index)}.")]
-    stat = (f"Friedman χ² = {fmt(res.chi2, 3)} (df {k - 1}), {fmt_peq(res.pvalue)}; "
-            + (f"Iman–Davenport F = {fmt(res.f_stat, 3)}, {fmt_peq(res.f_pvalue)}" if np.isfinite(res.f_stat)
-               else "Iman–Davenport F undefined (every task ranks the models identically)")
-            + f" ({k} models, {n} task settings).")
-    # Iman–Davenport's F is infinite when every task ranks the models identically, which
-    # with few tasks is no evidence at all (k=2, N=2: a sign test with p = 0.5); decide on
-    # Friedman's χ² then, on F otherwise (Demšar 2006 recommends F as less conservative).
-    p_decide = res.f_pvalue if np.isfinite(res.f_stat) else res.pvalue
-    if not (p_decide < ALPHA):
+    how = (f"exact over all {res.perm_orderings:,} orderings of each task's ranks" if res.perm_exact
+           else f"over {res.perm_orderings:,} random orderings of each task's ranks")
+    stat = (f"Friedman χ² = {fmt(res.chi2, 3)} (df {k - 1}), "
+            + (f"Iman–Davenport F = {fmt(res.f_stat, 3)}" if np.isfinite(res.f_stat)
+               else "Iman–Davenport F infinite (every task ranks the models identically)")
+            + f"; permutation {fmt_peq(res.perm_pvalue)} ({how}; {k} models, {n} task settings).")
+    # The χ² and F distributions' p-values are far too small over the few tasks a suite
+    # has (reports.stats.friedman), so the decision is the permutation test's.
+    p_decide = res.perm_pvalue
+    if np.isnan(res.chi2):
+        out.append(Text(f"Every task setting ties all {k} models, so the Friedman test has nothing to rank "
+                        f"({n} task settings)."))
+    elif not (p_decide < ALPHA):
         out.append(Text(stat + " The test finds no significant difference among the models, so the "
                                "ranks above are not evidence of an ordering."))
     else:
@@ -288,7 +290,7 @@ def _one_axis(data: ReportData, task_name: str, axis: str, sub: pd.DataFrame, in
                                             log, order),
                           f"ablation_{task_name}_{name}",
                           f"Test {info.primary} on {task_name} against {name}: mean over seeds and 95% "
-                          f"bootstrap CI per model."))
+                          f"t CI per model."))
     out.append(table(rows, f"Effect of {name} on {task_name} (test {info.primary}, "
                            f"{'higher' if info.higher_is_better else 'lower'} is better)."))
     out.extend(sentences)

@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import baselines
 
 from reports import figures
-from reports.blocks import Table, Text, fmt_ci, fmt_p
+from reports.blocks import Table, Text, fmt_ci, fmt_p, fmt_peq
 from reports.build import build_report
 from reports.claims import bn_pairs, claims_section, verdict
 from reports.cost import baseline_section, compare, compare_to_baseline
@@ -97,6 +98,27 @@ def test_friedman_ranks_respect_each_tasks_direction(store):
     assert scores.loc["copy"].idxmax() == means["copy"].idxmax()  # accuracy: higher is better
     ranks = friedman(scores.to_numpy()).avg_ranks
     assert ranks.sum() == pytest.approx(3.0)  # two models: ranks 1 and 2 on each task
+
+
+@pytest.mark.parametrize("rows,verdict", [
+    ([[3, 2, 1], [3, 2, 1], [3, 1, 2], [3, 1, 2]], "finds no significant difference"),  # χ² p 0.050, F p 0.016
+    ([[2, 1]] * 5, "finds no significant difference"),  # χ² p 0.025; the sign test's 0.0625
+    ([[2, 1]] * 6, "The models differ."),  # 6 of 6: 0.03125
+    ([[1, 1, 1]] * 3, "ties all 3 models"),
+])
+def test_across_tasks_decides_on_the_permutation_p(rows, verdict, monkeypatch):
+    """The across-tasks sentence states and decides on the Friedman permutation p (the χ²
+    and F approximations call 4 or 5 tasks significant where the exact test does not)."""
+    from reports import quality
+
+    scores = pd.DataFrame(rows, index=[f"task{i}" for i in range(len(rows))],
+                          columns=["lstm", "gru", "rnn"][:len(rows[0])], dtype=float)
+    monkeypatch.setattr(quality, "friedman_scores", lambda data: scores)
+    text = " ".join(b.text for b in quality.friedman_blocks(None) if hasattr(b, "text"))
+    assert verdict in text
+    res = friedman(scores.to_numpy())
+    if not np.isnan(res.chi2):
+        assert f"permutation {fmt_peq(res.perm_pvalue)} (exact over all" in text
 
 
 def test_every_figure_has_a_table_or_sentence_beside_it(report):
@@ -219,18 +241,40 @@ def test_verdict_rules():
     assert verdict([row(0.2, 1), row(0.01, 0)]) == "not shown"
 
 
-def test_claims_compare_bn_rnn_with_rnn(tmp_path):
+@pytest.fixture(scope="module")
+def bn_store(tmp_path_factory) -> Path:
+    """rnn and bn-rnn on adding T=8, three seeds."""
     if "bn-rnn" not in baselines.names():
         pytest.skip("no bn-rnn model registered")
-    path = real_store(tmp_path / "bn.sqlite", models=("rnn", "bn-rnn"), seeds="0-1",
+    return real_store(tmp_path_factory.mktemp("bn") / "bn.sqlite", models=("rnn", "bn-rnn"), seeds="0-2",
                       tasks=(("adding", {"T": 8, "n_val": 64, "n_test": 64}),), train={"max_steps": 20})
-    data = load(path)
+
+
+def test_claims_compare_bn_rnn_with_rnn(bn_store):
+    data = load(bn_store)
     assert bn_pairs(data) == [("adding", "bn-rnn", "rnn")]
     sec = claims_section(data)
     tables = [b for b in sec.blocks if isinstance(b, Table)]
     evidence = [r for t in tables[1:] for r in t.rows]
     measures = {r[3] for r in evidence}
-    assert {"diverged runs", "std of test mse over seeds", "gradient-flow slope at end (decades/step back)"} <= measures
+    assert {"diverged runs", "std of test mse over seeds", "|gradient-flow slope| at end (decades/step back)"} <= measures
+
+
+def test_claims_need_three_runs_for_spread_and_call_a_smaller_slope_flatter(bn_store, monkeypatch):
+    """Two runs a side give no spread test (Brown–Forsythe's distances from the median are
+    then equal within a group: p ~ 0 for any difference); a gradient-flow profile that
+    grows 10^0.1 a step back is steeper than one that decays 10^-0.02 a step, so it does
+    not favour batch norm however significant."""
+    from reports import claims
+
+    data = load(bn_store)
+    data.runs = data.runs[data.runs["seed"] < 2]  # two runs a side
+    monkeypatch.setattr(claims, "_profiles", lambda data, label: ({}, {"bn-rnn": 0.1, "rnn": -0.02}, {}))
+    monkeypatch.setattr(claims, "slopes", lambda slope: slope + np.array([0.001, -0.001]))  # two runs' slopes
+    ev = claims._evidence(data, "adding", "bn-rnn", "rnn")
+    assert [r["measure"] for r in ev["stable"]] == ["diverged runs"]
+    (grad,) = ev["gradients"]
+    assert grad["p"] < 0.05 and grad["favours bn"] == -1
 
 
 def test_literature_matching_and_comparability():
@@ -248,13 +292,21 @@ def test_literature_matching_and_comparability():
 # -- figures ----------------------------------------------------------------------
 
 
-def test_band_is_a_bootstrap_interval_around_the_mean():
+def test_band_is_the_t_interval_of_each_point():
+    """Each point's band is Student's t interval of its runs' mean, a run missing there
+    left out (scipy's interval of the column's values)."""
+    import scipy.stats as sps
+
     rng = np.random.default_rng(0)
     m = rng.normal(size=(5, 7))
     m[0, 3] = np.nan
     mean, lo, hi = figures.band(m)
     np.testing.assert_allclose(mean, np.nanmean(m, axis=0))
-    assert np.all(lo <= mean) and np.all(mean <= hi)
+    for j in range(7):
+        col = m[~np.isnan(m[:, j]), j]
+        ref = sps.t.interval(0.95, col.size - 1, loc=col.mean(), scale=sps.sem(col))
+        np.testing.assert_allclose((lo[j], hi[j]), ref)
+    assert figures.ci95(m[:, 0]) == pytest.approx((lo[0], hi[0]))
     gmean, glo, ghi = figures.band(np.exp(m), geometric=True)
     np.testing.assert_allclose(np.log10(gmean), np.nanmean(np.log10(np.exp(m)), axis=0))
     assert np.all(glo > 0) and np.all(glo <= gmean) and np.all(gmean <= ghi)

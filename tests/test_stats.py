@@ -43,9 +43,25 @@ def test_summarize_ci_matches_scipy_bootstrap_and_brackets_mean(method):
     assert s.ci_low <= s.mean <= s.ci_high
 
 
+def test_summarize_ci_is_students_t_by_default():
+    low, high = sps.t.interval(0.9, A.size - 1, loc=np.mean(A), scale=sps.sem(A))
+    s = st.summarize(A, confidence=0.9)
+    assert (s.ci_low, s.ci_high) == pytest.approx((low, high))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_t_interval_covers_the_mean_at_its_level_with_few_seeds(n):
+    """20,000 normal samples of n seeds: the 95% t interval holds the true mean 95% of the
+    time (a percentile bootstrap's covered 50-84% at these sizes)."""
+    x = np.random.default_rng(n).normal(3.0, 2.0, (20_000, n))
+    low, high = st.t_interval(x.mean(axis=1), x.std(axis=1, ddof=1), n)
+    assert np.mean((low <= 3.0) & (3.0 <= high)) == pytest.approx(0.95, abs=0.006)
+
+
 def test_summarize_is_deterministic_given_seed():
-    assert st.summarize(B, n_resamples=300, seed=5) == st.summarize(B, n_resamples=300, seed=5)
-    assert st.summarize(B, n_resamples=300, seed=5) != st.summarize(B, n_resamples=300, seed=6)
+    boot = dict(n_resamples=300, method="percentile")
+    assert st.summarize(B, seed=5, **boot) == st.summarize(B, seed=5, **boot)
+    assert st.summarize(B, seed=5, **boot) != st.summarize(B, seed=6, **boot)
 
 
 def test_summarize_wider_confidence_gives_wider_interval():
@@ -84,8 +100,34 @@ def test_two_sample_tests_small_n_and_constants_do_not_raise():
     assert (u, p) == (0.0, pytest.approx(2 / 3))
     assert st.welch_t([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]) == (0.0, 1.0)
     assert st.mann_whitney([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]) == (4.5, 1.0)
-    t, p = st.welch_t([1.0, 1.0], [2.0, 2.0])
-    assert t == -math.inf and p == 0.0
+    t, p = st.welch_t([1.0, 1.0], [2.0, 2.0])  # no spread to scale by: the exact permutation p
+    assert t == -math.inf and p == pytest.approx(2 / math.comb(4, 2))
+    t, p = st.welch_t([1.0, 1.0, 1.0], [0.5, 0.5])
+    assert t == math.inf and p == pytest.approx(2 / math.comb(5, 2))  # twice the one tail, as scipy
+
+
+def _enumerated_mwu_p(x, y):
+    """Two-sided p of U by brute force, as scipy defines it (twice the smaller tail,
+    at most 1): every split of the pooled values, ties counted half."""
+    pooled, n = np.concatenate([x, y]), len(x)
+
+    def u(a, b):
+        return sum((ai > bi) + 0.5 * (ai == bi) for ai in a for bi in b)
+
+    obs = u(x, y)
+    us = np.array([u(pooled[list(c)], np.delete(pooled, list(c))) for c in itertools.combinations(range(len(pooled)), n)])
+    return min(1.0, 2 * min(np.mean(us >= obs - 1e-9), np.mean(us <= obs + 1e-9)))
+
+
+@pytest.mark.parametrize("x,y", [([1, 1, 1], [2, 2, 2]), ([100, 200, 300], [1001, 1001, 1001]),
+                                 ([0.9, 0.9, 0.8, 0.7], [0.8, 0.6, 0.6]), ([1, 2, 2, 3, 3], [3, 4, 4, 5])])
+def test_mann_whitney_with_ties_is_exact(x, y):
+    """With ties among few seeds the p-value is the permutation distribution's, by
+    enumerating every split of the runs (scipy's normal approximation gave 0.047 and
+    0.064 for the first two, where no split can give less than 0.1)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    assert st.mann_whitney(x, y)[1] == pytest.approx(_enumerated_mwu_p(x, y))
+    assert st.mann_whitney(x, y)[1] > sps.mannwhitneyu(x, y).pvalue  # the approximation was anti-conservative
 
 
 def test_prob_improvement_hand_cases():
@@ -218,6 +260,49 @@ def test_friedman_matches_scipy_with_and_without_ties(higher_is_better):
         assert r.f_stat == pytest.approx(f)
         assert r.f_pvalue == pytest.approx(sps.f.sf(f, k - 1, (k - 1) * (n - 1)))
         assert r.avg_ranks.sum() == pytest.approx(k * (k + 1) / 2)
+
+
+def _enumerated_friedman_p(scores):
+    """P(sum of squared rank sums >= observed) over every ordering of every row's ranks."""
+    ranks = sps.rankdata(-np.asarray(scores, float), axis=1)
+    obs = np.sum(ranks.sum(axis=0) ** 2)
+    hits = total = 0
+    for perms in itertools.product(*[list(itertools.permutations(row)) for row in ranks]):
+        total += 1
+        hits += np.sum(np.sum(perms, axis=0) ** 2) >= obs - 1e-9
+    return hits / total
+
+
+@pytest.mark.parametrize("scores", [
+    [[3, 2, 1], [3, 2, 1], [3, 1, 2], [3, 1, 2]],  # chi2 p 0.050, F p 0.016: exact 0.069
+    [[2, 1]] * 5,  # sign test, 5 wins of 5: 0.0625 (chi2 p 0.025)
+    [[0.9, 0.8, 0.8], [0.7, 0.9, 0.6], [0.5, 0.5, 0.4]],  # ties within rows
+    [[4, 3, 2, 1], [1, 2, 4, 3], [4, 1, 3, 2]],
+])
+def test_friedman_permutation_p_enumerates_every_ordering(scores):
+    """Over few tasks the χ² and F p-values are far too small; the permutation p is the
+    share of all (k!)^N orderings of the tasks' ranks whose statistic is at least the
+    observed one, counted here by brute force (k = 2: the exact sign test)."""
+    r = st.friedman(scores)
+    assert r.perm_exact and r.perm_orderings == math.factorial(len(scores[0])) ** len(scores)
+    assert r.perm_pvalue == pytest.approx(_enumerated_friedman_p(scores))
+    if len(scores[0]) == 2:
+        assert r.perm_pvalue == pytest.approx(sps.binomtest(5, 5).pvalue)
+
+
+def test_friedman_permutation_p_draws_orderings_beyond_the_exact_limit(monkeypatch):
+    """Past EXACT_PERMUTATIONS orderings, MONTE_CARLO drawn ones, the same for the same
+    seed, near the exact p."""
+    scores = RNG.normal(size=(5, 4))  # 24^5 orderings
+    exact = _enumerated_friedman_p(scores[:3])
+    monkeypatch.setattr(st, "EXACT_PERMUTATIONS", 10)
+    drawn = st.friedman(scores[:3])
+    assert not drawn.perm_exact and drawn.perm_orderings == st.MONTE_CARLO
+    assert drawn.perm_pvalue == pytest.approx(exact, abs=0.02)
+    assert st.friedman(scores[:3]).perm_pvalue == drawn.perm_pvalue
+    assert st.friedman(scores[:3], seed=1).perm_pvalue != drawn.perm_pvalue
+    monkeypatch.undo()
+    assert not st.friedman(scores).perm_exact  # 24^5 > EXACT_PERMUTATIONS
 
 
 def test_friedman_ranks_direction_and_untied_equals_from_ranks():
