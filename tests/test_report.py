@@ -337,3 +337,11 @@ def test_environment_names_the_runs_cpu_capability(report):
     header = next(line for line in env.splitlines() if line.startswith("|"))
     assert "cpu_capability" in header and "switches" in header
     assert f"| {torch.backends.cpu.get_cpu_capability()} |" in env
+
+
+def test_p_values_print_on_their_side_of_alpha():
+    """Three decimals, more where three would round a p-value across 0.05 (a 'significant'
+    verdict beside 'p = 0.050')."""
+    assert [fmt_p(p) for p in (0.0496, 0.04996, 0.0504, 0.05, 0.1056, 0.0004, float("nan"))] == [
+        "0.0496", "0.04996", "0.050", "0.050", "0.106", "<0.001", "–"]
+    assert fmt_peq(0.0496) == "p = 0.0496" and fmt_peq(0.0002) == "p < 0.001"
