@@ -4,8 +4,10 @@ Nangia & Bowman 2018, "ListOps: A Diagnostic Dataset for Latent Tree Learning";
 the generator follows the Long Range Arena version (Tay et al. 2021, "Long Range
 Arena: A Benchmark for Efficient Transformers"): operators ``[MIN``, ``[MAX``,
 ``[MED``, ``[SM`` (sum mod 10) closed by ``]``, each with 2..``max_args``
-arguments; an argument is a nested operator with probability 0.25 while the
-depth is below ``max_depth``, else a digit 0-9; expressions whose token count lies
+arguments; an argument is a nested operator with probability 0.25 while its own
+depth (the root's is 1) is below ``max_depth``, else a digit 0-9, so operators
+nest at most ``max_depth - 1`` deep, as LRA's ``generate_tree`` (which tests a
+node's own depth) makes them; expressions whose token count lies
 outside [``min_length``, ``max_length``] are rejected and drawn again. MED of an
 even number of values is the floor of the mean of the two middle ones (LRA's
 ``int(np.median(...))``). Unlike LRA, the root is always an operator, so
@@ -50,7 +52,7 @@ def _tree(rng: random.Random, depth: int, max_depth: int, max_args: int, out: li
     """Append one operator expression's tokens to ``out``; stop early past ``limit`` tokens."""
     out.append(rng.choice(OPS))
     for _ in range(rng.randint(2, max_args)):
-        if depth < max_depth and rng.random() < NON_LEAF_P:
+        if depth + 1 < max_depth and rng.random() < NON_LEAF_P:  # the argument's own depth, as LRA's
             _tree(rng, depth + 1, max_depth, max_args, out, limit)
         else:
             out.append(str(rng.randrange(10)))
@@ -112,7 +114,7 @@ class ListOps(PaddedTokens):
 
     max_length: int = param(2000, "longest expression in tokens (LRA: 2000)", min=4, max=100_000)
     min_length: int = param(500, "shortest expression in tokens (LRA: 500)", min=4, max=100_000)
-    max_depth: int = param(10, "deepest operator nesting (LRA: 10)", min=1, max=100)
+    max_depth: int = param(10, "operators nest at most max_depth - 1 deep (LRA's max_depth: 10)", min=2, max=100)
     max_args: int = param(10, "most arguments per operator (LRA: 10)", min=2, max=100)
     n_train: int = param(96_000, "training expressions (LRA: 96k)", min=1)
     n_val: int = param(2000, "validation expressions", min=1)
@@ -151,7 +153,7 @@ class ListOps(PaddedTokens):
         def build() -> dict[str, Padded]:
             out = {}
             for split in ("train", "val", "test"):
-                key = {"generator": 1, "split": split, "n": self.sizes[split], **shape}
+                key = {"generator": 2, "split": split, "n": self.sizes[split], **shape}
                 d = cached("listops", key, lambda: self.make_split(split))
                 out[split] = (d["ids"], d["lengths"], d["labels"])
             return out

@@ -103,6 +103,25 @@ def test_precisions_run_on_cpu(precision, model):
     assert res.status == "done" and math.isfinite(res.summary["test_mse"])
 
 
+def test_gradient_flow_probes_leave_training_as_it_is():
+    """A probe's twin runs in training mode and draws h_0's noise (h0_noise, Cooijmans et
+    al.'s recipe) as the model does, from a copy of the random state: training with
+    probes every 5 steps is bit for bit training without them."""
+    def spec(probe_every):
+        (s,) = build_specs(task=["adding"], model=["bn-lstm"], task_args={"T": 8, "n_val": 100, "n_test": 100},
+                           model_args={"hidden_size": 8, "h0_noise": 0.1},
+                           train=dict(max_steps=15, eval_every=15, batch_size=16, eval_batch_size=200, lr=1e-2,
+                                      probe_every=probe_every, early_stop=False), seeds="0", device="cpu")
+        return s
+
+    probed, rows_a, diags = _collect(spec(5))
+    plain, rows_b, _ = _collect(spec(0))
+    assert any(d for d in diags)  # the probes ran
+    train_loss = lambda rows: [r for r in rows if r[1:3] == ("train", "loss")]  # noqa: E731
+    assert train_loss(rows_a) == train_loss(rows_b) and len(train_loss(rows_a)) == 15
+    assert probed.summary["test_mse"] == plain.summary["test_mse"]
+
+
 def _bn_spec(**train):
     base = dict(max_steps=20, eval_every=10, batch_size=16, eval_batch_size=200, lr=1e-2, early_stop=False)
     base.update(train)
