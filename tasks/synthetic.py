@@ -5,7 +5,9 @@ al. 2016, "Unitary Evolution Recurrent Neural Networks"; Li et al. 2018,
 "Independently Recurrent Neural Network") and copy memory (Arjovsky et al. 2016,
 variable delay after Henaff et al. 2016, "Recurrent Orthogonal Networks and
 Long-Memory Tasks"). Training batches are drawn fresh every step on the run's
-device; validation and test sets are fixed by ``data_seed``.
+device (IndRNN's and coRNN's protocol), or for the adding problem with ``n_train``
+from one fixed training set (uRNN's 1e5 samples); validation and test sets are fixed
+by ``data_seed``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Iterator
 import torch
 
 from suite.registry import param
-from tasks.base import Batch, Task, fixed_batches, split_seed
+from tasks.base import EVAL_CHUNK, Batch, Task, fixed_batches, split_seed
+from tasks.data import memo
 from tasks.registry import register
 
 
@@ -33,13 +36,19 @@ class Adding(Task):
     Channel 0 holds values ~ U[0, 1]; channel 1 a mask with exactly two ones, one
     uniform in the first half [0, T//2) and one in the second half [T//2, T).
     Always predicting 1.0 gives MSE = Var(U1 + U2) = 1/6 ≈ 0.167 (chance). Solved:
-    test MSE below 0.01 (a common bar; 6% of chance).
+    test MSE below 0.01 (a common bar; 6% of chance). Training batches are fresh
+    samples every step (Li et al. 2018), or with ``n_train`` > 0 drawn uniformly, with
+    replacement, from one fixed set of that many samples made from ``data_seed``
+    (Arjovsky et al. 2016: 1e5 training, 1e4 test samples), the same for every seed
+    of a run; which samples a step draws follows the run's seed.
     """
 
     T: int = param(100, "sequence length", min=2, max=100_000)
+    n_train: int = param(0, "0: fresh training samples every step (IndRNN); N: one fixed set of N (uRNN: 100000)",
+                         min=0)
     n_val: int = param(1000, "validation samples (fixed by data_seed)", min=1)
     n_test: int = param(5000, "test samples (fixed by data_seed)", min=1)
-    data_seed: int = param(0, "seed of the fixed validation/test sets", min=0)
+    data_seed: int = param(0, "seed of the fixed validation/test (and n_train training) sets", min=0)
 
     description = "adding problem: sum of two marked U[0,1] values (MSE, chance 1/6)"
     target = "last"
@@ -69,7 +78,18 @@ class Adding(Task):
         return Batch(x, y)
 
     def train_batch(self, batch_size: int, gen: torch.Generator, device: torch.device) -> Batch:
-        return self.make(batch_size, gen, device)
+        if not self.n_train:
+            return self.make(batch_size, gen, device)
+        x, y = memo(self, ("train", str(device)), lambda: self._train_set(device))
+        idx = torch.randint(0, self.n_train, (batch_size,), generator=gen, device=gen.device).to(device)
+        return Batch(x[idx], y[idx])
+
+    def _train_set(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed training set (``n_train``), made on the CPU as the evaluation sets are,
+        so that it is the same on every device, and kept on ``device``."""
+        parts = list(fixed_batches(self.make, self.n_train, split_seed(self.data_seed, "train"), EVAL_CHUNK,
+                                   torch.device("cpu")))
+        return torch.cat([b.x for b in parts]).to(device), torch.cat([b.y for b in parts]).to(device)
 
     def eval_batches(self, split: str, batch_size: int, device: torch.device) -> Iterator[Batch]:
         return fixed_batches(self.make, _eval_size(self, split), split_seed(self.data_seed, split),

@@ -56,6 +56,30 @@ def test_eval_sets_fixed_and_disjoint_across_splits():
     assert not torch.equal(sets[0], other)
 
 
+def test_adding_fixed_training_set():
+    """n_train > 0 (uRNN's protocol): every training sample is one of the n_train fixed
+    samples made from data_seed (split "train", apart from validation and test), the same
+    set whatever the run's seed, whose generator picks the samples; n_train = 0 draws
+    fresh samples every step."""
+    cpu = torch.device("cpu")
+    task = tasks.create("adding", T=6, n_train=40)
+    x, y = task._train_set(cpu)
+    assert x.shape == (40, 6, 2) and torch.equal(y, (x[..., 0] * x[..., 1]).sum(1, keepdim=True))
+    batches = [task.train_batch(16, torch.Generator().manual_seed(s), cpu) for s in (0, 0, 1)]
+    for b in batches:
+        assert b.x.shape == (16, 6, 2) and b.y.shape == (16, 1)
+        assert ((b.x[:, None] == x[None]).all(-1).all(-1)).any(1).all()  # each row one of the set
+    assert torch.equal(batches[0].x, batches[1].x) and not torch.equal(batches[0].x, batches[2].x)
+    drawn = torch.cat([task.train_batch(64, torch.Generator().manual_seed(s), cpu).x for s in range(4)])
+    assert torch.unique(drawn, dim=0).shape[0] <= 40
+    assert torch.equal(tasks.create("adding", T=6, n_train=40)._train_set(cpu)[0], x)  # fixed by data_seed
+    assert not torch.equal(tasks.create("adding", T=6, n_train=40, data_seed=1)._train_set(cpu)[0], x)
+    val = torch.cat([b.x for b in task.eval_batches("val", 100, cpu)])
+    assert not ((val[:, None] == x[None]).all(-1).all(-1)).any()  # no validation sample in it
+    fresh = tasks.create("adding", T=6).train_batch(256, torch.Generator().manual_seed(0), cpu).x
+    assert torch.unique(fresh, dim=0).shape[0] == 256
+
+
 @pytest.mark.parametrize("T,n", [(1, 1), (5, 3), (100, 10)])
 def test_copy_layout(T, n, gen):
     task = tasks.create("copy", T=T, n_copy=n)
