@@ -233,9 +233,11 @@ GRID_POLL = True
 # grid-synchronized launch takes the rows-split programs' tiles (ROWS_FREE_GRID rows, BJ
 # units: 91 programs for bn-lstm at the seq-MNIST shape, against 25 of the whole batch),
 # and the programs of a unit block exchange their rows' statistics through global memory,
-# with a barrier of every program of the launch between a step's phases (two a step; three
-# for the LSTM with its cell's batch norm). Tested in the interpreter and compiled for
-# sm_90, not yet timed on a GPU: off until it is. BN_SPLIT_STEPS: in a launch per step too,
+# with a barrier between a step's phases (two a step; three for the LSTM with its cell's
+# batch norm): with GRID_GROUPS one of the unit block's programs (7 there, on a counter
+# of theirs) and the step's one of the row block's (13), the shares in two copies by the
+# step's parity; else every barrier one of every program. Tested in the interpreter and
+# compiled for sm_90, not yet timed on a GPU: off until it is. BN_SPLIT_STEPS: in a launch per step too,
 # each phase a launch of its own (the tests' way to run several row blocks in Triton's
 # interpreter, which runs a launch's programs one after another).
 ENV_BN_SPLIT = "RNNBENCH_GPU_BN_SPLIT"
@@ -1244,11 +1246,16 @@ if triton is not None:
 
     @triton.jit
     def _counter(CNT, GROUP: tl.constexpr):
-        """The counter of this program's barriers: with GROUP its group's (the programs that
-        share its rows and seed, grid axes 1 and 2), else the launch's one."""
+        """The counter of this program's barrier: GROUP 1 its row group's (the programs that
+        share its rows and seed, grid axes 1 and 2), 2 its column group's (those that share
+        its units and seed, axes 0 and 2: the rows-split batch norm's exchanges, counters
+        after the row groups'), 0 the launch's one (``barrier_counters``)."""
         c = CNT
-        if GROUP:
+        if GROUP == 1:
             c = CNT + tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+        elif GROUP == 2:
+            c = (CNT + tl.num_programs(2) * tl.num_programs(1) + tl.program_id(2) * tl.num_programs(0)
+                 + tl.program_id(0))
         return c
 
     @triton.jit
@@ -1412,12 +1419,16 @@ def _split_norm(modes: tuple[int, ...]) -> int:
     return _NONE
 
 
-def _grouped(modes: tuple[int, ...], split: bool) -> bool:
-    """Whether a grid-synchronized launch's barriers are its groups' (GRID_GROUPS: the
-    programs that share a row block and seed, ``_counter``): not where batch norm's rows
-    split, whose exchanges bind the programs of a unit block, across row blocks; layer
-    norm's bind those of a row block, the group its steps wait for already."""
-    return GRID_GROUPS and not (split and _split_norm(modes) == _BATCH)
+def _exchange_group(modes: tuple[int, ...], split: bool) -> int:
+    """The barriers of the exchanges within a step of a rows-split grid launch
+    (``scan_triton_rows``; ``_counter``'s GROUP): with GRID_GROUPS, layer norm's on its
+    row groups' counters (1), the programs of a row block being all that exchange a
+    row's statistics and all that a step waits for; batch norm's on column groups' (2),
+    the programs of a unit block, across row blocks, its steps' on the row groups'; else
+    (0) every barrier on the launch's one counter."""
+    if not (split and GRID_GROUPS):
+        return 0
+    return 2 if _split_norm(modes) == _BATCH else 1
 
 
 def _tiles(B0: int, H: int, modes: tuple[int, ...], seq: bool, grid: bool = False,
@@ -1469,17 +1480,19 @@ def _grid_plan(T: int, B0: int, H: int, S: int, modes: tuple[int, ...], device: 
         if device.type == "cuda":
             fits = n <= torch.cuda.get_device_properties(device).multi_processor_count * GRID_PER_SM
         else:  # Triton's interpreter runs one program after another: a barrier must wait for one alone
-            fits = (triton.cdiv(H, bj) if _grouped(modes, split) else n) <= INTERPRETER_PROGRAMS
+            fits = (triton.cdiv(H, bj) if GRID_GROUPS and _exchange_group(modes, split) != 2 else n
+                    ) <= INTERPRETER_PROGRAMS
         if fits:
             return (n, split) if _grid_runs_here(device) else (0, False)
     return 0, False
 
 
-def barrier_counters(grid: tuple[int, int, int], group: bool) -> int:
+def barrier_counters(grid: tuple[int, int, int], group: bool, exchange: int = 0) -> int:
     """The counters of a grid-synchronized launch's barriers (``_counter``): one for each
     (row block, seed) of the grid (unit blocks, row blocks, seeds) with ``group``
-    (GRID_GROUPS), each counting the programs of its group, else one for every program."""
-    return grid[1] * grid[2] if group else 1
+    (GRID_GROUPS), each counting the programs of its group, else one for every program;
+    with ``exchange`` 2 (``_exchange_group``) one more for each (unit block, seed)."""
+    return (grid[1] * grid[2] if group else 1) + (grid[0] * grid[2] if exchange == 2 else 0)
 
 
 def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: Tensor | None, buffers: tuple,
@@ -1519,15 +1532,19 @@ def _start(T: int, B: int, H: int, w: Tensor, nx: Norm, ux: Tensor | None, wx: T
     if nprog:  # a cooperative launch: the driver runs every program at once, or refuses
         if nprog != math.prod(grid):  # a barrier waiting for programs never launched would hang
             raise RuntimeError(f"grid-synchronized launch of {math.prod(grid)} programs counted as {nprog}")
-        group = _grouped(modes, split)
+        group, xgroup = GRID_GROUPS, _exchange_group(modes, split)
         groups = barrier_counters(grid, group)
-        sync = dict(CNT=torch.zeros(groups, dtype=torch.int32, device=w.device), NPROG=nprog // groups, GRID=True,
-                    GROUP=group, POLL=GRID_POLL, launch_cooperative_grid=True)
+        sync = dict(CNT=torch.zeros(barrier_counters(grid, group, xgroup), dtype=torch.int32, device=w.device),
+                    NPROG=nprog // groups, GRID=True, GROUP=group, POLL=GRID_POLL, launch_cooperative_grid=True)
+        if split:
+            sync["XGROUP"] = xgroup
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT_SEQ if seq else FP32_DOT
     cfg = dict(BB=bb, BJ=bj, BK=bk, PREC=prec, num_warps=warps)
-    if split:  # each block's two sums per feature or row, for the gates and the LSTM's cell (scan_triton_rows)
+    if split:  # each block's two sums per feature or row, for the gates and the LSTM's cell (scan_triton_rows),
+        # twice where batch norm's steps and exchanges wait on other groups: by the step's parity
         nrb = max(2, triton.next_power_of_2(grid[0] if modes[0] == _LAYER else grid[1]))
-        cfg.update(PART=w.new_empty(4 * nrb * max(B, S * max(F for _, F in norms))), NRB=nrb)
+        copies = 2 if sync.get("XGROUP") == 2 else 1
+        cfg.update(PART=w.new_empty(copies * 4 * nrb * max(B, S * max(F for _, F in norms))), NRB=nrb)
     return w, grid, (B, H, S, B0), cfg, sync
 
 

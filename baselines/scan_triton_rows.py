@@ -32,14 +32,17 @@ whole-sequence launches.
 A step is then two or three phases with a barrier between them: in a grid-synchronized
 launch (``scan_triton.GRID_SYNC``) carrying what a phase computed in registers. Batch
 norm's exchanges bind the programs of one unit block and its steps those of one row
-block, so each of its barriers is one of every program of the launch, on one counter;
-layer norm's exchanges and steps both bind the programs of one row block, so with
-``GRID_GROUPS`` each row block (and seed) has barriers and a counter of its own
-(``scan_triton._grouped``); in a launch per step each phase is a launch of its own
-(``PHASE``) that reloads what the phases before it stored (BN_SPLIT_STEPS: for tests).
-Triton's interpreter runs a launch's programs one after another; the tests run the grid
-launches there with their programs as threads that take turns between barriers
-(tests/interpreter_grid.py).
+block: with ``GRID_GROUPS`` each kind of barrier waits for those alone, on counters of
+their own (``_sync``, ``_step``), and the shares alternate between two copies by the
+step's parity (``_blocks``); else each barrier is one of every program of the launch,
+on one counter. Layer norm's exchanges and steps both bind the programs of one row
+block, so with ``GRID_GROUPS`` each row block (and seed) has all its barriers on a
+counter of its own (``scan_triton._exchange_group``). In a launch per step each phase
+is a launch of its own (``PHASE``) that reloads what the phases before it stored
+(BN_SPLIT_STEPS: for tests). Triton's interpreter runs a launch's programs one after
+another; the tests run the grid launches there with their programs as threads that take
+turns between barriers (tests/interpreter_grid.py), each group of programs going as
+far ahead as its barriers let it.
 
 The sums are in a fixed order, so the results are the same from run to run; they are
 not the whole-batch (or whole-row) programs' bits (another order of the same sums:
@@ -60,8 +63,8 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _blocks(B0, H, S, F, PART, B, MODE: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
-                NRB: tl.constexpr):
+    def _blocks(B0, H, S, F, PART, B, t, MODE: tl.constexpr, XGROUP: tl.constexpr, BB: tl.constexpr,
+                BJ: tl.constexpr, NRB: tl.constexpr):
         """``scan_triton._tile``'s rows, units, masks and seed; this program's real rows and
         real units as float32 counts; its real units where its row block is their first
         (batch norm: whose program writes the step's statistics and sums dγ and dβ), else
@@ -69,10 +72,14 @@ if triton is not None:
         program writes the rows' statistics), else none (masks of the units' and rows'
         shapes: the interpreter takes no scalar in one); the row stride RS = S F of batch
         norm's shares of F features a seed, and where the two arrays of shares of MODE's
-        norm (NRB RS or, layer norm, NRB B values each) start in PART."""
+        norm (NRB RS or, layer norm, NRB B values each) start in PART: in step t's copy of
+        PART where the exchanges' barriers are column groups' (XGROUP 2), one for even
+        steps and one for odd (``_sync``)."""
         rb, rj, mb, mj, m2, s = st._tile(B0, H, BB, BJ)
         i, j = tl.program_id(1), tl.program_id(0)
         RS = S * F
+        if XGROUP == 2:  # scan_triton._start's PART: two copies of 4 NRB max(B, S F) values
+            PART += (t % 2) * (4 * NRB) * tl.maximum(B, RS)
         n = tl.minimum(B0 - i * BB, BB).to(tl.float32)
         nu = tl.minimum(H - j * BJ, BJ).to(tl.float32)
         P2 = PART + NRB * RS
@@ -178,10 +185,34 @@ if triton is not None:
         return a0, a1, a2, a3
 
     @triton.jit
-    def _sync(CNT, k, NPROG, PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr):
-        """Between two phases of a step: in a grid-synchronized launch (PHASE 0) the k-th
-        barrier of its programs; in a launch per phase, the launch boundary."""
+    def _sync(CNT, k, NPROG, PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr, NB: tl.constexpr):
+        """Between two phases of a step (k = NB t + 1 .. NB t + NB - 1, NB phases a step): in
+        a grid-synchronized launch (PHASE 0) a barrier of the programs that exchange: with
+        XGROUP 2 (batch norm, ``scan_triton._exchange_group``) the (k - t)-th of the column
+        group's counter, which counts the exchanges alone; else the k-th of the counter the
+        steps count on too (NPROG programs). In a launch per phase, the launch boundary.
+
+        Batch norm's two kinds of barrier leave a step's exchange without one that keeps a
+        program from writing the next step's shares while another of its unit block still
+        reads this step's: a row group's barrier binds only programs of its own row block.
+        So its shares alternate between two copies of PART by the step's parity
+        (``_blocks``): the copy a program writes at step t + 2 it writes after the next
+        step's first exchange barrier, which every program of its column group passes only
+        after reading step t's shares."""
         if PHASE == 0:
+            if XGROUP == 2:
+                st._step_sync(CNT, k - k // NB, tl.num_programs(1), True, 2, POLL)
+            else:
+                st._step_sync(CNT, k, NPROG, True, XGROUP, POLL)
+
+    @triton.jit
+    def _step(CNT, k, NPROG, GROUP: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr, NB: tl.constexpr):
+        """The barrier before step t (k = NB t) of a grid-synchronized launch, NPROG programs:
+        with XGROUP 2 the t-th of the row group's counter (GROUP), which counts the steps
+        alone; else the k-th of the counter the exchanges count on too (``_sync``)."""
+        if XGROUP == 2:
+            st._step_sync(CNT, k // NB, NPROG, True, GROUP, POLL)
+        else:
             st._step_sync(CNT, k, NPROG, True, GROUP, POLL)
 
     @triton.jit
@@ -406,9 +437,10 @@ if triton is not None:
     @triton.jit(do_not_specialize=["t", "hoff", "k", "NPROG"])
     def _rnn_fwd(HS, ZS, HP, hoff, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  PART, CNT, k, NPROG, MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
-                 RELU: tl.constexpr, PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 RELU: tl.constexpr, PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s, n, nu, first, firstr, RS, P1, P2 = _blocks(B0, H, S, H, PART, B, MODE, BB, BJ, NRB)
+        rb, rj, mb, mj, m2, s, n, nu, first, firstr, RS, P1, P2 = _blocks(B0, H, S, H, PART, B, t, MODE, XGROUP,
+                                                                          BB, BJ, NRB)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         fs = s * H + rj
         if PHASE != 1:
@@ -417,7 +449,7 @@ if triton is not None:
             z, _, _, _ = st._mm_gates(HP + hoff, rb, mb, H, W + s * H * H, H, rj, mj, 1, BB, BJ, BK, PREC)
             tl.store(ZS + off, z, mask=m2)
             _part(P1, P2, H, B, RS, rb, fs, z, z, z, z, m2, mj, mb, n, nu, 1, MODE)
-        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        _sync(CNT, k + 1, NPROG, PHASE, XGROUP, POLL, 2)
         if PHASE == 2:
             z = tl.load(ZS + off, mask=m2, other=0.0)
         if PHASE != 1:
@@ -433,9 +465,10 @@ if triton is not None:
     @triton.jit(do_not_specialize=["t", "k", "NPROG"])
     def _rnn_bwd(GH, HS, DA, DZ, ZS, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  PART, CNT, k, NPROG, MODE: tl.constexpr, RELU: tl.constexpr, HAS_NEXT: tl.constexpr,
-                 PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
-        rb, rj, mb, mj, m2, s, _, _, first, firstr, RS, P1, P2 = _blocks(B0, H, S, H, PART, B, MODE, BB, BJ, NRB)
+        rb, rj, mb, mj, m2, s, _, _, first, firstr, RS, P1, P2 = _blocks(B0, H, S, H, PART, B, t, MODE, XGROUP,
+                                                                          BB, BJ, NRB)
         off = t * B * H + rb[:, None] * H + rj[None, :]
         fs = s * H + rj
         if PHASE <= 1:
@@ -453,7 +486,7 @@ if triton is not None:
             tl.store(DA + off, d, mask=m2)
             r = _dy(r, d, m2, MODE)
             _bwd_parts(P1, P2, H, B, RS, rb, fs, r, r, r, r, mj, mb, 1, MODE)
-        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        _sync(CNT, k + 1, NPROG, PHASE, XGROUP, POLL, 2)
         if PHASE == 2:
             d = tl.load(DA + off, mask=m2, other=0.0)
             r, _, _, _ = _bwd_ins(d, d, d, d, ZS, off, fs, H, mj, m2, mb, rb, t, RS, B, MEAN, RSTD, G, DG, DB, 1, MODE)
@@ -472,13 +505,13 @@ if triton is not None:
                   PART, CNT, k, NPROG,
                   MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
                   CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
-                  PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                  PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         F = 4 * H
-        rb, rj, mb, mj, m2, s, n, nu, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, MODE, BB, BJ,
+        rb, rj, mb, mj, m2, s, n, nu, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, t, MODE, XGROUP, BB, BJ,
                                                                           NRB)  # the gates' shares
         CRS = S * H
-        C1, C2 = _cell_shares(PART, B, RS, CRS, MODE, CMODE, NRB)  # the cell's
+        C1, C2 = _cell_shares(P1, B, RS, CRS, MODE, CMODE, NRB)  # the cell's
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         ob = rb[:, None] * H + rj[None, :]
         oh = t * B * H + ob
@@ -496,7 +529,7 @@ if triton is not None:
             tl.store(ZS + o0 + 2 * H, z2, mask=m2)
             tl.store(ZS + o0 + 3 * H, z3, mask=m2)
             _part(P1, P2, H, B, RS, rb, fs, z0, z1, z2, z3, m2, mj, mb, n, nu, 4, MODE)
-        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        _sync(CNT, k + 1, NPROG, PHASE, XGROUP, POLL, 2 + CELL)
         if PHASE == 2:
             z0, z1, z2, z3 = st._first(ZS, o0, H, m2, 4)
         if PHASE == 0 or PHASE == 2:
@@ -520,7 +553,7 @@ if triton is not None:
                 tc = st._tanh(st._nfwd(c, ca, cb, mj, m2, ctab, cf, B0, CMEAN, CRSTD, CVAR, ceps, CMODE, C_BETA,
                                        C_SHIFT, C_VAR))
         if CELL:
-            _sync(CNT, k + 2, NPROG, PHASE, GROUP, POLL)
+            _sync(CNT, k + 2, NPROG, PHASE, XGROUP, POLL, 2 + CELL)
             if PHASE == 3:
                 c = tl.load(CS + oh, mask=m2, other=0.0)
                 o = tl.load(SIG + o0 + 3 * H, mask=m2, other=0.0)
@@ -550,14 +583,15 @@ if triton is not None:
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                   CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                   PART, CNT, k, NPROG, MODE: tl.constexpr, CMODE: tl.constexpr, HAS_NEXT: tl.constexpr,
-                  HAS_LAST: tl.constexpr, PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                  HAS_LAST: tl.constexpr, PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                   BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         # phases: the product, ∂L/∂N_c(c_t) and its shares (cell batch or layer norm) | ∂L/∂c_t, the
         # gates' ∂L/∂N(z) and their shares | ∂L/∂z; without the cell's exchange the first two are one
         F = 4 * H
-        rb, rj, mb, mj, m2, s, _, _, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, MODE, BB, BJ, NRB)
+        rb, rj, mb, mj, m2, s, _, _, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, t, MODE, XGROUP,
+                                                                          BB, BJ, NRB)
         CRS = S * H
-        C1, C2 = _cell_shares(PART, B, RS, CRS, MODE, CMODE, NRB)
+        C1, C2 = _cell_shares(P1, B, RS, CRS, MODE, CMODE, NRB)
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         ob = rb[:, None] * H + rj[None, :]
@@ -586,7 +620,7 @@ if triton is not None:
                 dc = st._nbwd(dn, CS, oh, cf, mj, m2, st._table(t, S, H, B, rb, CMODE), B0, CG, CSC, CMEAN, CRSTD,
                               CDG, CDB, CMODE) + dcn
         if CELL:
-            _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+            _sync(CNT, k + 1, NPROG, PHASE, XGROUP, POLL, 2 + CELL)
             if PHASE == 2:
                 dn = tl.load(DN + oh, mask=m2, other=0.0)
                 rc, _, _, _ = _bwd_ins(dn, dn, dn, dn, CS, oh, cf, H, mj, m2, mb, rb, t, CRS, B, CMEAN, CRSTD, CG, CDG,
@@ -603,7 +637,7 @@ if triton is not None:
             r2 = _dy(r2, d2, m2, MODE)
             r3 = _dy(r3, d3, m2, MODE)
             _bwd_parts(P1, P2, H, B, RS, rb, fs, r0, r1, r2, r3, mj, mb, 4, MODE)
-        _sync(CNT, k + 1 + CELL, NPROG, PHASE, GROUP, POLL)
+        _sync(CNT, k + 1 + CELL, NPROG, PHASE, XGROUP, POLL, 2 + CELL)
         if PHASE == GATES:
             d0, d1, d2, d3 = st._first(DA, o0, H, m2, 4)
             r0, r1, r2, r3 = _bwd_ins(d0, d1, d2, d3, ZS, o0, fs, H, mj, m2, mb, rb, t, RS, B, MEAN, RSTD, G, DG, DB,
@@ -621,10 +655,11 @@ if triton is not None:
     @triton.jit(do_not_specialize=["t", "hoff", "k", "NPROG"])
     def _gru_fwd(GATES, HW, HS, ZS, HP, hoff, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                  PART, CNT, k, NPROG, MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
-                 PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         F = 3 * H
-        rb, rj, mb, mj, m2, s, n, nu, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, MODE, BB, BJ, NRB)
+        rb, rj, mb, mj, m2, s, n, nu, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, t, MODE, XGROUP,
+                                                                          BB, BJ, NRB)
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs = s * F + rj
         if PHASE != 1:  # before the product (``scan_triton._first``)
@@ -638,7 +673,7 @@ if triton is not None:
             tl.store(ZS + o0 + H, z1, mask=m2)
             tl.store(ZS + o0 + 2 * H, z2, mask=m2)
             _part(P1, P2, H, B, RS, rb, fs, z0, z1, z2, z2, m2, mj, mb, n, nu, 3, MODE)
-        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        _sync(CNT, k + 1, NPROG, PHASE, XGROUP, POLL, 2)
         if PHASE == 2:
             z0, z1, z2, _ = st._first(ZS, o0, H, m2, 3)
         if PHASE != 1:
@@ -659,10 +694,11 @@ if triton is not None:
     @triton.jit(do_not_specialize=["t", "hoff", "k", "NPROG"])
     def _gru_bwd(GH, GATES, HW, HP, hoff, DA, DU, DZ, ZS, W, t, B, H, S, B0,
                  G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, k, NPROG, MODE: tl.constexpr,
-                 HAS_NEXT: tl.constexpr, PHASE: tl.constexpr, GROUP: tl.constexpr, POLL: tl.constexpr,
+                 HAS_NEXT: tl.constexpr, PHASE: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                  BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         F = 3 * H
-        rb, rj, mb, mj, m2, s, _, _, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, MODE, BB, BJ, NRB)
+        rb, rj, mb, mj, m2, s, _, _, first, firstr, RS, P1, P2 = _blocks(B0, H, S, F, PART, B, t, MODE, XGROUP,
+                                                                          BB, BJ, NRB)
         oh = t * B * H + rb[:, None] * H + rj[None, :]
         o0 = t * B * F + rb[:, None] * F + rj[None, :]
         fs = s * F + rj
@@ -681,7 +717,7 @@ if triton is not None:
             r1 = _dy(r1, dzg, m2, MODE)
             r2 = _dy(r2, drn, m2, MODE)
             _bwd_parts(P1, P2, H, B, RS, rb, fs, r0, r1, r2, r2, mj, mb, 3, MODE)
-        _sync(CNT, k + 1, NPROG, PHASE, GROUP, POLL)
+        _sync(CNT, k + 1, NPROG, PHASE, XGROUP, POLL, 2)
         if PHASE == 2:
             d0, d1, d2, _ = st._first(DA, o0, H, m2, 3)
             r0, r1, r2, _ = _bwd_ins(d0, d1, d2, d2, ZS, o0, fs, H, mj, m2, mb, rb, t, RS, B, MEAN, RSTD, G, DG, DB, 3,
@@ -701,26 +737,26 @@ if triton is not None:
     def _rnn_fwd_seq(HS, ZS, H0, W, T, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      PART, CNT, NPROG, MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
                      RELU: tl.constexpr,
-                     GROUP: tl.constexpr, POLL: tl.constexpr,
+                     GROUP: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         _rnn_fwd(HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 0, NPROG,
-                 MODE, HAS_BETA, HAS_VAR, RELU, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                 MODE, HAS_BETA, HAS_VAR, RELU, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
         for t in range(1, T):
-            st._step_sync(CNT, 2 * t, NPROG, True, GROUP, POLL)
+            _step(CNT, 2 * t, NPROG, GROUP, XGROUP, POLL, 2)
             _rnn_fwd(HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                     PART, CNT, 2 * t, NPROG, MODE, HAS_BETA, HAS_VAR, RELU, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                     PART, CNT, 2 * t, NPROG, MODE, HAS_BETA, HAS_VAR, RELU, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _rnn_bwd_seq(GH, HS, DA, DZ, ZS, W, T, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      PART, CNT, NPROG, MODE: tl.constexpr, RELU: tl.constexpr, GROUP: tl.constexpr,
-                     POLL: tl.constexpr,
+                     XGROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT,
-                 0, NPROG, MODE, RELU, False, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                 0, NPROG, MODE, RELU, False, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
         for i in range(1, T):
-            st._step_sync(CNT, 2 * i, NPROG, True, GROUP, POLL)
+            _step(CNT, 2 * i, NPROG, GROUP, XGROUP, POLL, 2)
             _rnn_bwd(GH, HS, DA, DZ, ZS, W, T - 1 - i, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                     PART, CNT, 2 * i, NPROG, MODE, RELU, True, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                     PART, CNT, 2 * i, NPROG, MODE, RELU, True, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _lstm_fwd_seq(SIG, TG, CS, TC, HS, ZS, H0, C0, W, T, B, H, S, B0,
@@ -728,73 +764,74 @@ if triton is not None:
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                       PART, CNT, NPROG, MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
                       CMODE: tl.constexpr, C_BETA: tl.constexpr, C_SHIFT: tl.constexpr, C_VAR: tl.constexpr,
-                      GROUP: tl.constexpr, POLL: tl.constexpr,
+                      GROUP: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                       BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         NB: tl.constexpr = 2 + (CMODE == 1 or CMODE == 3)
         _lstm_fwd(SIG, TG, CS, TC, HS, ZS, H0, 0, C0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB,
                   eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, PART, CNT, 0, NPROG, MODE, HAS_BETA,
-                  HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                  HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
         for t in range(1, T):
-            st._step_sync(CNT, NB * t, NPROG, True, GROUP, POLL)
+            _step(CNT, NB * t, NPROG, GROUP, XGROUP, POLL, NB)
             prev = (t - 1) * B * H
             _lstm_fwd(SIG, TG, CS, TC, HS, ZS, HS, prev, CS, prev, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR,
                       DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps, PART, CNT, NB * t, NPROG,
-                      MODE, HAS_BETA, HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                      MODE, HAS_BETA, HAS_VAR, CMODE, C_BETA, C_SHIFT, C_VAR, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _lstm_bwd_seq(GH, SIG, TG, CS, TC, C0, DA, DZ, DN, ZS, W, DC, DCL, T, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                       CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
                       PART, CNT, NPROG, MODE: tl.constexpr, CMODE: tl.constexpr, HAS_LAST: tl.constexpr,
-                      GROUP: tl.constexpr, POLL: tl.constexpr,
+                      GROUP: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                       BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         NB: tl.constexpr = 2 + (CMODE == 1 or CMODE == 3)
         # step T-1 (nothing after it; the incoming ∂L/∂c_T), steps T-2 .. 1, step 0 (c_{-1} = c0)
         _lstm_bwd(GH, SIG, TG, CS, TC, CS, (T - 2) * B * H, DA, DZ, DN, ZS, W, DC, DCL, T - 1, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
-                  PART, CNT, 0, NPROG, MODE, CMODE, False, HAS_LAST, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                  PART, CNT, 0, NPROG, MODE, CMODE, False, HAS_LAST, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
         for i in range(2, T):
-            st._step_sync(CNT, NB * (i - 1), NPROG, True, GROUP, POLL)
+            _step(CNT, NB * (i - 1), NPROG, GROUP, XGROUP, POLL, NB)
             t = T - i
             _lstm_bwd(GH, SIG, TG, CS, TC, CS, (t - 1) * B * H, DA, DZ, DN, ZS, W, DC, DC, t, B, H, S, B0,
                       G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB,
-                      ceps, PART, CNT, NB * (i - 1), NPROG, MODE, CMODE, True, False, 0, GROUP, POLL, BB, BJ, BK, PREC,
+                      ceps, PART, CNT, NB * (i - 1), NPROG, MODE, CMODE, True, False, 0, XGROUP, POLL, BB, BJ, BK, PREC,
                       NRB)
-        st._step_sync(CNT, NB * (T - 1), NPROG, True, GROUP, POLL)
+        _step(CNT, NB * (T - 1), NPROG, GROUP, XGROUP, POLL, NB)
         _lstm_bwd(GH, SIG, TG, CS, TC, C0, 0, DA, DZ, DN, ZS, W, DC, DC, 0, B, H, S, B0,
                   G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, CG, CBE, CSC, CSH, CMEAN, CRSTD, CVAR, CDG, CDB, ceps,
-                  PART, CNT, NB * (T - 1), NPROG, MODE, CMODE, True, False, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                  PART, CNT, NB * (T - 1), NPROG, MODE, CMODE, True, False, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_fwd_seq(GATES, HW, HS, ZS, H0, W, T, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
                      PART, CNT, NPROG, MODE: tl.constexpr, HAS_BETA: tl.constexpr, HAS_VAR: tl.constexpr,
-                     GROUP: tl.constexpr, POLL: tl.constexpr,
+                     GROUP: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         _gru_fwd(GATES, HW, HS, ZS, H0, 0, W, 0, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps,
-                 PART, CNT, 0, NPROG, MODE, HAS_BETA, HAS_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                 PART, CNT, 0, NPROG, MODE, HAS_BETA, HAS_VAR, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
         for t in range(1, T):
-            st._step_sync(CNT, 2 * t, NPROG, True, GROUP, POLL)
+            _step(CNT, 2 * t, NPROG, GROUP, XGROUP, POLL, 2)
             _gru_fwd(GATES, HW, HS, ZS, HS, (t - 1) * B * H, W, t, B, H, S, B0, G, BE, SC, SH, MEAN, RSTD, VAR, DG,
-                     DB, eps, PART, CNT, 2 * t, NPROG, MODE, HAS_BETA, HAS_VAR, 0, GROUP, POLL, BB, BJ, BK, PREC, NRB)
+                     DB, eps, PART, CNT, 2 * t, NPROG, MODE, HAS_BETA, HAS_VAR, 0, XGROUP, POLL, BB, BJ, BK, PREC, NRB)
 
     @triton.jit(do_not_specialize=["T", "NPROG"])
     def _gru_bwd_seq(GH, GATES, HW, HS, H0, DA, DU, DZ, ZS, W, T, B, H, S, B0,
                      G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, NPROG, MODE: tl.constexpr,
-                     GROUP: tl.constexpr, POLL: tl.constexpr,
+                     GROUP: tl.constexpr, XGROUP: tl.constexpr, POLL: tl.constexpr,
                      BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, NRB: tl.constexpr):
         _gru_bwd(GH, GATES, HW, HS, (T - 2) * B * H, DA, DU, DZ, ZS, W, T - 1, B, H, S, B0,
-                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 0, NPROG, MODE, False, 0, GROUP, POLL,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 0, NPROG, MODE, False, 0, XGROUP, POLL,
                  BB, BJ, BK, PREC, NRB)
         for i in range(2, T):
-            st._step_sync(CNT, 2 * (i - 1), NPROG, True, GROUP, POLL)
+            _step(CNT, 2 * (i - 1), NPROG, GROUP, XGROUP, POLL, 2)
             t = T - i
             _gru_bwd(GH, GATES, HW, HS, (t - 1) * B * H, DA, DU, DZ, ZS, W, t, B, H, S, B0,
-                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 2 * (i - 1), NPROG, MODE, True, 0, GROUP,
+                     G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 2 * (i - 1), NPROG, MODE, True, 0, XGROUP,
                      POLL,
                      BB, BJ, BK, PREC, NRB)
-        st._step_sync(CNT, 2 * (T - 1), NPROG, True, GROUP, POLL)
+        _step(CNT, 2 * (T - 1), NPROG, GROUP, XGROUP, POLL, 2)
         _gru_bwd(GH, GATES, HW, H0, 0, DA, DU, DZ, ZS, W, 0, B, H, S, B0,
-                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 2 * (T - 1), NPROG, MODE, True, 0, GROUP, POLL,
+                 G, BE, SC, SH, MEAN, RSTD, VAR, DG, DB, eps, PART, CNT, 2 * (T - 1), NPROG, MODE, True, 0, XGROUP,
+                 POLL,
                  BB, BJ, BK, PREC, NRB)
 
 
@@ -812,12 +849,12 @@ def _launch(kernel, seq_kernel, grid: tuple, sync: dict, steps, args: Callable, 
     ``args(None)`` the whole-sequence kernel's arguments), or for each step t of ``steps``
     its n phases, a launch each (``args(t)``)."""
     if sync:
-        seq_kernel[grid](*args(None), CNT=sync["CNT"], NPROG=sync["NPROG"], GROUP=sync["GROUP"], POLL=sync["POLL"],
-                         launch_cooperative_grid=True, **kwargs)
+        seq_kernel[grid](*args(None), CNT=sync["CNT"], NPROG=sync["NPROG"], GROUP=sync["GROUP"],
+                         XGROUP=sync["XGROUP"], POLL=sync["POLL"], launch_cooperative_grid=True, **kwargs)
         return
     for t in steps:
         for phase in range(1, n + 1):
-            kernel[grid](*args(t), CNT=kwargs["PART"], k=0, NPROG=1, GROUP=False, POLL=False, PHASE=phase, **kwargs)
+            kernel[grid](*args(t), CNT=kwargs["PART"], k=0, NPROG=1, XGROUP=0, POLL=False, PHASE=phase, **kwargs)
 
 
 def _flags(n: st.Norm) -> dict:

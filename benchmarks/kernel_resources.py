@@ -73,10 +73,12 @@ CASES = [
 ]
 
 # batch norm (st.BN_SPLIT) and layer norm (st.LN_SPLIT) with the rows split: lstm-loop's
-# tiles, a barrier of every program; 7 row blocks of 16 at B=100 exchanging batch norm's
-# statistics, 13 unit blocks of 8 at H=100 exchanging each row's for layer norm
+# tiles, the barriers of GRID_GROUPS (st._exchange_group); 7 row blocks of 16 at B=100
+# exchanging batch norm's statistics, 13 unit blocks of 8 at H=100 exchanging each row's
+# for layer norm
 for _mode, _tag, _nrb in ((1, "bn", 8), (3, "ln", 16)):
-    _rows = dict(GROUP=False, POLL=st.GRID_POLL, NRB=_nrb)
+    _rows = dict(GROUP=st.GRID_GROUPS, XGROUP=(2 if _mode == 1 else 1) if st.GRID_GROUPS else 0, POLL=st.GRID_POLL,
+                 NRB=_nrb)
     CASES += [(f"{_tag} rows", f"{name} {_tag}", fn, dict(consts, **_rows), st.ROWS_FREE_GRID, st.BJ)
               for name, fn, consts in (
                   ("lstm fwd", rows._lstm_fwd_seq, dict(_norm(_mode), **_cell_norm(_mode))),

@@ -38,9 +38,11 @@ as whole training steps (``suite.bench``, ratio to cuDNN LSTM on the same shape)
   multiple of 32), and 2 or 1 warps a program (``WARPS_FREE_GRID``);
 - ``bnrows``: batch norm with the rows split over programs (``BN_SPLIT``,
   baselines/scan_triton_rows.py: lstm-loop's tiles, the row blocks' statistics
-  exchanged between phases of a step) against whole-batch programs (the default, timed
-  first and last), and with chunks of 16 where H is a multiple of 32 (compiled for
-  sm_90, bn-lstm's forward kernel spills 32 bytes a thread with chunks of 32);
+  exchanged between phases of a step; the exchanges' barriers a unit block's, the
+  steps' a row block's) against whole-batch programs (the default, timed first and
+  last), with one counter for every barrier of every program (``GRID_GROUPS=False``),
+  and with chunks of 16 where H is a multiple of 32 (compiled for sm_90, bn-lstm's
+  forward kernel spills 32 bytes a thread with chunks of 32);
 - ``lnrows``: layer norm the same way (``LN_SPLIT``: grid launches of the rows-split
   programs exchanging each row's statistics, each row block's barriers its own) against
   the whole-sequence launches, and with one counter for every program's barriers
@@ -115,7 +117,7 @@ SWEEPS = {  # (settings that differ from DEFAULTS, {shape: models}, settings und
             {}),
     "gridrows": ([dict(BK_GRID=16), {}, dict(WARPS_FREE_GRID=2), dict(WARPS_FREE_GRID=1)],
                  {"seq-mnist": ["lstm-loop", "gru-loop"], "adding": ["lstm-loop", "gru-loop"]}, {}),
-    "bnrows": ([{}, dict(BN_SPLIT=True), dict(BN_SPLIT=True, BK_GRID=16), {}],
+    "bnrows": ([{}, dict(BN_SPLIT=True), dict(BN_SPLIT=True, GRID_GROUPS=False), dict(BN_SPLIT=True, BK_GRID=16), {}],
                {"seq-mnist": ["bn-lstm", "bn-gru", "bn-rnn"], "adding": ["bn-lstm", "bn-gru", "bn-rnn"]}, {}),
     "lnrows": ([{}, dict(LN_SPLIT=True), dict(LN_SPLIT=True, GRID_GROUPS=False), dict(LN_SPLIT=True, BK_GRID=16), {}],
                {"seq-mnist": ["ln-lstm", "ln-gru", "ln-rnn"], "adding": ["ln-lstm", "ln-gru", "ln-rnn"]}, {}),

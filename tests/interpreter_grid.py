@@ -6,13 +6,13 @@ launch (``launch_cooperative_grid``) with one thread a program instead, and repl
 ``scan_triton._step_sync`` with a token (``Token``): one program runs at a time, and
 whenever it reaches a barrier or its end a seeded random generator draws the next from
 those free to run, a program at a barrier being free once every program that counts on
-its barrier's counter has arrived (the launch's, or its row block's with ``GROUP``). So
-a step that read what another program writes in the same stretch (a missing barrier,
-one whose number is off, or a group too small for what it exchanges) gets a result
-that depends on the order, a barrier that counts the wrong number of programs is an
-error, and one that some program never reaches is reported as a deadlock. Every
-program's barrier numbers are recorded: all must be 1, 2, 3, ... and the same for
-every program.
+its barrier's counter has arrived (the launch's, its row block's or its unit block's:
+``GROUP``). So a step that read what another program writes in the same stretch (a
+missing barrier, one whose number is off, or a group too small for what it exchanges)
+gets a result that depends on the order, a barrier that counts the wrong number of
+programs is an error, and one that some program never reaches is reported as a
+deadlock. Every program's barriers are recorded, each as its kind and number: those of
+a kind must be numbered 1, 2, 3, ..., and every program's the same.
 
 This reaches into the interpreter's internals (Triton 3.x's ``GridExecutor``):
 ``available`` says whether they are here, and the tests skip where not."""
@@ -47,8 +47,9 @@ class Token:
     that can run whenever the running one reaches a barrier or its end. A program waiting
     at its group's k-th barrier can run again once the group's programs have arrived k
     times in all (the GPU's counter reaching k NPROG): its group every program of the
-    launch, or with GROUP those that share its row block and seed (grid axes 1 and 2,
-    ``scan_triton._counter``). So groups drift apart as far as their barriers let them."""
+    launch (GROUP 0), those that share its row block and seed (1: grid axes 1 and 2), or
+    its unit block and seed (2: axes 0 and 2; ``scan_triton._counter``). So groups drift
+    apart as far as their barriers let them."""
 
     def __init__(self, grid: list[tuple[int, int, int]], seed: int) -> None:
         self.grid, self.n, self.rng = grid, len(grid), random.Random(seed)
@@ -61,11 +62,15 @@ class Token:
         self.cv = threading.Condition()
         self.now: int | None = self.rng.randrange(self.n)
 
-    def key(self, me: int, group: bool) -> tuple:
-        """The counter of program me's barriers, and the programs that count on it."""
-        key = ("group",) + self.grid[me][1:] if group else ("launch",)
+    def key(self, me: int, group: int) -> tuple:
+        """The counter of program me's barrier of ``group``'s kind (its programs counted in
+        ``size``)."""
+        def of(g: tuple[int, int, int]) -> tuple:
+            return ("launch",) if group == 0 else ("row",) + g[1:] if group == 1 else ("column", g[0], g[2])
+
+        key = of(self.grid[me])
         if key not in self.size:
-            self.size[key] = sum(1 for g in self.grid if ("group",) + g[1:] == key) if group else self.n
+            self.size[key] = sum(1 for g in self.grid if of(g) == key)
         return key
 
     def _next(self) -> None:
@@ -87,14 +92,14 @@ class Token:
         if self.error:
             raise RuntimeError(self.error)
 
-    def barrier(self, me: int, k: int, nprog: int, group: bool) -> None:
+    def barrier(self, me: int, k: int, nprog: int, group: int) -> None:
         with self.cv:
             key = self.key(me, group)
             if nprog != self.size[key]:
                 self.error = self.error or f"a barrier counts {nprog} programs where {self.size[key]} count on it"
                 self.cv.notify_all()
                 raise RuntimeError(self.error)
-            self.seen[me].append(k)
+            self.seen[me].append((group, k))
             self.arrivals[key] = self.arrivals.get(key, 0) + 1
             self.waiting[me] = (key, k)
             self._next()
@@ -172,7 +177,7 @@ def install(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> list[Token]:
         if getattr(GRID, "value", GRID):  # a constexpr here; a whole-sequence launch's barrier of its own warps
             k, nprog = (int(v.handle.data.item()) if hasattr(v, "handle") else int(v) for v in (k, NPROG))
             idx = _here.grid_idx
-            _here.token.barrier(_here.me, k, nprog, bool(getattr(GROUP, "value", GROUP)))
+            _here.token.barrier(_here.me, k, nprog, int(getattr(GROUP, "value", GROUP)))
             _here.grid_idx = idx
 
     monkeypatch.setattr(_interp.InterpreterBuilder, "grid_idx", property(grid_idx, set_grid_idx), raising=False)
@@ -184,11 +189,14 @@ def install(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> list[Token]:
 
 
 def check_barriers(tokens: list[Token]) -> None:
-    """Every program of each launch reached barriers 1, 2, 3, ... in order, the same ones,
-    then its end."""
+    """Every program of each launch reached the same barriers, then its end: of each kind
+    (``Token.key``) numbered 1, 2, 3, ... in order."""
     assert tokens
     for token in tokens:
         seqs = {tuple(s) for s in token.seen.values()}
         assert len(seqs) == 1, seqs
         seq = next(iter(seqs))
-        assert seq[-1] == "end" and list(seq[:-1]) == list(range(1, len(seq))), seq
+        assert seq[-1] == "end", seq
+        for kind in {g for g, _ in seq[:-1]}:
+            ks = [k for g, k in seq[:-1] if g == kind]
+            assert ks == list(range(1, len(ks) + 1)), (kind, seq)

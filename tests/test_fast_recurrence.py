@@ -657,7 +657,7 @@ SCALARS = {"B": "i32", "H": "i32", "S": "i32", "B0": "i32", "t": "i32", "T": "i3
 SEQ = dict(BB=st.ROWS_SEQ, BJ=128, BK=st.BK_SEQ, PREC=st.FP32_DOT_SEQ, GRID=False, GROUP=False, POLL=False)
 # the step kernels' tiles, a barrier between steps: of the programs that share rows and seed, every thread polling
 GRID = dict(GRID=True, GROUP=True, POLL=True, BK=st.BK_WHOLE_BATCH)
-ROWS = dict(GROUP=False, POLL=True, BJ=st.BJ, BK=st.BK, NRB=8)
+ROWS = dict(GROUP=True, XGROUP=2, POLL=True, BJ=st.BJ, BK=st.BK, NRB=8)  # batch norm's: exchanges on column groups
 BN = dict(MODE=1, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=True)
 LN = dict(MODE=3, HAS_BETA=False, HAS_SHIFT=False, HAS_VAR=False)
 POP = dict(MODE=2, HAS_BETA=False, HAS_SHIFT=True, HAS_VAR=False)
@@ -708,7 +708,8 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
                             **dict(GRID, GROUP=False, POLL=False))),
     # the barriers alone, as benchmarks/grid_barriers.py times them
     (grid_barriers._barriers, dict(GROUP=True, POLL=True, STORE=1024, BB=16)),
-    # batch norm with the rows split (scan_triton_rows): grid launches, a barrier of every program between phases
+    # batch norm with the rows split (scan_triton_rows): grid launches, steps' barriers of row groups, the
+    # exchanges' of column groups (and one counter for every barrier)
     (rows._rnn_fwd_seq, dict(BN, RELU=False, BB=16, **ROWS)),
     (rows._rnn_bwd_seq, dict(MODE=1, RELU=True, BB=16, **ROWS)),
     (rows._lstm_fwd_seq, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=16, **ROWS)),
@@ -716,24 +717,28 @@ CASES = [  # every kernel; batch norm (the whole batch, 128 rows) and population
     (rows._lstm_fwd_seq, dict(BN, CMODE=2, C_BETA=True, C_SHIFT=True, C_VAR=False, BB=16, **dict(ROWS, BK=32))),
     (rows._lstm_bwd_seq, dict(MODE=1, CMODE=0, HAS_LAST=False, BB=16, **dict(ROWS, BK=32))),
     (rows._gru_fwd_seq, dict(BN, BB=16, **ROWS)), (rows._gru_bwd_seq, dict(MODE=1, BB=16, **ROWS)),
-    # layer norm the same way (LN_SPLIT)
-    (rows._rnn_fwd_seq, dict(LN, RELU=False, BB=16, **ROWS)),
-    (rows._rnn_bwd_seq, dict(MODE=3, RELU=False, BB=16, **ROWS)),
-    (rows._lstm_fwd_seq, dict(LN, CMODE=3, C_BETA=True, C_SHIFT=False, C_VAR=False, BB=16, **ROWS)),
-    (rows._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=True, BB=16, **ROWS)),
-    (rows._gru_fwd_seq, dict(LN, BB=16, **dict(ROWS, BK=32))), (rows._gru_bwd_seq, dict(MODE=3, BB=16, **ROWS)),
-    (rows._lstm_fwd_seq, dict(LN, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **ROWS)),
-    (rows._lstm_bwd_seq, dict(MODE=3, CMODE=0, HAS_LAST=False, BB=16, **ROWS)),
+    (rows._gru_bwd_seq, dict(MODE=1, BB=16, **dict(ROWS, GROUP=False, XGROUP=0))),
+    # layer norm the same way (LN_SPLIT): every barrier a row group's
+    (rows._rnn_fwd_seq, dict(LN, RELU=False, BB=16, **dict(ROWS, XGROUP=1))),
+    (rows._rnn_bwd_seq, dict(MODE=3, RELU=False, BB=16, **dict(ROWS, XGROUP=1))),
+    (rows._lstm_fwd_seq, dict(LN, CMODE=3, C_BETA=True, C_SHIFT=False, C_VAR=False, BB=16, **dict(ROWS, XGROUP=1))),
+    (rows._lstm_bwd_seq, dict(MODE=3, CMODE=3, HAS_LAST=True, BB=16, **dict(ROWS, XGROUP=1))),
+    (rows._gru_fwd_seq, dict(LN, BB=16, **dict(ROWS, BK=32, XGROUP=1))),
+    (rows._gru_bwd_seq, dict(MODE=3, BB=16, **dict(ROWS, XGROUP=1))),
+    (rows._lstm_fwd_seq, dict(LN, CMODE=0, C_BETA=False, C_SHIFT=False, C_VAR=False, BB=16, **dict(ROWS, XGROUP=1))),
+    (rows._lstm_bwd_seq, dict(MODE=3, CMODE=0, HAS_LAST=False, BB=16, **dict(ROWS, XGROUP=1))),
     # and their launches per phase (BN_SPLIT_STEPS: no barrier in them)
     (rows._lstm_fwd, dict(BN, CMODE=1, C_BETA=True, C_SHIFT=False, C_VAR=True, BB=16, PHASE=3,
-                          **dict(ROWS, POLL=False))),
-    (rows._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=2, **dict(ROWS, POLL=False))),
-    (rows._lstm_bwd, dict(MODE=3, CMODE=3, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=3, **dict(ROWS, POLL=False))),
+                          **dict(ROWS, XGROUP=0, POLL=False))),
+    (rows._lstm_bwd, dict(MODE=1, CMODE=1, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=2,
+                          **dict(ROWS, XGROUP=0, POLL=False))),
+    (rows._lstm_bwd, dict(MODE=3, CMODE=3, HAS_NEXT=True, HAS_LAST=False, BB=16, PHASE=3,
+                          **dict(ROWS, XGROUP=0, POLL=False))),
 ]
 TILES = dict(BJ=st.BJ, BK=st.BK, PREC=st.FP32_DOT, EARLY=True)  # EARLY: a launch per step's order of loads
 OPTIONS = lambda consts: dict(num_warps=st.WARPS_SEQ if consts["BJ"] == 128 else
                               st.WARPS_WHOLE_BATCH if consts["BB"] >= 128 else st.WARPS_FREE)
-""", 65)
+""", 66)
 
 
 # -- stacked seeds: one call for S independent models ---------------------------------------

@@ -91,7 +91,9 @@ def test_rows_split_grid_launch_of_several_programs(cell, norm, cell_norm, B, H,
     assert len(starts) == 2 and len(tokens) == 2
     for _, _, (_, grid, _, cfg, sync) in starts:
         assert grid == (math.ceil(H / 8), math.ceil(B / 16), 1) and "PART" in cfg
-        assert sync["GROUP"] == (norm == "layer")  # a row block's barriers its own: layer norm's exchanges
+        # steps wait for a row block's programs; exchanges for a row block's (layer norm) or a unit block's
+        assert sync["GROUP"] and sync["XGROUP"] == (1 if norm == "layer" else 2)
+        assert sync["CNT"].numel() == grid[1] + (grid[0] if norm == "batch" else 0)
         assert cfg["BK"] == (32 if H == 32 else 16)
     interpreter_grid.check_barriers(tokens)
     n = scan_triton_rows.phases(cell, {None: 0, "batch": 1, "layer": 3}[cell_norm])
@@ -99,16 +101,17 @@ def test_rows_split_grid_launch_of_several_programs(cell, norm, cell_norm, B, H,
 
 
 @needs_kernels
-@pytest.mark.filterwarnings("ignore:overflow encountered")  # shares never written: whatever PART held
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")  # PART's garbage
 def test_row_block_barriers_would_not_do_for_batch_norm(monkeypatch):
     """The threads' scheduler (tests/interpreter_grid.py) lets row blocks drift apart as
     far as their barriers allow, so it catches barriers grouped too narrowly: batch
-    norm's rows split, whose programs read every row block's shares, run with each row
-    block's barriers its own (as layer norm's, ``scan_triton._grouped``) reads shares
-    not yet written, or already overwritten, and misses the float64 reference."""
+    norm's rows split, whose programs read every row block's shares, run with its
+    exchanges on the row blocks' counters (as layer norm's,
+    ``scan_triton._exchange_group``) reads shares not yet written, or already
+    overwritten, and misses the float64 reference."""
     split_rows(monkeypatch, steps=False)
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
-    monkeypatch.setattr(scan_triton, "_grouped", lambda modes, split: True)
+    monkeypatch.setattr(scan_triton, "_exchange_group", lambda modes, split: 1)
     interpreter_grid.install(monkeypatch, seed=2)
     with pytest.raises(AssertionError):
         run_cell_case(IMPLS["scan-triton-grid"], "gru", 40, 3, 20, "batch", None, True)
@@ -120,8 +123,8 @@ def test_a_barrier_that_counts_the_wrong_programs_is_an_error(monkeypatch):
     that opens early, or never) stops the launch with that said."""
     split_rows(monkeypatch, steps=False, layer=True)
     monkeypatch.setattr(scan_triton, "GRID_SYNC", True)
-    monkeypatch.setattr(scan_triton, "_grouped", lambda modes, split: False)  # one counter, NPROG a row block's
-    monkeypatch.setattr(scan_triton, "barrier_counters", lambda grid, group: grid[1] * grid[2])
+    monkeypatch.setattr(scan_triton, "GRID_GROUPS", False)  # one counter, NPROG a row block's
+    monkeypatch.setattr(scan_triton, "barrier_counters", lambda grid, group, exchange=0: grid[1] * grid[2])
     interpreter_grid.install(monkeypatch, seed=3)
     with pytest.raises(Exception, match="a barrier counts 3 programs where 9 count on it"):  # or the interpreter's
         run_cell_case(IMPLS["scan-triton-grid"], "rnn", 40, 3, 20, "layer", None, True)
