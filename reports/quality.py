@@ -44,7 +44,8 @@ def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[s
         s = summarize(done["primary"])
         solved = done[done["solved"].fillna(False).astype(bool)] if "solved" in done else done.iloc[:0]
         steps, secs = summarize(_col(solved, "solved_step")), summarize(_col(solved, "solved_time_s"))
-        raw.append({"variant": variant, "mean": s.mean, "summary": s})
+        raw.append({"variant": variant, "mean": s.mean, "summary": s, "runs": len(runs),
+                    "diverged": int((runs["status"] == "diverged").sum())})
         shown.append({
             "model": variant, "seeds (done)": s.n, f"test {info.primary}: mean [95% CI]": fmt_ci(s),
             "median": fmt(s.median), "std": fmt(s.std),
@@ -80,6 +81,9 @@ def _leader_sentence(raw: pd.DataFrame, info: TaskInfo) -> Text:
     text = f"Best on {info.label}: {best['variant']} with test {info.primary} {fmt_ci(best['summary'])}"
     if info.chance is not None:
         text += f" (chance {fmt(info.chance)})"
+    if best["diverged"]:
+        text += (f", over the {best['summary'].n} of its {best['runs']} runs that finished ({best['diverged']} "
+                 f"diverged and have no test score)")
     if len(scored) > 1:
         nxt = scored.iloc[1]
         s, t = best["summary"], nxt["summary"]
@@ -119,6 +123,13 @@ def significance_section(data: ReportData) -> Section:
                       f"Pairwise comparisons on {label} (test {info.primary}, "
                       f"{'higher' if info.higher_is_better else 'lower'} is better)."))
         sec.add(*_pair_sentences(pt, info))
+        runs = data.of_task(label)
+        lost = {v: (int((g["status"] == "diverged").sum()), len(g)) for v, g in runs.groupby("variant", sort=True)}
+        lost = {v: c for v, c in lost.items() if c[0] and v in groups}
+        if lost:
+            sec.add(note("Diverged runs have no test score, so these tests compare the runs that finished: "
+                         + ", ".join(f"{v} lost {d} of {n}" for v, (d, n) in lost.items())
+                         + " (the claims section tests the divergence counts themselves)."))
     sec.add(*friedman_blocks(data))
     return sec
 

@@ -345,3 +345,20 @@ def test_p_values_print_on_their_side_of_alpha():
     assert [fmt_p(p) for p in (0.0496, 0.04996, 0.0504, 0.05, 0.1056, 0.0004, float("nan"))] == [
         "0.0496", "0.04996", "0.050", "0.050", "0.106", "<0.001", "–"]
     assert fmt_peq(0.0496) == "p = 0.0496" and fmt_peq(0.0002) == "p < 0.001"
+
+
+def test_diverged_runs_left_out_of_scores_are_said(store):
+    """A diverged run has no test score: the leader sentence and the significance section
+    say how many of a model's runs its numbers leave out."""
+    from reports.quality import significance_section, summary_section
+
+    data = load(store)
+    runs = data.runs
+    for variant in runs[runs["task_label"] == "adding"]["variant"].unique():  # the best model loses a run
+        hit = runs.index[(runs["task_label"] == "adding") & (runs["variant"] == variant)][:1]
+        data.runs.loc[hit, "status"] = "diverged"
+        data.runs.loc[hit, "primary"] = np.nan
+    text = lambda sec: " ".join(b.text for b in sec.blocks if hasattr(b, "text"))  # noqa: E731
+    assert "over the 2 of its 3 runs that finished (1 diverged and have no test score)" in text(summary_section(data))
+    sig = text(significance_section(data))
+    assert "these tests compare the runs that finished: " in sig and "lstm lost 1 of 3, rnn lost 1 of 3" in sig
