@@ -86,6 +86,7 @@ def build_report(store: str | Path, out: str | Path = DEFAULT_OUT, *, tasks: lis
     """
     from reports import render
 
+    render.check_out(out)  # before any work: a folder it may not write into is said at once
     data = load(store, tasks=tasks, models=models, since=since)
     base = load(baseline, tasks=tasks, models=models) if baseline is not None else None
     filters = [f"tasks {' '.join(tasks)}" if tasks else "", f"models {' '.join(models)}" if models else "",

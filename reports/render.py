@@ -16,6 +16,7 @@ from typing import Sequence
 import jinja2
 
 from reports.blocks import Figure, Section, Table
+from suite.errors import UserError
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = "figures"
@@ -51,11 +52,34 @@ def _env() -> jinja2.Environment:
     return env
 
 
+GENERATOR = '<meta name="generator" content="rnnbench report">'  # in index.html: an earlier report's folder
+
+
+def check_out(out: str | Path) -> Path:
+    """``out`` as a folder a report may write into (its README.md and index.html replaced,
+    the PNGs of its figures/ folder deleted): new, empty, or holding an earlier report
+    (``GENERATOR`` in its index.html, or a <title> of one written before that tag);
+    else one line saying why not, before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"report folder {out} is a file; pass --out with a folder")
+    if out.is_dir() and any(p.name != FIGURES or not p.is_dir() or any(p.iterdir()) for p in out.iterdir()):
+        html = out / "index.html"
+        head = html.read_text(encoding="utf-8", errors="replace")[:4000] if html.is_file() else ""
+        if GENERATOR not in head and "<title>rnnbench report</title>" not in head:
+            raise UserError(f"report folder {out} holds other files and no earlier report (writing would replace "
+                            "its README.md and figures/*.png); pass --out with a new or empty folder")
+    try:
+        (out / FIGURES).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"report folder {out} cannot be made ({e.strerror}); pass --out with another folder") from None
+    return out
+
+
 def write(sections: Sequence[Section], out: str | Path, title: str, subtitle: str) -> tuple[Path, Path]:
     """Render ``sections`` into ``out/index.html`` and ``out/README.md`` (+ ``out/figures``)."""
-    out = Path(out)
+    out = check_out(out)
     figdir = out / FIGURES
-    figdir.mkdir(parents=True, exist_ok=True)
     for old in figdir.glob("*.png"):  # figures of an earlier report of another store
         old.unlink()
     name_figures(sections)

@@ -22,10 +22,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    import fnmatch
+
     import baselines
     import tasks
     from suite.profiles import profile_names
 
+    every = {"tasks": tasks.names, "models": baselines.names,
+             "profiles": lambda p: [n for n in profile_names() if fnmatch.fnmatchcase(n, p)]}[args.what]
+    if args.pattern and not every(args.pattern):
+        raise UserError(f"no {args.what[:-1]} matches '{args.pattern}'; choose from: {', '.join(every('*'))} "
+                        "(patterns take * and ?)")
     if args.what == "tasks":
         for name in tasks.names(args.pattern or "*"):
             desc, params = tasks.describe(name)
@@ -42,9 +49,15 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for pname, tp, default, help_ in params:
                     print(f"    {pname}: {tp} = {values.get(pname, default)!r}  {help_}")
     else:
-        for name in profile_names():
-            from suite.profiles import load_profile
-            print(f"{name:<16} {load_profile(name).get('description', '')}")
+        from suite.profiles import load_profile
+
+        for name in every(args.pattern or "*"):
+            data = load_profile(name)
+            print(f"{name:<16} {data.get('description', '')}")
+            if args.verbose or args.pattern:
+                print(f"    seeds = {data.get('seeds', '0')!r}, device = {data.get('device', 'auto')!r}")
+                for entry in data["runs"]:
+                    print(f"    {entry['task']} {entry.get('task_args', {})}: {', '.join(entry['models'])}")
     return 0
 
 
@@ -63,6 +76,29 @@ def _specs_from_args(args: argparse.Namespace):
         sets=parse_sets(args.set), seeds=args.seeds, device=args.device)
 
 
+def _out_file(path: str | Path, flag: str, store: str | None = None) -> Path:
+    """``path`` as a file a command may write, checked before any work: not a folder, not
+    the store (nor any SQLite file: a results store is never overwritten by an export),
+    in a folder that exists or can be made."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a folder; give a file path")
+    if store is not None and out.exists() and out.resolve() == Path(store).expanduser().resolve():
+        raise UserError(f"{flag} {out} is the store itself; give another file")
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                raise UserError(f"{flag} {out} is an SQLite file (a store?) that this would overwrite; "
+                                "give another file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {out}: its folder cannot be made ({e.strerror})") from None
+    if not os.access(out.parent, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"{flag} {out} cannot be written here (permission denied)")
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -77,13 +113,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs {args.jobs} must be >= 1")
     if args.stack_seeds < 1:
         raise UserError(f"--stack-seeds {args.stack_seeds} must be >= 1")
+    if args.gpus_per_run is not None and not 0 <= args.gpus_per_run < float("inf"):
+        raise UserError(f"--gpus-per-run {args.gpus_per_run} must be 0 or more (a fraction shares a GPU)")
+    if not 0 < args.cpus_per_run < float("inf"):
+        raise UserError(f"--cpus-per-run {args.cpus_per_run} must be more than 0")
     options = RunOptions(retry_failed=args.retry_failed, checkpoint=parse_policy(args.checkpoint_every),
                          checkpoint_dir=args.checkpoint_dir, stack_seeds=args.stack_seeds)
-    store = Store(args.store)
-    added = store.add_runs(specs)
-    done = {r for r, in store.db.execute("SELECT run_id FROM runs WHERE status='done'")}
+    if args.checkpoint_dir and options.checkpoint is not None and not args.dry_run:  # now, not as each run fails
+        folder = Path(args.checkpoint_dir).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--checkpoint-dir {folder} cannot be made ({e.strerror}); pass another folder") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"--checkpoint-dir {folder} cannot be written (permission denied)")
+    if args.dry_run:  # reads the store where there is one; writes nothing
+        rows = []
+        if Path(args.store).exists():
+            store = Store(args.store, create=False)
+            rows = store.db.execute("SELECT run_id, status FROM runs").fetchall()
+            store.close()
+        added = sum(s.run_id not in {r for r, _ in rows} for s in specs)
+        done = {r for r, status in rows if status == "done"}
+    else:
+        store = Store(args.store)
+        added = store.add_runs(specs)
+        done = {r for r, in store.db.execute("SELECT run_id FROM runs WHERE status='done'")}
+        store.close()
     todo = [s for s in specs if s.run_id not in done]
-    store.close()
     print(f"{len(specs)} runs in grid ({added} new), {len(specs) - len(todo)} already done, "
           f"{len(todo)} to run -> {args.store}", file=sys.stderr)
     if args.dry_run:
@@ -119,7 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         df = store.runs()
         for _, r in df.iterrows():
             print(f"{r.run_id}  {r.status:<9} {r.task:<12} {r.model:<12} seed={r.seed}"
-                  + (f"  ({r.reason})" if r.reason else ""))
+                  + (f"  ({r.reason})" if isinstance(r.reason, str) and r.reason else ""))
     return 0
 
 
@@ -129,8 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = Store(args.store, create=False)
     frame = {"metrics": store.metrics, "summary": store.summaries,
              "diagnostics": store.diagnostics, "runs": store.runs}[args.what]()
-    out = Path(args.out or f"results/{args.what}.{args.format}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = _out_file(args.out or f"results/{args.what}.{args.format}", "--out", args.store)
     if args.what == "runs":
         frame = frame.astype({c: str for c in ("task_args", "model_args", "train", "env", "summary")
                               if c in frame})
@@ -155,21 +211,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
         raise UserError(f"unknown shape '{bad[0]}'; choose from: {', '.join(SHAPES)}")
+    if args.models is not None and not args.models.strip(", "):
+        raise UserError("--models '' names no model; give names or patterns, or leave it out for every model")
     models = baselines.names(args.models.split(",") if args.models else "*")
     if not models:
         raise UserError(f"--models '{args.models}' matches no model; see 'rnnbench list models'")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: give 1 or more")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads}: give 1 or more")
+    cores = os.cpu_count() or 1
+    if args.threads is not None and not 1 <= args.threads <= cores:
+        raise UserError(f"--threads {args.threads}: give 1 to {cores} (this machine's cores)")
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: give 1 or more")
+    json_out = _out_file(args.json, "--json") if args.json else None  # before the timing, not after it
     print(HEADER, flush=True)
     rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats, seeds=args.seeds,
                  threads=args.threads, on_row=lambda r: print(format_row(r), flush=True))
     if rows:
         print(footer(rows[0]))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=1))
     return 0
 
 
@@ -191,14 +252,21 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     if args.stack_seeds is not None and args.stack_seeds < 1:
         raise UserError(f"--stack-seeds {args.stack_seeds} must be >= 1")
-    with tqdm(unit="run", disable=args.quiet) as bar:
-        def progress(spec, status, summary):
-            bar.set_postfix_str(f"{spec.model} {spec.task} s{spec.seed}: {status}")
-            bar.update(1)
+    bars: list = []  # opened at the first run's end, so that a refusal before training prints one line alone
 
+    def progress(spec, status, summary):
+        if not bars:
+            bars.append(tqdm(unit="run", disable=args.quiet))
+        bars[0].set_postfix_str(f"{spec.model} {spec.task} s{spec.seed}: {status}")
+        bars[0].update(1)
+
+    try:
         result = nightly(root=Path(args.root), date=args.date, profile=args.profile, device=args.device,
                          jobs=args.jobs, report_dir=Path(args.out) if args.out else None, asv=not args.no_asv,
                          stack_seeds=args.stack_seeds, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     for task, why in result.skipped_tasks.items():
         print(f"left out {task}: {why}", file=sys.stderr)
     stacked = f"; up to {result.stack_seeds} seeds of a spec stacked" if result.stack_seeds > 1 else ""
@@ -210,7 +278,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="profile name in suite/profiles or a .toml path")
-    p.add_argument("--task", action="append", help="task name (repeatable); filters a profile")
+    p.add_argument("--task", action="append", help="task name (repeatable); with --profile a name or pattern "
+                   "that filters it")
     p.add_argument("--model", action="append", help="model name or pattern (repeatable)")
     p.add_argument("--task-arg", action="append", metavar="K=V", help="task parameter")
     p.add_argument("--model-arg", action="append", metavar="K=V", help="model switch")
@@ -250,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default: checkpoints/ beside the store)")
     p.add_argument("--stack-seeds", type=int, default=1, metavar="N",
                    help="train up to N seeds of one spec as one stack where the model allows it (custom "
-                   "cells, unpadded batches): their recurrences share every op; such groups do not "
-                   "checkpoint (default 1: one run at a time)")
+                   "cells, unpadded batches): their recurrences share every op, and the group "
+                   "checkpoints as one (default 1: one run at a time)")
     p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
@@ -263,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="ms per training step per model and shape, ratio to lstm")
     p.add_argument("--models", help="comma-separated names or patterns (default: all)")
-    p.add_argument("--shapes", help="comma-separated: seq-mnist, adding, char-lm, small "
-                   "(default: small on CPU, the three others on CUDA)")
+    p.add_argument("--shapes", help="comma-separated: seq-mnist, adding, char-lm, small, tiny (tiny: a "
+                   "check that every model runs) (default: small on CPU, the three others on CUDA)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference", action="store_true", help="time the eager reference step (no CUDA graph)")
@@ -299,8 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="statistical report: results/report/index.html and README.md")
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--out", default="results/report", help="output folder (default results/report)")
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks (names or patterns)")
-    p.add_argument("--models", nargs="+", metavar="MODEL", help="only these models (names or patterns)")
+    p.add_argument("--tasks", nargs="+", action="extend", metavar="TASK",
+                   help="only these tasks (names or patterns; repeatable)")
+    p.add_argument("--models", nargs="+", action="extend", metavar="MODEL",
+                   help="only these models (names or patterns; repeatable)")
     p.add_argument("--since", metavar="DATE", help="only runs created on or after DATE (YYYY-MM-DD, UTC)")
     p.add_argument("--baseline", metavar="PATH", help="a previous store: flag regressions beyond the CI")
     p.set_defaults(func=cmd_report)

@@ -49,9 +49,17 @@ def night_store(root: Path, date: str) -> Path:
     return root / f"{date}.sqlite"
 
 
+def is_date(text: str) -> bool:
+    """Whether ``text`` is a calendar date written YYYY-MM-DD."""
+    try:
+        return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", text)) and dt.date.fromisoformat(text) is not None
+    except ValueError:
+        return False
+
+
 def previous_store(root: Path, date: str) -> Path | None:
     """The most recent store of a night before ``date`` (names sort by date)."""
-    older = sorted(p for p in root.glob("*.sqlite") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.stem) and p.stem < date)
+    older = sorted(p for p in root.glob("*.sqlite") if is_date(p.stem) and p.stem < date)
     return older[-1] if older else None
 
 
@@ -142,10 +150,23 @@ def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", de
     from suite.store import Store
 
     date = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+    if not is_date(date):
         raise UserError(f"--date '{date}' is not a date; use YYYY-MM-DD")
-    root.mkdir(parents=True, exist_ok=True)
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} must be >= 1")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--root {root} cannot be made ({e.strerror}); pass another folder") from None
     store_path, baseline = night_store(root, date), previous_store(root, date)
+    from reports.render import check_out
+
+    check_out(report_dir or root / "report")  # before the night's training, not after it
+    if baseline is not None:  # the same: a damaged earlier night is said before training
+        try:
+            Store(baseline, create=False).close()
+        except UserError as e:
+            raise UserError(f"the last night's store, the report's baseline: {e} (or move it out of {root})") from None
     specs = build_specs(profile=profile, device=device)
     specs, skipped = with_data(specs)
     if stack_seeds is None:

@@ -18,16 +18,19 @@ A profile is data, not code::
 
 Command-line ``--set section.key=value`` (sections: train, model, task) applies
 over every entry; values are TOML literals (``1e-3``, ``[1, 2]``, ``true``), or
-``none`` for an unset option.
+``none``: None for an option that takes it (``train.clip=none``: no clipping), else
+the option's default.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import baselines
 from suite.errors import UserError
 from suite.spec import RunSpec, expand, parse_seeds
 
@@ -66,8 +69,12 @@ def load_profile(name: str) -> dict[str, Any]:
     if unknown:
         raise UserError(f"profile {path}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(PROFILE_KEYS))}")
     runs = data.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise UserError(f"profile {path} has no [[runs]] entries")
+    if not isinstance(runs, list) or not runs or not all(isinstance(e, dict) for e in runs):
+        raise UserError(f"profile {path} has no [[runs]] entries (tables: [[runs]] with task = ..., models = [...])")
+    _check_types(path, "", data, {"description": str, "device": str, "train": dict, "model": dict})
+    if "seeds" in data and not isinstance(data["seeds"], (str, int, list)) or isinstance(data.get("seeds"), bool):
+        raise UserError(f"profile {path}: seeds must be a string such as \"0-4\", an integer or a list of "
+                        f"integers, got {data['seeds']!r}")
     for i, entry in enumerate(runs):
         bad = set(entry) - ENTRY_KEYS
         if bad:
@@ -77,7 +84,20 @@ def load_profile(name: str) -> dict[str, Any]:
             raise UserError(f"profile {path}: runs[{i}] needs 'task' and 'models'")
         if isinstance(entry["models"], str):
             entry["models"] = [entry["models"]]
+        _check_types(path, f"runs[{i}].", entry, {"task": str, "models": list, "task_args": dict,
+                                                   "model_args": dict, "train": dict})
+        if not entry["models"] or not all(isinstance(m, str) for m in entry["models"]):
+            raise UserError(f"profile {path}: runs[{i}].models must be a name or a non-empty list of names, "
+                            f"got {entry['models']!r}")
     return data
+
+
+def _check_types(path: Path, prefix: str, table: dict[str, Any], kinds: dict[str, type]) -> None:
+    """One line naming the first key of ``table`` whose value is not of its kind."""
+    words = {str: "a string", list: "a list", dict: "a table ({ ... } or [section])"}
+    for key, kind in kinds.items():
+        if key in table and not isinstance(table[key], kind):
+            raise UserError(f"profile {path}: {prefix}{key} must be {words[kind]}, got {table[key]!r}")
 
 
 def parse_value(text: str) -> Any:
@@ -125,10 +145,12 @@ def build_specs(*, profile: str | None = None, task: list[str] | None = None,
     if profile:
         data = load_profile(profile)
         entries = []
-        for e in data["runs"]:
-            if task and e["task"] not in task:
+        for e in data["runs"]:  # --task and --model filter by name or pattern, as without a profile
+            if task and not any(fnmatch.fnmatchcase(e["task"], t) for t in task):
                 continue
-            models = [m for m in e["models"] if not model or m in model]
+            models = e["models"]
+            if model:  # the entry's names and patterns as names, then those the filter takes
+                models = [m for m in baselines.names(models) if any(fnmatch.fnmatchcase(m, p) for p in model)]
             if models:
                 entries.append({**e, "models": models})
         if not entries:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import re
 import types
 import typing
@@ -116,6 +117,8 @@ def _check_range(value: Any, meta: dict, where: str) -> None:
     if choices is not None and value not in choices:
         raise UserError(f"{where}={value!r} is not allowed; choose from: {', '.join(map(str, choices))}")
     lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}={value!r} is not a finite number")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
             op = ">" if meta.get("min_exclusive") else ">="
@@ -133,13 +136,15 @@ def fields_of(cls: type) -> dict[str, dataclasses.Field]:
 def build_config(cls: type[T], args: dict[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from ``args``, validating names, types and ranges.
 
-    ``None`` values are dropped so unset options keep their defaults (as in timm's
+    ``None`` sets an option that takes it (``clip=None``: no clipping); for any other
+    option it is dropped, so that the option keeps its default (as in timm's
     ``create_model``). ``where`` prefixes error messages, e.g. ``"task 'adding'"``.
     """
-    args = {k: v for k, v in (args or {}).items() if v is not None}
     flds = fields_of(cls)
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(args) - set(flds))
+    unknown = sorted(set(args or {}) - set(flds))
+    args = {k: v for k, v in (args or {}).items()
+            if v is not None or (k in flds and type(None) in _base_types(hints[k]))}
     if unknown:
         raise UserError(
             f"{where} has no parameter '{unknown[0]}'; allowed: {', '.join(flds) or '(none)'}"

@@ -88,6 +88,9 @@ class RunSpec:
         return f"{self.task}({args}) {self.model} seed={self.seed}"
 
 
+MAX_SEEDS = 10_000  # seeds one call may name: a typo such as '0-99999999999' is refused, not expanded
+
+
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     """'0-4' -> [0..4]; '0,3,7' -> [0, 3, 7]; 5 -> [5]; lists pass through."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -96,20 +99,26 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
         seeds = []
         for part in text.split(","):
             part = part.strip()
-            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+            m = re.fullmatch(r"([0-9]+)\s*-\s*([0-9]+)", part)
             if m:
                 lo, hi = int(m.group(1)), int(m.group(2))
                 if lo > hi:
                     raise UserError(f"seeds '{part}': the range is empty (start > end); write e.g. '0-4'")
+                if hi - lo + 1 > MAX_SEEDS:
+                    raise UserError(f"seeds '{part}' names {hi - lo + 1} seeds; at most {MAX_SEEDS} in one call")
                 seeds.extend(range(lo, hi + 1))
-            elif part.isdigit():
+            elif re.fullmatch(r"[0-9]+", part):
                 seeds.append(int(part))
             else:
                 raise UserError(f"seeds '{text}' is not valid; use e.g. '0-4', '0,2,5' or '3'")
-    else:
+    elif isinstance(text, (list, tuple)):
         seeds = list(text)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise UserError(f"seeds {seeds!r} must be non-negative integers")
+    else:
+        raise UserError(f"seeds {text!r} is not valid; use e.g. '0-4', '0,2,5', 3 or [0, 1, 2]")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise UserError(f"seeds {seeds!r} must be non-negative integers")
+    if len(set(seeds)) > MAX_SEEDS:
+        raise UserError(f"{len(set(seeds))} seeds given; at most {MAX_SEEDS} in one call")
     if not seeds:
         raise UserError("no seeds given; use e.g. '0-4'")
     return sorted(dict.fromkeys(seeds))
@@ -126,7 +135,11 @@ def resolve_device(device: str) -> str:
 
 
 def grid(values: dict[str, Any]) -> list[dict[str, Any]]:
-    """Cartesian product over list-valued entries: {'T': [50, 100], 'x': 1} -> 2 dicts."""
+    """Cartesian product over list-valued entries: {'T': [50, 100], 'x': 1} -> 2 dicts.
+    An empty list would sweep nothing, so it is an error, not an empty grid."""
+    empty = [k for k, v in values.items() if isinstance(v, list) and not v]
+    if empty:
+        raise UserError(f"'{empty[0]}' sweeps an empty list; give it one value or a list of values")
     keys = list(values)
     axes = [v if isinstance(v, list) else [v] for v in values.values()]
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]

@@ -121,6 +121,14 @@ def _corruption(store: "Store", exc: BaseException) -> UserError | None:
     return None
 
 
+def _locked(store: "Store", exc: BaseException) -> UserError | None:
+    """A one-line UserError when SQLite gave up waiting for another writer's lock."""
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return UserError(f"{store.path} stayed locked by another process for over a minute (another 'rnnbench "
+                         "run', or a tool holding it open to write); let it finish or pass --store with another path")
+    return None
+
+
 def _guarded(method: F) -> F:
     """Turn corruption found by a query into a one-line UserError."""
     @functools.wraps(method)
@@ -168,7 +176,11 @@ class Store:
         if not self.path.exists():
             if not create:
                 raise UserError(f"store {self.path} does not exist; run 'rnnbench run' first or pass --store")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"store {self.path}: its folder cannot be made ({e.strerror}); pass --store with "
+                                "another path") from None
         elif not self.path.is_file():
             raise UserError(f"store {self.path} is not a file; pass --store with a file path")
         else:
@@ -179,8 +191,8 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._retry_locked(self._init_schema)
         except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path} is not a usable rnnbench store ({e}); "
-                            "pass --store with another path or move the file away") from None
+            raise (_locked(self, e) or UserError(f"{self.path} is not a usable rnnbench store ({e}); "
+                                                 "pass --store with another path or move the file away")) from None
 
     @staticmethod
     def _retry_locked(fn, seconds: float = 60.0) -> None:
@@ -226,7 +238,7 @@ class Store:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
-            raise (_corruption(self, exc) or exc) from None
+            raise (_corruption(self, exc) or _locked(self, exc) or exc) from None
         try:
             yield self.db
         except BaseException as exc:

@@ -31,7 +31,27 @@ TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--ta
     (["run", "--task", "adding", "--model", "lstm", "--device", "tpu"], "device 'tpu' is not valid"),
     (["status", "--store", "/nonexistent/dir/x.sqlite"], "does not exist"),
     (["bench", "--seeds", "0"], "--seeds 0: give 1 or more"),
-    (["bench", "--threads", "0"], "--threads 0: give 1 or more"),
+    (["bench", "--threads", "0"], "--threads 0: give 1 to"),
+    (["bench", "--threads", "100000"], "--threads 100000: give 1 to"),  # torch crashed on this many
+    (["bench", "--repeats", "0"], "--repeats 0: give 1 or more"),
+    (["bench", "--json", "/etc/passwd/x.json"], "--json /etc/passwd/x.json: its folder cannot be made"),
+    # not finite: rejected before training, not recorded as failed runs
+    (["run", "--task", "adding", "--model", "lstm", "--train", "lr=nan"], "lr=nan is not a finite number"),
+    (["run", "--task", "adding", "--model", "lstm", "--train", "clip=inf"], "clip=inf is not a finite number"),
+    (["run", "--task", "adding", "--model", "lstm", "--set", "task.T=[]"], "'T' sweeps an empty list"),
+    (["run", "--task", "adding", "--model", "lstm", "--seeds", "²"], "seeds '²' is not valid"),
+    (["run", "--task", "adding", "--model", "lstm", "--seeds", "0-99999999999"], "at most 10000 in one call"),
+    (["run", "--task", "adding", "--model", "lstm", "--store", "/proc/x/y.sqlite"], "its folder cannot be made"),
+    (["run", "--task", "adding", "--model", "lstm", "--checkpoint-dir", "/etc/passwd"],
+     "--checkpoint-dir /etc/passwd cannot be made"),
+    (["report", "--out", "/etc/passwd", "--store", "/nonexistent.sqlite"], "report folder /etc/passwd is a file"),
+    (["nightly", "--date", "2026-13-45", "--root", "/nonexistent/n"], "--date '2026-13-45' is not a date"),
+    (["nightly", "--jobs", "0", "--root", "/nonexistent/n"], "--jobs 0 must be >= 1"),
+    (["nightly", "--root", "/etc/passwd/x"], "--root /etc/passwd/x cannot be made"),
+    (["list", "models", "zzz"], "no model matches 'zzz'; choose from:"),
+    (["bench", "--models", ""], "--models '' names no model"),
+    (["run", "--task", "adding", "--model", "lstm", "--gpus-per-run", "-1"], "--gpus-per-run -1.0 must be 0 or more"),
+    (["run", "--task", "adding", "--model", "lstm", "--cpus-per-run", "nan"], "--cpus-per-run nan must be more than 0"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
@@ -49,6 +69,125 @@ def test_malformed_profile(tmp_path, capsys):
     unknown.write_text('sedes = "0"\n[[runs]]\ntask = "adding"\nmodels = ["lstm"]\n')
     code, _, err = run_cli(capsys, "run", "--profile", str(unknown))
     assert code == 2 and "unknown key 'sedes'" in err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('seeds = 1.5\n', "seeds must be a string"), ("seeds = true\n", "seeds must be a string"),
+    ("seeds = -3\n", "seeds [-3] must be non-negative"), ("train = 5\n", "train must be a table"),
+    ('device = 5\n', "device must be a string"), ('model = [1]\n', "model must be a table"),
+])
+def test_profile_values_of_the_wrong_kind_are_one_line(tmp_path, capsys, text, needle):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text + '[[runs]]\ntask = "adding"\nmodels = ["rnn"]\n')
+    code, _, err = run_cli(capsys, "run", "--profile", str(bad), "--dry-run", "--store", str(tmp_path / "s.sqlite"))
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("runs,needle", [
+    ("runs = [1, 2]\n", "has no [[runs]] entries"),
+    ('[[runs]]\ntask = ["adding", "copy"]\nmodels = ["rnn"]\n', "runs[0].task must be a string"),
+    ('[[runs]]\ntask = "adding"\nmodels = [1]\n', "runs[0].models must be a name or a non-empty list"),
+    ('[[runs]]\ntask = "adding"\nmodels = 5\n', "runs[0].models must be a list"),
+    ('[[runs]]\ntask = "adding"\nmodels = ["rnn"]\ntask_args = [1]\n', "runs[0].task_args must be a table"),
+])
+def test_profile_entries_of_the_wrong_kind_are_one_line(tmp_path, capsys, runs, needle):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(runs)
+    code, _, err = run_cli(capsys, "run", "--profile", str(bad), "--dry-run", "--store", str(tmp_path / "s.sqlite"))
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_none_sets_an_option_that_takes_it_else_keeps_the_default():
+    """'--train clip=none' turns clipping off (its help: "None: no clipping"), where it kept
+    the default 1.0 and the default's run id; none for an option that does not take None
+    keeps its default."""
+    default, = build_specs(task=["adding"], model=["lstm"], device="cpu")
+    off, = build_specs(task=["adding"], model=["lstm"], train={"clip": None}, device="cpu")
+    assert default.train["clip"] == 1.0 and off.train["clip"] is None and off.run_id != default.run_id
+    same, = build_specs(task=["adding"], model=["lstm"], train={"lr": None}, device="cpu")
+    assert same.run_id == default.run_id
+
+
+def test_a_profile_is_filtered_by_model_and_task_patterns():
+    specs = build_specs(profile="smoke", model=["l*"], task=["add*", "copy"], device="cpu")
+    assert {(s.task, s.model) for s in specs} == {("adding", "lstm"), ("copy", "lstm")}
+
+
+def test_outputs_never_overwrite_a_store_or_foreign_files(tmp_path, capsys):
+    """export --out refuses the store itself (or any SQLite file) and a folder; report --out
+    refuses a folder that holds other files and no earlier report (it would replace its
+    README.md), and writes again where a report is."""
+    store = str(tmp_path / "s.sqlite")
+    assert run_cli(capsys, "run", *TINY, "--model", "rnn", "--store", store)[0] == 0
+    before = (tmp_path / "s.sqlite").read_bytes()[:16]
+    for out in (store, str(tmp_path)):
+        code, _, err = run_cli(capsys, "export", "--store", store, "--out", out)
+        assert code == 2 and err.count("\n") == 1 and ("store itself" in err or "is a folder" in err), err
+    other = tmp_path / "other.sqlite"
+    other.write_bytes((tmp_path / "s.sqlite").read_bytes())
+    code, _, err = run_cli(capsys, "export", "--store", store, "--out", str(other))
+    assert code == 2 and "is an SQLite file" in err
+    assert (tmp_path / "s.sqlite").read_bytes()[:16] == before == b"SQLite format 3\x00"
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("my project\n")
+    code, _, err = run_cli(capsys, "report", "--store", store, "--out", str(mine))
+    assert code == 2 and "holds other files and no earlier report" in err
+    assert (mine / "README.md").read_text() == "my project\n"
+    out = tmp_path / "report"
+    for _ in range(2):  # a new folder, then the folder of that report
+        code, _, err = run_cli(capsys, "report", "--store", store, "--out", str(out))
+        assert code == 0, err
+
+
+def test_report_filters_repeat(tmp_path, capsys, monkeypatch):
+    """'--models a --models b' (the README's example) keeps both, as '--models a b' does."""
+    import reports.build
+
+    seen = {}
+    monkeypatch.setattr(reports.build, "build_report",
+                        lambda store, out, **kw: seen.update(kw) or (tmp_path / "i.html", tmp_path / "r.md", []))
+    run_cli(capsys, "report", "--models", "bn-*", "--models", "lstm", "--tasks", "adding", "--tasks", "copy")
+    assert seen["models"] == ["bn-*", "lstm"] and seen["tasks"] == ["adding", "copy"]
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    """--dry-run lists what would run, from the store where there is one, and neither
+    creates a store nor registers runs in one."""
+    store = tmp_path / "s.sqlite"
+    code, out, err = run_cli(capsys, "run", *TINY, "--model", "rnn", "--seeds", "0-1", "--store", str(store),
+                             "--dry-run")
+    assert code == 0 and "2 runs in grid (2 new), 0 already done, 2 to run" in err and not store.exists()
+    assert len(out.splitlines()) == 2
+    run_cli(capsys, "run", *TINY, "--model", "rnn", "--seeds", "0", "--store", str(store))
+    code, out, err = run_cli(capsys, "run", *TINY, "--model", "rnn", "--seeds", "0-2", "--store", str(store),
+                             "--dry-run")
+    assert "3 runs in grid (2 new), 1 already done, 2 to run" in err
+    code, out, _ = run_cli(capsys, "status", "--store", str(store))
+    assert "pending: 0" in out and "done: 1" in out
+
+
+def test_status_lists_runs_without_a_reason_plainly(tmp_path, capsys):
+    store = str(tmp_path / "s.sqlite")
+    run_cli(capsys, "run", *TINY, "--model", "rnn", "--store", store)
+    code, out, _ = run_cli(capsys, "status", "--store", store, "-v")
+    assert code == 0 and "done" in out and "(nan)" not in out and "(None)" not in out
+
+
+def test_a_store_locked_past_the_wait_is_one_line(tmp_path):
+    import sqlite3
+
+    from suite.store import Store
+
+    path = tmp_path / "s.sqlite"
+    Store(path).close()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer that never lets go
+    store = Store(path)
+    store.db.execute("PRAGMA busy_timeout=200")  # the minute it waits, shortened
+    with pytest.raises(UserError, match="stayed locked by another process"):
+        store.add_runs(build_specs(task=["adding"], model=["rnn"], device="cpu"))
+    holder.rollback()
 
 
 def test_corrupt_store_is_one_line(tmp_path, capsys):
