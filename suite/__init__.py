@@ -2,5 +2,7 @@
 
 __version__ = "0.1.0"
 # Bumped when a change alters training results for the same spec: it is part of
-# every run's identity, so a store never mixes numbers from incompatible code.
-RESULTS_VERSION = "2"
+# every run's identity, so a store never mixes numbers from incompatible code. 3:
+# ListOps nests max_depth - 1 deep (as LRA), the gradient-flow probe no longer moves
+# the random stream of training with h0_noise, adding has n_train.
+RESULTS_VERSION = "3"

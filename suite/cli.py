@@ -127,19 +127,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"--checkpoint-dir {folder} cannot be made ({e.strerror}); pass another folder") from None
         if not os.access(folder, os.W_OK):
             raise UserError(f"--checkpoint-dir {folder} cannot be written (permission denied)")
-    if args.dry_run:  # reads the store where there is one; writes nothing
-        rows = []
-        if Path(args.store).exists():
+    if args.dry_run:  # reads the store where there is one (an empty file is none yet); writes nothing
+        known: dict[str, str] = {}
+        if Path(args.store).is_file() and Path(args.store).stat().st_size > 0:
             store = Store(args.store, create=False)
-            rows = store.db.execute("SELECT run_id, status FROM runs").fetchall()
+            known = store.statuses()
             store.close()
-        added = sum(s.run_id not in {r for r, _ in rows} for s in specs)
-        done = {r for r, status in rows if status == "done"}
+        added = sum(s.run_id not in known for s in specs)
     else:
         store = Store(args.store)
         added = store.add_runs(specs)
-        done = {r for r, in store.db.execute("SELECT run_id FROM runs WHERE status='done'")}
+        known = store.statuses()
         store.close()
+    done = {r for r, status in known.items() if status == "done"}
     todo = [s for s in specs if s.run_id not in done]
     print(f"{len(specs)} runs in grid ({added} new), {len(specs) - len(todo)} already done, "
           f"{len(todo)} to run -> {args.store}", file=sys.stderr)

@@ -149,7 +149,10 @@ def build_specs(*, profile: str | None = None, task: list[str] | None = None,
             if task and not any(fnmatch.fnmatchcase(e["task"], t) for t in task):
                 continue
             models = e["models"]
-            if model:  # the entry's names and patterns as names, then those the filter takes
+            if model:  # the entry's names (each a known one) and patterns as names, then those the filter takes
+                for m in models:
+                    if not any(c in m for c in "*?["):
+                        baselines.get(m)  # a name that is no model: the same line as without a filter
                 models = [m for m in baselines.names(models) if any(fnmatch.fnmatchcase(m, p) for p in model)]
             if models:
                 entries.append({**e, "models": models})

@@ -357,6 +357,11 @@ class Store:
         return json.loads(row[0]) if row and row[0] else {}
 
     @_guarded
+    def statuses(self) -> dict[str, str]:
+        """Every run's status, by run id."""
+        return dict(self.db.execute("SELECT run_id, status FROM runs").fetchall())
+
+    @_guarded
     def status_counts(self) -> dict[str, int]:
         counts = dict(self.db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
         return {s: counts.get(s, 0) for s in STATUSES}

@@ -108,9 +108,14 @@ def test_none_sets_an_option_that_takes_it_else_keeps_the_default():
     assert same.run_id == default.run_id
 
 
-def test_a_profile_is_filtered_by_model_and_task_patterns():
+def test_a_profile_is_filtered_by_model_and_task_patterns(tmp_path):
     specs = build_specs(profile="smoke", model=["l*"], task=["add*", "copy"], device="cpu")
     assert {(s.task, s.model) for s in specs} == {("adding", "lstm"), ("copy", "lstm")}
+    typo = tmp_path / "typo.toml"  # a name that is no model is said, filter or not
+    typo.write_text('[[runs]]\ntask = "adding"\nmodels = ["lstm", "lstmm"]\n')
+    for model in (None, ["lstm"]):
+        with pytest.raises(UserError, match="unknown model 'lstmm'"):
+            build_specs(profile=str(typo), model=model, device="cpu")
 
 
 def test_outputs_never_overwrite_a_store_or_foreign_files(tmp_path, capsys):
@@ -165,6 +170,10 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     assert "3 runs in grid (2 new), 1 already done, 2 to run" in err
     code, out, _ = run_cli(capsys, "status", "--store", str(store))
     assert "pending: 0" in out and "done: 1" in out
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    assert run_cli(capsys, "run", *TINY, "--model", "rnn", "--store", str(empty), "--dry-run")[0] == 0
+    assert empty.stat().st_size == 0  # an empty file stays empty
 
 
 def test_status_lists_runs_without_a_reason_plainly(tmp_path, capsys):
@@ -188,6 +197,31 @@ def test_a_store_locked_past_the_wait_is_one_line(tmp_path):
     with pytest.raises(UserError, match="stayed locked by another process"):
         store.add_runs(build_specs(task=["adding"], model=["rnn"], device="cpu"))
     holder.rollback()
+
+
+def test_run_on_a_damaged_store_is_one_line(tmp_path, capsys):
+    """A store whose runs table is damaged past its header: 'run' (and --dry-run) say so in
+    one line, as 'status' does."""
+    import sqlite3
+
+    from suite.store import Store
+
+    path = tmp_path / "c.sqlite"
+    store = Store(path)
+    store.add_runs(build_specs(task=["adding"], model=["rnn"], seeds="0-599", device="cpu"))
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        leaf = store.db.execute("SELECT max(pageno) FROM dbstat WHERE name='runs' AND pagetype='leaf'").fetchone()[0]
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat table to find the runs table's pages with")
+    page = store.db.execute("PRAGMA page_size").fetchone()[0]
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[(leaf - 1) * page:(leaf - 1) * page + 12] = b"\xff" * 12  # a leaf page's header of the runs table
+    path.write_bytes(bytes(data))
+    for extra in ([], ["--dry-run"]):
+        code, _, err = run_cli(capsys, "run", *TINY, "--model", "rnn", "--store", str(path), *extra)
+        assert code == 2 and "is damaged" in err and err.count("\n") == 1, err
 
 
 def test_corrupt_store_is_one_line(tmp_path, capsys):

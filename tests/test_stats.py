@@ -124,10 +124,27 @@ def _enumerated_mwu_p(x, y):
 def test_mann_whitney_with_ties_is_exact(x, y):
     """With ties among few seeds the p-value is the permutation distribution's, by
     enumerating every split of the runs (scipy's normal approximation gave 0.047 and
-    0.064 for the first two, where no split can give less than 0.1)."""
+    0.064 for the first two, where no split can give less than 0.1), and scipy's own
+    permutation method agrees."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     assert st.mann_whitney(x, y)[1] == pytest.approx(_enumerated_mwu_p(x, y))
     assert st.mann_whitney(x, y)[1] > sps.mannwhitneyu(x, y).pvalue  # the approximation was anti-conservative
+    exact = sps.mannwhitneyu(x, y, method=sps.PermutationMethod(n_resamples=np.inf)).pvalue
+    assert st.mann_whitney(x, y)[1] == pytest.approx(exact)
+
+
+@pytest.mark.parametrize("x,y", [([200.0], [200.0]), ([0.5], [0.5, 0.7]), ([3.0], [1.0, 3.0, 3.0, 5.0])])
+def test_mann_whitney_with_ties_and_one_run_a_side(x, y):
+    """One run on a side (a profile of one seed, or the one run left after divergence)
+    with a tie: the exact p, where scipy's permutation method refuses samples of one."""
+    assert st.mann_whitney(x, y)[1] == pytest.approx(_enumerated_mwu_p(np.asarray(x), np.asarray(y)))
+    table = st.pairwise_table({"a": x, "b": y})
+    assert table["mwu_p"].iloc[0] == pytest.approx(_enumerated_mwu_p(np.asarray(x), np.asarray(y)))
+
+
+def test_welch_on_constant_groups_is_closed_form_at_any_size():
+    t, p = st.welch_t([1.0] * 40, [0.5] * 40)  # enumerating C(80, 40) splits would never end
+    assert t == math.inf and p == pytest.approx(2 / math.comb(80, 40))
 
 
 def test_prob_improvement_hand_cases():
