@@ -224,6 +224,11 @@ def friedman_blocks(data: ReportData) -> list[Any]:
             if pairs else f"No pair's ranks differ by the critical difference {cd:.2f}.")))
     if n < 5:
         out.append(note(f"Only {n} task settings: rank tests over so few tasks have little power."))
+    tasks = pd.Series([data.tasks[label].name for label in scores.index])
+    shared = sorted(tasks[tasks.duplicated(keep=False)].unique())
+    if shared:
+        out.append(note(f"Several settings of one task ({', '.join(shared)}) count as separate data sets here; "
+                        "they are not independent, so the test's p-value is smaller than over independent tasks."))
     return out
 
 

@@ -108,14 +108,19 @@ def test_friedman_ranks_respect_each_tasks_direction(store):
 ])
 def test_across_tasks_decides_on_the_permutation_p(rows, verdict, monkeypatch):
     """The across-tasks sentence states and decides on the Friedman permutation p (the χ²
-    and F approximations call 4 or 5 tasks significant where the exact test does not)."""
+    and F approximations call 4 or 5 tasks significant where the exact test does not).
+    Settings of one task (here the first two) are said not to be independent."""
+    from types import SimpleNamespace
+
     from reports import quality
 
-    scores = pd.DataFrame(rows, index=[f"task{i}" for i in range(len(rows))],
-                          columns=["lstm", "gru", "rnn"][:len(rows[0])], dtype=float)
+    labels = [f"task{i}" for i in range(len(rows))]
+    scores = pd.DataFrame(rows, index=labels, columns=["lstm", "gru", "rnn"][:len(rows[0])], dtype=float)
     monkeypatch.setattr(quality, "friedman_scores", lambda data: scores)
-    text = " ".join(b.text for b in quality.friedman_blocks(None) if hasattr(b, "text"))
+    data = SimpleNamespace(tasks={t: SimpleNamespace(name="adding" if i < 2 else t) for i, t in enumerate(labels)})
+    text = " ".join(b.text for b in quality.friedman_blocks(data) if hasattr(b, "text"))
     assert verdict in text
+    assert "Several settings of one task (adding) count as separate data sets" in text
     res = friedman(scores.to_numpy())
     if not np.isnan(res.chi2):
         assert f"permutation {fmt_peq(res.perm_pvalue)} (exact over all" in text
