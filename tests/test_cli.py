@@ -14,21 +14,22 @@ from suite.errors import UserError
 TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--task-arg", "n_test=50",
         "--train", "max_steps=6", "--train", "eval_every=3", "--train", "batch_size=8",
         "--set", "model.hidden_size=4", "--device", "cpu", "-q"]
+RUN = ["run", "--task", "adding", "--model", "lstm"]  # a valid grid, to which a case adds its bad part
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["run", "--task", "nope", "--model", "lstm"], "unknown task 'nope'; choose from:"),
     (["run", "--task", "adding", "--model", "lstmm"], "unknown model 'lstmm'; choose from:"),
-    (["run", "--task", "adding", "--model", "lstm", "--task-arg", "T=0"], "T=0 is out of range"),
-    (["run", "--task", "adding", "--model", "lstm", "--set", "model.hidden_size=0"], "hidden_size=0 is out of range"),
-    (["run", "--task", "adding", "--model", "lstm", "--seeds", "3-1"], "seeds '3-1'"),
-    (["run", "--task", "adding", "--model", "lstm", "--set", "model.bogus=1"], "has no parameter 'bogus'"),
-    (["run", "--task", "adding", "--model", "lstm", "--set", "optim.lr=1"], "unknown --set key 'optim.lr'"),
-    (["run", "--task", "adding", "--model", "lstm", "--train", "optimizer=adagrad"], "choose from: adam, rmsprop, sgd"),
-    (["run", "--task", "adding", "--model", "lstm", "--train", "lr=-1"], "lr=-1.0 is out of range; it must be > 0"),
+    ([*RUN, "--task-arg", "T=0"], "T=0 is out of range"),
+    ([*RUN, "--set", "model.hidden_size=0"], "hidden_size=0 is out of range"),
+    ([*RUN, "--seeds", "3-1"], "seeds '3-1'"),
+    ([*RUN, "--set", "model.bogus=1"], "has no parameter 'bogus'"),
+    ([*RUN, "--set", "optim.lr=1"], "unknown --set key 'optim.lr'"),
+    ([*RUN, "--train", "optimizer=adagrad"], "choose from: adam, rmsprop, sgd"),
+    ([*RUN, "--train", "lr=-1"], "lr=-1.0 is out of range; it must be > 0"),
     (["run", "--profile", "nosuch"], "unknown profile 'nosuch'; choose from:"),
     (["run", "--task", "adding", "--model", "*nomatch*"], "matches no model"),
-    (["run", "--task", "adding", "--model", "lstm", "--device", "tpu"], "device 'tpu' is not valid"),
+    ([*RUN, "--device", "tpu"], "device 'tpu' is not valid"),
     (["status", "--store", "/nonexistent/dir/x.sqlite"], "does not exist"),
     (["bench", "--seeds", "0"], "--seeds 0: give 1 or more"),
     (["bench", "--threads", "0"], "--threads 0: give 1 to"),
@@ -36,13 +37,13 @@ TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--ta
     (["bench", "--repeats", "0"], "--repeats 0: give 1 or more"),
     (["bench", "--json", "/etc/passwd/x.json"], "--json /etc/passwd/x.json: its folder cannot be made"),
     # not finite: rejected before training, not recorded as failed runs
-    (["run", "--task", "adding", "--model", "lstm", "--train", "lr=nan"], "lr=nan is not a finite number"),
-    (["run", "--task", "adding", "--model", "lstm", "--train", "clip=inf"], "clip=inf is not a finite number"),
-    (["run", "--task", "adding", "--model", "lstm", "--set", "task.T=[]"], "'T' sweeps an empty list"),
-    (["run", "--task", "adding", "--model", "lstm", "--seeds", "²"], "seeds '²' is not valid"),
-    (["run", "--task", "adding", "--model", "lstm", "--seeds", "0-99999999999"], "at most 10000 in one call"),
-    (["run", "--task", "adding", "--model", "lstm", "--store", "/proc/x/y.sqlite"], "its folder cannot be made"),
-    (["run", "--task", "adding", "--model", "lstm", "--checkpoint-dir", "/etc/passwd"],
+    ([*RUN, "--train", "lr=nan"], "lr=nan is not a finite number"),
+    ([*RUN, "--train", "clip=inf"], "clip=inf is not a finite number"),
+    ([*RUN, "--set", "task.T=[]"], "'T' sweeps an empty list"),
+    ([*RUN, "--seeds", "²"], "seeds '²' is not valid"),
+    ([*RUN, "--seeds", "0-99999999999"], "at most 10000 in one call"),
+    ([*RUN, "--store", "/proc/x/y.sqlite"], "its folder cannot be made"),
+    ([*RUN, "--checkpoint-dir", "/etc/passwd"],
      "--checkpoint-dir /etc/passwd cannot be made"),
     (["report", "--out", "/etc/passwd", "--store", "/nonexistent.sqlite"], "report folder /etc/passwd is a file"),
     (["nightly", "--date", "2026-13-45", "--root", "/nonexistent/n"], "--date '2026-13-45' is not a date"),
@@ -50,8 +51,8 @@ TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--ta
     (["nightly", "--root", "/etc/passwd/x"], "--root /etc/passwd/x cannot be made"),
     (["list", "models", "zzz"], "no model matches 'zzz'; choose from:"),
     (["bench", "--models", ""], "--models '' names no model"),
-    (["run", "--task", "adding", "--model", "lstm", "--gpus-per-run", "-1"], "--gpus-per-run -1.0 must be 0 or more"),
-    (["run", "--task", "adding", "--model", "lstm", "--cpus-per-run", "nan"], "--cpus-per-run nan must be more than 0"),
+    ([*RUN, "--gpus-per-run", "-1"], "--gpus-per-run -1.0 must be 0 or more"),
+    ([*RUN, "--cpus-per-run", "nan"], "--cpus-per-run nan must be more than 0"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
