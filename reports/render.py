@@ -16,7 +16,7 @@ from typing import Sequence
 import jinja2
 
 from reports.blocks import Figure, Section, Table
-from suite.errors import UserError
+from suite.errors import UserError, make_folder
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = "figures"
@@ -69,16 +69,14 @@ def check_out(out: str | Path) -> Path:
         if GENERATOR not in head and "<title>rnnbench report</title>" not in head:
             raise UserError(f"report folder {out} holds other files and no earlier report (writing would replace "
                             "its README.md and figures/*.png); pass --out with a new or empty folder")
-    try:
-        (out / FIGURES).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"report folder {out} cannot be made ({e.strerror}); pass --out with another folder") from None
+    make_folder(out / FIGURES, f"report folder {out}", "pass --out with another folder")
     return out
 
 
 def write(sections: Sequence[Section], out: str | Path, title: str, subtitle: str) -> tuple[Path, Path]:
-    """Render ``sections`` into ``out/index.html`` and ``out/README.md`` (+ ``out/figures``)."""
-    out = check_out(out)
+    """Render ``sections`` into ``out/index.html`` and ``out/README.md`` (+ ``out/figures``),
+    ``out`` a folder that ``check_out`` passed and made (``build_report`` does, first)."""
+    out = Path(out)
     figdir = out / FIGURES
     for old in figdir.glob("*.png"):  # figures of an earlier report of another store
         old.unlink()

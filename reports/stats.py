@@ -295,10 +295,11 @@ def mann_whitney(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.mannwhitneyu(x, y, alternative="two-sided")
     p = float(res.pvalue)
-    tied = np.unique(np.concatenate([x, y])).size < x.size + y.size
-    if tied and np.ptp(np.concatenate([x, y])) > 0 and math.comb(x.size + y.size, x.size) <= EXACT_PERMUTATIONS:
+    pooled = np.concatenate([x, y])
+    tied = np.unique(pooled).size < pooled.size
+    if tied and np.ptp(pooled) > 0 and math.comb(pooled.size, x.size) <= EXACT_PERMUTATIONS:
         p = _exact_mwu_p(x, y)
-    if np.isnan(p) and np.ptp(np.concatenate([x, y])) == 0:
+    if np.isnan(p) and np.ptp(pooled) == 0:
         p = 1.0  # all values tied: no evidence of any difference
     return float(res.statistic), p
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from suite.errors import UserError
+from suite.errors import UserError, make_folder
 
 DEFAULT_STORE = "results/rnnbench.sqlite"
 
@@ -34,14 +34,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise UserError(f"no {args.what[:-1]} matches '{args.pattern}'; choose from: {', '.join(every('*'))} "
                         "(patterns take * and ?)")
     if args.what == "tasks":
-        for name in tasks.names(args.pattern or "*"):
+        for name in every(args.pattern or "*"):
             desc, params = tasks.describe(name)
             print(f"{name:<16} {desc}")
             if args.verbose or args.pattern:
                 for pname, tp, default, help_ in params:
                     print(f"    {pname}: {tp} = {default!r}  {help_}")
     elif args.what == "models":
-        for name in baselines.names(args.pattern or "*"):
+        for name in every(args.pattern or "*"):
             desc, values, params = baselines.describe(name)
             sw = ", ".join(f"{k}={v}" for k, v in values.items())
             print(f"{name:<16} {desc}  [{sw}]")
@@ -90,10 +90,7 @@ def _out_file(path: str | Path, flag: str, store: str | None = None) -> Path:
             if f.read(16) == b"SQLite format 3\x00":
                 raise UserError(f"{flag} {out} is an SQLite file (a store?) that this would overwrite; "
                                 "give another file")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {out}: its folder cannot be made ({e.strerror})") from None
+    make_folder(out.parent, f"{flag} {out}: its folder", "give another path")
     if not os.access(out.parent, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
         raise UserError(f"{flag} {out} cannot be written here (permission denied)")
     return out
@@ -121,10 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          checkpoint_dir=args.checkpoint_dir, stack_seeds=args.stack_seeds)
     if args.checkpoint_dir and options.checkpoint is not None and not args.dry_run:  # now, not as each run fails
         folder = Path(args.checkpoint_dir).expanduser()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--checkpoint-dir {folder} cannot be made ({e.strerror}); pass another folder") from None
+        make_folder(folder, f"--checkpoint-dir {folder}", "pass another folder")
         if not os.access(folder, os.W_OK):
             raise UserError(f"--checkpoint-dir {folder} cannot be written (permission denied)")
     if args.dry_run:  # reads the store where there is one (an empty file is none yet); writes nothing

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from suite.env import REPO, device_name
-from suite.errors import UserError
+from suite.errors import UserError, make_folder
 from suite.preflight import with_data
 
 
@@ -154,10 +154,7 @@ def nightly(*, root: Path, date: str | None = None, profile: str = "nightly", de
         raise UserError(f"--date '{date}' is not a date; use YYYY-MM-DD")
     if jobs < 1:
         raise UserError(f"--jobs {jobs} must be >= 1")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--root {root} cannot be made ({e.strerror}); pass another folder") from None
+    make_folder(root, f"--root {root}", "pass another folder")
     store_path, baseline = night_store(root, date), previous_store(root, date)
     from reports.render import check_out
 

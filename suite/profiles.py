@@ -30,9 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import baselines
 from suite.errors import UserError
-from suite.spec import RunSpec, expand, parse_seeds
+from suite.spec import RunSpec, expand, model_names, parse_seeds
 
 PROFILE_KEYS = {"description", "seeds", "device", "train", "model", "runs"}
 ENTRY_KEYS = {"task", "task_args", "models", "model_args", "train"}
@@ -149,11 +148,8 @@ def build_specs(*, profile: str | None = None, task: list[str] | None = None,
             if task and not any(fnmatch.fnmatchcase(e["task"], t) for t in task):
                 continue
             models = e["models"]
-            if model:  # the entry's names (each a known one) and patterns as names, then those the filter takes
-                for m in models:
-                    if not any(c in m for c in "*?["):
-                        baselines.get(m)  # a name that is no model: the same line as without a filter
-                models = [m for m in baselines.names(models) if any(fnmatch.fnmatchcase(m, p) for p in model)]
+            if model:  # the entry's names and patterns as names, then those the filter takes
+                models = [m for m in model_names(models) if any(fnmatch.fnmatchcase(m, p) for p in model)]
             if models:
                 entries.append({**e, "models": models})
         if not entries:

@@ -156,6 +156,22 @@ def make_spec(task: str, task_args: dict, model: str, model_args: dict, train: d
                    seed=seed, device=device)
 
 
+def model_names(entries: Iterable[str]) -> list[str]:
+    """A grid entry's models as names, in order: each name as it is (a known one), each
+    pattern (``"*lstm*"``) as the names it matches (at least one)."""
+    models: list[str] = []
+    for pat in entries:
+        if any(c in pat for c in "*?["):
+            found = baselines.names(pat)
+            if not found:
+                raise UserError(f"model pattern '{pat}' matches no model; see 'rnnbench list models'")
+            models.extend(found)
+        else:
+            baselines.get(pat)  # an unknown name: its one line, "unknown model ...; choose from: ..."
+            models.append(pat)
+    return models
+
+
 def expand(entries: list[dict[str, Any]], seeds: Iterable[int], device: str) -> list[RunSpec]:
     """Expand grid entries (task, task_args, models, model_args, train) into specs.
 
@@ -165,12 +181,7 @@ def expand(entries: list[dict[str, Any]], seeds: Iterable[int], device: str) -> 
     device = resolve_device(device)
     specs: dict[str, RunSpec] = {}
     for entry in entries:
-        models: list[str] = []
-        for pat in entry["models"]:
-            found = baselines.names(pat) if any(c in pat for c in "*?[") else [pat]
-            if not found:
-                raise UserError(f"model pattern '{pat}' matches no model; see 'rnnbench list models'")
-            models.extend(found)
+        models = model_names(entry["models"])
         for targs in grid(entry.get("task_args", {})):
             for model in models:
                 for margs in grid(entry.get("model_args", {})):

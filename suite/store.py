@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
-from suite.errors import UserError
+from suite.errors import UserError, make_folder
 from suite.spec import RunSpec
 
 if TYPE_CHECKING:  # pandas is imported where frames are read: worker processes only write
@@ -176,11 +176,7 @@ class Store:
         if not self.path.exists():
             if not create:
                 raise UserError(f"store {self.path} does not exist; run 'rnnbench run' first or pass --store")
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"store {self.path}: its folder cannot be made ({e.strerror}); pass --store with "
-                                "another path") from None
+            make_folder(self.path.parent, f"store {self.path}: its folder", "pass --store with another path")
         elif not self.path.is_file():
             raise UserError(f"store {self.path} is not a file; pass --store with a file path")
         else:
