@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from reports import figures
-from reports.blocks import Section, Text, figure, fmt, fmt_ci, note, table
+from reports.blocks import ALPHA, Section, Text, figure, fmt, fmt_ci, fmt_peq, note, table
 from reports.data import ReportData
 from reports.stats import Summary, summarize
 
@@ -133,10 +134,20 @@ def environment_section(data: ReportData) -> Section:
 # -- baseline ----------------------------------------------------------------------
 
 
-def compare(cur: Summary, base: Summary, higher_is_better: bool) -> str:
-    """'regressed' / 'improved' when the 95% CIs do not overlap; 'no CI' with fewer than two runs."""
+# Where a side has one timing (one run, or one seed stack) there is no interval: a
+# throughput is then called regressed when it is lower by more than this share, as
+# `asv compare --factor 1.2` (suite/nightly.py) calls a benchmark 20% slower.
+SPEED_TOLERANCE = 0.2
+
+
+def compare(cur: Summary, base: Summary, higher_is_better: bool, tolerance: float | None = None) -> str:
+    """'regressed' / 'improved' when the 95% CIs do not overlap; with fewer than two
+    values on a side, 'no CI', or with ``tolerance`` a relative change beyond it."""
     if any(math.isnan(x) for x in (cur.ci_low, cur.ci_high, base.ci_low, base.ci_high)):
-        return "no CI"
+        if tolerance is None or not (cur.n and base.n and base.mean):
+            return "no CI"
+        worse = (base.mean - cur.mean if higher_is_better else cur.mean - base.mean) / abs(base.mean)
+        return "regressed" if worse > tolerance else "improved" if worse < -tolerance else "within tolerance"
     if cur.ci_low > base.ci_high:
         return "improved" if higher_is_better else "regressed"
     if cur.ci_high < base.ci_low:
@@ -155,8 +166,31 @@ class Comparison:
     gone: int = 0
 
 
+def _timings(runs: pd.DataFrame, col: str) -> pd.Series:
+    """``col`` once per timing: the runs of one seed stack share theirs (one measurement,
+    not S), so they count once, at their mean."""
+    values = _num(runs, col)
+    stack = runs["stack_id"] if "stack_id" in runs else pd.Series(np.nan, index=runs.index)
+    return values.groupby(stack.where(stack.notna(), runs["run_id"]), sort=True).mean()
+
+
+def _finished_share(now: pd.DataFrame, base: pd.DataFrame) -> tuple[str, float] | None:
+    """'regressed' with Fisher's one-sided p where fewer runs finished (done, not diverged
+    or failed) now than in the baseline, significantly or all of them; None where every
+    run finished on both sides."""
+    ok_now, ok_base = int((now["status"] == "done").sum()), int((base["status"] == "done").sum())
+    if ok_now == len(now) and ok_base == len(base):
+        return None
+    counts = [[ok_now, len(now) - ok_now], [ok_base, len(base) - ok_base]]
+    p, p_better = (float(stats.fisher_exact(counts, alternative=side).pvalue) for side in ("less", "greater"))
+    worse = ok_base > 0 and (ok_now == 0 or p < ALPHA)
+    better = ok_now > 0 and (ok_base == 0 or p_better < ALPHA)
+    return ("regressed" if worse else "improved" if better else "within chance"), p
+
+
 def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
-    """Primary test metric and training throughput of every configuration in both stores."""
+    """Finished runs, primary test metric and training throughput of every configuration
+    in both stores."""
     out = Comparison()
     if data.empty or base.empty:
         return out
@@ -167,23 +201,42 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
         b = base.runs[base.runs["config_key"] == key]
         first = g.iloc[0]
         info = data.tasks[first["task_label"]]
-        checks = ((f"test {info.primary}", "primary", info.higher_is_better, g["status"] == "done", b["status"] == "done"),
-                  ("samples/s", "samples_per_s", True, g.index == g.index, b.index == b.index))
-        for name, col, hib, gm, bm in checks:
-            cur, old = summarize(_num(g[gm], col)), summarize(_num(b[bm], col))
+        where = f"of {first['variant']} on {first['task_label']} ({first['device']})"
+        row = {"task": first["task_label"], "model": first["variant"], "device": first["device"]}
+        finished = _finished_share(g, b)
+        if finished:
+            verdict, p = finished
+            ok_now, ok_base = int((g["status"] == "done").sum()), int((b["status"] == "done").sum())
+            out.rows.append({**row, "metric": "runs finished (not diverged or failed)",
+                             "now [95% CI]": f"{ok_now}/{len(g)}", "baseline [95% CI]": f"{ok_base}/{len(b)}",
+                             "change %": f"Fisher one-sided {fmt_peq(p)}", "verdict": _verdict(verdict)})
+            if verdict == "regressed":
+                out.regressions.append(f"runs finished {where}: {ok_now}/{len(g)} now vs {ok_base}/{len(b)}")
+        checks = ((f"test {info.primary}", info.higher_is_better, _num(g[g["status"] == "done"], "primary"),
+                   _num(b[b["status"] == "done"], "primary"), None),
+                  ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_TOLERANCE))
+        for name, hib, now_values, base_values, tolerance in checks:
+            cur, old = summarize(now_values), summarize(base_values)
             if cur.n == 0 and old.n == 0:
                 continue
-            verdict = compare(cur, old, hib)
+            verdict = compare(cur, old, hib, tolerance)
             change = (cur.mean - old.mean) / abs(old.mean) * 100 if old.mean else float("nan")
-            out.rows.append({"task": first["task_label"], "model": first["variant"], "device": first["device"],
-                             "metric": name, "now [95% CI]": fmt_ci(cur), "baseline [95% CI]": fmt_ci(old),
-                             "change %": fmt(change, 3), "verdict": verdict.upper() if verdict == "regressed" else verdict})
+            out.rows.append({**row, "metric": name, "now [95% CI]": fmt_ci(cur), "baseline [95% CI]": fmt_ci(old),
+                             "change %": fmt(change, 3), "verdict": _verdict(verdict)})
             if verdict == "regressed":
-                out.regressions.append(f"{name} of {first['variant']} on {first['task_label']} ({first['device']}): "
-                                       f"{fmt(cur.mean)} now vs {fmt(old.mean)}")
+                out.regressions.append(f"{name} {where}: {fmt(cur.mean)} now vs {fmt(old.mean)}"
+                                       + ("" if cur.n > 1 and old.n > 1 else
+                                          f" (one timing on a side: more than {SPEED_TOLERANCE:.0%} lower)"))
     out.new = len(set(data.runs["config_key"]) - base_keys)
     out.gone = len(base_keys - set(data.runs["config_key"]))
+    if not out.rows:
+        out.regressions.append("no configuration of this store is in the baseline, so nothing was compared "
+                               "(a changed profile or switch?)")
     return out
+
+
+def _verdict(verdict: str) -> str:
+    return verdict.upper() if verdict == "regressed" else verdict
 
 
 def baseline_section(data: ReportData, base: ReportData, base_path: str, comparison: Comparison) -> Section:
@@ -191,9 +244,15 @@ def baseline_section(data: ReportData, base: ReportData, base_path: str, compari
     if data.empty or base.empty:
         return sec.add(note(f"Nothing to compare: {'this store' if data.empty else base_path} has no finished runs."))
     if not comparison.rows:
-        return sec.add(note(f"No configuration of this store is in the baseline {base_path}."))
+        return sec.add(Text(f"No configuration of this store is in the baseline {base_path}, so nothing was "
+                            "compared.", "alert"))
     sec.add(Text(f"Baseline: {base_path}. Configurations are matched by their full spec without seed and "
-                 "code version; a change is flagged when the two 95% t intervals do not overlap."))
+                 "code version (settings at their defaults left out, so a switch added since matches where "
+                 "it is at its default); a change is flagged when the two 95% t intervals do not overlap. "
+                 "The runs of one seed stack share one timing, so they count once. Where a side has a single "
+                 f"timing, a throughput more than {SPEED_TOLERANCE:.0%} lower is flagged. Fewer finished runs "
+                 "(the rest diverged or failed) are flagged where none finished or Fisher's exact test "
+                 f"(one-sided) gives p < {ALPHA}."))
     flagged = comparison.regressions
     if flagged:
         sec.add(Text(f"{len(flagged)} regression(s) beyond the CI: " + "; ".join(flagged) + ".", "alert"))

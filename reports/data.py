@@ -8,15 +8,17 @@ what is being compared, and looks up what each task declares:
   its runs in the store (``adding(T=100)``); leaderboards are per task setting,
   since numbers at different T are not comparable;
 * a **variant** is a model name plus the model/training switches that differ
-  between runs of the same task and model (``lstm [hidden_size=64]``); seeds of
-  one variant are the sample every statistic is computed over;
+  between its runs on one task (``lstm [hidden_size=64]``), named alike on every
+  task; seeds of one variant are the sample every statistic is computed over;
 * an **ablation axis** is any such differing switch, task arguments included.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
+import functools
 import inspect
 import json
 import math
@@ -27,6 +29,7 @@ from typing import Any, Iterable
 import pandas as pd
 import seaborn as sns
 
+import baselines
 import tasks as task_registry
 from suite.errors import UserError
 from suite.store import Store
@@ -119,12 +122,31 @@ def settings(row: pd.Series) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(section: str, name: str) -> dict[str, Any]:
+    """This rnnbench's default values of a task's parameters, a model's switches or the
+    training settings, as the store's JSON holds them ({} for a name it no longer has)."""
+    from suite.spec import TrainConfig  # the runner's, which imports every model
+
+    try:
+        values = (task_registry.create(name).params() if section == "task_args" else
+                  baselines.resolve(name) if section == "model_args" else dataclasses.asdict(TrainConfig()))
+    except Exception:  # a task or model this rnnbench no longer has, or whose parameters changed
+        return {}
+    return json.loads(json.dumps(values))
+
+
 def config_key(row: pd.Series) -> str:
     """Identity of a run's configuration without its seed and code version, so a run
-    can be matched with the same configuration in another (baseline) store."""
+    can be matched with the same configuration in another (baseline) store: settings at
+    today's defaults are left out, so a store written before a switch existed (its specs
+    lack the key) matches one written after, where the switch is at its default."""
     spec = json.loads(row["spec"])
     spec.pop("seed", None)
     spec.pop("version", None)
+    for section, name in (("task_args", spec.get("task")), ("model_args", spec.get("model")), ("train", "")):
+        defaults = _defaults(section, str(name))
+        spec[section] = {k: v for k, v in (spec.get(section) or {}).items() if k not in defaults or defaults[k] != v}
     return json.dumps(spec, sort_keys=True)
 
 
@@ -243,18 +265,24 @@ def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     runs["settings"] = cfgs
     runs["config_key"] = [config_key(r) for _, r in runs.iterrows()]
     task_labels, variants, axes = [""] * len(runs), [""] * len(runs), [[] for _ in range(len(runs))]
+    # A model's label names the switches that vary among its runs on some task, on every
+    # task: one configuration then has one label everywhere (the across-tasks test
+    # matches models by label), while a setting that differs only between tasks (hidden
+    # size 100 on MNIST, 128 on adding) stays out of it.
+    model_keys: dict[str, set[str]] = {}
     for _, idx in runs.groupby("task").groups.items():
         idx = list(idx)
         task_keys = [k for k in varying(cfgs[i] for i in idx) if k.startswith("task.")]
         for i in idx:
             task_labels[i] = _label(runs.at[i, "task"], cfgs[i], task_keys, "{name}({args})")
-        for _, sub in runs.loc[idx].groupby("model").groups.items():
-            sub = list(sub)
+        for model, sub in runs.loc[idx].groupby("model").groups.items():
             keys = varying(cfgs[i] for i in sub)
+            model_keys.setdefault(model, set()).update(k for k in keys if not k.startswith("task."))
             for i in sub:
-                model_keys = [k for k in keys if not k.startswith("task.")]
-                variants[i] = _label(runs.at[i, "model"], cfgs[i], model_keys, "{name} [{args}]")
                 axes[i] = keys
+    for model, idx in runs.groupby("model").groups.items():
+        for i in idx:
+            variants[i] = _label(model, cfgs[i], sorted(model_keys[model]), "{name} [{args}]")
     runs["task_label"], runs["variant"], runs["axes"] = task_labels, variants, axes
     return runs
 

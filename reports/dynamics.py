@@ -160,7 +160,7 @@ def _flow_blocks(data: ReportData, label: str, info: TaskInfo) -> list[Any]:
     for variant in sorted(early):
         s0 = summarize(slopes(early[variant]))
         s1 = summarize(slopes(late[variant])) if variant in late else summarize([])
-        ratio = _first_last_ratio(late.get(variant, early[variant]))
+        ratio = _first_last_ratio(late[variant]) if variant in late else float("nan")
         rows.append({"model": variant, "runs": early[variant].shape[0], "slope at start [95% CI]": fmt_ci(s0),
                      "slope at end [95% CI]": fmt_ci(s1), "‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ at end": fmt(ratio)})
         if np.isfinite(ratio):
@@ -169,6 +169,10 @@ def _flow_blocks(data: ReportData, label: str, info: TaskInfo) -> list[Any]:
     out.append(table(rows, f"Gradient-flow slopes on {label} (decades per step back; mean over seeds, 95% CI)."))
     if sentences:
         out.append(Text("; ".join(sentences) + "."))
+    unprobed = sorted(set(early) - set(late))
+    if unprobed:
+        out.append(note(f"No probe after step 0 for {', '.join(unprobed)} on {label} (its runs ended before the "
+                        "next probe, e.g. diverged), so nothing at the end of training."))
     if info.target == "every":
         out.append(note(f"{label} puts a loss on every step, so ∂L/∂h_t includes a direct term at each t; "
                         "the profile shows vanishing less clearly than on last-step tasks."))
@@ -190,8 +194,8 @@ def _norm_blocks(data: ReportData, label: str) -> list[Any]:
     gn = m[m["name"] == "grad_norm"]
     if gn.empty:
         return [note(f"No gradient norms recorded for {label}.")]
-    clips = {r["settings"].get("train.clip") for _, r in data.of_task(label).iterrows()}
-    clip = clips.pop() if len(clips) == 1 else None
+    clip_of = {r["run_id"]: r["settings"].get("train.clip") for _, r in data.of_task(label).iterrows()}
+    clips = sorted({c for c in clip_of.values() if c is not None})
     edges = np.linspace(0, gn["step"].max(), min(BINS, gn["step"].nunique()) + 1)
     centers = (edges[:-1] + edges[1:]) / 2
     mats = {}
@@ -204,9 +208,11 @@ def _norm_blocks(data: ReportData, label: str) -> list[Any]:
             binned = logs.groupby(b).mean().reindex(range(len(centers)))
             rows.append(10 ** binned.to_numpy())
         mats[variant] = np.vstack(rows)
-    out: list[Any] = [figure(figures.grad_norms(centers, mats, data.colors, clip), f"gradnorm_{label}",
+    dashed = ("dashed: the clipping threshold" + ("s" if len(clips) > 1 else "") if clips
+              else "no run clipped its gradient")
+    out: list[Any] = [figure(figures.grad_norms(centers, mats, data.colors, clips), f"gradnorm_{label}",
                              f"Global gradient norm before clipping on {label} (geometric mean per step bin and "
-                             f"over seeds, 95% t band); dashed: the clipping threshold.")]
+                             f"over seeds, 95% t band); {dashed}.")]
     groups = sorted(n.split("/", 1)[1] for n in m["name"].unique() if n.startswith("grad_norm/"))
     rows = []
     for variant, g in m.groupby("variant", sort=True):
@@ -214,7 +220,8 @@ def _norm_blocks(data: ReportData, label: str) -> list[Any]:
         if "grad_norm" not in per_run:
             continue
         med = per_run.groupby("run_id")["grad_norm"].median()
-        post = per_run.assign(post=np.minimum(per_run["grad_norm"], clip if clip else np.inf)).groupby("run_id")["post"].median()
+        limit = per_run["run_id"].map(lambda r: clip_of.get(r) or np.inf).astype(float)  # each run's own clip
+        post = per_run.assign(post=np.minimum(per_run["grad_norm"], limit)).groupby("run_id")["post"].median()
         row = {"model": variant, "median norm before clip [95% CI]": fmt_ci(summarize(med)),
                "median after clip": fmt(post.mean())}
         if "clipped" in per_run:

@@ -150,11 +150,12 @@ def gradient_flow(early: Mapping[str, np.ndarray], late: Mapping[str, np.ndarray
 
 
 def grad_norms(x: np.ndarray, matrices: Mapping[str, np.ndarray], colors: Mapping[str, Any],
-               clip: float | None) -> plt.Figure:
-    """Global gradient norm before clipping vs training step (geometric mean per bin)."""
+               clips: Sequence[float]) -> plt.Figure:
+    """Global gradient norm before clipping vs training step (geometric mean per bin),
+    with a dashed line at each clipping threshold the runs used."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     curve_bands(ax, x, matrices, colors)
-    if clip is not None:
+    for clip in clips:
         ax.axhline(clip, color="0.3", ls="--", lw=1, label=f"clip = {clip:g}")
     return _finish(ax, "training step", "‖∇θ L‖ before clipping", yscale="log")
 

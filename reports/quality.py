@@ -25,10 +25,13 @@ def _order(frame: pd.DataFrame, info: TaskInfo, col: str = "mean") -> pd.DataFra
     return frame.sort_values(col, ascending=not info.higher_is_better, na_position="last", kind="stable")
 
 
-def _solved_counts(done: pd.DataFrame) -> str:
-    if "solved" not in done or done.empty:
+def _solved_counts(runs: pd.DataFrame) -> str:
+    """'solved/finished' over the runs that finished or diverged (a diverged run did not
+    solve the task), as every table of the report counts them."""
+    ended = runs[runs["status"].isin(["done", "diverged"])]
+    if "solved" not in ended or ended.empty:
         return "–"
-    return f"{int(done['solved'].fillna(False).astype(bool).sum())}/{len(done)}"
+    return f"{int(ended['solved'].fillna(False).astype(bool).sum())}/{len(ended)}"
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -49,7 +52,7 @@ def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[s
         shown.append({
             "model": variant, "seeds (done)": s.n, f"test {info.primary}: mean [95% CI]": fmt_ci(s),
             "median": fmt(s.median), "std": fmt(s.std),
-            "solved": _solved_counts(done) if info.solved is not None else "–",
+            "solved": _solved_counts(runs) if info.solved is not None else "–",
             "steps to solve": fmt_ci(steps) if steps.n else "–",
             "time to solve (s)": fmt_ci(secs) if secs.n else "–",
             "diverged": int((runs["status"] == "diverged").sum()),
@@ -68,7 +71,8 @@ def summary_section(data: ReportData) -> Section:
         if info.note:
             sec.add(note(info.note))
         sec.add(table(shown, f"Leaderboard of {info.describe()}. Mean over seeds with a 95% Student's t "
-                             "CI; steps/time to solve over the runs that solved."))
+                             "CI; solved: of the runs that finished or diverged (a diverged run counts as not solved); "
+                             "steps/time to solve over the runs that solved."))
         sec.add(_leader_sentence(raw, info))
     return sec
 
@@ -194,11 +198,20 @@ def friedman_blocks(data: ReportData) -> list[Any]:
     names = list(scores.columns)
     n, k = res.n_datasets, res.n_methods
     cd = nemenyi_cd(k, n, ALPHA)
-    groups = cd_groups(res.avg_ranks, cd)
+    # The χ² and F distributions' p-values are far too small over the few tasks a suite
+    # has (reports.stats.friedman), so the decision is the permutation test's.
+    p_decide = res.perm_pvalue
+    significant = bool(p_decide < ALPHA)
+    if significant:
+        groups = cd_groups(res.avg_ranks, cd)
+        bars = f"models joined by a bar are not significantly different (Nemenyi, α = {ALPHA}, CD = {cd:.2f})"
+    else:  # no post-hoc test without a significant omnibus test (Demšar 2006): one bar joins them all
+        groups = [[int(i) for i in np.argsort(res.avg_ranks, kind="stable")]]
+        bars = (f"one bar joins every model, since the Friedman test finds no significant difference "
+                f"(so no Nemenyi post-hoc test; its CD would be {cd:.2f})")
     fig = figure(figures.cd_diagram(names, list(res.avg_ranks), cd, groups), "critical_difference",
                  f"Critical-difference diagram: average rank of each model over {n} task settings "
-                 f"(1 = best); models joined by a bar are not significantly different (Nemenyi, "
-                 f"α = {ALPHA}, CD = {cd:.2f}).")
+                 f"(1 = best); {bars}.")
     rows = [{"model": m, "average rank": f"{r:.2f}"} for m, r in sorted(zip(names, res.avg_ranks), key=lambda x: x[1])]
     out: list[Any] = [head, fig, table(rows, f"Average ranks over {', '.join(scores.index)}.")]
     how = (f"exact over all {res.perm_orderings:,} orderings of each task's ranks" if res.perm_exact
@@ -207,13 +220,10 @@ def friedman_blocks(data: ReportData) -> list[Any]:
             + (f"Iman–Davenport F = {fmt(res.f_stat, 3)}" if np.isfinite(res.f_stat)
                else "Iman–Davenport F infinite (every task ranks the models identically)")
             + f"; permutation {fmt_peq(res.perm_pvalue)} ({how}; {k} models, {n} task settings).")
-    # The χ² and F distributions' p-values are far too small over the few tasks a suite
-    # has (reports.stats.friedman), so the decision is the permutation test's.
-    p_decide = res.perm_pvalue
     if np.isnan(res.chi2):
         out.append(Text(f"Every task setting ties all {k} models, so the Friedman test has nothing to rank "
                         f"({n} task settings)."))
-    elif not (p_decide < ALPHA):
+    elif not significant:
         out.append(Text(stat + " The test finds no significant difference among the models, so the "
                                "ranks above are not evidence of an ordering."))
     else:
@@ -224,6 +234,12 @@ def friedman_blocks(data: ReportData) -> list[Any]:
             if pairs else f"No pair's ranks differ by the critical difference {cd:.2f}.")))
     if n < 5:
         out.append(note(f"Only {n} task settings: rank tests over so few tasks have little power."))
+    done = data.done()
+    left = [(what, sorted(set(done[col].dropna()) - set(kept)))
+            for what, col, kept in (("models", "variant", names), ("task settings", "task_label", scores.index))]
+    if any(dropped for _, dropped in left):
+        out.append(note("Left out of this test for lacking finished runs where the others have them: "
+                        + "; ".join(f"{what} {', '.join(dropped)}" for what, dropped in left if dropped) + "."))
     tasks = pd.Series([data.tasks[label].name for label in scores.index])
     shared = sorted(tasks[tasks.duplicated(keep=False)].unique())
     if shared:
@@ -296,7 +312,7 @@ def _one_axis(data: ReportData, task_name: str, axis: str, sub: pd.DataFrame, in
             gv = g[g["value"] == v]
             rows.append({"model": line, name: v, "seeds (done)": s.n,
                          f"test {info.primary}: mean [95% CI]": fmt_ci(s),
-                         "solved": _solved_counts(d[d["value"] == v]) if info.solved is not None else "–",
+                         "solved": _solved_counts(gv) if info.solved is not None else "–",
                          "diverged": int((gv["status"] == "diverged").sum())})
         sentences.append(_axis_sentence(line, name, per_value, info))
     colors = dict(zip(sorted(sub["line"].unique()), figures.sns.color_palette("tab10", sub["line"].nunique())))

@@ -9,6 +9,8 @@ Both come from jinja2 templates in ``reports/templates``.
 from __future__ import annotations
 
 import base64
+import hashlib
+import html
 import re
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +24,16 @@ TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = "figures"
 
 
+SLUG_CHARS = 80  # a figure's file stem; names carry task labels, which may hold long paths
+
+
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "figure"
+    """``name`` as a file stem: safe characters only, and at most ``SLUG_CHARS`` of them,
+    a longer one cut and told apart from others cut alike by a hash of the whole name."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "figure"
+    if len(slug) <= SLUG_CHARS:
+        return slug
+    return f"{slug[:SLUG_CHARS - 9]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def name_figures(sections: Sequence[Section]) -> None:
@@ -37,8 +47,14 @@ def name_figures(sections: Sequence[Section]) -> None:
                 b.name = base if seen[base] == 1 else f"{base}_{seen[base]}"
 
 
+def _md(text: str) -> str:
+    """``text`` as literal Markdown: no markup of its own (a model or task name with ``<``,
+    ``&``, ``*`` or a backtick shows as written, as in the HTML)."""
+    return re.sub(r"([\\`*])", r"\\\1", html.escape(str(text), quote=False))
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _md(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _env() -> jinja2.Environment:
@@ -47,6 +63,7 @@ def _env() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined)
     env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
     env.filters["md_cell"] = _md_cell
+    env.filters["md"] = _md
     env.tests["table"] = lambda b: isinstance(b, Table)
     env.tests["figure"] = lambda b: isinstance(b, Figure)
     return env
@@ -83,12 +100,12 @@ def write(sections: Sequence[Section], out: str | Path, title: str, subtitle: st
     name_figures(sections)
     env = _env()
     ctx = dict(sections=sections, title=title, subtitle=subtitle, figdir=FIGURES)
-    html = out / "index.html"
-    html.write_text(env.get_template("report.html.j2").render(**ctx), encoding="utf-8")
-    md = out / "README.md"
-    md.write_text(env.get_template("report.md.j2").render(**ctx), encoding="utf-8")
-    for sec in sections:
+    for sec in sections:  # first, so that the text never links to figures not written
         for b in sec.blocks:
             if isinstance(b, Figure):
                 (figdir / f"{b.name}.png").write_bytes(b.png)
-    return html, md
+    page = out / "index.html"
+    page.write_text(env.get_template("report.html.j2").render(**ctx), encoding="utf-8")
+    md = out / "README.md"
+    md.write_text(env.get_template("report.md.j2").render(**ctx), encoding="utf-8")
+    return page, md

@@ -388,6 +388,7 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink | None],
     def finish(i: int) -> None:
         run = runs[i]
         run.summary["seed_stack"] = S
+        run.summary["stack_id"] = first.run_id  # the stack's runs share one timing (reports.cost)
         res = _finish(run, start.speed(run.step, run.train_time, cfg.batch_size), train_step, recurrence)
         if res.summary.get("peak_mem_mb") is not None:
             res.summary["peak_mem_mb"] /= S

@@ -2,6 +2,7 @@
 checked against the store's numbers; determinism; partial stores; baseline flags."""
 
 import base64
+import json
 import os
 import re
 from pathlib import Path
@@ -13,10 +14,10 @@ import pytest
 import baselines
 
 from reports import figures
-from reports.blocks import Table, Text, fmt_ci, fmt_p, fmt_peq
+from reports.blocks import Table, Text, fmt, fmt_ci, fmt_p, fmt_peq
 from reports.build import build_report
 from reports.claims import bn_pairs, claims_section, verdict
-from reports.cost import baseline_section, compare, compare_to_baseline
+from reports.cost import SPEED_TOLERANCE, baseline_section, compare, compare_to_baseline
 from reports.data import load
 from reports.literature import PUBLISHED, differences, matches
 from reports.quality import friedman_scores
@@ -117,9 +118,16 @@ def test_across_tasks_decides_on_the_permutation_p(rows, verdict, monkeypatch):
     labels = [f"task{i}" for i in range(len(rows))]
     scores = pd.DataFrame(rows, index=labels, columns=["lstm", "gru", "rnn"][:len(rows[0])], dtype=float)
     monkeypatch.setattr(quality, "friedman_scores", lambda data: scores)
-    data = SimpleNamespace(tasks={t: SimpleNamespace(name="adding" if i < 2 else t) for i, t in enumerate(labels)})
-    text = " ".join(b.text for b in quality.friedman_blocks(data) if hasattr(b, "text"))
+    ran = pd.DataFrame([(t, m) for t in labels for m in scores.columns], columns=["task_label", "variant"])
+    data = SimpleNamespace(tasks={t: SimpleNamespace(name="adding" if i < 2 else t) for i, t in enumerate(labels)},
+                           done=lambda: ran)
+    blocks = quality.friedman_blocks(data)
+    text = " ".join(b.text for b in blocks if hasattr(b, "text"))
     assert verdict in text
+    # no post-hoc bars without a significant Friedman test (Demšar 2006): one bar joins all
+    caption = next(b.caption for b in blocks if hasattr(b, "png"))
+    assert ("joined by a bar are not significantly different" in caption) == (verdict == "The models differ.")
+    assert "Left out of this test" not in text
     assert "Several settings of one task (adding) count as separate data sets" in text
     res = friedman(scores.to_numpy())
     if not np.isnan(res.chi2):
@@ -218,6 +226,73 @@ def test_baseline_flags_exactly_the_regressed_metric_and_throughput(store, tmp_p
     assert len(verdicts) == 8  # 2 tasks x 2 models x (metric, throughput)
     alerts = [b.text for b in sec.blocks if isinstance(b, Text) and b.kind == "alert"]
     assert alerts and "2 regression(s)" in alerts[0]
+
+
+def _edit_runs(path: Path, where: str, status: str | None = None, spec=None, summary=None) -> None:
+    """Rewrite the runs matching the SQL ``where``: their status, and their spec and summary
+    through functions of the parsed JSON."""
+    s = Store(path)
+    for run_id, spec_text, summary_text in s.db.execute(f"SELECT run_id, spec, summary FROM runs WHERE {where}"):
+        new_spec, new_summary = json.loads(spec_text), json.loads(summary_text)
+        if spec:
+            spec(new_spec)
+        if summary:
+            summary(new_summary)
+        s.db.execute("UPDATE runs SET spec=?, summary=?, status=COALESCE(?, status) WHERE run_id=?",
+                     (json.dumps(new_spec), json.dumps(new_summary), status, run_id))
+    s.close()
+
+
+def test_baseline_flags_a_configuration_whose_runs_no_longer_finish(store, tmp_path):
+    """All runs diverged (no test metric, so no CI) is a regression, not a pass."""
+    current = copy_store(store, tmp_path / "now.sqlite")
+    _edit_runs(current, "task='adding' AND model='lstm'", status="diverged")
+    comparison = compare_to_baseline(load(current), load(store))
+    assert comparison.regressions == ["runs finished of lstm on adding (cpu): 0/3 now vs 3/3"]
+    row = next(r for r in comparison.rows if r["metric"].startswith("runs finished"))
+    assert (row["now [95% CI]"], row["baseline [95% CI]"], row["verdict"]) == ("0/3", "3/3", "REGRESSED")
+    # one of three diverging is within chance (Fisher one-sided p = 0.5), and said so
+    _edit_runs(current, "task='adding' AND model='lstm' AND seed>0", status="done")
+    comparison = compare_to_baseline(load(current), load(store))
+    assert comparison.regressions == []
+    row = next(r for r in comparison.rows if r["metric"].startswith("runs finished"))
+    assert (row["now [95% CI]"], row["verdict"]) == ("2/3", "within chance") and "p = 0.5" in row["change %"]
+
+
+def test_a_seed_stack_is_one_timing_in_the_baseline_comparison(store, tmp_path):
+    """The runs of one stack share their throughput: they count once, so the interval is
+    not zero-width (any slowdown flagged) and a single timing is judged by the tolerance."""
+    def stacked(factor):
+        def edit(summary):
+            summary.update(stack_id="s0", seed_stack=3, samples_per_s=1000.0 * factor)
+        return edit
+
+    base = copy_store(store, tmp_path / "base.sqlite")
+    _edit_runs(base, "task='adding' AND model='rnn'", summary=stacked(1.0))
+    verdicts = {}
+    for factor in (0.999, 0.85, 0.7, 1.3):
+        current = copy_store(store, tmp_path / f"now{factor}.sqlite")
+        _edit_runs(current, "task='adding' AND model='rnn'", summary=stacked(factor))
+        comparison = compare_to_baseline(load(current), load(base))
+        row = next(r for r in comparison.rows if (r["task"], r["model"], r["metric"]) == ("adding", "rnn", "samples/s"))
+        verdicts[factor] = row["verdict"]
+        assert row["now [95% CI]"].startswith(f"{fmt(1000.0 * factor)} (one")  # one value, no interval
+    assert verdicts == {0.999: "within tolerance", 0.85: "within tolerance", 0.7: "REGRESSED", 1.3: "improved"}
+    assert SPEED_TOLERANCE == 0.2
+
+
+def test_baseline_matches_a_store_written_before_a_switch_existed(store, tmp_path):
+    """A spec without a key that this rnnbench has at its default is the same configuration;
+    a store that matches nothing is said to have compared nothing (the gate fails)."""
+    old = copy_store(store, tmp_path / "old.sqlite")
+    _edit_runs(old, "1", spec=lambda spec: (spec["train"].pop("weight_decay"), spec["model_args"].pop("init")))
+    comparison = compare_to_baseline(load(store), load(old))
+    assert comparison.regressions == [] and comparison.new == comparison.gone == 0 and len(comparison.rows) == 8
+    _edit_runs(old, "1", spec=lambda spec: spec["train"].update(weight_decay=0.5))
+    comparison = compare_to_baseline(load(store), load(old))
+    assert comparison.rows == [] and comparison.new == comparison.gone == 4
+    assert comparison.regressions == ["no configuration of this store is in the baseline, so nothing was compared "
+                                      "(a changed profile or switch?)"]
 
 
 def test_report_with_baseline_has_the_section(store, tmp_path):
@@ -367,3 +442,93 @@ def test_diverged_runs_left_out_of_scores_are_said(store):
     assert "over the 2 of its 3 runs that finished (1 diverged and have no test score)" in text(summary_section(data))
     sig = text(significance_section(data))
     assert "these tests compare the runs that finished: " in sig and "lstm lost 1 of 3, rnn lost 1 of 3" in sig
+
+
+def test_gradient_ratio_at_end_needs_a_probe_after_step_0(store):
+    """A model whose runs ended before their next probe (e.g. diverged) has no end-of-
+    training ratio: not step 0's passed off as the end's, and a note says why."""
+    from reports.dynamics import _flow_blocks
+
+    data = load(store)
+    d = data.diagnostics
+    first = d.groupby("run_id")["step"].transform("min")
+    data.diagnostics = d[~((d["variant"] == "rnn") & (d["task_label"] == "adding") & (d["step"] > first))]
+    blocks = _flow_blocks(data, "adding", data.tasks["adding"])
+    (tab,) = [b for b in blocks if isinstance(b, Table)]
+    ratio = dict(zip(tab.frame["model"], tab.frame["‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ at end"]))
+    assert ratio["rnn"] == "–" and ratio["lstm"] != "–"
+    text = " ".join(b.text for b in blocks if hasattr(b, "text"))
+    assert "No probe after step 0 for rnn on adding" in text and "rnn: by the end" not in text
+
+
+def test_norm_after_clipping_takes_each_runs_own_clip(store):
+    from reports.dynamics import _norm_blocks
+
+    data = load(store)
+    runs = data.runs
+    for i in runs.index[runs["task_label"] == "adding"]:
+        runs.at[i, "settings"] = {**runs.at[i, "settings"], "train.clip": 1e-6 if runs.at[i, "variant"] == "lstm" else None}
+    blocks = _norm_blocks(data, "adding")
+    (tab,) = [b for b in blocks if isinstance(b, Table)]
+    rows = {r["model"]: r for r in tab.frame.to_dict("records")}
+    assert rows["lstm"]["median after clip"] == fmt(1e-6)
+    m = data.metrics
+    norms = m[(m["task_label"] == "adding") & (m["variant"] == "rnn") & (m["name"] == "grad_norm")]
+    assert rows["rnn"]["median after clip"] == fmt(norms.groupby("run_id")["value"].median().mean())  # no clip
+    assert "dashed: the clipping threshold)" not in blocks[0].caption and "dashed: the clipping threshold." in blocks[0].caption
+
+
+def test_a_configuration_has_one_label_on_every_task(tmp_path):
+    """lstm at hidden size 8 is 'lstm [hidden_size=8]' on copy too, where it is lstm's only
+    size, so the across-tasks test keeps it; the size run on one task only is named as
+    left out."""
+    from reports.quality import friedman_blocks
+    from suite.spec import make_spec
+
+    store = Store(tmp_path / "s.sqlite")
+    todo = [(task, model, hidden, seed) for task in ("adding", "copy") for seed in (0, 1)
+            for model, hidden in (("lstm", 8), ("rnn", 8), ("lstm", 16)) if (task, hidden) != ("copy", 16)]
+    for task, model, hidden, seed in todo:
+        spec = make_spec(task, {}, model, {"hidden_size": hidden}, {}, seed, "cpu")
+        store.add_runs([spec])
+        assert store.claim(spec.run_id)
+        store.finish(spec.run_id, "done", {"test_mse": 0.1 * hidden + seed, "test_acc": 0.5 - 0.01 * hidden})
+    store.close()
+    data = load(tmp_path / "s.sqlite")
+    labels = data.runs.groupby("task")["variant"].unique().map(sorted).to_dict()
+    assert labels == {"adding": ["lstm [hidden_size=16]", "lstm [hidden_size=8]", "rnn"],
+                      "copy": ["lstm [hidden_size=8]", "rnn"]}
+    assert sorted(friedman_scores(data).columns) == ["lstm [hidden_size=8]", "rnn"]
+    text = " ".join(b.text for b in friedman_blocks(data) if hasattr(b, "text"))
+    assert "Left out of this test for lacking finished runs where the others have them: models lstm [hidden_size=16]." in text
+
+
+def test_solved_counts_diverged_runs_as_not_solved(store):
+    from reports.quality import leaderboard
+
+    data = load(store)
+    runs = data.runs
+    hit = runs.index[(runs["task_label"] == "adding") & (runs["variant"] == "lstm")][:1]
+    runs.loc[hit, "status"] = "diverged"
+    shown = {r["model"]: r for r in leaderboard(data, "adding")[1]}
+    assert shown["lstm"]["solved"].endswith("/3") and shown["lstm"]["seeds (done)"] == 2
+
+
+def test_figure_names_stay_short_and_markdown_shows_names_as_written(tmp_path):
+    """A task label holding a long path gives a figure file the file system takes, told
+    apart from another cut alike; Markdown escapes what it would read as markup."""
+    import matplotlib.pyplot as plt
+
+    from reports import render
+    from reports.blocks import Section, figure
+
+    long = "curves_char-lm(path=/data/" + "corpora/" * 40
+    names = [render._slug(long + "a"), render._slug(long + "b")]
+    assert all(len(n) <= render.SLUG_CHARS for n in names) and names[0] != names[1]
+    sec = Section("s", "S & <T>").add(Text("model <b>x</b> & *y* `z`"), figure(plt.figure(), long + "a", "cap*"))
+    html, md = render.write([sec], render.check_out(tmp_path / "report"), "title", "sub")
+    text = md.read_text()
+    assert "model &lt;b&gt;x&lt;/b&gt; &amp; \\*y\\* \\`z\\`" in text and "*cap\\**" in text
+    assert "model &lt;b&gt;x&lt;/b&gt; &amp; *y*" in html.read_text()
+    (png,) = (tmp_path / "report" / "figures").glob("*.png")
+    assert f"figures/{png.name}" in text

@@ -47,6 +47,7 @@ def assert_same_records(got, want, rows_got, rows_want):
             assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5) or (math.isnan(a[k]) and math.isnan(b[k])), k
         assert [d[:3] for d in gd] == [d[:3] for d in wd]  # the same gradient-flow probes
         assert g.summary["seed_stack"] == 3
+    assert len({g.summary["stack_id"] for g in got}) == 1  # one timing, shared (reports.cost._timings)
 
 
 @pytest.mark.parametrize("model", ["bn-rnn", "ln-lstm", "gru-loop"])
