@@ -152,8 +152,11 @@ class RunLoop:
         self.sink([], [(self.step, "grad_flow", t, v) for t, v in enumerate(flow)])
 
     def log(self, out: Any) -> None:
-        if self.step % self.cfg.log_every == 0:
-            self.pending.append((self.step, out.loss, out.grad_norm, out.groups))
+        """Keep the step's loss and gradient norm on the device until the next read-back:
+        every step's, so that a blow-up between two logged steps is caught (``_drain``),
+        with its group norms (None: checked, not stored) on the steps ``log_every`` logs."""
+        logged = self.step % self.cfg.log_every == 0
+        self.pending.append((self.step, out.loss, out.grad_norm, out.groups if logged else None))
 
     def at_eval(self) -> bool:
         """Read back the logged steps and validate (training time is up to date); True
@@ -168,8 +171,9 @@ class RunLoop:
         rows.append((self.step, "train", "wall_time", self.train_time))
         self.sink(rows, [])
         primary = val.get(self.task.primary, float("nan"))
-        if not math.isfinite(primary):  # e.g. a blow-up between two logged steps
-            return self.diverged(f"non-finite validation {self.task.primary} at step {self.step}", self.step)
+        bad = next((k for k, v in {self.task.primary: primary, **val}.items() if not math.isfinite(v)), None)
+        if bad is not None:  # an accuracy stays finite where the model's outputs are NaN: its loss does not
+            return self.diverged(f"non-finite validation {bad} at step {self.step}", self.step)
         if _better(self.task, primary, self.best_val):
             self.best_val, self.best_step = primary, self.step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -457,16 +461,18 @@ def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end
 
 
 def _drain(pending: list, clip: float) -> tuple[list[tuple], int | None]:
-    """Turn buffered per-step tensors into metric rows; report the first non-finite step."""
+    """Turn buffered per-step tensors into metric rows (the logged steps': those with
+    group norms); report the first non-finite step, logged or not."""
     if not pending:
         return [], None
     losses = torch.stack([p[1].float() for p in pending]).cpu().tolist()
     norms = torch.stack([p[2].float() for p in pending]).cpu().tolist()
     rows, bad = [], None
     for (step, _, _, groups), loss, gn in zip(pending, losses, norms):
-        rows += [(step, "train", "loss", loss), (step, "train", "grad_norm", gn),
-                 (step, "train", "clipped", float(gn > clip))]
-        rows += [(step, "train", f"grad_norm/{g}", v.item()) for g, v in groups.items()]
+        if groups is not None:
+            rows += [(step, "train", "loss", loss), (step, "train", "grad_norm", gn),
+                     (step, "train", "clipped", float(gn > clip))]
+            rows += [(step, "train", f"grad_norm/{g}", v.item()) for g, v in groups.items()]
         if bad is None and not (math.isfinite(loss) and math.isfinite(gn)):
             bad = step
     return rows, bad

@@ -142,14 +142,33 @@ def test_batch_norm_recalibration_before_evaluation_is_reproducible():
     assert with_recal.summary["test_mse"] != running.summary["test_mse"]
 
 
-def test_divergence_between_logged_steps_is_caught_at_evaluation():
-    (spec,) = build_specs(task=["adding"], model=["irnn"], task_args={"T": 20, "n_val": 50, "n_test": 50},
+@pytest.mark.parametrize("task,args", [("adding", {"T": 20}), ("copy", {"T": 5, "n_copy": 3})])
+def test_divergence_between_logged_steps_is_caught_at_evaluation(task, args):
+    """Steps that ``log_every`` does not store are still checked at the next read-back:
+    on copy, whose primary metric (accuracy) stays finite where the outputs are NaN, the
+    run was recorded done with the NaN model as its best."""
+    (spec,) = build_specs(task=[task], model=["irnn"], task_args={**args, "n_val": 50, "n_test": 50},
                           model_args={"hidden_size": 8},
                           train={"optimizer": "sgd", "lr": 1e12, "clip": None, "max_steps": 50,
                                  "eval_every": 25, "batch_size": 8, "log_every": 1000}, seeds="0", device="cpu")
     res, rows, _ = _collect(spec)
     assert not [r for r in rows if r[1:3] == ("train", "loss")]  # nothing logged between evaluations
-    assert res.status == "diverged" and "validation" in res.reason and res.summary["diverged_step"] == 25
+    assert res.status == "diverged" and res.reason.startswith("non-finite loss or gradient at step ")
+    assert res.summary["diverged_step"] < 25 and not [r for r in rows if r[1] == "val"]
+
+
+def test_a_non_finite_validation_loss_is_divergence(monkeypatch):
+    """An accuracy can be finite where the loss is not (argmax of NaN logits)."""
+    from suite import runner
+
+    (spec,) = build_specs(task=["copy"], model=["rnn"], task_args={"T": 5, "n_copy": 3, "n_val": 50, "n_test": 50},
+                          model_args={"hidden_size": 8}, train={"max_steps": 4, "eval_every": 2, "batch_size": 8},
+                          seeds="0", device="cpu")
+    evaluate = runner.RunLoop.evaluate
+    monkeypatch.setattr(runner.RunLoop, "evaluate",
+                        lambda self, split: {**evaluate(self, split), "loss": float("nan")})
+    res, _, _ = _collect(spec)
+    assert (res.status, res.reason, res.summary["diverged_step"]) == ("diverged", "non-finite validation loss at step 2", 2)
 
 
 def test_throughput_leaves_start_up_out():
