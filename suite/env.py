@@ -26,7 +26,9 @@ SWITCHES = ("RNNBENCH_CPU_LOOPS", "RNNBENCH_FUSED", "RNNBENCH_GPU_")
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """HEAD of the checkout the code runs from, with '+dirty' for local changes."""
+    """HEAD of the checkout the code runs from, with '+dirty' for local changes: to a
+    tracked file, or a new file in the four packages (the registries import every module
+    there, so an untracked preset or task changes what runs)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=5)
@@ -34,15 +36,32 @@ def git_commit() -> str | None:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = dirty or subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *PACKAGES],
+                                        cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
 
+PACKAGES = ("suite", "tasks", "baselines", "reports")
+
+
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model (``/proc/cpuinfo`` on Linux, where
+    ``platform.processor()`` says only "x86_64"), so CPU timings of two machines differ."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_model() or platform.processor() or platform.machine() or "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names and names[0] else None
 
 
 def cpu_capability() -> str:
