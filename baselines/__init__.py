@@ -16,7 +16,7 @@ from torch import nn
 from baselines.models import ModelConfig, RecurrentModel
 from baselines.registry import MODELS, Preset, register_preset
 from suite.errors import UserError
-from suite.registry import build_config, describe_params
+from suite.registry import build_config, describe_params, without_inert
 
 __all__ = ["ModelConfig", "RecurrentModel", "create", "resolve", "names", "get", "register_preset",
            "set_fast_path", "recurrence_path"]
@@ -44,14 +44,17 @@ def names(pattern: str | Iterable[str] = "*", exclude: Iterable[str] = ()) -> li
 
 
 def resolve(name: str, **overrides: Any) -> dict[str, Any]:
-    """The full, validated switch values of model ``name`` with ``overrides`` applied."""
+    """The full, validated switch values of model ``name`` with ``overrides`` applied,
+    those that change nothing there at their defaults (``ModelConfig.inert``)."""
     preset = get(name)
     cls = preset.config_cls or ModelConfig
     try:
         cfg = build_config(cls, {**preset.values, **overrides}, f"model '{name}'")
     except TypeError as e:  # a required field without a value
         raise UserError(f"model '{name}': {e}") from None
-    return dataclasses.asdict(cfg)
+    except UserError as e:  # a combination its config refuses (__post_init__) says whose
+        raise UserError(str(e) if str(e).startswith(f"model '{name}'") else f"model '{name}': {e}") from None
+    return dataclasses.asdict(without_inert(cfg))
 
 
 def create(name: str, *, output_size: int, input_size: int | None = None,

@@ -36,6 +36,17 @@ class ModelConfig:
                       choices=("default", "identity", "orthogonal"))
     forget_bias: float | None = param(None, "LSTM forget-gate bias at init (None: PyTorch default)")
 
+    def inert(self) -> set[str]:
+        """The switches that change nothing in this configuration: ``baselines.resolve``
+        sets them to their defaults, so that two configurations that build the same model
+        have one run id (a sweep over such a switch is one run, not an ablation)."""
+        out = set()
+        if self.cell != "rnn":
+            out.add("nonlinearity")  # GRU and LSTM gates have their own
+        if self.cell != "lstm":
+            out.add("forget_bias")
+        return out
+
 
 @dataclass
 class ModelOutput:

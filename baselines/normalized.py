@@ -82,6 +82,16 @@ class NormConfig(ModelConfig):
             raise UserError("impl=cudnn cannot normalize inside the recurrence; use impl=loop "
                             "(or norm=none, or norm_at=output without norm_cell)")
 
+    def inert(self) -> set[str]:
+        out = super().inert()
+        if self.norm != "batch":  # layer norm (or none) keeps no batch or running statistics
+            out |= {"norm_stats", "norm_eval", "norm_momentum"}
+        if self.norm == "none":
+            out |= {"norm_at", "norm_cell", "norm_gamma", "norm_eps"}
+        if not self.has_output_norm:  # the output stack's ReLUs without norms have no affine to sit in
+            out.add("relu_in_affine")
+        return out
+
     @property
     def norm_in_cell(self) -> bool:
         return self.norm != "none" and (self.norm_at != "output" or self.norm_cell)

@@ -133,6 +133,15 @@ def fields_of(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
+def without_inert(cfg: T) -> T:
+    """``cfg`` with the fields its ``inert()`` names (those that change nothing in this
+    configuration, e.g. momentum under Adam) at their defaults: a spec then says what runs,
+    and two that run alike share one run id."""
+    inert = cfg.inert() if hasattr(cfg, "inert") else set()
+    fields = {f.name: f.default for f in dataclasses.fields(cfg) if f.name in inert}
+    return dataclasses.replace(cfg, **fields) if fields else cfg
+
+
 def build_config(cls: type[T], args: dict[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from ``args``, validating names, types and ranges.
 

@@ -22,7 +22,7 @@ import baselines
 import tasks
 from suite import RESULTS_VERSION
 from suite.errors import UserError
-from suite.registry import build_config, param
+from suite.registry import build_config, param, without_inert
 
 
 @dataclass
@@ -51,6 +51,10 @@ class TrainConfig:
                             "(baselines/scan.py; the Triton kernels where RNNBENCH_FUSED=1), and on CUDA "
                             "the training step captured in a CUDA graph (false: the reference loop, eager)")
     probe_every: int = param(0, "gradient-flow probe every N steps (0: only at start and end)", min=0)
+
+    def inert(self) -> set[str]:
+        """Settings that change nothing here (``suite.registry.without_inert``)."""
+        return {"momentum"} if self.optimizer == "adam" else set()
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def make_spec(task: str, task_args: dict, model: str, model_args: dict, train: d
     """Validate and resolve one run (names, parameters, ranges) into a ``RunSpec``."""
     task_obj = tasks.create(task, **task_args)
     resolved_model = baselines.resolve(model, **model_args)
-    train_cfg = build_config(TrainConfig, train, "train")
+    train_cfg = without_inert(build_config(TrainConfig, train, "train"))
     return RunSpec(task=task, task_args=task_obj.params(), model=model,
                    model_args=resolved_model, train=dataclasses.asdict(train_cfg),
                    seed=seed, device=device)

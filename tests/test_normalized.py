@@ -617,3 +617,49 @@ def test_mnist_profiles_give_every_bn_model_h0_noise():
         assert {s.model for s in specs} >= set(BN_MODELS) | {"lstm", "rnn", "ln-lstm"}
         for s in specs:
             assert s.model_args.get("h0_noise", 0.0) == (0.1 if s.model.startswith("bn-") else 0.0), (profile, s.model)
+
+
+INERT = [("gru", {"nonlinearity": "relu"}), ("lstm-loop", {"nonlinearity": "relu"}),
+         ("rnn", {"forget_bias": 2.0}), ("gru-loop", {"forget_bias": 2.0}), ("bn-gru", {"forget_bias": 2.0}),
+         ("ln-lstm", {"norm_stats": "shared", "norm_eval": "batch", "norm_momentum": 0.5}),
+         ("ln-rnn", {"norm_stats": "shared", "norm_momentum": 0.5}),
+         ("bn-lstm", {"norm": "none", "norm_gamma": 0.5, "norm_eps": 0.1, "norm_at": "input", "norm_cell": False,
+                      "norm_stats": "shared", "norm_eval": "batch", "norm_momentum": 0.5}),
+         ("bn-rnn-seed", {"norm": "none", "norm_gamma": 0.5, "relu_in_affine": True}),
+         ("bn-rnn-seed", {"norm_at": "both", "impl": "loop", "relu_in_affine": True})]
+
+
+@pytest.mark.parametrize("name,values", INERT)
+def test_switches_that_change_nothing_resolve_to_their_defaults(name, values):
+    """A switch the configuration ignores is reset by ``resolve`` (one run id, not a sham
+    ablation); built as given, bypassing the reset, the model computes exactly what the
+    resolved one does, in training and evaluation, so nothing that matters is reset."""
+    from baselines.registry import MODELS
+    from baselines.models import RecurrentModel
+
+    keep = {k: v for k, v in values.items() if k in ("norm", "norm_at", "impl")}  # the switches that act
+    resolved = baselines.resolve(name, **values)
+    assert resolved == baselines.resolve(name, **keep)
+    preset = MODELS.get(name)
+    cls = preset.config_cls or baselines.ModelConfig
+    raw = cls(**{**preset.values, **values})
+    assert any(getattr(raw, k) != resolved[k] for k in values)  # the reset did something
+    x = rand_x(B=8, T=6)
+    outs = []
+    for cfg in (raw, cls(**resolved)):
+        torch.manual_seed(0)
+        m = (preset.builder or RecurrentModel)(cfg, output_size=1, input_size=2)
+        y = m(x)
+        grads = torch.autograd.grad(y.sum(), list(m.parameters()))
+        m.eval()
+        outs.append((y, grads, m(x)))
+    (y0, g0, e0), (y1, g1, e1) = outs
+    assert torch.equal(y0, y1) and torch.equal(e0, e1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+def test_momentum_under_adam_is_not_part_of_the_run():
+    from suite.spec import make_spec
+
+    spec = lambda **train: make_spec("adding", {}, "lstm", {}, train, 0, "cpu")  # noqa: E731
+    assert spec(momentum=0.9).run_id == spec().run_id and spec(momentum=0.9).train["momentum"] == 0.0
+    assert spec(optimizer="rmsprop", momentum=0.9).run_id != spec(optimizer="rmsprop").run_id
