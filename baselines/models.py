@@ -111,7 +111,10 @@ class RecurrentModel(nn.Module):
         return hidden
 
     def run(self, x: Tensor, lengths: Tensor | None = None, state: State = None,
-            perturb: Tensor | None = None) -> ModelOutput:
+            perturb: Tensor | None = None, offset: int = 0) -> ModelOutput:
+        """Outputs, top-layer hidden states and final state; from ``state`` where given
+        (a continued sequence, whose steps here are its steps ``offset``.. : the per-step
+        statistics of a batch-normalized model follow them, ``NormModel.run``)."""
         inp = self.encoder(x)
         if state is None:
             state = self.initial_state(inp)

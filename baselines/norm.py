@@ -119,6 +119,11 @@ class SeqNorm(nn.Module):
         self._pending: list[Moments] = []
         self._sizes: set[int | None] = set()  # batch sizes of the pending rows (None: from a mask)
         self._padded = False
+        # While averaging (``average``): how many batches each row's running statistics hold.
+        self._seen: Tensor | None = None
+        # Steps a call continues from (``offset``): its step t is step offset + t of the
+        # sequence, whose population statistics it uses in evaluation.
+        self.offset = 0
 
     def extra_repr(self) -> str:
         s = f"{self.features}, kind={self.kind}"
@@ -135,7 +140,7 @@ class SeqNorm(nn.Module):
             return self._layer_norm(a, affine, shift)
         B, T, feats = a.shape
         shared = self.stats == "shared"
-        if mask is None and self._fused(B):
+        if mask is None and self._fused(B, 0, 1 if shared else T):
             # One fused batch_norm call: with per-step statistics the T*F (step,
             # feature) pairs are its channels; shared, the B*T steps are its samples.
             flat = a.reshape(B * T, feats) if shared else a.reshape(B, T * feats)
@@ -143,14 +148,15 @@ class SeqNorm(nn.Module):
             w, b = (self.weight, add_optional(self.bias, shift)) if affine else (None, None)
             if affine and not shared:
                 w, b = w.repeat(T), (b.repeat(T) if b is not None else None)
-            out = F.batch_norm(flat, rm, rv, w, b, self._batch_stats(), self.momentum, self.eps).view(B, T, feats)
+            out = F.batch_norm(flat, rm, rv, w, b, self._batch_stats(), self._momentum(0, 1 if shared else T),
+                               self.eps).view(B, T, feats)
             return out if affine or shift is None else out + shift
         if self._batch_stats():
             mean, var, n = moments(a, mask, (0, 1) if shared else (0,))
             if self.training:
                 self._update(mean.detach(), var.detach(), n, padded=mask is not None)
         else:
-            mean, var = self._population(0, T)
+            mean, var = self._population(self.offset, T)
         out = self._affine((a - mean) * torch.rsqrt(var + self.eps), affine)
         return out if shift is None else out + shift
 
@@ -158,10 +164,10 @@ class SeqNorm(nn.Module):
         """Normalize step ``t`` (B, F) of a term computed inside the recurrence."""
         if self.kind == "layer":
             return self._layer_norm(a, True)
-        if mask_t is None and self.stats == "per_step" and self._fused(a.shape[0]):
+        if mask_t is None and self.stats == "per_step" and self._fused(a.shape[0], t, 1):
             rm, rv = self._running(t, 1)  # training: updates row t in place
             return F.batch_norm(a, rm, rv, self.weight, self.bias, self._batch_stats(),
-                                self.momentum, self.eps)
+                                self._momentum(t, 1), self.eps)
         if self._batch_stats():
             mean, var, n = moments(a, mask_t, (0,))
             if self.training:
@@ -169,7 +175,7 @@ class SeqNorm(nn.Module):
                 self._sizes.add(a.shape[0] if mask_t is None else None)
                 self._padded = self._padded or mask_t is not None
         else:
-            mean, var = self._population(t, 1)
+            mean, var = self._population(self.offset + t, 1)
         return self._affine((a - mean) * torch.rsqrt(var + self.eps), True)
 
     def uses_batch_stats(self) -> bool:
@@ -177,8 +183,15 @@ class SeqNorm(nn.Module):
         return self.kind == "batch" and self._batch_stats()
 
     def population(self, steps: int) -> tuple[Tensor, Tensor]:
-        """Population mean and variance (steps, F) for steps 0..steps-1 (see ``_population``)."""
-        return self._population(0, steps)
+        """Population mean and variance (steps, F) of a call's steps 0..steps-1 (see
+        ``_population``; steps offset.. of the sequence)."""
+        return self._population(self.offset, steps)
+
+    def average(self, on: bool) -> None:
+        """Switch the running statistics from an exponential moving average to the plain
+        average of the batches that follow (``NormModel.recalibrate``), each row over the
+        batches that reached it: a row no batch reaches keeps its value."""
+        self._seen = self.running_mean.new_zeros(0, dtype=torch.long) if on and self.kind == "batch" else None
 
     def add_step_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
         """Per-step batch statistics (T, F) computed elsewhere (the fused kernel), folded
@@ -224,10 +237,46 @@ class SeqNorm(nn.Module):
             return out if shift is None else out + shift
         return F.layer_norm(a, (self.features,), self.weight, add_optional(self.bias, shift), self.eps)
 
-    def _fused(self, batch: int) -> bool:
-        """Whether ``F.batch_norm`` computes this case (it cannot take batch statistics of one
-        sample: in training, or in evaluation with eval_stats="batch")."""
-        return not (self._batch_stats() and batch < 2)
+    def _fused(self, batch: int, first: int, rows: int) -> bool:
+        """Whether ``F.batch_norm`` computes this case of rows first..: it cannot take batch
+        statistics of one sample (in training, or in evaluation with eval_stats="batch"),
+        and its one momentum cannot average rows that earlier batches reached unevenly."""
+        if self._batch_stats() and batch < 2:
+            return False
+        return not (self.training and self._seen is not None and self._uneven(first, rows))
+
+    def _uneven(self, first: int, rows: int) -> bool:
+        seen = self._seen[first:first + rows]
+        if len(seen) < rows:  # rows no batch has reached yet
+            seen = torch.cat([seen, seen.new_zeros(rows - len(seen))])
+        return bool((seen != seen[0]).any())
+
+    def _momentum(self, first: int, rows: int) -> float:
+        """The fused update's weight of this batch for rows first.. (seen alike): the EMA's
+        momentum, or while averaging 1 / (batches that reached them, this one included)."""
+        if not (self.training and self._seen is not None):
+            return self.momentum
+        self._see(first + rows)
+        self._seen[first:first + rows] += 1
+        return 1.0 / float(self._seen[first])
+
+    def _weights(self, rows: int, ok: Tensor) -> float | Tensor:
+        """``_update``'s weight of this batch for rows 0..rows-1 (those ``ok`` take it): the
+        EMA's momentum, or while averaging 1 / (batches that reached each row), one number
+        where the rows agree (the same update as the fused one's)."""
+        if self._seen is None:
+            return self.momentum
+        self._see(rows)
+        took = ok.view(-1).to(self._seen.device)
+        self._seen[:rows] += took.long()
+        seen = self._seen[:rows]
+        if bool(took.all()) and bool((seen == seen[0]).all()):
+            return 1.0 / float(seen[0])
+        return (took / seen.clamp(min=1)).view(-1, 1).to(self.running_mean.device, self.running_mean.dtype)
+
+    def _see(self, rows: int) -> None:
+        if self._seen.shape[0] < rows:
+            self._seen = torch.cat([self._seen, self._seen.new_zeros(rows - self._seen.shape[0])])
 
     def _running(self, first: int, steps: int) -> tuple[Tensor | None, Tensor | None]:
         """Running statistics for ``F.batch_norm``, flattened to (steps*F,).
@@ -241,7 +290,7 @@ class SeqNorm(nn.Module):
             return self.running_mean[first:end].view(-1), self.running_var[first:end].view(-1)
         if self.eval_stats == "batch":
             return None, None
-        mean, var = self._population(first, steps)
+        mean, var = self._population(self.offset + first, steps)
         return mean.reshape(-1), var.reshape(-1)
 
     def _population(self, first: int, steps: int) -> tuple[Tensor, Tensor]:
@@ -266,14 +315,20 @@ class SeqNorm(nn.Module):
         """
         rows = mean.shape[0]
         if padded and rows > 1:
-            rows = int((n.view(-1) > 0).sum())  # valid steps form a prefix
+            # Valid steps form a prefix, and n falls along it: rows end where fewer than two
+            # samples are left (a row grown there would keep the identity statistics, which
+            # evaluation would use instead of the last estimated row's).
+            rows = int((n.view(-1) >= 2).sum())
             mean, var, n = mean[:rows], var[:rows], n[:rows]
+            if rows == 0:
+                return
         self._grow(rows)
         ok = n >= 2
+        weight = self._weights(rows, ok)
         unbiased = var * n / (n - 1).clamp(min=1.0)
         for buf, new in ((self.running_mean, mean), (self.running_var, unbiased)):
             cur = buf[:rows]
-            cur.copy_(torch.where(ok, torch.lerp(cur, new.to(cur.dtype), self.momentum), cur))
+            cur.copy_(torch.where(ok, torch.lerp(cur, new.to(cur.dtype), weight), cur))
 
     @torch.no_grad()
     def _update_rows(self, mean: Tensor, var: Tensor, size: int) -> None:
@@ -281,8 +336,9 @@ class SeqNorm(nn.Module):
         same values, from two in-place ops instead of a dozen small ones per pass."""
         rows = mean.shape[0]
         self._grow(rows)
-        self.running_mean[:rows].lerp_(mean.to(self.running_mean.dtype), self.momentum)
-        self.running_var[:rows].lerp_((var * float(size) / float(size - 1)).to(self.running_var.dtype), self.momentum)
+        weight = self._weights(rows, mean.new_ones(rows, dtype=torch.bool))
+        self.running_mean[:rows].lerp_(mean.to(self.running_mean.dtype), weight)
+        self.running_var[:rows].lerp_((var * float(size) / float(size - 1)).to(self.running_var.dtype), weight)
 
     def _grow(self, rows: int) -> None:
         have = self.running_mean.shape[0]

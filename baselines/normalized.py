@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.cells import GATES, LoopCore, State, project
-from baselines.models import ModelConfig, RecurrentModel
+from baselines.models import ModelConfig, ModelOutput, RecurrentModel
 from baselines.norm import EVAL_STATS, STATS, SeqNorm, add_optional, step_mask
 from baselines.scan import InputNorm
 from suite.errors import UserError
@@ -269,6 +269,20 @@ class NormModel(RecurrentModel):
                                        relu_in_affine=cfg.relu_in_affine)
                            if cfg.out_stack or make_norm else None)
 
+    def run(self, x: Tensor, lengths: Tensor | None = None, state: State = None,
+            perturb: Tensor | None = None, offset: int = 0) -> ModelOutput:
+        """As ``RecurrentModel.run``; with ``offset`` its norms take the population
+        statistics of steps offset.. in evaluation (past the training length: the last
+        step's), as one long sequence would, not those of steps 0.. again."""
+        norms = [n for n in self.modules() if isinstance(n, SeqNorm)] if offset else []
+        for n in norms:
+            n.offset = offset
+        try:
+            return super().run(x, lengths, state, perturb)
+        finally:
+            for n in norms:
+                n.offset = 0
+
     @staticmethod
     def make_core(cfg: NormConfig, input_size: int) -> nn.Module:  # type: ignore[override]
         if cfg.impl == "cudnn":
@@ -292,24 +306,25 @@ class NormModel(RecurrentModel):
         for their test results (their ``nowwithpopulationstatistics.py``: the plain
         average of batch statistics over the training data with frozen weights).
         Here every batch-norm row becomes the plain average of the batch statistics
-        of ``batches`` ((x, lengths) pairs); nothing else changes (no h_0 noise, no
-        gradient). Returns the number of batches used.
+        of ``batches`` ((x, lengths) pairs) that reach its step with two samples or
+        more (padded batches end at different steps); a row none reaches keeps its
+        running average. Nothing else changes (no h_0 noise, no gradient). Returns the
+        number of batches used.
         """
         norms = [n for n in self.modules() if isinstance(n, SeqNorm) and n.kind == "batch"]
-        was_training, momenta = self.training, [n.momentum for n in norms]
+        was_training = self.training
         count = 0
         self.eval()
         for n in norms:
             n.train()  # batch statistics and running updates inside the norms only
+            n.average(True)
         try:
             for x, lengths in batches:
                 count += 1
-                for n in norms:
-                    n.momentum = 1.0 / count  # a cumulative average, not an EMA
                 self.run(x, lengths)
         finally:
-            for n, momentum in zip(norms, momenta):
-                n.momentum = momentum
+            for n in norms:
+                n.average(False)
             self.train(was_training)
         return count
 

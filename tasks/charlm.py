@@ -296,10 +296,11 @@ class CharLM(Task):
                  batch_size: int = 500) -> dict[str, float]:
         """Mean metrics over the whole split, carrying state across windows via ``model.run``."""
         totals: dict[str, list[float]] = {}
-        state = None
+        state, offset = None, 0
         for batch in self.eval_batches(split, batch_size, device):
-            res = model.run(batch.x, None, state=state)
-            state = _detach(res.state)
+            # each window continues its streams: its steps are steps offset.. of them
+            res = model.run(batch.x, None, state=state, offset=offset)
+            state, offset = _detach(res.state), offset + batch.x.shape[1]
             for name, (s, n) in self.metric_sums(res.y, batch).items():
                 acc = totals.setdefault(name, [0.0, 0.0])
                 acc[0] += s

@@ -256,9 +256,10 @@ class Bigram(nn.Module):
 
     def __init__(self, table: torch.Tensor) -> None:
         super().__init__()
-        self.table = table
+        self.table, self.offsets = table, []
 
-    def run(self, x, lengths=None, state=None):
+    def run(self, x, lengths=None, state=None, offset=0):
+        self.offsets.append((offset, x.shape[1]))
         return ModelOutput(self.table[x], x.float(), state)
 
 
@@ -291,17 +292,28 @@ def test_bpc_matches_a_hand_computed_value(data_dir):
     ids = [task.vocab.index(c) for c in text]
     expected = -sum(logp[a, b].item() for a, b in zip(ids, ids[1:])) / (len(ids) - 1)
     for batch_size in (1, 3, 5, 500):  # streams and padding must not change the value
-        got = task.evaluate(Bigram(table), "val", CPU, batch_size)
+        model = Bigram(table)
+        got = task.evaluate(model, "val", CPU, batch_size)
         assert got["bpc"] == pytest.approx(expected, rel=1e-6)
+        starts = [sum(t for _, t in model.offsets[:i]) for i in range(len(model.offsets))]
+        assert [o for o, _ in model.offsets] == starts  # each window continues the last
         assert got["loss"] == pytest.approx(expected * math.log(2), rel=1e-6)
 
 
-def test_char_lm_evaluation_carries_state_across_windows(data_dir):
-    """With one stream, windowed evaluation equals one pass over the whole split."""
+@pytest.mark.parametrize("name", ["gru", "bn-lstm"])
+def test_char_lm_evaluation_carries_state_across_windows(data_dir, name):
+    """With one stream, windowed evaluation equals one pass over the whole split: for a
+    batch-normalized model too, whose population statistics of a window's steps are
+    those of their place in the stream (past the training length, the last step's), not
+    those of steps 0.. again."""
     (data_dir / "c.txt").write_text("the cat sat on the mat. " * 60)
     task = tasks.create("char-lm", corpus="local", path="c.txt", window=7)
-    model = baselines.create("gru", vocab_size=task.vocab_size, output_size=task.output_size,
-                             target="every", hidden_size=12).eval()
+    model = baselines.create(name, vocab_size=task.vocab_size, output_size=task.output_size,
+                             target="every", hidden_size=12)
+    with torch.no_grad():  # population statistics of 9 training steps, different per step
+        for seed in range(3):
+            model(torch.randint(0, task.vocab_size, (8, 9), generator=torch.Generator().manual_seed(seed)))
+    model.eval()
     ids = task.data()["val"].long()
     with torch.no_grad():
         logits = model(ids[None, :-1])[0]

@@ -383,9 +383,13 @@ def test_padded_steps_are_left_out_of_batch_statistics():
         valid = a[mask[:, t], t]
         expected = (valid - valid.mean(0)) / torch.sqrt(valid.var(0, unbiased=False) + 1e-5)
         torch.testing.assert_close(out[mask[:, t], t], expected)
-    # step 2 has one valid sample: no variance to estimate, so its row keeps its initial value
-    assert norm.running_mean.shape == (3, 2)
-    torch.testing.assert_close(norm.running_var[2], torch.ones(2))
+    # step 2 has one valid sample: no variance to estimate, so it gets no row, and evaluation
+    # takes the last estimated row's statistics there, not the identity ones of a fresh row
+    assert norm.running_mean.shape == (2, 2)
+    norm.eval()
+    x = torch.randn(2, 3, 2)
+    rm, rv = norm.running_mean[1], norm.running_var[1]
+    torch.testing.assert_close(norm.seq(x)[:, 2], (x[:, 2] - rm) / torch.sqrt(rv + 1e-5))
 
 
 # -- the seed document's stack ------------------------------------------------------
@@ -663,3 +667,32 @@ def test_momentum_under_adam_is_not_part_of_the_run():
     spec = lambda **train: make_spec("adding", {}, "lstm", {}, train, 0, "cpu")  # noqa: E731
     assert spec(momentum=0.9).run_id == spec().run_id and spec(momentum=0.9).train["momentum"] == 0.0
     assert spec(optimizer="rmsprop", momentum=0.9).run_id != spec(optimizer="rmsprop").run_id
+
+
+def test_recalibration_averages_each_row_over_the_batches_that_reach_it():
+    """Rows a shorter or padded batch does not reach are averaged over the batches that
+    do (with 1/count of all batches, a row first reached by the second batch was half
+    the stale running average); a row no batch reaches keeps its running average."""
+    torch.manual_seed(0)
+    model = make("bn-lstm")
+    model.train()
+    model(rand_x(B=8, T=9, seed=5))  # running statistics for 9 steps
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    batches = [(rand_x(B=6, T=3, seed=1), None), (rand_x(B=6, T=5, seed=2), None),
+               (rand_x(B=6, T=7, seed=3), torch.tensor([7, 6, 6, 2, 2, 1]))]  # steps 6: one sample, not a row
+    alone = []  # each batch's own statistics: the rows of a fresh copy after it, with momentum 1
+    for x, lengths in batches:
+        m = copy.deepcopy(model)
+        for n in norms(m):
+            n.momentum, n.running_mean, n.running_var = 1.0, n.running_mean[:0], n.running_var[:0]
+        m.recalibrate([(x, lengths)])
+        alone.append({k: v for k, v in m.state_dict().items() if k in before})
+    assert model.recalibrate(batches) == 3
+    after = model.state_dict()
+    for key, old in before.items():
+        reached = [a[key] for a in alone]
+        assert [len(r) for r in reached] == [3, 5, 6]
+        for row in range(len(old)):
+            got = [r[row] for r in reached if len(r) > row]
+            want = torch.stack(got).mean(0) if got else old[row]
+            torch.testing.assert_close(after[key][row], want, msg=f"{key} row {row}")
