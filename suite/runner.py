@@ -15,7 +15,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -191,7 +191,6 @@ class RunLoop:
         probe and the test metrics of the best-validation state."""
         summary = self.summary
         summary.update(steps=self.step, train_time_s=self.train_time, **speed)
-        summary["timesteps_per_s"] = (summary["samples_per_s"] or 0.0) * self.task.seq_len or None
         summary["path"] = path  # training step/recurrence, e.g. cuda_graph/scan
         summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(self.device) / 2**20
                                   if self.device.type == "cuda" else None)
@@ -215,16 +214,18 @@ class StartUp:
     def __init__(self, step: int, train_time: float, steps: int) -> None:
         self.start, self.end_step = (step, train_time), step + steps
         self.end: tuple[int, float] | None = None  # (step, training time) when start-up ended
+        self.timesteps = [0, 0]  # sample-steps run (batch x its length) in start-up, after it
 
-    def after(self, step: int, device: torch.device, train_time: Callable[[], float]) -> None:
-        """Call after each step; ``train_time()`` gives the training time so far, read once
-        the device has finished the start-up's queued work."""
+    def after(self, step: int, device: torch.device, train_time: Callable[[], float], batch: Batch) -> None:
+        """Call after each step, with its ``batch`` (of one seed); ``train_time()`` gives the
+        training time so far, read once the device has finished the start-up's queued work."""
+        self.timesteps[step > self.end_step] += batch.x.shape[0] * batch.x.shape[1]
         if step == self.end_step:
             _sync(device)
             self.end = (step, train_time())
 
     def speed(self, steps: int, train_time: float, batch_size: int) -> dict[str, Any]:
-        return throughput(steps, train_time, self.start, self.end, batch_size)
+        return throughput(steps, train_time, self.start, self.end, batch_size, self.timesteps)
 
 
 def _setup(spec: RunSpec) -> torch.device:
@@ -282,10 +283,11 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
             ckpt.save(model, opt, gen, run.loop_state())
             t0 = time.perf_counter()
         run.step += 1
-        run.log(train_step(task.train_batch(cfg.batch_size, gen, device)))
+        batch = task.train_batch(cfg.batch_size, gen, device)
+        run.log(train_step(batch))
         if recurrence == "none":  # the first step's (an evaluation pass may take another path)
             recurrence = baselines.recurrence_path(model)
-        start.after(run.step, device, lambda: run.train_time + time.perf_counter() - t0)
+        start.after(run.step, device, lambda: run.train_time + time.perf_counter() - t0, batch)
         if run.probe_due():  # on its own schedule, not only at evaluations; not training time
             _sync(device)
             paused = time.perf_counter()
@@ -414,7 +416,7 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink | None],
         for i in active:
             runs[i].step = step
             runs[i].log(outs[i])
-        start.after(step, device, lambda: (train_time + time.perf_counter() - t0) / S)
+        start.after(step, device, lambda: (train_time + time.perf_counter() - t0) / S, batches[0])
         due = [i for i in active if runs[i].probe_due()]
         if due:
             _sync(device)
@@ -445,17 +447,22 @@ def _unrecorded(metrics: list[tuple], diagnostics: list[tuple]) -> None:
 
 
 def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end: tuple[int, float] | None,
-               batch_size: int) -> dict[str, Any]:
-    """Steady-state speed: ``samples_per_s`` and ``step_ms`` over the steps after start-up
-    (``warmup_steps`` steps taking ``warmup_s``, reported apart). ``start`` and ``warm_end``
-    are (step, training time) where this process began and where its start-up ended; a run
-    that ended within its start-up reports its whole time."""
-    if warm_end is None or steps <= warm_end[0] or train_time <= warm_end[1]:
+               batch_size: int, timesteps: Sequence[int] = (0, 0)) -> dict[str, Any]:
+    """Steady-state speed: ``samples_per_s``, ``timesteps_per_s`` and ``step_ms`` over the
+    steps after start-up (``warmup_steps`` steps taking ``warmup_s``, reported apart).
+    ``start`` and ``warm_end`` are (step, training time) where this process began and where
+    its start-up ended; a run that ended within its start-up reports its whole time.
+    ``timesteps``: the sample-steps its batches held in start-up and after (a padded task's
+    batches are as long as their longest sequence, not the task's longest)."""
+    steady = not (warm_end is None or steps <= warm_end[0] or train_time <= warm_end[1])
+    if not steady:
         n, t, warm_steps, warm_s = steps - start[0], train_time - start[1], steps - start[0], train_time - start[1]
     else:
         n, t = steps - warm_end[0], train_time - warm_end[1]
         warm_steps, warm_s = warm_end[0] - start[0], warm_end[1] - start[1]
+    ran = timesteps[1] if steady else sum(timesteps)
     return {"samples_per_s": n * batch_size / t if n > 0 and t > 0 else None,
+            "timesteps_per_s": ran / t if n > 0 and t > 0 and ran else None,
             "step_ms": 1000.0 * t / n if n > 0 else None,
             "warmup_steps": warm_steps, "warmup_s": warm_s}
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import tasks
 from suite.profiles import build_specs
 from suite.runner import train_one
 
@@ -174,18 +175,35 @@ def test_a_non_finite_validation_loss_is_divergence(monkeypatch):
 def test_throughput_leaves_start_up_out():
     from suite.runner import throughput
 
-    # 100 steps of batch 10 in 14 s, the first 4 (warm-up and capture) took 5 s
-    t = throughput(100, 14.0, (0, 0.0), (4, 5.0), 10)
+    # 100 steps of batch 10 in 14 s, the first 4 (warm-up and capture) took 5 s; the
+    # batches held 10 x 20 sample-steps in start-up, 96 x 10 x 30 after it
+    t = throughput(100, 14.0, (0, 0.0), (4, 5.0), 10, (4 * 200, 96 * 300))
     assert t == {"samples_per_s": pytest.approx(96 * 10 / 9.0), "step_ms": pytest.approx(9000 / 96),
-                 "warmup_steps": 4, "warmup_s": 5.0}
+                 "timesteps_per_s": pytest.approx(96 * 300 / 9.0), "warmup_steps": 4, "warmup_s": 5.0}
     # resumed at step 50 after 7 s; start-up again for 4 steps (1.5 s)
     t = throughput(100, 12.0, (50, 7.0), (54, 8.5), 10)
     assert t["warmup_steps"] == 4 and t["warmup_s"] == pytest.approx(1.5)
     assert t["step_ms"] == pytest.approx(1000 * 3.5 / 46)
     # ended within its start-up: the whole time, all of it start-up
-    t = throughput(3, 2.0, (0, 0.0), None, 10)
+    t = throughput(3, 2.0, (0, 0.0), None, 10, (3 * 200, 0))
     assert t == {"samples_per_s": pytest.approx(15.0), "step_ms": pytest.approx(2000 / 3),
-                 "warmup_steps": 3, "warmup_s": 2.0}
+                 "timesteps_per_s": pytest.approx(300.0), "warmup_steps": 3, "warmup_s": 2.0}
+
+
+def test_timesteps_per_s_counts_the_steps_batches_hold():
+    """A padded task's batch is as long as its longest sequence: timesteps/s counts those
+    steps, not the task's longest length times the samples (13x too many on SST-2)."""
+    (spec,) = build_specs(task=["listops"], model=["rnn"],
+                          task_args={"max_length": 200, "min_length": 20, "n_train": 200, "n_val": 20,
+                                     "n_test": 20}, model_args={"hidden_size": 8},
+                          train={"max_steps": 12, "eval_every": 12, "batch_size": 4}, seeds="0", device="cpu")
+    res, _, _ = _collect(spec)
+    s = res.summary
+    assert s["timesteps_per_s"] < s["samples_per_s"] * 200
+    task = tasks.create("listops", **spec.task_args)
+    gen = torch.Generator().manual_seed(0)
+    lengths = [task.train_batch(4, gen, torch.device("cpu")).x.shape[1] for _ in range(12)]
+    assert max(lengths) < 200 and len(set(lengths)) > 1  # what the check above relies on
 
 
 def test_plain_cuda_device_gets_an_index(monkeypatch):
