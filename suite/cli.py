@@ -178,8 +178,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from suite.store import Store
 
     store = Store(args.store, create=False)
-    frame = {"metrics": store.metrics, "summary": store.summaries,
-             "diagnostics": store.diagnostics, "runs": store.runs}[args.what]()
+    frame = {"metrics": lambda: store.metrics(settings=True), "summary": store.summaries,
+             "diagnostics": lambda: store.diagnostics(settings=True), "runs": store.runs}[args.what]()
     out = _out_file(args.out or f"results/{args.what}.{args.format}", "--out", args.store)
     if args.what == "runs":
         frame = frame.astype({c: str for c in ("task_args", "model_args", "train", "env", "summary")

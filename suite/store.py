@@ -380,16 +380,18 @@ class Store:
         df["summary"] = df["summary"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
         return df
 
-    def metrics(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """Long-form metrics: run_id, step, split, name, value (plus task, model, seed)."""
-        return self._long("metrics", run_ids)
+    def metrics(self, run_ids: Iterable[str] | None = None, settings: bool = False) -> pd.DataFrame:
+        """Long-form metrics: run_id, step, split, name, value (plus task, model, seed;
+        with ``settings`` also the settings that tell the runs apart, ``settings()``)."""
+        return self._long("metrics", run_ids, settings)
 
-    def diagnostics(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """Long-form diagnostics: run_id, step, kind, idx, value (plus task, model, seed)."""
-        return self._long("diagnostics", run_ids)
+    def diagnostics(self, run_ids: Iterable[str] | None = None, settings: bool = False) -> pd.DataFrame:
+        """Long-form diagnostics: run_id, step, kind, idx, value (plus task, model, seed;
+        with ``settings`` as ``metrics``)."""
+        return self._long("diagnostics", run_ids, settings)
 
     @_guarded
-    def _long(self, table: str, run_ids: Iterable[str] | None) -> pd.DataFrame:
+    def _long(self, table: str, run_ids: Iterable[str] | None, settings: bool = False) -> pd.DataFrame:
         q = (f"SELECT m.*, r.task, r.model, r.seed, r.status FROM {table} m "
              "JOIN runs r USING (run_id)")
         params: list = []
@@ -399,10 +401,29 @@ class Store:
             params = ids
         import pandas as pd
 
-        return pd.read_sql_query(q, self.db, params=params)
+        frame = pd.read_sql_query(q, self.db, params=params)
+        return frame.merge(self.settings(), on="run_id", how="left") if settings else frame
+
+    def settings(self) -> pd.DataFrame:
+        """run_id and, one column each, the settings whose values differ among the store's
+        runs ('task.T', 'model.hidden_size', 'train.lr', 'device'): what tells the runs of a
+        sweep apart, where task, model and seed alone do not."""
+        import pandas as pd
+
+        runs = self.runs()
+        if runs.empty:
+            return pd.DataFrame(columns=["run_id"])
+        flat = pd.DataFrame([{**{f"task.{k}": v for k, v in r.task_args.items()},
+                              **{f"model.{k}": v for k, v in r.model_args.items()},
+                              **{f"train.{k}": v for k, v in r.train.items()}, "device": r.device}
+                             for r in runs.itertuples()])
+        keys = [c for c in flat.columns
+                if flat[c].map(lambda v: json.dumps(v, sort_keys=True)).nunique(dropna=False) > 1]
+        return pd.concat([runs[["run_id"]].reset_index(drop=True), flat[keys]], axis=1)
 
     def summaries(self) -> pd.DataFrame:
-        """One row per finished run: task, model, seed, status, reason and every summary value."""
+        """One row per finished run: task, model, seed, status, reason, the settings that
+        tell the runs apart (``settings()``) and every summary value."""
         import pandas as pd
 
         runs = self.runs()
@@ -410,7 +431,8 @@ class Store:
             return pd.DataFrame(columns=["run_id", "task", "model", "seed", "status"])
         flat = pd.json_normalize(runs["summary"].tolist())
         base = runs[["run_id", "task", "model", "seed", "status", "reason", "device"]].reset_index(drop=True)
-        return pd.concat([base, flat], axis=1)
+        extra = self.settings().drop(columns=["run_id", "device"], errors="ignore")
+        return pd.concat([base, extra, flat], axis=1)
 
 
 def _clear_rows(db: sqlite3.Connection, run_id: str) -> None:

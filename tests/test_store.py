@@ -169,3 +169,27 @@ def test_fail_orphan_only_fails_runs_of_dead_owners(filled):
     assert store.fail_orphan(a.run_id, "worker died")
     row = store.runs().set_index("run_id").loc[a.run_id]
     assert row.status == "failed" and row.reason == "worker died"
+
+
+def test_tidy_frames_tell_the_runs_of_a_sweep_apart(tmp_path):
+    """Runs of one task, model and seed at two T differ only in their settings: summaries,
+    and metrics and diagnostics where asked (export), carry the settings that vary."""
+    from suite.spec import make_spec
+
+    store = Store(tmp_path / "s.sqlite")
+    specs = [make_spec("adding", {"T": T}, "rnn", {"hidden_size": 8}, {}, 0, "cpu") for T in (5, 6)]
+    store.add_runs(specs)
+    for spec in specs:
+        assert store.claim(spec.run_id)
+        store.write(spec.run_id, [(1, "train", "loss", spec.task_args["T"] / 10)])
+        store.finish(spec.run_id, "done", {"test_mse": spec.task_args["T"] / 100})
+    summaries = store.summaries().set_index("task.T")
+    assert summaries.loc[5, "test_mse"] == 0.05 and summaries.loc[6, "test_mse"] == 0.06
+    assert not any(c.startswith(("model.", "train.")) for c in summaries.columns)  # only what varies
+    metrics = store.metrics(settings=True)
+    assert dict(zip(metrics["task.T"], metrics["value"])) == {5: 0.5, 6: 0.6}
+    assert "task.T" not in store.metrics().columns
+    store.close()
+    out = tmp_path / "m.csv"
+    assert main(["export", "--store", str(tmp_path / "s.sqlite"), "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[0].split(",")[-1] == "task.T"
