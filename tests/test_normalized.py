@@ -696,3 +696,49 @@ def test_recalibration_averages_each_row_over_the_batches_that_reach_it():
             got = [r[row] for r in reached if len(r) > row]
             want = torch.stack(got).mean(0) if got else old[row]
             torch.testing.assert_close(after[key][row], want, msg=f"{key} row {row}")
+
+
+@pytest.mark.parametrize("name", ["ln-lstm", "ln-gru", "ln-rnn"])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_layer_norm_models_give_the_same_bits_at_any_thread_count(name, compiled, monkeypatch):
+    """The input term's layer norm sums ∂L/∂γ and ∂L/∂b_ih in the compiled loops' fixed
+    order (ATen's CPU backward splits its rows over the threads): a run's numbers do not
+    depend on --jobs, which sets the threads of each worker."""
+    from conftest import use_scan_loops
+
+    use_scan_loops(monkeypatch, True)  # the sums need the compiled module, whichever loops run
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            m = baselines.create(name, input_size=3, output_size=1, hidden_size=64)
+            baselines.set_fast_path(m, compiled)
+            x = torch.rand(32, 50, 3, generator=torch.Generator().manual_seed(1))
+            grads.append(torch.autograd.grad(m(x).pow(2).sum(), list(m.parameters())))
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
+def test_cpu_layer_norm_is_atens_with_its_own_parameter_sums(monkeypatch):
+    from conftest import use_scan_loops
+
+    use_scan_loops(monkeypatch, True)
+    a = torch.randn(7, 5, 24, dtype=torch.float64, requires_grad=True)
+    norm = SeqNorm(24, "layer", gamma=0.7)
+    shift = torch.randn(24, dtype=torch.float64, requires_grad=True)
+    norm.double()
+    torch.nn.init.normal_(norm.bias)
+    ours = norm.seq(a, shift=shift)
+    ref = torch.nn.functional.layer_norm(a, (24,), norm.weight, norm.bias + shift, norm.eps)
+    assert torch.equal(ours, ref)
+    dy = torch.randn_like(ref)
+    got = torch.autograd.grad(ours, [a, norm.weight, norm.bias, shift], dy)
+    want = torch.autograd.grad(ref, [a, norm.weight, norm.bias, shift], dy)
+    assert torch.equal(got[0], want[0])
+    for g, w in zip(got[1:], want[1:]):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, b: norm.seq(x, shift=b), (a[:2, :3].detach().requires_grad_(), shift))
