@@ -1,5 +1,6 @@
 """Loop cells compute exactly what the cuDNN modules compute (float64, tiny sizes),
-outputs and gradients, for the same weights; plus the model's encoder/head wiring."""
+outputs and gradients, for the same weights, on their fast path and as the reference
+loop; plus the model's encoder/head wiring."""
 
 import pytest
 import torch
@@ -13,10 +14,13 @@ CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
 
 @pytest.mark.parametrize("cell,nl", CELLS)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_loop_equals_cudnn_module(cell, nl, layers):
+@pytest.mark.parametrize("fast", [True, False])
+def test_loop_equals_cudnn_module(cell, nl, layers, fast):
+    """``fast=False``: the reference loop itself (the default runs the scan path)."""
     torch.manual_seed(0)
     ref = CudnnCore(cell, 3, 5, layers, nl).double()
     loop = LoopCore(cell, 3, 5, layers, nl).double()
+    loop.fast = fast
     loop.load_state_dict(ref.state_dict())  # same parameter names
     x = torch.randn(4, 7, 3, dtype=torch.float64, requires_grad=True)
     if cell == "lstm":
@@ -34,6 +38,7 @@ def test_loop_equals_cudnn_module(cell, nl, layers):
     names = ["x"] + [n for n, _ in ref.named_parameters()]
     for name, a, b in zip(names, g_loop, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"grad of {name}")
+    assert (loop.last_path == "loop") == (not fast), loop.last_path  # the path meant ran
 
 
 @pytest.mark.parametrize("cell,nl", CELLS)
