@@ -111,12 +111,12 @@ def fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_ci(s: Summary) -> str:
-    """'mean [low, high]'; a single run has no interval."""
+def fmt_ci(s: Summary, one: str = "run") -> str:
+    """'mean [low, high]'; a single run (or ``one`` other thing, e.g. a timing) has no interval."""
     if s.n == 0:
         return "–"
     if s.n == 1 or math.isnan(s.ci_low):
-        return f"{fmt(s.mean)} (one run, no CI)"
+        return f"{fmt(s.mean)} (one {one}, no CI)"
     return f"{fmt(s.mean)} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
 
 

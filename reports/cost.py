@@ -213,15 +213,17 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
             if verdict == "regressed":
                 out.regressions.append(f"runs finished {where}: {ok_now}/{len(g)} now vs {ok_base}/{len(b)}")
         checks = ((f"test {info.primary}", info.higher_is_better, _num(g[g["status"] == "done"], "primary"),
-                   _num(b[b["status"] == "done"], "primary"), None),
-                  ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_TOLERANCE))
-        for name, hib, now_values, base_values, tolerance in checks:
+                   _num(b[b["status"] == "done"], "primary"), None, "run"),
+                  ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_TOLERANCE,
+                   "timing"))
+        for name, hib, now_values, base_values, tolerance, unit in checks:
             cur, old = summarize(now_values), summarize(base_values)
             if cur.n == 0 and old.n == 0:
                 continue
             verdict = compare(cur, old, hib, tolerance)
             change = (cur.mean - old.mean) / abs(old.mean) * 100 if old.mean else float("nan")
-            out.rows.append({**row, "metric": name, "now [95% CI]": fmt_ci(cur), "baseline [95% CI]": fmt_ci(old),
+            out.rows.append({**row, "metric": name, "now [95% CI]": fmt_ci(cur, unit),
+                             "baseline [95% CI]": fmt_ci(old, unit),
                              "change %": fmt(change, 3), "verdict": _verdict(verdict)})
             if verdict == "regressed":
                 out.regressions.append(f"{name} {where}: {fmt(cur.mean)} now vs {fmt(old.mean)}"
