@@ -235,11 +235,7 @@ class SeqNorm(nn.Module):
         if not affine:
             out = F.layer_norm(a, (self.features,), None, None, self.eps)
             return out if shift is None else out + shift
-        bias = add_optional(self.bias, shift)
-        loops = _CpuLayerNorm.loops(a)
-        if loops is not None:
-            return _CpuLayerNorm.apply(a, self.weight, bias, self.eps, loops)
-        return F.layer_norm(a, (self.features,), self.weight, bias, self.eps)
+        return F.layer_norm(a, (self.features,), self.weight, add_optional(self.bias, shift), self.eps)
 
     def _fused(self, batch: int, first: int, rows: int) -> bool:
         """Whether ``F.batch_norm`` computes this case of rows first..: it cannot take batch
@@ -359,38 +355,3 @@ class SeqNorm(nn.Module):
             if src is not None and buf is not None and src.dim() == 2 and src.shape != buf.shape:
                 setattr(self, name, buf.new_empty(src.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-class _CpuLayerNorm(torch.autograd.Function):
-    """``F.layer_norm`` with γ (and β) on the CPU, whose backward pass sums ∂L/∂γ and
-    ∂L/∂β in the compiled loops' fixed order (``layer_norm_param_grads``): ATen's splits
-    the rows over the threads, so a layer-norm model's numbers depended on the thread
-    count (``--jobs``). The output and ∂L/∂x are ATen's, bit for bit."""
-
-    @staticmethod
-    def loops(a: Tensor):
-        """The compiled loops where a CPU layer norm of ``a`` needs its γ's gradient, else None."""
-        if a.device.type != "cpu" or not torch.is_grad_enabled():
-            return None
-        from baselines import scan_cpp
-
-        loops = scan_cpp.for_call(a)
-        return loops if loops is not None and hasattr(loops, "layer_norm_param_grads") else None
-
-    @staticmethod
-    def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor | None, eps: float, loops) -> Tensor:
-        out, mean, rstd = torch.native_layer_norm(a, (a.shape[-1],), weight, bias, eps)
-        ctx.save_for_backward(a, weight, bias, mean, rstd)
-        ctx.loops = loops
-        return out
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        a, weight, bias, mean, rstd = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.ops.aten.native_layer_norm_backward(dy, a, [a.shape[-1]], mean, rstd, weight, bias,
-                                                           [True, False, False])[0]
-        dw, db = ctx.loops.layer_norm_param_grads(dy.contiguous(), a.contiguous(), mean.contiguous(),
-                                                  rstd.contiguous())
-        return dx, dw, (db if bias is not None else None), None, None

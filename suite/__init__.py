@@ -6,6 +6,5 @@ __version__ = "0.1.0"
 # ListOps nests max_depth - 1 deep (as LRA), the gradient-flow probe no longer moves
 # the random stream of training with h0_noise, adding has n_train. 4: batch norm keeps
 # no row for a padded step with one sample, recalibration averages each row over the
-# batches that reach it, char-lm evaluation gives each window its steps' statistics,
-# layer norm's dgamma and dbeta on the CPU are summed in a fixed order.
+# batches that reach it, char-lm evaluation gives each window its steps' statistics.
 RESULTS_VERSION = "4"

@@ -872,34 +872,6 @@ void gru_backward(at::Tensor gh, at::Tensor gates, at::Tensor hw, at::Tensor hs,
   });
 }
 
-// Layer norm's dgamma and dbeta from dy and x, (N, F) each, and each row's mean and rstd
-// (N): each feature's sums run over the rows in order, the features split over PyTorch's
-// threads, so the same bits at any thread count (ATen's CPU backward splits the rows over
-// the threads, so its sums depend on how many there are).
-std::vector<at::Tensor> layer_norm_param_grads(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                               const at::Tensor& rstd) {
-  check({dy, x, mean, rstd});
-  const int64_t F = x.size(-1), N = x.numel() / F;
-  TORCH_CHECK(dy.numel() == x.numel() && mean.numel() == N && rstd.numel() == N, "layer_norm_param_grads: shapes");
-  at::Tensor dgamma = at::zeros({F}, x.options()), dbeta = at::zeros({F}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_param_grads", [&] {
-    const scalar_t *d = dy.data_ptr<scalar_t>(), *xs = x.data_ptr<scalar_t>();
-    const scalar_t *mu = mean.data_ptr<scalar_t>(), *rs = rstd.data_ptr<scalar_t>();
-    scalar_t *dg = dgamma.data_ptr<scalar_t>(), *db = dbeta.data_ptr<scalar_t>();
-    at::parallel_for(0, F, kFeatureGrain, [&](int64_t f0, int64_t f1) {
-      for (int64_t r = 0; r < N; ++r) {
-        const int64_t i = r * F;
-        SIMD
-        for (int64_t f = f0; f < f1; ++f) {
-          dg[f] += d[i + f] * (xs[i + f] - mu[r]) * rs[r];
-          db[f] += d[i + f];
-        }
-      }
-    });
-  });
-  return {dgamma, dbeta};
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -919,5 +891,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
-  m.def("layer_norm_param_grads", &layer_norm_param_grads, "dgamma, dbeta of a layer norm, at any thread count");
 }
