@@ -86,6 +86,8 @@ class NormConfig(ModelConfig):
         out = super().inert()
         if self.norm != "batch":  # layer norm (or none) keeps no batch or running statistics
             out |= {"norm_stats", "norm_eval", "norm_momentum"}
+        elif self.norm_eval == "batch":  # evaluation takes the batch's own: running ones unused
+            out.add("norm_momentum")
         if self.norm == "none":
             out |= {"norm_at", "norm_cell", "norm_gamma", "norm_eps"}
         if not self.has_output_norm:  # the output stack's ReLUs without norms have no affine to sit in

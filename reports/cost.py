@@ -30,6 +30,14 @@ def _num(frame: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(frame[col], errors="coerce") if col in frame else pd.Series(np.nan, index=frame.index)
 
 
+def _timings(runs: pd.DataFrame, col: str) -> pd.Series:
+    """``col`` once per timing: the runs of one seed stack share theirs (one measurement,
+    not S), so they count once, at their mean."""
+    values = _num(runs, col)
+    stack = runs["stack_id"] if "stack_id" in runs else pd.Series(np.nan, index=runs.index)
+    return values.groupby(stack.where(stack.notna(), runs["run_id"]), sort=True).mean()
+
+
 def _reference(variants: list[str], variant: str) -> str | None:
     """The lstm variant to compare ``variant`` with: the only one, or the one with the same switches."""
     refs = [v for v in variants if v == REFERENCE or v.startswith(REFERENCE + " [")]
@@ -48,7 +56,8 @@ def cost_section(data: ReportData) -> Section:
     sec.add(Text("Training throughput is the steady state: it excludes evaluation, gradient-flow probes and "
                  "each run's start-up (its first step; with CUDA graphs also the eager warm-up steps and the "
                  "capture), whose time is the 'start-up (s)' column. Runs trained as one seed stack "
-                 "(rnnbench run --stack-seeds) are charged their share: 1/S of the stack's time and memory. "
+                 "(rnnbench run --stack-seeds) are charged their share: 1/S of the stack's time and memory; "
+                 "they are one timing, so the intervals count each stack once. "
                  "'step time × lstm' is the mean step time divided by that of lstm (cuDNN) on the same task "
                  "setting and device: above 1 is slower."))
     for device, dev_runs in runs.groupby("device", sort=True):
@@ -67,8 +76,10 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
     stats: dict[str, dict[str, Summary]] = {}
     paths: dict[str, str] = {}
     stacks: dict[str, str] = {}  # seeds trained per step (rnnbench run --stack-seeds)
+    counts: dict[str, int] = {}
     for variant, g in runs.groupby("variant", sort=True):
-        stats[variant] = {c: summarize(_num(g, c))
+        counts[variant] = len(g)
+        stats[variant] = {c: summarize(_timings(g, c))  # a seed stack's runs: one timing
                           for c in ("samples_per_s", "timesteps_per_s", "step_ms", "warmup_s", "peak_mem_mb")}
         paths[variant] = ", ".join(sorted(g["path"].dropna().astype(str).unique())) if "path" in g else "–"
         stacks[variant] = ", ".join(str(int(n)) for n in sorted(_num(g, "seed_stack").fillna(1).unique()))
@@ -79,8 +90,8 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
         ref = _reference(variants, v)
         ratio = s["step_ms"].mean / stats[ref]["step_ms"].mean if ref else float("nan")
         mem = s["peak_mem_mb"].mean / stats[ref]["peak_mem_mb"].mean if ref else float("nan")
-        rows.append({"model": v, "runs": s["samples_per_s"].n, "samples/s [95% CI]": fmt_ci(s["samples_per_s"]),
-                     "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"]),
+        rows.append({"model": v, "runs": counts[v], "samples/s [95% CI]": fmt_ci(s["samples_per_s"], "timing"),
+                     "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"], "timing"),
                      "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm": fmt(ratio, 3), "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
                      "memory × lstm": fmt(mem, 3), "seeds per step": stacks[v], "path": paths[v] or "–"})
         if math.isfinite(ratio) and v != ref:
@@ -135,19 +146,20 @@ def environment_section(data: ReportData) -> Section:
 
 
 # Where a side has one timing (one run, or one seed stack) there is no interval: a
-# throughput is then called regressed when it is lower by more than this share, as
-# `asv compare --factor 1.2` (suite/nightly.py) calls a benchmark 20% slower.
-SPEED_TOLERANCE = 0.2
+# throughput is then called regressed when the time it implies grew by more than this
+# factor, as `asv compare --factor 1.2` (suite/nightly.py) calls a benchmark slower.
+SPEED_FACTOR = 1.2
 
 
-def compare(cur: Summary, base: Summary, higher_is_better: bool, tolerance: float | None = None) -> str:
+def compare(cur: Summary, base: Summary, higher_is_better: bool, factor: float | None = None) -> str:
     """'regressed' / 'improved' when the 95% CIs do not overlap; with fewer than two
-    values on a side, 'no CI', or with ``tolerance`` a relative change beyond it."""
+    values on a side, 'no CI', or with ``factor`` a ratio of the two means beyond it
+    (worse: base / current above it where higher is better, current / base where not)."""
     if any(math.isnan(x) for x in (cur.ci_low, cur.ci_high, base.ci_low, base.ci_high)):
-        if tolerance is None or not (cur.n and base.n and base.mean):
+        if factor is None or not (cur.n and base.n and cur.mean > 0 and base.mean > 0):
             return "no CI"
-        worse = (base.mean - cur.mean if higher_is_better else cur.mean - base.mean) / abs(base.mean)
-        return "regressed" if worse > tolerance else "improved" if worse < -tolerance else "within tolerance"
+        worse = base.mean / cur.mean if higher_is_better else cur.mean / base.mean
+        return "regressed" if worse > factor else "improved" if worse < 1 / factor else "within factor"
     if cur.ci_low > base.ci_high:
         return "improved" if higher_is_better else "regressed"
     if cur.ci_high < base.ci_low:
@@ -166,25 +178,19 @@ class Comparison:
     gone: int = 0
 
 
-def _timings(runs: pd.DataFrame, col: str) -> pd.Series:
-    """``col`` once per timing: the runs of one seed stack share theirs (one measurement,
-    not S), so they count once, at their mean."""
-    values = _num(runs, col)
-    stack = runs["stack_id"] if "stack_id" in runs else pd.Series(np.nan, index=runs.index)
-    return values.groupby(stack.where(stack.notna(), runs["run_id"]), sort=True).mean()
-
-
 def _finished_share(now: pd.DataFrame, base: pd.DataFrame) -> tuple[str, float] | None:
     """'regressed' with Fisher's one-sided p where fewer runs finished (done, not diverged
-    or failed) now than in the baseline, significantly or all of them; None where every
-    run finished on both sides."""
+    or failed) now than in the baseline: significantly, or none of them where at least
+    half did; None where every run finished on both sides."""
     ok_now, ok_base = int((now["status"] == "done").sum()), int((base["status"] == "done").sum())
     if ok_now == len(now) and ok_base == len(base):
         return None
     counts = [[ok_now, len(now) - ok_now], [ok_base, len(base) - ok_base]]
     p, p_better = (float(stats.fisher_exact(counts, alternative=side).pvalue) for side in ("less", "greater"))
-    worse = ok_base > 0 and (ok_now == 0 or p < ALPHA)
-    better = ok_now > 0 and (ok_base == 0 or p_better < ALPHA)
+    # None finishing where most did is flagged even where the seeds are too few for the
+    # test (0 of 3 against 3 of 3 is p = 0.05); 0 of 8 against 1 of 8 is chance.
+    worse = p < ALPHA or (ok_now == 0 and 2 * ok_base >= len(base))
+    better = p_better < ALPHA or (ok_base == 0 and 2 * ok_now >= len(now))
     return ("regressed" if worse else "improved" if better else "within chance"), p
 
 
@@ -214,13 +220,13 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
                 out.regressions.append(f"runs finished {where}: {ok_now}/{len(g)} now vs {ok_base}/{len(b)}")
         checks = ((f"test {info.primary}", info.higher_is_better, _num(g[g["status"] == "done"], "primary"),
                    _num(b[b["status"] == "done"], "primary"), None, "run"),
-                  ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_TOLERANCE,
+                  ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_FACTOR,
                    "timing"))
-        for name, hib, now_values, base_values, tolerance, unit in checks:
+        for name, hib, now_values, base_values, factor, unit in checks:
             cur, old = summarize(now_values), summarize(base_values)
             if cur.n == 0 and old.n == 0:
                 continue
-            verdict = compare(cur, old, hib, tolerance)
+            verdict = compare(cur, old, hib, factor)
             change = (cur.mean - old.mean) / abs(old.mean) * 100 if old.mean else float("nan")
             out.rows.append({**row, "metric": name, "now [95% CI]": fmt_ci(cur, unit),
                              "baseline [95% CI]": fmt_ci(old, unit),
@@ -228,7 +234,7 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
             if verdict == "regressed":
                 out.regressions.append(f"{name} {where}: {fmt(cur.mean)} now vs {fmt(old.mean)}"
                                        + ("" if cur.n > 1 and old.n > 1 else
-                                          f" (one timing on a side: more than {SPEED_TOLERANCE:.0%} lower)"))
+                                          f" (one timing on a side: slower by more than a factor {SPEED_FACTOR})"))
     out.new = len(set(data.runs["config_key"]) - base_keys)
     out.gone = len(base_keys - set(data.runs["config_key"]))
     if not out.rows:
@@ -252,9 +258,10 @@ def baseline_section(data: ReportData, base: ReportData, base_path: str, compari
                  "code version (settings at their defaults left out, so a switch added since matches where "
                  "it is at its default); a change is flagged when the two 95% t intervals do not overlap. "
                  "The runs of one seed stack share one timing, so they count once. Where a side has a single "
-                 f"timing, a throughput more than {SPEED_TOLERANCE:.0%} lower is flagged. Fewer finished runs "
-                 "(the rest diverged or failed) are flagged where none finished or Fisher's exact test "
-                 f"(one-sided) gives p < {ALPHA}."))
+                 f"timing, a throughput whose time per sample grew by more than a factor {SPEED_FACTOR} (asv "
+                 "compare's) is flagged. Fewer finished runs (the rest diverged or failed) are flagged where "
+                 f"Fisher's exact test (one-sided) gives p < {ALPHA}, or where none finished and at least half "
+                 "did in the baseline."))
     flagged = comparison.regressions
     if flagged:
         sec.add(Text(f"{len(flagged)} regression(s) beyond the CI: " + "; ".join(flagged) + ".", "alert"))

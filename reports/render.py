@@ -24,7 +24,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = "figures"
 
 
-SLUG_CHARS = 80  # a figure's file stem; names carry task labels, which may hold long paths
+SLUG_CHARS = 80  # a figure's file stem (before a "_2" that tells repeats apart); names carry task labels
 
 
 def _slug(name: str) -> str:
@@ -48,8 +48,10 @@ def name_figures(sections: Sequence[Section]) -> None:
 
 
 def _md(text: str) -> str:
-    """``text`` as literal Markdown: no markup of its own (a model or task name with ``<``,
-    ``&``, ``*`` or a backtick shows as written, as in the HTML)."""
+    """``text`` with HTML (``<``, ``&``), emphasis (``*``) and code spans (backticks)
+    escaped, so a model or task name holding them shows as written, as in the HTML.
+    (Intraword ``_`` is literal in GitHub's Markdown; the report's text starts no line
+    with a heading's ``#`` or a list's number.)"""
     return re.sub(r"([\\`*])", r"\\\1", html.escape(str(text), quote=False))
 
 

@@ -114,8 +114,12 @@ def parse_asv_compare(text: str) -> list[str]:
     return worse
 
 
-def run_asv(device: str, factor: float = 1.2) -> list[str]:
-    """Benchmark HEAD, publish, and return the regressions against the last benchmarked commit."""
+def run_asv(device: str, factor: float | None = None) -> list[str]:
+    """Benchmark HEAD, publish, and return the regressions against the last benchmarked
+    commit: slower by more than ``factor`` (the report's ``SPEED_FACTOR`` by default)."""
+    from reports.cost import SPEED_FACTOR
+
+    factor = factor or SPEED_FACTOR
     machine = asv_machine_name(device)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     if not head:

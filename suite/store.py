@@ -404,13 +404,14 @@ class Store:
         frame = pd.read_sql_query(q, self.db, params=params)
         return frame.merge(self.settings(), on="run_id", how="left") if settings else frame
 
-    def settings(self) -> pd.DataFrame:
+    def settings(self, runs: pd.DataFrame | None = None) -> pd.DataFrame:
         """run_id and, one column each, the settings whose values differ among the store's
         runs ('task.T', 'model.hidden_size', 'train.lr', 'device'): what tells the runs of a
-        sweep apart, where task, model and seed alone do not."""
+        sweep apart, where task, model and seed alone do not. (``runs``: a ``runs()`` frame
+        already read.)"""
         import pandas as pd
 
-        runs = self.runs()
+        runs = self.runs() if runs is None else runs
         if runs.empty:
             return pd.DataFrame(columns=["run_id"])
         flat = pd.DataFrame([{**{f"task.{k}": v for k, v in r.task_args.items()},
@@ -431,7 +432,7 @@ class Store:
             return pd.DataFrame(columns=["run_id", "task", "model", "seed", "status"])
         flat = pd.json_normalize(runs["summary"].tolist())
         base = runs[["run_id", "task", "model", "seed", "status", "reason", "device"]].reset_index(drop=True)
-        extra = self.settings().drop(columns=["run_id", "device"], errors="ignore")
+        extra = self.settings(runs).drop(columns=["run_id", "device"], errors="ignore")
         return pd.concat([base, extra, flat], axis=1)
 
 

@@ -628,6 +628,7 @@ INERT = [("gru", {"nonlinearity": "relu"}), ("lstm-loop", {"nonlinearity": "relu
          ("rnn", {"forget_bias": 2.0}), ("gru-loop", {"forget_bias": 2.0}), ("bn-gru", {"forget_bias": 2.0}),
          ("ln-lstm", {"norm_stats": "shared", "norm_eval": "batch", "norm_momentum": 0.5}),
          ("ln-rnn", {"norm_stats": "shared", "norm_momentum": 0.5}),
+         ("bn-gru", {"norm_eval": "batch", "norm_momentum": 0.5}),
          ("bn-lstm", {"norm": "none", "norm_gamma": 0.5, "norm_eps": 0.1, "norm_at": "input", "norm_cell": False,
                       "norm_stats": "shared", "norm_eval": "batch", "norm_momentum": 0.5}),
          ("bn-rnn-seed", {"norm": "none", "norm_gamma": 0.5, "relu_in_affine": True}),
@@ -642,7 +643,7 @@ def test_switches_that_change_nothing_resolve_to_their_defaults(name, values):
     from baselines.registry import MODELS
     from baselines.models import RecurrentModel
 
-    keep = {k: v for k, v in values.items() if k in ("norm", "norm_at", "impl")}  # the switches that act
+    keep = {k: v for k, v in values.items() if k in ("norm", "norm_at", "impl", "norm_eval")}  # those that act
     resolved = baselines.resolve(name, **values)
     assert resolved == baselines.resolve(name, **keep)
     preset = MODELS.get(name)
