@@ -78,10 +78,15 @@ def loss_for(shape: Shape):
 
 def build_step(model_name: str, shape: Shape, device: torch.device, *, fast_path: bool = True,
                seeds: int = 1, **overrides: Any):
-    """A ready training step (model, Adam, clip 1.0) for ``model_name`` at ``shape``;
-    ``fast_path=False`` times the reference: the explicit loop, eager. ``seeds`` > 1
-    stacks that many seeds where the model can be stacked (``step.seeds`` says)."""
+    """A ready training step (model, Adam, clip 1.0) for ``model_name`` at ``shape``, in
+    true fp32 as the runner's fp32 runs (this sets TF32 off, which PyTorch allows for
+    cuDNN by default; ``bench`` puts the switches back); ``fast_path=False`` times the
+    reference: the explicit loop, eager. ``seeds`` > 1 stacks that many seeds where the
+    model can be stacked (``step.seeds`` says)."""
     from baselines.stack import SeedStack, stack_problem
+    from suite.runner import set_precision
+
+    set_precision("fp32")
 
     models = []
     for seed in range(seeds):
@@ -159,20 +164,18 @@ def bench(models: list[str], shapes: list[str], device: str = "cpu", *, fast_pat
     ``lstm`` repeat beside it (a drift then cancels in each pair); on CUDA the first
     ``lstm`` measurement serves.
     """
-    before = torch.get_num_threads()
+    before = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _bench(models, shapes, device, fast_path, warmup, repeats, steps_per_repeat, seeds, on_row)
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
 
 
 def _bench(models, shapes, device, fast_path, warmup, repeats, steps_per_repeat, seeds, on_row) -> list[dict[str, Any]]:
-    from suite.runner import set_precision
-
     dev = torch.device(device)
-    set_precision("fp32")  # the cuDNN reference too: PyTorch enables TF32 for cuDNN by default
     rows = []
     names = list(dict.fromkeys(["lstm", *models]))
     for shape_name in shapes:

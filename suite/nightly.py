@@ -87,17 +87,14 @@ def _benchmarked_commits(machine: str) -> list[tuple[float, str]]:
     return sorted(out)
 
 
-# asv counts a larger value as worse; these track numbers where larger is better.
-HIGHER_IS_BETTER = ("track_ratio_to_lstm",)
-
-
 def parse_asv_compare(text: str) -> list[str]:
     """Benchmarks ``asv compare`` shows as worse or newly failing.
 
-    asv marks a larger value '+' and a smaller one '-', and a new failure '!'. For
-    the higher-is-better tracks (``HIGHER_IS_BETTER``) a '-' is the regression.
-    asv 0.6 prints a table (``| +  | 1.00ms | 1.50ms | 1.5 | name |``); older
-    versions print plain rows starting with the mark. Both are read.
+    asv marks a larger value '+' and a smaller one '-', and a new failure '!'; every
+    benchmark here tracks a number where larger is worse (times, time ratios, memory,
+    MSE), so '+' is the regression. asv 0.6 prints a table (``| +  | 1.00ms | 1.50ms |
+    1.5 | name |``); older versions print plain rows starting with the mark. Both are
+    read.
     """
     worse = []
     for line in text.splitlines():
@@ -108,8 +105,7 @@ def parse_asv_compare(text: str) -> list[str]:
         if not cells or cells[0] not in ("+", "-", "!"):
             continue
         rest = " ".join(c for c in cells[1:] if c)
-        higher_better = any(name in rest for name in HIGHER_IS_BETTER)
-        if cells[0] == "!" or cells[0] == ("-" if higher_better else "+"):
+        if cells[0] in ("!", "+"):
             worse.append(rest)
     return worse
 

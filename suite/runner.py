@@ -10,12 +10,13 @@ batches; the store writes each batch in one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +108,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TrainingPeak:
+    """Peak CUDA memory of the training steps alone (None on other devices). Probes and
+    evaluations are set aside (``aside``): a probe runs an explicit loop under autograd
+    and can hold more than a training step, so the peak so far is kept before them and
+    the device's counter restarts after them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, 0.0
+        self._restart()
+
+    def _now(self) -> float:
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else 0.0
+
+    def _restart(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        self.mb = max(self.mb, self._now())
+        try:
+            yield
+        finally:
+            self._restart()
+
+    def value(self) -> float | None:
+        return max(self.mb, self._now()) if self.device.type == "cuda" else None
+
+
 class RunLoop:
     """One run's bookkeeping between training steps: logged step metrics (kept on the
     device until an evaluation), gradient-flow probes, validation with best-checkpoint
@@ -116,6 +146,7 @@ class RunLoop:
     def __init__(self, spec: RunSpec, task: tasks.Task, model: torch.nn.Module, sink: Sink,
                  device: torch.device) -> None:
         self.spec, self.task, self.model, self.sink, self.device = spec, task, model, sink, device
+        self.peak = TrainingPeak(device)  # replaced once training is set up; a stack's runs share one
         self.cfg = cfg = spec.train_config
         self.clip = cfg.clip if cfg.clip is not None else float("inf")
         self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
@@ -148,7 +179,8 @@ class RunLoop:
         return bool(every) and self.step % every == 0 and self.step < self.cfg.max_steps
 
     def probe(self) -> None:
-        flow = diagnostics.gradient_flow(self.model, self.task, self.probe_batch).cpu().tolist()
+        with self.peak.aside():
+            flow = diagnostics.gradient_flow(self.model, self.task, self.probe_batch).cpu().tolist()
         self.sink([], [(self.step, "grad_flow", t, v) for t, v in enumerate(flow)])
 
     def log(self, out: Any) -> None:
@@ -166,7 +198,8 @@ class RunLoop:
         if bad_step is not None:
             self.sink(rows, [])
             return self.diverged(f"non-finite loss or gradient at step {bad_step}", bad_step)
-        val = self.evaluate("val")
+        with self.peak.aside():
+            val = self.evaluate("val")
         rows += [(self.step, "val", k, v) for k, v in val.items()]
         rows.append((self.step, "train", "wall_time", self.train_time))
         self.sink(rows, [])
@@ -192,8 +225,7 @@ class RunLoop:
         summary = self.summary
         summary.update(steps=self.step, train_time_s=self.train_time, **speed)
         summary["path"] = path  # training step/recurrence, e.g. cuda_graph/scan
-        summary["peak_mem_mb"] = (torch.cuda.max_memory_allocated(self.device) / 2**20
-                                  if self.device.type == "cuda" else None)
+        summary["peak_mem_mb"] = self.peak.value()  # of training: probes and evaluations aside
         if self.status == "done":
             if not self.probe_due():  # end-of-training profile, before reloading the best state
                 self.probe()
@@ -265,8 +297,7 @@ def train_one(spec: RunSpec, sink: Sink | None = None, checkpoint: Checkpointer 
     train_step = make_train_step(model, task.loss, opt, run.clip, device=device, bf16=cfg.precision == "bf16",
                                  graphs=graphs)
     gen = torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    run.peak = TrainingPeak(device)  # from here: the model, optimizer and step are allocated
     model.train()
     resumed = ckpt.resume(model, opt, gen)
     if resumed is None:
@@ -372,8 +403,9 @@ def train_stacked(specs: list[RunSpec], sinks: list[Sink | None],
     opt = make_optimizer(cfg, stack.parameters(), capturable=graphs)
     train_step = make_train_step(stack, built[0][0].loss, opt, runs[0].clip, device=device, graphs=graphs)
     gens = [torch.Generator(device=device).manual_seed(spec.seed * 7919 + 17) for spec in specs]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak = TrainingPeak(device)
+    for run in runs:
+        run.peak = peak
     stack.train()
     resumed = ckpt.resume_stack(stack, opt, gens)
     if resumed is None:

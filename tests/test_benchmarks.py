@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import baselines
 
@@ -29,18 +30,20 @@ def test_every_registered_model_is_benchmarked(bm):
 
 
 def test_train_step_benchmarks_run(bm):
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default: the benchmark must time true fp32
     for model in bm.MODELS:
         b = bm.TrainStep()
         b.setup(model, "tiny")
         b.time_train_step(model, "tiny")
         assert b.step.path in ("eager", "cuda_graph")
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_ratio_and_learning_tracks(bm):
-    r = bm.Ratio().track_ratio_to_lstm("gru", "tiny")
+    r = bm.Ratio().track_time_vs_lstm("gru", "tiny")
     assert r > 0
-    assert bm.Ratio().track_ratio_to_lstm("lstm", "tiny") == 1.0
-    assert bm.StackedRatio().track_ratio_per_seed("bn-lstm", "tiny") > 0
+    assert bm.Ratio().track_time_vs_lstm("lstm", "tiny") == 1.0
+    assert bm.StackedRatio().track_time_per_seed_vs_lstm("bn-lstm", "tiny") > 0
     mse = bm.Learning().track_adding_test_mse()
     assert 0 < mse < 10
 
@@ -56,17 +59,19 @@ def test_bench_table():
 
 
 def test_bench_times_at_the_thread_count_asked_and_restores_it(monkeypatch):
-    import torch
-
     from suite import bench as bench_mod
 
-    seen: list[int] = []
+    seen: list[tuple] = []
     real = bench_mod._repeat_ms
-    monkeypatch.setattr(bench_mod, "_repeat_ms", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # noqa: E731
+    monkeypatch.setattr(bench_mod, "_repeat_ms", lambda *a: seen.append((torch.get_num_threads(), flags()))
+                        or real(*a))
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default; bench times true fp32 and puts it back
     before = torch.get_num_threads()
     target = 1 if before != 1 else 2
     rows = bench_mod.bench(["rnn"], ["tiny"], "cpu", repeats=2, warmup=1, steps_per_repeat=1, threads=target)
-    assert seen and set(seen) == {target}
+    assert seen and set(seen) == {(target, (False, False))}
+    assert flags() == (False, True)
     assert [r["threads"] for r in rows] == [target, target]
     capability = torch.backends.cpu.get_cpu_capability()
     assert [r["cpu_capability"] for r in rows] == [capability, capability]

@@ -75,12 +75,16 @@ Benchmarks that have got worse:
     assert len(worse) == 1 and "'lstm', 'adding'" in worse[0]
     plain = "+     10.0ms     15.0ms  1.5  benchmarks.X.time_a\n-   2ms 1ms 0.5 benchmarks.X.time_b\n"
     assert parse_asv_compare(plain) == ["10.0ms     15.0ms  1.5  benchmarks.X.time_a"]
-    # a throughput ratio that fell is a regression; one that rose is not; failures always are
-    ratio = ("| -  | 0.50 | 0.25 | 0.5 | benchmarks.Ratio.track_ratio_to_lstm('bn-lstm', 'adding') |\n"
-             "| +  | 0.50 | 0.90 | 1.8 | benchmarks.Ratio.track_ratio_to_lstm('gru', 'adding') |\n"
+    # a time ratio to lstm that rose is a regression, stacked or not; one that fell is not;
+    # failures always are
+    ratio = ("| +  | 1.56 | 3.12 | 2.0 | benchmarks.Ratio.track_time_vs_lstm('bn-lstm', 'adding') |\n"
+             "| -  | 2.00 | 1.11 | 0.56 | benchmarks.Ratio.track_time_vs_lstm('gru', 'adding') |\n"
+             "| -  | 0.43 | 0.21 | 0.5 | benchmarks.StackedRatio.track_time_per_seed_vs_lstm('rnn-loop', 'adding') |\n"
+             "| +  | 2.50 | 5.00 | 2.0 | benchmarks.StackedRatio.track_time_per_seed_vs_lstm('bn-lstm', 'adding') |\n"
              "| !  | 1.00 | failed | n/a | benchmarks.TrainStep.time_train_step('ln-gru', 'adding') |\n")
     worse = parse_asv_compare(ratio)
-    assert len(worse) == 2 and "'bn-lstm'" in worse[0] and "'ln-gru'" in worse[1]
+    assert len(worse) == 3 and "Ratio.track_time_vs_lstm('bn-lstm'" in worse[0]
+    assert "StackedRatio.track_time_per_seed_vs_lstm('bn-lstm'" in worse[1] and "'ln-gru'" in worse[2]
 
 
 def test_machine_name_carries_the_device():

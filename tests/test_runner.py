@@ -227,3 +227,24 @@ def test_plain_cuda_device_gets_an_index(monkeypatch):
     assert runner._setup(spec) == torch.device("cuda", 3) and seen == [torch.device("cuda", 3)]
     (spec,) = build_specs(task=["adding"], model=["lstm"], task_args={"T": 5}, seeds="0", device="cuda:1")
     assert runner._setup(spec) == torch.device("cuda", 1)
+
+
+def test_peak_memory_sets_probes_and_evaluations_aside(monkeypatch):
+    """The recorded peak is the training steps': a probe (an explicit loop under autograd)
+    or an evaluation that holds more is kept out of it."""
+    from suite import runner
+
+    state = {"peak": 0.0}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"] * 2**20)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: state.update(peak=10.0))
+    peak = runner.TrainingPeak(torch.device("cuda", 0))
+    state["peak"] = 50.0  # training
+    with peak.aside():
+        state["peak"] = 400.0  # a probe
+    assert state["peak"] == 10.0  # restarted after it
+    state["peak"] = 60.0  # training again
+    assert peak.value() == 60.0
+    with peak.aside():
+        state["peak"] = 900.0
+    assert peak.value() == 60.0
+    assert runner.TrainingPeak(torch.device("cpu")).value() is None
