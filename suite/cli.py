@@ -80,7 +80,10 @@ def _out_file(path: str | Path, flag: str, store: str | None = None) -> Path:
     """``path`` as a file a command may write, checked before any work: not a folder, not
     the store (nor any SQLite file: a results store is never overwritten by an export),
     in a folder that exists or can be made."""
-    out = Path(path).expanduser()
+    try:
+        out = Path(path).expanduser()
+    except RuntimeError as e:  # '~nouser/x'
+        raise UserError(f"{flag} {path}: {e}") from None
     if out.is_dir():
         raise UserError(f"{flag} {out} is a folder; give a file path")
     if store is not None and out.exists() and out.resolve() == Path(store).expanduser().resolve():
@@ -197,7 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import baselines
     from suite.bench import HEADER, SHAPES, bench, footer, format_row
-    from suite.spec import resolve_device
+    from suite.spec import model_names, resolve_device
 
     device = resolve_device(args.device)
     shapes = args.shapes.split(",") if args.shapes else (["small"] if device == "cpu" else
@@ -207,9 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"unknown shape '{bad[0]}'; choose from: {', '.join(SHAPES)}")
     if args.models is not None and not args.models.strip(", "):
         raise UserError("--models '' names no model; give names or patterns, or leave it out for every model")
-    models = baselines.names(args.models.split(",") if args.models else "*")
-    if not models:
-        raise UserError(f"--models '{args.models}' matches no model; see 'rnnbench list models'")
+    # each name or pattern must match (spec.model_names, as run's --model), in the registry's order
+    models = baselines.names(model_names([m for m in args.models.split(",") if m]) if args.models else "*")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: give 1 or more")
     cores = os.cpu_count() or 1
@@ -217,6 +219,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads}: give 1 to {cores} (this machine's cores)")
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: give 1 or more")
+    if args.json is not None and not args.json.strip():
+        raise UserError("--json '' names no file; give a path, or leave it out")
     json_out = _out_file(args.json, "--json") if args.json else None  # before the timing, not after it
     print(HEADER, flush=True)
     rows = bench(models, shapes, device, fast_path=not args.reference, repeats=args.repeats, seeds=args.seeds,
@@ -224,7 +228,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if rows:
         print(footer(rows[0]))
     if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=1))
+        try:
+            json_out.write_text(json.dumps(rows, indent=1))
+        except OSError as e:  # a full disk: the rows above are on the screen
+            raise UserError(f"--json {json_out} could not be written ({e.strerror or e}); the table above has "
+                            "the rows") from None
     return 0
 
 

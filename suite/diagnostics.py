@@ -73,14 +73,15 @@ def gradient_flow(model: nn.Module, task: Task, batch: Batch) -> Tensor:
     """‖∂L/∂h_t‖ (Frobenius norm over batch and units) for t = 0..T-1, shape (T,).
 
     The twin runs in the model's mode, so in training it draws what the model would (the
-    noise on h_0 of ``h0_noise``, dropout); it draws from a copy of the random state, so
+    noise on h_0 of ``h0_noise``, dropout); it is built and draws from a copy of the random
+    state (a cuDNN model's twin core initialises weights before it takes the model's), so
     that a probe leaves the training that follows it as it would be without probes."""
-    twin = loop_twin(model)
-    twin.train(model.training)
-    B, T = batch.x.shape[:2]
-    perturb = torch.zeros(B, T, twin.cfg.hidden_size, device=batch.x.device, requires_grad=True)
     devices = [batch.x.device] if batch.x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        twin = loop_twin(model)
+        twin.train(model.training)
+        B, T = batch.x.shape[:2]
+        perturb = torch.zeros(B, T, twin.cfg.hidden_size, device=batch.x.device, requires_grad=True)
         out = twin.run(batch.x, batch.lengths, perturb=perturb)
         loss = task.loss(out.y, batch)
         (grad,) = torch.autograd.grad(loss, perturb)

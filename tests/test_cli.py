@@ -51,6 +51,10 @@ RUN = ["run", "--task", "adding", "--model", "lstm"]  # a valid grid, to which a
     (["nightly", "--root", "/etc/passwd/x"], "--root /etc/passwd/x cannot be made"),
     (["list", "models", "zzz"], "no model matches 'zzz'; choose from:"),
     (["bench", "--models", ""], "--models '' names no model"),
+    (["bench", "--models", "bn-lsmt,rnn"], "unknown model 'bn-lsmt'; choose from:"),  # not dropped silently
+    (["bench", "--models", "rnn,nosuch*"], "model pattern 'nosuch*' matches no model"),
+    (["bench", "--json", ""], "--json '' names no file"),
+    (["bench", "--json", "~nouser-rnnbench/x.json"], "--json ~nouser-rnnbench/x.json: "),
     ([*RUN, "--gpus-per-run", "-1"], "--gpus-per-run -1.0 must be 0 or more"),
     ([*RUN, "--cpus-per-run", "nan"], "--cpus-per-run nan must be more than 0"),
 ])

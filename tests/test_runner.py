@@ -104,12 +104,14 @@ def test_precisions_run_on_cpu(precision, model):
     assert res.status == "done" and math.isfinite(res.summary["test_mse"])
 
 
-def test_gradient_flow_probes_leave_training_as_it_is():
+@pytest.mark.parametrize("model", ["bn-lstm", "bn-rnn-seed"])
+def test_gradient_flow_probes_leave_training_as_it_is(model):
     """A probe's twin runs in training mode and draws h_0's noise (h0_noise, Cooijmans et
     al.'s recipe) as the model does, from a copy of the random state: training with
-    probes every 5 steps is bit for bit training without them."""
+    probes every 5 steps is bit for bit training without them. bn-rnn-seed's twin swaps
+    its cuDNN core for a loop core, whose initialisation draws too."""
     def spec(probe_every):
-        (s,) = build_specs(task=["adding"], model=["bn-lstm"], task_args={"T": 8, "n_val": 100, "n_test": 100},
+        (s,) = build_specs(task=["adding"], model=[model], task_args={"T": 8, "n_val": 100, "n_test": 100},
                            model_args={"hidden_size": 8, "h0_noise": 0.1},
                            train=dict(max_steps=15, eval_every=15, batch_size=16, eval_batch_size=200, lr=1e-2,
                                       probe_every=probe_every, early_stop=False), seeds="0", device="cpu")
