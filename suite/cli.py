@@ -156,9 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.executor == "ray":
             from suite.ray_executor import run_ray
             run_ray(todo, args.store, address=args.address, jobs=args.jobs, gpus_per_run=args.gpus_per_run,
-                    cpus_per_run=args.cpus_per_run, options=options, progress=progress)
-        else:
-            run_local(todo, args.store, jobs=args.jobs or 1, options=options, progress=progress)
+                    cpus_per_run=args.cpus_per_run, options=options, progress=progress, grid=specs)
+        else:  # the grid: seed stacks keep the seeds they first trained with (executors.units_to_run)
+            run_local(todo, args.store, jobs=args.jobs or 1, options=options, progress=progress, grid=specs)
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to run", file=sys.stderr)
     return 0
 

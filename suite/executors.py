@@ -81,9 +81,11 @@ def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks:
 
     Where the checkpoint holds a stack in which every claimed run is still training,
     that stack goes on, with the same seeds: those not claimed now (recorded since the
-    checkpoint, or another process's) train on unrecorded. Else the claimed runs start
-    a stack of their own (fewer than two: ``NotStackable``), and the checkpoint, of
-    another stack, is deleted. The checkpoint is deleted once the stack has ended; a
+    checkpoint, or another process's) train on unrecorded. Else the whole unit trains
+    from step 0, its runs not claimed unrecorded (a checkpoint of another stack is
+    deleted): the claimed runs get the numbers they get in that stack, bit for bit, not
+    those of a smaller stack (a kill between two of a stack's records, before its first
+    checkpoint, left the rest to retrain as one). The checkpoint is deleted once the stack has ended; a
     stack that raises keeps it for ``--retry-failed``, as one run does. ``device``
     overrides where it trains (a Ray worker's GPU) without changing its identity.
     """
@@ -93,7 +95,7 @@ def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks:
     if not mine:
         raise NotStackable("no runs to stack")
     saved = StackCheckpointer(path, identity, policy).peek()
-    members = mine
+    members = list(range(len(unit)))  # a stack's numbers are those of its seeds together
     if saved is not None:
         if set(mine) <= {saved[0][i] for i in saved[1]}:
             members = saved[0]
@@ -115,9 +117,10 @@ def drop_ended_stack_checkpoints(store: Store, directory: str) -> None:
     """Delete the stack checkpoints whose runs have all ended done or diverged: a kill
     after a stack recorded its last run (before it deleted its checkpoint) leaves one, and
     so does a change of ``--stack-seeds`` or of the seeds that regroups the runs. So does
-    a kill between two of a stack's records: the suite then runs the rest as a unit of
-    their own, with its own checkpoint, and the old unit's ends with them; hence this runs
-    as a suite ends as well as when it starts. Where a run failed the checkpoint stays,
+    a kill between two of a stack's records where the next suite is given only the rest,
+    not the grid (``run_local(grid=)``): it runs them as a unit of their own, with its own
+    checkpoint, and the old unit's ends with them; hence this runs as a suite ends as well
+    as when it starts. Where a run failed the checkpoint stays,
     for ``--retry-failed``. Each checkpoint names its runs in a file beside it
     (``checkpoint.runs_path``)."""
     for path, run_ids in stack_checkpoints(directory):
@@ -155,6 +158,18 @@ def _train_claimed(spec: RunSpec, store: Store, options: RunOptions, owner: str)
         raise
     except Exception as exc:  # a failing run is recorded and the suite goes on
         return _fail(store, spec, exc, owner)
+
+
+def units_to_run(specs: list[RunSpec], size: int, grid: list[RunSpec] | None = None,
+                 stackable: Callable[[RunSpec], bool] | None = None) -> list[list[RunSpec]]:
+    """``stack_groups`` of the whole ``grid`` (by default ``specs``, the runs to run),
+    keeping the units that hold a run of ``specs``: a unit keeps the seeds it had when its
+    stack first trained, those done since training along unrecorded
+    (``train_stack_checkpointed``), so that the others get the numbers they would have
+    had in an uninterrupted suite."""
+    todo = {s.run_id for s in specs}
+    units = stack_groups(grid if grid is not None and size > 1 else specs, size, stackable or can_stack)
+    return [u for u in units if any(s.run_id in todo for s in u)]
 
 
 def stack_groups(specs: Iterable[RunSpec], size: int,
@@ -289,21 +304,25 @@ def _new_slot(threads: int) -> ProcessPoolExecutor:
 
 
 def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1,
-              options: RunOptions = RunOptions(), progress: Progress | None = None) -> dict[str, str | None]:
+              options: RunOptions = RunOptions(), progress: Progress | None = None,
+              grid: list[RunSpec] | None = None) -> dict[str, str | None]:
     """Run ``specs`` here; returns run_id -> final status (None: skipped: done already,
-    failed without ``retry_failed``, or running in another live process)."""
+    failed without ``retry_failed``, or running in another live process). ``grid``: the
+    whole grid ``specs`` come from, which seed stacks are formed over (``units_to_run``)."""
     specs = list(specs)
+    wanted = {s.run_id for s in specs}
     results: dict[str, str | None] = {}
     report = progress or (lambda s, st, info: None)
     store = Store(store_path)
     store.add_runs(specs)  # registers new ones as pending; a no-op for known runs
     drop_ended_stack_checkpoints(store, options.checkpoints_for(store_path))
-    units = stack_groups(specs, options.stack_seeds, can_stack)
+    units = units_to_run(specs, options.stack_seeds, grid)
 
     def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:
         for spec in unit:
-            results[spec.run_id] = status = statuses[spec.run_id]
-            report(spec, status or "skipped", store.summary_of(spec.run_id))
+            if spec.run_id in wanted:  # not the grid's runs done before, trained along in a stack
+                results[spec.run_id] = status = statuses[spec.run_id]
+                report(spec, status or "skipped", store.summary_of(spec.run_id))
 
     try:
         if jobs <= 1:

@@ -40,7 +40,7 @@ from suite.checkpoint import CheckpointPolicy, Checkpointer, checkpoint_path
 from suite.env import environment
 from suite.errors import UserError
 from suite.executors import (Progress, RunOptions, can_stack, drop_ended_stack_checkpoints, failure_reason,
-                             stack_groups, train_checkpointed, train_stack_checkpointed)
+                             train_checkpointed, train_stack_checkpointed, units_to_run)
 from suite.runner import NotStackable, RunResult, Sink
 from suite.spec import RunSpec
 from suite.store import ClaimLost, Store, owner_id
@@ -129,8 +129,10 @@ def _resources(specs: list[RunSpec], gpus_per_run: float | None, cpus_per_run: f
 
 def run_ray(specs: list[RunSpec], store_path: str, *, address: str | None = None, jobs: int | None = None,
             gpus_per_run: float | None = None, cpus_per_run: float = 1.0,
-            options: RunOptions = RunOptions(), progress: Progress | None = None) -> dict[str, str | None]:
+            options: RunOptions = RunOptions(), progress: Progress | None = None,
+            grid: list[RunSpec] | None = None) -> dict[str, str | None]:
     """Run ``specs`` as Ray tasks; returns run_id -> final status (None: skipped).
+    ``grid``: as ``executors.run_local``'s.
 
     ``address``: None starts a local Ray instance (or joins ``RAY_ADDRESS``), ``auto``
     joins the cluster running on this machine, ``HOST:PORT`` a remote head. ``jobs``
@@ -149,7 +151,7 @@ def run_ray(specs: list[RunSpec], store_path: str, *, address: str | None = None
             raise UserError(f"cannot join the Ray cluster at {address or 'RAY_ADDRESS'}: "
                             f"{str(exc).splitlines()[0]}") from None
     try:
-        return _drive(ray, specs, store_path, jobs, gpus, cpus, options, progress)
+        return _drive(ray, specs, store_path, jobs, gpus, cpus, options, progress, grid)
     finally:
         if started:
             ray.shutdown()
@@ -218,7 +220,7 @@ def _end(store: Store, unit: _Unit, spec: RunSpec, status: str | None, reason: s
 
 
 def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gpus: float, cpus: float,
-           options: RunOptions, progress: Progress | None) -> dict[str, str | None]:
+           options: RunOptions, progress: Progress | None, grid: list[RunSpec] | None) -> dict[str, str | None]:
     # RNNBENCH_* settings (data and cache folders) reach workers on other machines too
     forward = {k: v for k, v in os.environ.items() if k.startswith("RNNBENCH_")}
     task = ray.remote(stream_unit).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
@@ -229,13 +231,15 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
     store = Store(store_path)
     store.add_runs(specs)
     drop_ended_stack_checkpoints(store, directory)
-    todo = deque(stack_groups(specs, options.stack_seeds, can_stack))
+    todo = deque(units_to_run(specs, options.stack_seeds, grid, can_stack))
+    wanted = {s.run_id for s in specs}
     running: dict[Any, _Unit] = {}  # generator -> its runs
     results: dict[str, str | None] = {}
 
     def ended(spec: RunSpec, status: str | None) -> None:
-        results[spec.run_id] = status
-        report(spec, status or "skipped", store.summary_of(spec.run_id))
+        if spec.run_id in wanted:  # not the grid's runs done before, trained along in a stack
+            results[spec.run_id] = status
+            report(spec, status or "skipped", store.summary_of(spec.run_id))
 
     def give_up(gen: Any, unit: _Unit, status: str | None, reason: str | None = None) -> None:
         """End the unit's open runs: failed with ``reason``, or given back (status None)."""

@@ -330,8 +330,8 @@ def test_stack_checkpoints_whose_runs_all_ended_are_deleted_unless_one_failed(tm
 
 def test_a_stack_checkpoint_regrouped_after_a_kill_is_deleted_as_its_runs_end(tmp_path):
     """A kill between two of a stack's records leaves one run done and its checkpoint;
-    the next suite gets only the runs still to run (as ``rnnbench run`` gives them), which
-    stack as a unit of their own, with a checkpoint of their own. The old unit's
+    a next suite given only the runs still to run (not the grid, which ``rnnbench run``
+    also gives) stacks them as a unit of their own, with a checkpoint of their own. The old unit's
     checkpoint ends with their last run: deleted as that suite ends, not left behind."""
     from suite.checkpoint import runs_path, stack_checkpoint_path
     from suite.executors import RunOptions, run_local
@@ -372,3 +372,38 @@ def test_a_stack_checkpoint_changed_since_it_was_chosen_is_not_loaded(tmp_path, 
     with pytest.warns(UserWarning, match="stopped one to be recorded"):
         results = train_stacked(group, [lambda m, d: None] * 3, checkpoint=ckpt)
     assert [r.summary["steps"] for r in results] == [30, 30, 30]
+
+
+@pytest.mark.parametrize("done", [1, 2])
+def test_the_rest_of_a_stack_trains_in_the_whole_stack_again(tmp_path, done):
+    """A kill between two of a stack's records, before its first checkpoint, leaves some
+    seeds done and the rest to run: given the grid (as rnnbench run gives it), the rest
+    train in the unit's whole stack again, the done seeds along unrecorded, and get the
+    numbers of an uninterrupted stacked suite bit for bit (as a stack of their own, or
+    alone, they differed in the last bits)."""
+    import json
+    import sqlite3
+
+    from suite.checkpoint import CheckpointPolicy
+    from suite.executors import RunOptions, run_local
+    from suite_helpers import results_of
+
+    group = specs("rnn-loop")
+    options = RunOptions(checkpoint=CheckpointPolicy(every_steps=0, every_s=0.0), stack_seeds=3,
+                         checkpoint_dir=str(tmp_path / "ck"))
+    ref = tmp_path / "ref.sqlite"
+    run_local(group, ref, options=options)
+    want = results_of(ref)
+    store_path = tmp_path / "s.sqlite"
+    store = Store(store_path)
+    store.add_runs(group)
+    db = sqlite3.connect(str(ref))
+    for spec in group[:done]:  # recorded before the kill, with the stack's numbers
+        (summary,) = db.execute("SELECT summary FROM runs WHERE run_id=?", (spec.run_id,)).fetchone()
+        assert store.claim(spec.run_id)
+        store.finish(spec.run_id, "done", json.loads(summary), None)
+    store.close()
+    rest = group[done:]
+    assert run_local(rest, store_path, options=options, grid=group) == {s.run_id: "done" for s in rest}
+    got = results_of(store_path, {s.run_id for s in rest})
+    assert got == {s.run_id: want[s.run_id] for s in rest}
