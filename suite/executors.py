@@ -163,13 +163,17 @@ def _train_claimed(spec: RunSpec, store: Store, options: RunOptions, owner: str)
 def units_to_run(specs: list[RunSpec], size: int, grid: list[RunSpec] | None = None,
                  stackable: Callable[[RunSpec], bool] | None = None) -> list[list[RunSpec]]:
     """``stack_groups`` of the whole ``grid`` (by default ``specs``, the runs to run),
-    keeping the units that hold a run of ``specs``: a unit keeps the seeds it had when its
-    stack first trained, those done since training along unrecorded
-    (``train_stack_checkpointed``), so that the others get the numbers they would have
-    had in an uninterrupted suite."""
+    keeping the units that hold a run of ``specs`` (a run of ``specs`` outside the grid,
+    a unit of its own): where the grid and ``size`` are those of the suite that first
+    trained them, a unit keeps the seeds its stack had, those done since training along
+    unrecorded (``train_stack_checkpointed``), so that the others get the numbers they
+    would have had in an uninterrupted suite."""
     todo = {s.run_id for s in specs}
-    units = stack_groups(grid if grid is not None and size > 1 else specs, size, stackable or can_stack)
-    return [u for u in units if any(s.run_id in todo for s in u)]
+    if grid is None or size < 2:
+        return stack_groups(specs, size, stackable or can_stack)
+    units = [u for u in stack_groups(grid, size, stackable or can_stack) if any(s.run_id in todo for s in u)]
+    inside = {s.run_id for u in units for s in u}
+    return units + [[s] for s in specs if s.run_id not in inside]
 
 
 def stack_groups(specs: Iterable[RunSpec], size: int,
@@ -200,18 +204,21 @@ def can_stack(spec: RunSpec) -> bool:
         return False
 
 
-def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOptions()) -> dict[str, str | None]:
+def execute_unit(specs: list[RunSpec], store: Store, options: RunOptions = RunOptions(),
+                 wanted: set[str] | None = None) -> dict[str, str | None]:
     """Claim and train a unit of ``stack_groups``: one run as ``execute`` does; several
     as one seed stack (``train_stack_checkpointed``; a run's own checkpoint, which an
-    earlier, unstacked attempt left, is deleted as the run ends). Each run is recorded
-    as soon as it ends; if the stack fails, the runs it had not finished fail with it.
-    Where the runs turn out not to be stackable, they are given back and run one after
-    another. Returns run_id -> final status (None: not ours)."""
+    earlier, unstacked attempt left, is deleted as the run ends). Only the runs in
+    ``wanted`` (default: all) are claimed; the others train along unrecorded. Each run is
+    recorded as soon as it ends; if the stack fails, the runs it had not finished fail
+    with it. Where the runs turn out not to be stackable, they are given back and run one
+    after another. Returns run_id -> final status (None: not ours)."""
     if len(specs) == 1:
         return {specs[0].run_id: execute(specs[0], store, options)}
     owner = owner_id()
     statuses: dict[str, str | None] = {s.run_id: None for s in specs}
-    claimed = [s for s in specs if store.claim(s.run_id, owner, retry_failed=options.retry_failed)]
+    claimed = [s for s in specs if (wanted is None or s.run_id in wanted)
+               and store.claim(s.run_id, owner, retry_failed=options.retry_failed)]
     ended: set[str] = set()
     directory = options.checkpoints_for(store.path)
     if not claimed:
@@ -270,13 +277,22 @@ def _init_worker(parent: int, threads: int) -> None:
     _exit_with_parent(parent)
 
 
-def _worker(spec_jsons: list[str], store_path: str, options: RunOptions) -> dict[str, str | None]:
+def _worker(spec_jsons: list[str], store_path: str, options: RunOptions,
+            wanted: set[str] | None = None) -> dict[str, str | None]:
     specs = [RunSpec.from_json(j) for j in spec_jsons]
     store = Store(store_path)
     try:
-        return execute_unit(specs, store, options)
+        return execute_unit(specs, store, options, wanted)
     finally:
         store.close()
+
+
+def _untaken(unit: list[RunSpec], statuses: dict[str, str | None], claimable: set[str]) -> set[str]:
+    """The runs of ``unit`` a worker that died left pending (it had not claimed them) and
+    that may run again (``claimable``). They go back in their whole unit, the unit's
+    other runs training along unrecorded, not as a smaller stack: their seeds then get the
+    numbers of the stack they belong to."""
+    return {s.run_id for s in unit if statuses[s.run_id] == "pending" and s.run_id in claimable}
 
 
 def _fail_dead_worker_runs(store: Store, run_ids: list[str], wait_s: float = 10.0) -> None:
@@ -320,29 +336,31 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
 
     def record(statuses: dict[str, str | None], unit: list[RunSpec]) -> None:
         for spec in unit:
-            if spec.run_id in wanted:  # not the grid's runs done before, trained along in a stack
+            # not the grid's other runs, trained along in a stack; once each (a unit put
+            # back after its worker died comes back whole)
+            if spec.run_id in wanted and spec.run_id not in results:
                 results[spec.run_id] = status = statuses[spec.run_id]
                 report(spec, status or "skipped", store.summary_of(spec.run_id))
 
     try:
         if jobs <= 1:
             for unit in units:
-                record(execute_unit(unit, store, options), unit)
+                record(execute_unit(unit, store, options, wanted), unit)
             drop_ended_stack_checkpoints(store, options.checkpoints_for(store_path))
             return results
         threads = max(1, (os.cpu_count() or 1) // jobs)
         slots = [_new_slot(threads) for _ in range(min(jobs, len(units)))]
-        queue = list(reversed(units))
+        queue = [(unit, wanted) for unit in reversed(units)]  # a unit and the runs of it to claim
         running: dict[Future, tuple[int, list[RunSpec]]] = {}
         requeued: set[str] = set()
 
-        def submit(i: int, unit: list[RunSpec]) -> None:
+        def submit(i: int, unit: list[RunSpec], claim: set[str]) -> None:
             jsons = [spec.to_json() for spec in unit]
             try:
-                fut = slots[i].submit(_worker, jsons, str(store_path), options)
+                fut = slots[i].submit(_worker, jsons, str(store_path), options, claim)
             except BrokenProcessPool:  # its worker died while idle: replace it
                 slots[i] = _new_slot(threads)
-                fut = slots[i].submit(_worker, jsons, str(store_path), options)
+                fut = slots[i].submit(_worker, jsons, str(store_path), options, claim)
             running[fut] = (i, unit)
 
         try:
@@ -350,7 +368,7 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
                 busy = {i for i, _ in running.values()}
                 for i in range(len(slots)):
                     if i not in busy and queue:
-                        submit(i, queue.pop())
+                        submit(i, *queue.pop())
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     i, unit = running.pop(fut)
@@ -361,11 +379,11 @@ def run_local(specs: Iterable[RunSpec], store_path: str | Path, *, jobs: int = 1
                         slots[i] = _new_slot(threads)
                         _fail_dead_worker_runs(store, [spec.run_id for spec in unit])
                         statuses = {spec.run_id: store.status_of(spec.run_id) for spec in unit}
-                        untaken = [s for s in unit if statuses[s.run_id] == "pending" and s.run_id not in requeued]
-                        if untaken:  # it died before taking these runs: not their fault, run them again
-                            requeued.update(s.run_id for s in untaken)
-                            queue.append(untaken)
-                        unit = [s for s in unit if s not in untaken]
+                        again = _untaken(unit, statuses, wanted - requeued)
+                        if again:  # it died before taking these runs: not their fault, run them again
+                            requeued |= again
+                            queue.append((unit, again))
+                        unit = [s for s in unit if s.run_id not in again]
                         statuses = {k: (st if st in FINISHED else None) for k, st in statuses.items()}
                     record(statuses, unit)
         finally:

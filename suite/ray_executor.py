@@ -262,8 +262,8 @@ def _drive(ray: Any, specs: list[RunSpec], store_path: str, jobs: int | None, gp
             window = (jobs or _capacity(ray, gpus, cpus)) if todo else 0
             while todo and len(running) < window:
                 claimed, unit = [], todo.popleft()
-                for spec in unit:
-                    if store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
+                for spec in unit:  # the grid's others train along unrecorded
+                    if spec.run_id in wanted and store.claim(spec.run_id, owner, retry_failed=options.retry_failed):
                         claimed.append(spec)
                     else:
                         ended(spec, None)

@@ -374,13 +374,14 @@ def test_a_stack_checkpoint_changed_since_it_was_chosen_is_not_loaded(tmp_path, 
     assert [r.summary["steps"] for r in results] == [30, 30, 30]
 
 
-@pytest.mark.parametrize("done", [1, 2])
-def test_the_rest_of_a_stack_trains_in_the_whole_stack_again(tmp_path, done):
+@pytest.mark.parametrize("done,worker_dies", [(1, False), (2, False), (2, True)])
+def test_the_rest_of_a_stack_trains_in_the_whole_stack_again(tmp_path, monkeypatch, done, worker_dies):
     """A kill between two of a stack's records, before its first checkpoint, leaves some
     seeds done and the rest to run: given the grid (as rnnbench run gives it), the rest
     train in the unit's whole stack again, the done seeds along unrecorded, and get the
     numbers of an uninterrupted stacked suite bit for bit (as a stack of their own, or
-    alone, they differed in the last bits)."""
+    alone, they differed in the last bits). With --jobs 2 and a worker that dies before
+    it claims them, they go back in the whole unit too."""
     import json
     import sqlite3
 
@@ -404,6 +405,32 @@ def test_the_rest_of_a_stack_trains_in_the_whole_stack_again(tmp_path, done):
         store.finish(spec.run_id, "done", json.loads(summary), None)
     store.close()
     rest = group[done:]
-    assert run_local(rest, store_path, options=options, grid=group) == {s.run_id: "done" for s in rest}
+    if worker_dies:
+        from suite import executors
+        from suite_helpers import worker_dying_once
+
+        monkeypatch.setenv("RNNBENCH_TEST_DIED", str(tmp_path / "died"))
+        monkeypatch.setattr(executors, "_worker", worker_dying_once)
+    jobs = 2 if worker_dies else 1
+    assert run_local(rest, store_path, options=options, grid=group, jobs=jobs) == {s.run_id: "done" for s in rest}
+    assert (tmp_path / "died").exists() == worker_dies
     got = results_of(store_path, {s.run_id for s in rest})
     assert got == {s.run_id: want[s.run_id] for s in rest}
+
+
+def test_a_grid_widens_the_stacks_not_the_runs(tmp_path):
+    """``grid=`` forms the stacks; only the runs asked for are claimed and recorded (the
+    grid's other pending runs train along unrecorded and stay pending), and a run outside
+    the grid runs as a unit of its own."""
+    from suite.checkpoint import CheckpointPolicy
+    from suite.executors import RunOptions, run_local
+
+    group, other = specs("rnn-loop"), specs("gru-loop", seeds="0")
+    options = RunOptions(checkpoint=CheckpointPolicy(every_steps=0, every_s=0.0), stack_seeds=3,
+                         checkpoint_dir=str(tmp_path / "ck"))
+    store_path = tmp_path / "s.sqlite"
+    Store(store_path).add_runs(group)
+    asked = [group[2], other[0]]
+    assert run_local(asked, store_path, options=options, grid=group) == {s.run_id: "done" for s in asked}
+    statuses = Store(store_path).statuses()
+    assert [statuses[s.run_id] for s in group] == ["pending", "pending", "done"]
