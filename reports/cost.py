@@ -178,19 +178,16 @@ class Comparison:
     gone: int = 0
 
 
-def _finished_share(now: pd.DataFrame, base: pd.DataFrame) -> tuple[str, float] | None:
-    """'regressed' with Fisher's one-sided p where fewer runs finished (done, not diverged
-    or failed) now than in the baseline: significantly, or none of them where at least
-    half did; None where every run finished on both sides."""
-    ok_now, ok_base = int((now["status"] == "done").sum()), int((base["status"] == "done").sum())
-    if ok_now == len(now) and ok_base == len(base):
-        return None
-    counts = [[ok_now, len(now) - ok_now], [ok_base, len(base) - ok_base]]
+def _finished_share(ok_now: int, n_now: int, ok_base: int, n_base: int) -> tuple[str, float]:
+    """'regressed' with Fisher's one-sided p where fewer of the runs finished (done, not
+    diverged or failed: ``ok`` of ``n``) now than in the baseline: significantly, or none
+    of them where at least half did."""
+    counts = [[ok_now, n_now - ok_now], [ok_base, n_base - ok_base]]
     p, p_better = (float(stats.fisher_exact(counts, alternative=side).pvalue) for side in ("less", "greater"))
     # None finishing where most did is flagged even where the seeds are too few for the
     # test (0 of 3 against 3 of 3 is p = 0.05); 0 of 8 against 1 of 8 is chance.
-    worse = p < ALPHA or (ok_now == 0 and 2 * ok_base >= len(base))
-    better = p_better < ALPHA or (ok_base == 0 and 2 * ok_now >= len(now))
+    worse = p < ALPHA or (ok_now == 0 and 2 * ok_base >= n_base)
+    better = p_better < ALPHA or (ok_base == 0 and 2 * ok_now >= n_now)
     return ("regressed" if worse else "improved" if better else "within chance"), p
 
 
@@ -209,10 +206,9 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
         info = data.tasks[first["task_label"]]
         where = f"of {first['variant']} on {first['task_label']} ({first['device']})"
         row = {"task": first["task_label"], "model": first["variant"], "device": first["device"]}
-        finished = _finished_share(g, b)
-        if finished:
-            verdict, p = finished
-            ok_now, ok_base = int((g["status"] == "done").sum()), int((b["status"] == "done").sum())
+        ok_now, ok_base = int((g["status"] == "done").sum()), int((b["status"] == "done").sum())
+        if ok_now < len(g) or ok_base < len(b):  # a row only where some run did not finish
+            verdict, p = _finished_share(ok_now, len(g), ok_base, len(b))
             out.rows.append({**row, "metric": "runs finished (not diverged or failed)",
                              "now [95% CI]": f"{ok_now}/{len(g)}", "baseline [95% CI]": f"{ok_base}/{len(b)}",
                              "change %": f"Fisher one-sided {fmt_peq(p)}", "verdict": _verdict(verdict)})

@@ -168,9 +168,9 @@ def units_to_run(specs: list[RunSpec], size: int, grid: list[RunSpec] | None = N
     trained them, a unit keeps the seeds its stack had, those done since training along
     unrecorded (``train_stack_checkpointed``), so that the others get the numbers they
     would have had in an uninterrupted suite."""
-    todo = {s.run_id for s in specs}
     if grid is None or size < 2:
         return stack_groups(specs, size, stackable or can_stack)
+    todo = {s.run_id for s in specs}
     units = [u for u in stack_groups(grid, size, stackable or can_stack) if any(s.run_id in todo for s in u)]
     inside = {s.run_id for u in units for s in u}
     return units + [[s] for s in specs if s.run_id not in inside]

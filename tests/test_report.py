@@ -264,8 +264,7 @@ def test_baseline_flags_a_configuration_whose_runs_no_longer_finish(store, tmp_p
 def test_finished_runs_are_flagged_by_fisher_or_when_none_finish_where_most_did(now, base, verdict):
     from reports.cost import _finished_share
 
-    frame = lambda ok, n: pd.DataFrame({"status": ["done"] * ok + ["diverged"] * (n - ok)})  # noqa: E731
-    assert _finished_share(frame(*now), frame(*base))[0] == verdict
+    assert _finished_share(*now, *base)[0] == verdict
 
 
 def test_a_seed_stack_is_one_timing_in_the_baseline_comparison(store, tmp_path):
