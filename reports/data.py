@@ -144,6 +144,7 @@ def config_key(row: pd.Series) -> str:
     spec = json.loads(row["spec"])
     spec.pop("seed", None)
     spec.pop("version", None)
+    spec["device"] = str(spec.get("device", "")).split(":")[0]  # cuda:1 trains what cuda does
     for section, name in (("task_args", spec.get("task")), ("model_args", spec.get("model")), ("train", "")):
         defaults = _defaults(section, str(name))
         spec[section] = {k: v for k, v in (spec.get(section) or {}).items() if k not in defaults or defaults[k] != v}

@@ -65,7 +65,7 @@ def train_checkpointed(spec: RunSpec, sink: Sink, directory: str, policy: Checkp
     wrong result. A run that raises keeps its checkpoint for ``--retry-failed``.
     ``device`` overrides where it trains (a Ray worker's GPU) without changing its identity.
     """
-    ckpt = Checkpointer(checkpoint_path(directory, spec.run_id), spec.to_json(), policy)
+    ckpt = Checkpointer(checkpoint_path(directory, spec.run_id), spec.identity(), policy)
     run = spec if device is None else dataclasses.replace(spec, device=device)
     result = train_one(run, sink, ckpt)
     ckpt.delete()
@@ -90,7 +90,7 @@ def train_stack_checkpointed(unit: list[RunSpec], claimed: list[RunSpec], sinks:
     overrides where it trains (a Ray worker's GPU) without changing its identity.
     """
     ids = [s.run_id for s in unit]
-    path, identity = stack_checkpoint_path(directory, ids), json.dumps([s.to_json() for s in unit])
+    path, identity = stack_checkpoint_path(directory, ids), json.dumps([s.identity() for s in unit])
     mine = [ids.index(s.run_id) for s in claimed]
     if not mine:
         raise NotStackable("no runs to stack")

@@ -77,9 +77,15 @@ class RunSpec:
     def from_json(cls, text: str) -> "RunSpec":
         return cls(**json.loads(text))
 
+    def identity(self) -> str:
+        """The spec as its run id hashes it: the device's type without its index, since
+        ``cuda:1`` trains what ``cuda`` and ``cuda:0`` do (a run resumed or repeated on
+        another GPU of a box is the same run, and matches across stores)."""
+        return dataclasses.replace(self, device=self.device.split(":")[0]).to_json()
+
     @property
     def run_id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return hashlib.sha256(self.identity().encode()).hexdigest()[:16]
 
     @property
     def train_config(self) -> TrainConfig:

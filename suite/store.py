@@ -374,7 +374,7 @@ class Store:
         df["task_args"] = specs.map(lambda s: s["task_args"])
         df["model_args"] = specs.map(lambda s: s["model_args"])
         df["train"] = specs.map(lambda s: s["train"])
-        df["device"] = specs.map(lambda s: s["device"])
+        df["device"] = specs.map(lambda s: s["device"].split(":")[0])  # the type: a run's identity (RunSpec.identity)
         # NULL reads back as None or NaN depending on the column's other values
         df["env"] = df["env"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
         df["summary"] = df["summary"].map(lambda e: json.loads(e) if isinstance(e, str) else {})

@@ -193,3 +193,25 @@ def test_tidy_frames_tell_the_runs_of_a_sweep_apart(tmp_path):
     out = tmp_path / "m.csv"
     assert main(["export", "--store", str(tmp_path / "s.sqlite"), "--out", str(out)]) == 0
     assert out.read_text().splitlines()[0].split(",")[-1] == "task.T"
+
+
+def test_a_gpu_index_is_where_a_run_trains_not_what_it_is(tmp_path):
+    """cuda:1 trains what cuda and cuda:0 do: one run id, one checkpoint identity, one
+    configuration in reports and baseline matching; cpu stays a run of its own, and a
+    spec without an index keeps the identity (and checkpoints) it had."""
+    import dataclasses
+
+    from reports.data import config_key
+
+    cpu = tiny_specs(models=("rnn",), seeds="0-1")
+    gpu = [dataclasses.replace(s, device=d) for s, d in zip(cpu, ("cuda:1", "cuda"))]
+    assert cpu[0].identity() == cpu[0].to_json()
+    assert gpu[1].identity() == gpu[1].to_json()
+    assert gpu[0].identity() == dataclasses.replace(cpu[0], device="cuda:0").identity()
+    assert gpu[0].run_id == dataclasses.replace(cpu[0], device="cuda").run_id != cpu[0].run_id
+    store = Store(tmp_path / "s.sqlite")
+    store.add_runs(gpu)
+    runs = store.runs()
+    assert list(runs["device"]) == ["cuda", "cuda"]
+    assert '"device":"cuda:1"' in runs.iloc[0]["spec"]  # where it ran is kept
+    assert config_key(runs.iloc[0]) == config_key(runs.iloc[1])  # seeds 0 and 1, one configuration
