@@ -32,8 +32,11 @@ class ModelConfig:
     hidden_size: int = param(128, "hidden units per layer", min=1, max=65536)
     num_layers: int = param(1, "stacked recurrent layers", min=1, max=16)
     embed_size: int | None = param(None, "embedding size for token inputs (default: hidden_size)", min=1)
-    init: str = param("default", "recurrent init: PyTorch default, identity (IRNN) or orthogonal",
-                      choices=("default", "identity", "orthogonal"))
+    init: str = param("default", "init: PyTorch default; identity (IRNN: W_hh = I, W_ih ~ N(0, 0.001), "
+                      "biases 0); orthogonal (each gate's W_hh block); cooijmans (every weight matrix "
+                      "orthogonal, recurrent gates as one, biases 0: their PTB/text8 code); cooijmans-id "
+                      "(and the candidate's W_hh block = I: their MNIST code)",
+                      choices=("default", "identity", "orthogonal", "cooijmans", "cooijmans-id"))
     forget_bias: float | None = param(None, "LSTM forget-gate bias at init (None: PyTorch default)")
 
     def inert(self) -> set[str]:
@@ -86,8 +89,10 @@ class RecurrentModel(nn.Module):
     def init_recurrent(self, cfg: ModelConfig) -> None:
         """Apply the preset's initialisation on top of PyTorch's default."""
         H = cfg.hidden_size
+        if cfg.init.startswith("cooijmans"):
+            self._init_cooijmans(cfg)
         for name, p in self.core.rnn.named_parameters():  # the cell's own weights, not norm layers
-            if "weight_hh" in name and cfg.init != "default":
+            if "weight_hh" in name and cfg.init in ("identity", "orthogonal"):
                 for k in range(p.shape[0] // H):  # one H×H block per gate
                     block = p[k * H:(k + 1) * H]
                     if cfg.init == "identity":
@@ -101,6 +106,23 @@ class RecurrentModel(nn.Module):
             if cfg.forget_bias is not None and cfg.cell == "lstm" and "bias" in name:
                 # The two bias vectors add up; put the whole forget bias in b_ih.
                 p[H:2 * H] = cfg.forget_bias if "bias_ih" in name else 0.0
+
+    def _init_cooijmans(self, cfg: ModelConfig) -> None:
+        """Cooijmans et al., "Recurrent Batch Normalization" (2017), public code: every
+        weight matrix orthogonal (the recurrent one as a whole, its H rows orthonormal
+        over the gates' kH columns, in their layout), every bias zero (the LSTM's forget
+        bias is ``forget_bias``'s); ``cooijmans-id`` makes the candidate's block of W_hh
+        (the RNN's whole W_hh) the identity, as their sequential-MNIST code does. A token
+        model's embedding keeps PyTorch's N(0, 1): their one-hot inputs had none."""
+        candidate = {"rnn": 0, "gru": 2, "lstm": 2}[cfg.cell]  # PyTorch's gate order: (r, z, n), (i, f, g, o)
+        H = cfg.hidden_size
+        for name, p in [*self.core.rnn.named_parameters(), *self.head.named_parameters()]:
+            if "bias" in name:
+                p.zero_()
+            else:  # orthonormal along the shorter side; their matrices are ours transposed
+                nn.init.orthogonal_(p)
+                if "weight_hh" in name and cfg.init == "cooijmans-id":
+                    p[candidate * H:(candidate + 1) * H] = torch.eye(H)
 
     def initial_state(self, x: Tensor) -> State:
         """The state the core starts from when none is given (None: zeros)."""

@@ -9,7 +9,7 @@ nonlinearity, init, width and depth, no norm) on the same task setting:
 * more stable: fewer diverged runs (Fisher's exact test) and a smaller spread of
   the primary metric over seeds (Brown–Forsythe/Levene test);
 * faster: fewer steps to reach the task's solved threshold (Mann–Whitney U; runs
-  that never solved count as one step past their budget);
+  that did not solve within the steps every run had count as one step past them);
 * eases vanishing gradients: a flatter gradient-flow profile at the end of
   training (Welch's t on the per-seed log-linear slopes).
 
@@ -50,7 +50,9 @@ def literature_section(data: ReportData) -> Section:
             done = g[g["status"] == "done"]
             vals = pd.to_numeric(done[entry.column], errors="coerce") * entry.scale if entry.column in done else []
             s = summarize(vals)
-            diff = differences(entry, first["task_args"])
+            steps = pd.to_numeric(done["steps"], errors="coerce").mean() if "steps" in done and len(done) else None
+            steps = None if steps is None or pd.isna(steps) else float(steps)
+            diff = differences(entry, first["settings"], steps)
             if entry.check is not None:
                 paper = entry.claim
                 verdict = "–" if s.n == 0 else ("agrees" if entry.check(s.mean) else "disagrees")
@@ -59,17 +61,21 @@ def literature_section(data: ReportData) -> Section:
             rows.append({"paper": f"{entry.paper_model}, {entry.paper_task}", "published": paper,
                          "source": entry.source, "ours": variant, "our task": label, "unit": entry.unit,
                          "our value [95% CI]": fmt_ci(s), "agreement": verdict,
-                         "steps": fmt(first["settings"].get("train.max_steps")),
-                         "comparable": "yes" if not diff else "no: " + ", ".join(diff)})
+                         "updates": "–" if steps is None else f"{steps:,.0f}",
+                         "comparable": ("no: " + ", ".join(diff) if diff else "yes" if entry.recipe
+                                        else "task setting: yes; the source's recipe is not encoded here")})
     if not rows:
         return sec.add(note("No task in this store has a published number to compare with; published numbers "
                             f"exist for: {', '.join(tasks_with_numbers())} (ANCHORS.md)."))
-    sec.add(table(rows, "Published numbers next to ours. 'comparable: no' names the task arguments that differ "
-                        "from the paper's setting; training budgets (steps) and model sizes differ as well, so "
-                        "gaps are expected outside full-scale profiles."))
+    sec.add(table(rows, "Published numbers next to ours. 'updates': the mean number of training updates of our "
+                        "finished runs. 'comparable: no' names what differs from the paper's setting: the task's "
+                        "arguments and, for Cooijmans et al.'s numbers, the model, the training settings of their "
+                        "paper and public code, and fewer updates than they trained (the 'paper' profile runs "
+                        "their recipes). Gaps are expected where it says no."))
     if any(r["our task"].startswith("permuted-mnist") for r in rows):
-        sec.add(note("Permuted MNIST results depend on the permutation: the public BN-LSTM code draws its "
-                     "permutation with replacement (~63% of pixels kept); ours is a true permutation."))
+        sec.add(note("Permuted MNIST results depend on the permutation: Cooijmans et al.'s public code draws its "
+                     "positions with replacement (~63% of the pixels kept), which perm_kind=with_replacement "
+                     "reproduces; the default is a true permutation."))
     return sec
 
 
@@ -136,11 +142,11 @@ def _evidence(data: ReportData, label: str, bn: str, plain: str) -> dict[str, li
                               "plain": fmt(sb), "test": "Brown–Forsythe", "p": p if math.isfinite(p) else 1.0,
                               "favours bn": _sign(sb - sa)})
     if info.solved is not None:
-        sa_, sb_ = _steps_to_solve(a), _steps_to_solve(b)
-        solved_any = any(_solved(v) for v in pd.concat([a.get("solved", pd.Series()), b.get("solved", pd.Series())]))
-        if sa_.size and sb_.size and solved_any:
+        horizon = _horizon(pd.concat([a, b]))
+        sa_, sb_ = _steps_to_solve(a, horizon), _steps_to_solve(b, horizon)
+        if sa_.size and sb_.size and min(sa_.min(), sb_.min()) <= horizon:  # some run solved within it
             _, p = mann_whitney(sa_, sb_)
-            out["faster"].append({**base, "measure": "steps to solve (unsolved: budget + 1)",
+            out["faster"].append({**base, "measure": f"steps to solve within {horizon:,} (unsolved: {horizon + 1:,})",
                                   "bn": fmt(float(np.median(sa_))) + " (median)",
                                   "plain": fmt(float(np.median(sb_))) + " (median)", "test": "Mann–Whitney U",
                                   "p": p, "favours bn": _sign(prob_improvement(sa_, sb_, higher_is_better=False) - 0.5)})
@@ -163,11 +169,25 @@ def _solved(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
-def _steps_to_solve(runs: pd.DataFrame) -> np.ndarray:
-    """Steps to solve per finished run; a run that did not solve counts as its budget + 1."""
-    return np.array([row["solved_step"] if _solved(row.get("solved")) else
-                     row["settings"].get("train.max_steps", row.get("steps", 0)) + 1
-                     for _, row in runs[runs["status"] != "failed"].iterrows()], dtype=float)
+def _horizon(runs: pd.DataFrame) -> int:
+    """The steps every finished run of ``runs`` was given to solve: the smallest step budget,
+    and the steps of an unsolved run that stopped sooner (its time budget ran out). Past it
+    a run's steps to solve are unknown (censored) for some, so none is compared there: a
+    model whose steps are slower gets fewer of them in the same time, and counting its
+    unsolved runs as the full budget + 1 would compare what one model did not reach with
+    what the other had steps left to reach."""
+    ran = runs[runs["status"] != "failed"]
+    out = [int(r["settings"].get("train.max_steps", 0) or 0) for _, r in ran.iterrows()]
+    out += [int(r["steps"]) for _, r in ran.iterrows()
+            if r["status"] == "done" and not _solved(r.get("solved")) and pd.notna(r.get("steps"))]
+    return min((v for v in out if v > 0), default=0)
+
+
+def _steps_to_solve(runs: pd.DataFrame, horizon: int) -> np.ndarray:
+    """Steps to solve per finished run, within ``horizon`` (``_horizon``); a run that did
+    not solve by then, or diverged, counts as ``horizon + 1``."""
+    return np.array([row["solved_step"] if _solved(row.get("solved")) and row["solved_step"] <= horizon
+                     else horizon + 1 for _, row in runs[runs["status"] != "failed"].iterrows()], dtype=float)
 
 
 CLAIMS = {

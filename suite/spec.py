@@ -32,6 +32,10 @@ class TrainConfig:
     optimizer: str = param("adam", "optimizer", choices=("adam", "rmsprop", "sgd"))
     lr: float = param(1e-3, "learning rate", min=0.0, min_exclusive=True)
     momentum: float = param(0.0, "momentum (sgd, rmsprop)", min=0.0, max=1.0)
+    rmsprop_alpha: float = param(0.99, "rmsprop: decay of the squared-gradient average (PyTorch's alpha; "
+                                 "Cooijmans et al.'s decay rate 0.9)", min=0.0, max=1.0)
+    eps: float = param(1e-8, "adam, rmsprop: epsilon added to the gradient's root mean square",
+                       min=0.0, min_exclusive=True)
     weight_decay: float = param(0.0, "L2 weight decay", min=0.0)
     batch_size: int = param(50, "training batch size", min=1)
     max_steps: int = param(1000, "training steps (optimizer updates)", min=1)
@@ -54,7 +58,12 @@ class TrainConfig:
 
     def inert(self) -> set[str]:
         """Settings that change nothing here (``suite.registry.without_inert``)."""
-        return {"momentum"} if self.optimizer == "adam" else set()
+        out = {"momentum"} if self.optimizer == "adam" else set()
+        if self.optimizer != "rmsprop":
+            out.add("rmsprop_alpha")
+        if self.optimizer == "sgd":
+            out.add("eps")
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """char-lm: character-level language modelling, scored in bits per character.
 
-As in Cooijmans et al. 2017, "Recurrent Batch Normalization": training on
-length-``window`` windows at random offsets (fresh, independent offsets for every
-sample of every step, hidden state starting at zero), evaluation over the whole
+After Cooijmans et al. 2017, "Recurrent Batch Normalization": training on
+length-``window`` windows, hidden state starting at zero, evaluation over the whole
 split carrying the hidden state from window to window; bpc = cross-entropy / ln 2.
+One difference: each sample of each step takes its own random offset, where their
+code cut the training text into non-overlapping windows once and shuffled those
+each epoch.
 
 Corpora and their splits:
   ``ptb``          Penn Treebank, Mikolov's split (Mikolov et al. 2012, "Subword
@@ -31,7 +33,10 @@ Whole-split evaluation: the N - 1 next-character targets of a split are cut into
 B contiguous streams (B = the evaluation batch size, fewer if the split is short),
 each processed window by window with its state carried over; the last stream is
 padded, and padded targets are ignored, so every character after the first is
-predicted exactly once. Only each stream's first step starts from a zero state.
+predicted exactly once. Only each stream's first step starts from a zero state, so
+more streams score a little worse: ``test_streams=1`` scores the test split as one
+stream, as Cooijmans et al.'s evaluation did (their ``penntreebank_evaluate.py``), at
+the cost of one window per call.
 """
 
 from __future__ import annotations
@@ -193,6 +198,8 @@ class CharLM(Task):
                         min=1, max=100_000)
     max_chars: int = param(0, "use only the first N characters of each split (0: all); for quick runs",
                            min=0)
+    test_streams: int = param(0, "contiguous streams the test split is scored in (0: the evaluation batch "
+                              "size); Cooijmans et al. score it as one", min=0)
 
     description = "character-level language modelling: bits per character (ptb, text8, shakespeare, local)"
     target = "every"
@@ -269,6 +276,8 @@ class CharLM(Task):
         """
         data = self._on(split, device)
         n = len(data) - 1  # next-character targets
+        if split == "test" and self.test_streams:
+            batch_size = self.test_streams
         streams = max(1, min(batch_size, n // self.window))
         S = math.ceil(n / streams)
         streams = math.ceil(n / S)

@@ -10,9 +10,12 @@ set. The runner reports test accuracy of the best-validation checkpoint.
 
 ``permuted-mnist`` applies one true permutation of the 784 pixel positions,
 ``torch.randperm(784)`` under ``perm_seed`` (a parameter, so it is part of every
-run's spec), to train, validation and test alike. Note the public BN-LSTM code
-draws its "permutation" with replacement and another harness uses bit reversal;
-results differ by permutation, so the seed is always recorded.
+run's spec), to train, validation and test alike. The public code of Cooijmans et
+al. draws its "permutation" with replacement (``np.random.randint(0, 784, 784)``:
+about 63% of the pixels kept, some seen twice); ``perm_kind=with_replacement``
+draws one that way (``torch.randint`` under ``perm_seed``), so their published
+permuted-MNIST numbers can be compared like with like. Results differ by
+permutation, so its kind and seed are always recorded.
 
 Data: the IDX files in the data directory (``train-images-idx3-ubyte[.gz]`` …, at
 its top level or in ``mnist/``, ``MNIST/raw/``), else the hub data set
@@ -124,5 +127,7 @@ class PermutedMNIST(PixelMNIST):
     """Permuted MNIST: one fixed random permutation of the 784 pixels (randperm under perm_seed)."""
 
     perm_seed: int = param(0, "seed of the pixel permutation (torch.randperm(784))", min=0)  # type: ignore[assignment]
+    perm_kind: str = param("randperm", "randperm: a true permutation; with_replacement: 784 positions drawn "  # type: ignore[assignment]
+                           "with replacement (Cooijmans et al.'s public code)", choices=("randperm", "with_replacement"))
 
     description = "permuted MNIST: pixels in one fixed random order (perm_seed), classify at the end (acc)"

@@ -44,6 +44,7 @@ class PixelSequence(Task):
     n_pixels: ClassVar[int]
     max_value: ClassVar[float]
     perm_seed: int | None = None  # subclasses with a permutation declare it as a field
+    perm_kind: str = "randperm"  # and may declare this one: "with_replacement" (module docstring)
 
     @property
     def input_size(self) -> int:  # type: ignore[override]
@@ -55,10 +56,14 @@ class PixelSequence(Task):
 
     @property
     def permutation(self) -> Tensor | None:
-        """The pixel order of the permuted variant (None: scan-line order)."""
+        """The pixel order of the permuted variant (None: scan-line order): a true
+        permutation, or P positions drawn with replacement (``perm_kind``)."""
         if self.perm_seed is None:
             return None
-        return torch.randperm(self.n_pixels, generator=torch.Generator().manual_seed(self.perm_seed))
+        gen = torch.Generator().manual_seed(self.perm_seed)
+        if self.perm_kind == "with_replacement":
+            return torch.randint(0, self.n_pixels, (self.n_pixels,), generator=gen)
+        return torch.randperm(self.n_pixels, generator=gen)
 
     def raw(self) -> tuple[Split, Split | None]:
         """(train pool, test set or None) as flattened uint8 images and labels; each subclass reads its own."""

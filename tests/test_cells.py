@@ -120,3 +120,36 @@ def test_input_projection_equals_f_linear():
         torch.testing.assert_close(got, want)
         for a, e in zip(torch.autograd.grad((got * g).sum(), inputs), torch.autograd.grad((want * g).sum(), inputs)):
             torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("name,cell,k", [("lstm", "lstm", 4), ("bn-lstm", "lstm", 4), ("gru-loop", "gru", 3),
+                                         ("bn-rnn", "rnn", 1)])
+@pytest.mark.parametrize("init", ["cooijmans", "cooijmans-id"])
+def test_cooijmans_init_is_their_public_codes(name, cell, k, init):
+    """Every weight matrix orthogonal along its shorter side (W_hh as one kH x H matrix:
+    their H x kH Wa with orthonormal rows), every bias zero but the LSTM's forget bias,
+    and for cooijmans-id the candidate's block of W_hh the identity."""
+    H = 6
+    torch.manual_seed(0)
+    m = baselines.create(name, input_size=1, output_size=3, hidden_size=H, init=init, num_layers=2)
+    rnn = m.core.rnn
+    for layer in (0, 1):
+        w_hh, w_ih = getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"weight_ih_l{layer}")
+        assert w_hh.shape == (k * H, H)
+        cand = {"rnn": 0, "gru": 2, "lstm": 2}[cell]
+        if init == "cooijmans":
+            torch.testing.assert_close(w_hh.T @ w_hh, torch.eye(H), atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(w_hh[cand * H:(cand + 1) * H], torch.eye(H))
+            if k > 1:  # the other blocks stay from the orthogonal whole: not the default's U(±1/√H)
+                rest = torch.cat([w_hh[:cand * H], w_hh[(cand + 1) * H:]])
+                assert rest.abs().max() > 1 / H ** 0.5
+        gram = w_ih.T @ w_ih if w_ih.shape[0] >= w_ih.shape[1] else w_ih @ w_ih.T
+        torch.testing.assert_close(gram, torch.eye(min(w_ih.shape)), atol=1e-5, rtol=0)
+        bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+        expect = torch.zeros(k * H)
+        if cell == "lstm":
+            expect[H:2 * H] = 1.0  # the presets' forget bias
+        torch.testing.assert_close(bias, expect)
+    torch.testing.assert_close(m.head.weight @ m.head.weight.T, torch.eye(3), atol=1e-5, rtol=0)
+    assert (m.head.bias == 0).all()

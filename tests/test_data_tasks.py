@@ -151,6 +151,23 @@ def test_permutation_is_a_true_permutation_shared_by_splits_and_runs(data_dir):
         assert torch.equal(xp, x[:, perm]) and torch.equal(yp, y)
 
 
+def test_permutation_with_replacement_is_cooijmans_draw(data_dir):
+    """perm_kind=with_replacement: 784 positions drawn uniformly with replacement (their
+    np.random.randint(0, 784, 784)): about 1 - 1/e of the pixels kept, some twice, the
+    same for every split; its kind is part of the run's spec."""
+    write_mnist(data_dir)
+    plain = tasks.create("pixel-mnist", n_val=10)
+    task = tasks.create("permuted-mnist", n_val=10, perm_seed=3, perm_kind="with_replacement")
+    perm = task.permutation
+    assert perm.shape == (784,) and perm.min() >= 0 and perm.max() < 784
+    kept = perm.unique().numel() / 784
+    assert 0.58 < kept < 0.68  # E = 1 - (1 - 1/784)^784 = 0.632
+    assert torch.equal(perm, torch.randint(0, 784, (784,), generator=torch.Generator().manual_seed(3)))
+    assert task.params()["perm_kind"] == "with_replacement"
+    assert tasks.create("permuted-mnist").params()["perm_kind"] == "randperm"
+    for split in ("train", "val", "test"):
+        assert torch.equal(task.splits()[split][0], plain.splits()[split][0][:, perm])
+
 def test_mnist_processed_data_is_cached_on_disk(data_dir, monkeypatch, tmp_path):
     write_mnist(data_dir)
     first = tasks.create("pixel-mnist", n_val=10).splits()["test"][0]
@@ -322,6 +339,26 @@ def test_char_lm_evaluation_carries_state_across_windows(data_dir, name):
     fresh = tasks.create("char-lm", corpus="local", path="c.txt", window=len(ids))
     assert fresh.evaluate(model, "val", CPU, 1)["bpc"] == pytest.approx(whole, rel=1e-5)
 
+
+def test_char_lm_test_streams_scores_the_test_split_as_one_stream(data_dir):
+    """test_streams=1 scores the test split in one stream whatever the evaluation batch
+    size (Cooijmans et al.'s test), equal to one pass over it; validation keeps the
+    batch size's streams; the setting is part of the run's spec."""
+    (data_dir / "c.txt").write_text("the cat sat on the mat; a dog ran to the log. " * 40)
+    one = tasks.create("char-lm", corpus="local", path="c.txt", window=7, test_streams=1)
+    many = tasks.create("char-lm", corpus="local", path="c.txt", window=7)
+    assert one.params()["test_streams"] == 1 and many.params()["test_streams"] == 0
+    assert next(one.eval_batches("test", 50, CPU)).x.shape[0] == 1
+    assert next(many.eval_batches("test", 50, CPU)).x.shape[0] > 1
+    assert next(one.eval_batches("val", 50, CPU)).x.shape[0] > 1
+    torch.manual_seed(0)
+    model = baselines.create("lstm", vocab_size=one.vocab_size, output_size=one.output_size,
+                             target="every", hidden_size=12).eval()
+    ids = one.data()["test"].long()
+    with torch.no_grad():
+        whole = torch.nn.functional.cross_entropy(model(ids[None, :-1])[0], ids[1:]).item() / math.log(2)
+    assert one.evaluate(model, "test", CPU, 50)["bpc"] == pytest.approx(whole, rel=1e-5)
+    assert many.evaluate(model, "test", CPU, 50)["bpc"] != pytest.approx(whole, rel=1e-5)
 
 def test_ptb_char_and_word_files_give_the_same_text(data_dir):
     sents = ["aer banknote berlitz", "pierre <unk> N years old"]

@@ -366,15 +366,63 @@ def test_claims_need_three_runs_for_spread_and_call_a_smaller_slope_flatter(bn_s
 
 
 def test_literature_matching_and_comparability():
-    lstm_mnist = next(e for e in PUBLISHED if e.task == "pixel-mnist" and e.paper_model == "LSTM")
-    full = {"pixels_per_step": 1, "n_train": 0, "n_test": 0}
-    assert matches(lstm_mnist, "pixel-mnist", "lstm", full) and not matches(lstm_mnist, "pixel-mnist", "gru", full)
-    assert differences(lstm_mnist, full) == []
-    assert differences(lstm_mnist, {**full, "n_train": 1000}) == ["n_train=1000 (paper: 0)"]
+    """The paper's setting is the task's arguments and, for Cooijmans et al.'s numbers,
+    their model and training recipe and the updates they trained; a scaled-down run (the
+    nightly profile's) is said to differ in each of them."""
+    from suite.profiles import build_specs
+    from reports.data import settings as flat
+
+    def cfg(spec):
+        return flat(pd.Series({"task_args": spec.task_args, "model_args": spec.model_args, "train": spec.train,
+                               "device": spec.device, "spec": spec.to_json()}))
+
+    lstm_mnist = next(e for e in PUBLISHED if e.task == "pixel-mnist" and e.paper_model == "LSTM"
+                      and e.source.startswith("Cooijmans"))
+    paper = {s.model: cfg(s) for s in build_specs(profile="paper", device="cpu", task=["pixel-mnist"])}
+    full = paper["lstm"]
+    assert matches(lstm_mnist, "pixel-mnist", "lstm", {}) and not matches(lstm_mnist, "pixel-mnist", "gru", {})
+    assert differences(lstm_mnist, full, steps=100_000) == []
+    assert differences(lstm_mnist, {**full, "task.n_train": 1000}) == ["n_train=1000 (paper: 0)"]
+    assert differences(lstm_mnist, full, steps=4000) == ["trained 4,000 updates (paper: 100,000)"]
+    bn = next(e for e in PUBLISHED if e.task == "pixel-mnist" and e.paper_model == "BN-LSTM")
+    assert differences(bn, paper["bn-lstm"], steps=100_000) == []
+    assert differences(bn, {**paper["bn-lstm"], "model.norm_gamma": 1.0}) == ["norm_gamma=1.0 (paper: 0.1)"]
+    nightly = {(s.task, s.model): cfg(s) for s in build_specs(profile="nightly", device="cpu", model=["lstm"])}
+    night = differences(lstm_mnist, nightly[("pixel-mnist", "lstm")])
+    assert "init=default (paper: cooijmans-id)" in night
+    assert differences(lstm_mnist, {**full, "train.rmsprop_alpha": 0.99}) == ["rmsprop_alpha=0.99 (paper: 0.9)"]
+    for task, model in (("permuted-mnist", "bn-lstm"), ("char-lm", "lstm"), ("char-lm", "bn-lstm")):
+        specs = [s for s in build_specs(profile="paper", device="cpu", task=[task], model=[model])]
+        assert specs, (task, model)
+        for spec in specs:
+            (entry,) = [e for e in PUBLISHED if e.source.startswith("Cooijmans") and
+                        matches(e, task, model, spec.task_args)]
+            assert differences(entry, cfg(spec), steps=entry.steps) == [], (task, model, spec.task_args)
+    le = next(e for e in PUBLISHED if e.paper_model == "iRNN")
+    assert not le.recipe and "Le et al." in le.source
     ptb = [e for e in PUBLISHED if e.task == "char-lm" and e.when == {"corpus": "ptb"}]
     assert sorted(e.value for e in ptb) == [1.32, 1.38]
     copy100 = next(e for e in PUBLISHED if e.task == "copy" and e.when == {"T": 100})
     assert copy100.check(0.5) and not copy100.check(1.0)
+
+
+def test_steps_to_solve_compare_within_the_steps_every_run_had():
+    """A run stopped unsolved by its time budget at step 500 bounds what is known of every
+    run: each counts as solved at its step up to 500, else 501 (a diverged run too), not
+    as its full budget + 1 (which compared the slower model's missing steps)."""
+    from reports.claims import _horizon, _steps_to_solve
+
+    def run(status, steps, solved_step=None, max_steps=1000):
+        return {"status": status, "steps": steps, "solved": solved_step is not None,
+                "solved_step": solved_step, "settings": {"train.max_steps": max_steps}}
+
+    bn = pd.DataFrame([run("done", 500), run("done", 300, 300), run("done", 900, 900)])
+    plain = pd.DataFrame([run("done", 200, 200), run("done", 1000), run("diverged", 40), run("failed", 0)])
+    horizon = _horizon(pd.concat([bn, plain]))
+    assert horizon == 500
+    assert _steps_to_solve(bn, horizon).tolist() == [501, 300, 501]
+    assert _steps_to_solve(plain, horizon).tolist() == [200, 501, 501]
+    assert _horizon(pd.DataFrame([run("done", 1000), run("done", 70, 70, max_steps=800)])) == 800
 
 
 # -- figures ----------------------------------------------------------------------

@@ -250,3 +250,23 @@ def test_peak_memory_sets_probes_and_evaluations_aside(monkeypatch):
         state["peak"] = 900.0
     assert peak.value() == 60.0
     assert runner.TrainingPeak(torch.device("cpu")).value() is None
+
+
+def test_rmsprop_takes_its_decay_and_epsilon():
+    """Cooijmans et al.'s RMSProp averages squared gradients with decay 0.9: one step
+    from zero moves a weight by lr / sqrt(1 - alpha) (eps aside); both settings are
+    inert (their defaults, one run id) where the optimizer has no use for them."""
+    from suite.runner import make_optimizer
+    from suite.spec import TrainConfig
+
+    for alpha in (0.9, 0.99):
+        w = torch.nn.Parameter(torch.zeros(1))
+        opt = make_optimizer(TrainConfig(optimizer="rmsprop", lr=1e-3, rmsprop_alpha=alpha, eps=1e-5), [w])
+        w.grad = torch.ones(1)
+        opt.step()
+        assert math.isclose(-w.item(), 1e-3 / (math.sqrt(1 - alpha) + 1e-5), rel_tol=1e-5)
+    adam = _spec(optimizer="adam", rmsprop_alpha=0.9)
+    assert adam.train["rmsprop_alpha"] == 0.99 and adam.run_id == _spec(optimizer="adam").run_id
+    sgd = _spec(optimizer="sgd", eps=1e-3)
+    assert sgd.train["eps"] == 1e-8 and sgd.run_id == _spec(optimizer="sgd").run_id
+    assert _spec(optimizer="rmsprop", rmsprop_alpha=0.9).run_id != _spec(optimizer="rmsprop").run_id
