@@ -50,6 +50,7 @@ class TaskInfo:
     solved: float | None = None
     note: str | None = None
     target: str = "last"
+    padded: bool = False  # sequences of several lengths in a batch
 
     @property
     def metric(self) -> str:
@@ -171,12 +172,13 @@ def _label(name: str, cfg: dict[str, Any], keys: list[str], template: str) -> st
     return template.format(name=name, args=", ".join(f"{short_key(k)}={cfg.get(k)}" for k in keys))
 
 
-def task_info(name: str, label: str, args: dict) -> TaskInfo:
+def task_info(name: str, label: str, args: dict, recorded_chance: float | None = None) -> TaskInfo:
     """Look up a task's declarations; a task this rnnbench no longer has falls back to test loss.
 
     Chance and solved levels are read only where the task defines them without
     data (a property such as char-lm's unigram bpc would load the corpus, and the
-    report must stay a function of the store).
+    report must stay a function of the store); such a chance level is the one its
+    runs recorded (``recorded_chance``), where they did.
     """
     try:
         cls = task_registry.get(name)
@@ -190,12 +192,15 @@ def task_info(name: str, label: str, args: dict) -> TaskInfo:
         inst, levels["note"] = None, f"task arguments no longer valid ({e}); chance and solved levels unknown"
     for attr in ("chance", "solved"):
         if inst is None or isinstance(inspect.getattr_static(inst, attr, None), property):
-            levels[attr] = None
+            levels[attr] = recorded_chance if attr == "chance" and inst is not None else None
             continue
         value = getattr(inst, attr, None)
         levels[attr] = float(value) if value is not None and not math.isnan(float(value)) else None
+    from tasks.padded import PaddedTokens
+
     return TaskInfo(name, label, args, cls.primary, bool(cls.higher_is_better),
-                    target=getattr(cls, "target", "last"), **levels)  # type: ignore[arg-type]
+                    target=getattr(cls, "target", "last"), padded=issubclass(cls, PaddedTokens),
+                    **levels)  # type: ignore[arg-type]
 
 
 def _check_filter(kind: str, wanted: list[str] | None, known: set[str]) -> None:
@@ -240,7 +245,8 @@ def load(store: str | Path | Store, *, tasks: list[str] | None = None, models: l
     infos = {}
     for label, grp in runs.groupby("task_label", sort=True):
         first = grp.iloc[0]
-        infos[label] = task_info(first["task"], label, first["task_args"])
+        chances = {c for c in (r.get("chance") for r in grp["summary"]) if c is not None and math.isfinite(c)}
+        infos[label] = task_info(first["task"], label, first["task_args"], chances.pop() if len(chances) == 1 else None)
     flat = pd.json_normalize(runs["summary"].tolist())
     runs = pd.concat([runs, flat.drop(columns=[c for c in flat.columns if c in runs])], axis=1)
     runs["primary"] = [runs.at[i, infos[t].metric] if infos[t].metric in runs else float("nan")

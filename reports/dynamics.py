@@ -153,37 +153,71 @@ def _flow_blocks(data: ReportData, label: str, info: TaskInfo) -> list[Any]:
     steps = sorted(s for v in late_steps.values() for s in v)
     late_label = (f"end of training (step {steps[0]})" if steps and steps[0] == steps[-1]
                   else f"end of training (steps {steps[0]}–{steps[-1]})" if steps else "end of training")
+    zeros = {v: _zero_runs(p) for v, p in late.items()}
+    caption = (f"‖∂L/∂h_t‖ against t on {label}, log scale: geometric mean over seeds with a 95% t band, at "
+               f"step 0 (left) and at each run's last probe (right); the axis spans the curves, not the bands.")
+    if any(zeros.values()) or any(_zero_runs(p) for p in early.values()):
+        caption += (" Some seeds' gradients reach exactly 0 (below float32's smallest value): a point's mean "
+                    "leaves those seeds out, so where the curve goes on it shows the other seeds.")
     out: list[Any] = [figure(figures.gradient_flow(early, late, data.colors, late_label), f"gradflow_{label}",
-                             f"‖∂L/∂h_t‖ against t on {label}, log scale: geometric mean over seeds with a 95% "
-                             f"t band, at step 0 (left) and at each run's last probe (right).")]
+                             caption)]
     rows, sentences = [], []
     for variant in sorted(early):
         s0 = summarize(slopes(early[variant]))
         s1 = summarize(slopes(late[variant])) if variant in late else summarize([])
         ratio = _first_last_ratio(late[variant]) if variant in late else float("nan")
-        rows.append({"model": variant, "runs": early[variant].shape[0], "slope at start [95% CI]": fmt_ci(s0),
-                     "slope at end [95% CI]": fmt_ci(s1), "‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ at end": fmt(ratio)})
-        if np.isfinite(ratio):
+        row = {"model": variant, "runs": early[variant].shape[0], "slope at start [95% CI]": fmt_ci(s0),
+               "slope at end [95% CI]": fmt_ci(s1), "‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ at end": fmt(ratio)}
+        if any(zeros.values()):
+            row["seeds reaching 0 at end"] = f"{zeros.get(variant, 0)} of {late[variant].shape[0]}" \
+                if variant in late else "–"
+        rows.append(row)
+        n_zero, n = zeros.get(variant, 0), late[variant].shape[0] if variant in late else 0
+        if n_zero and ratio == 0:
+            rest = _first_last_ratio(late[variant], positive=True)
+            others = (f", and {fmt(rest)}× the gradient at the last step in the other"
+                      f"{'s' if n - n_zero > 1 else ''}" if np.isfinite(rest) else "")
+            sentences.append(f"{variant}: by the end of training the gradient at t = 0 is 0 (below float32's "
+                             f"smallest value) in {n_zero} of {n} seeds{others}")
+        elif np.isfinite(ratio):
             sentences.append(f"{variant}: by the end of training the gradient at t = 0 is {fmt(ratio)}× "
                              f"the gradient at the last step")
-    out.append(table(rows, f"Gradient-flow slopes on {label} (decades per step back; mean over seeds, 95% CI)."))
+    caption = f"Gradient-flow slopes on {label} (decades per step back; mean over seeds, 95% CI)."
+    if any(zeros.values()):
+        caption += (" A seed's slope is fitted over the steps where its gradient is above 0; one that reaches "
+                    "exactly 0 vanishes faster than its slope says.")
+    out.append(table(rows, caption))
     if sentences:
         out.append(Text("; ".join(sentences) + "."))
     unprobed = sorted(set(early) - set(late))
     if unprobed:
         out.append(note(f"No probe after step 0 for {', '.join(unprobed)} on {label} (its runs ended before the "
                         "next probe, e.g. diverged), so nothing at the end of training."))
+    if info.padded:
+        out.append(note(f"{label}'s sequences differ in length: t is aligned at each sequence's last step (t = "
+                        "T−1 is every sequence's readout, t = T−1−k the step k before it), over the sequences "
+                        "that long, scaled to the whole batch; the earliest t hold only the longest sequences."))
     if info.target == "every":
         out.append(note(f"{label} puts a loss on every step, so ∂L/∂h_t includes a direct term at each t; "
                         "the profile shows vanishing less clearly than on last-step tasks."))
     return out
 
 
-def _first_last_ratio(profiles: np.ndarray) -> float:
-    with np.errstate(all="ignore"):
-        r = np.log10(profiles[:, 0]) - np.log10(profiles[:, -1])
-    r = r[np.isfinite(r)]
-    return float(10 ** r.mean()) if r.size else float("nan")
+def _first_last_ratio(profiles: np.ndarray, positive: bool = False) -> float:
+    """Geometric mean over seeds of ‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖: 0 where a seed's gradient at
+    t = 0 is exactly 0 (float32 underflow: it vanished), unless ``positive`` asks for
+    the mean of the other seeds."""
+    first, last = profiles[:, 0], profiles[:, -1]
+    ok = np.isfinite(first) & np.isfinite(last) & (last > 0) & (first >= 0)
+    if not positive and (ok & (first == 0)).any():
+        return 0.0
+    ok &= first > 0
+    return float(10 ** np.mean(np.log10(first[ok] / last[ok]))) if ok.any() else float("nan")
+
+
+def _zero_runs(profiles: np.ndarray) -> int:
+    """Seeds whose profile reaches exactly 0 somewhere (float32 underflow)."""
+    return int((profiles == 0).any(axis=1).sum())
 
 
 def _norm_blocks(data: ReportData, label: str) -> list[Any]:

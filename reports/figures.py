@@ -135,14 +135,20 @@ def gradient_flow(early: Mapping[str, np.ndarray], late: Mapping[str, np.ndarray
     ``early``/``late``: variant -> ``(n_runs, T)`` profiles.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    means = []
     for ax, prof, title in ((axes[0], early, "start of training (step 0)"), (axes[1], late, late_label)):
         if prof:
             T = next(iter(prof.values())).shape[1]
             curve_bands(ax, np.arange(T), prof, colors)
+            means += [band(m, geometric=True)[0] for m in prof.values()]
         ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("time step t")
     axes[0].set_ylabel("‖∂L/∂h_t‖ (probe batch)")
+    shown = np.concatenate(means) if means else np.array([])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    if shown.size:  # the curves' range: the bands of two or three seeds can span hundreds of decades
+        axes[0].set_ylim(shown.min() / 10, shown.max() * 10)
     if early or late:
         axes[0 if early else 1].legend(fontsize=7, loc="best")
     fig.tight_layout()

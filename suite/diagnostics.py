@@ -72,6 +72,12 @@ def _core_input_size(model: nn.Module) -> int:
 def gradient_flow(model: nn.Module, task: Task, batch: Batch) -> Tensor:
     """‖∂L/∂h_t‖ (Frobenius norm over batch and units) for t = 0..T-1, shape (T,).
 
+    A padded batch (``lengths``) is aligned at each sequence's last step: entry T-1-k
+    holds the gradient k steps before each sequence's end, over the sequences at least
+    k+1 long, scaled to the whole batch (sqrt(B / n_k · Σ_i ‖∂L/∂h_i‖²)). Counted from
+    t = 0, a step late in the batch holds only its few longest sequences and every
+    shorter one's readout lies at another t, which drew a profile of the lengths.
+
     The twin runs in the model's mode, so in training it draws what the model would (the
     noise on h_0 of ``h0_noise``, dropout); it is built and draws from a copy of the random
     state (a cuDNN model's twin core initialises weights before it takes the model's), so
@@ -85,4 +91,12 @@ def gradient_flow(model: nn.Module, task: Task, batch: Batch) -> Tensor:
         out = twin.run(batch.x, batch.lengths, perturb=perturb)
         loss = task.loss(out.y, batch)
         (grad,) = torch.autograd.grad(loss, perturb)
-    return grad.detach().float().pow(2).sum(dim=(0, 2)).sqrt()
+    sq = grad.detach().float().pow(2).sum(dim=2)  # (B, T)
+    if batch.lengths is None:
+        return sq.sum(dim=0).sqrt()
+    back = batch.lengths.to(sq.device).view(-1, 1) - 1 - torch.arange(T, device=sq.device)  # steps before the end
+    live = back >= 0
+    at = (T - 1 - back)[live]
+    total = sq.new_zeros(T).index_add_(0, at, sq[live])
+    count = sq.new_zeros(T).index_add_(0, at, torch.ones_like(sq[live]))
+    return (total * B / count.clamp(min=1)).sqrt()  # the longest sequence reaches every entry

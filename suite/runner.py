@@ -151,8 +151,10 @@ class RunLoop:
         self.clip = cfg.clip if cfg.clip is not None else float("inf")
         self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.probe_batch = next(task.eval_batches("val", min(cfg.batch_size, 64), device))
+        chance = task.chance  # recorded: the report cannot compute one that needs the data (char-lm, listops)
         self.summary: dict[str, Any] = {"n_params": sum(p.numel() for p in model.parameters()),
-                                        "seq_len": task.seq_len}
+                                        "seq_len": task.seq_len,
+                                        "chance": None if chance is None else float(chance)}
         self.status, self.reason = "done", None
         self.load(LoopState.fresh())
 

@@ -117,3 +117,27 @@ def test_runner_probes_on_schedule_once_per_step():
     steps = [s for s, kind, t, _ in diags if kind == "grad_flow" and t == 0]
     assert steps == [0, 4, 8, 12]
     assert len(diags) == 4 * 5
+
+
+def test_gradient_flow_of_a_padded_batch_is_aligned_at_each_sequence_end():
+    """Entry T-1-k is the gradient k steps before each sequence's readout, over the
+    sequences at least k+1 long, scaled to the batch: built here from each sequence
+    alone (the batch's mean loss gives each 1/B of its own gradient)."""
+    task = tasks.create("listops", min_length=4, max_length=30, n_train=50, n_val=20, n_test=20)
+    batch = next(task.eval_batches("val", 8, CPU))
+    lengths = batch.lengths.tolist()
+    assert len(set(lengths)) > 2  # uneven
+    torch.manual_seed(0)
+    model = baselines.create("gru", vocab_size=task.vocab_size, output_size=task.output_size, hidden_size=6)
+    flow = diagnostics.gradient_flow(model, task, batch)
+    B, T = batch.x.shape
+    assert flow.shape == (T,) and max(lengths) == T
+    alone = []
+    for i, n in enumerate(lengths):
+        one = type(batch)(batch.x[i:i + 1, :n], batch.y[i:i + 1], None)
+        alone.append(diagnostics.gradient_flow(model, task, one).double() / B)  # its share of the batch's mean
+    expect = torch.zeros(T, dtype=torch.float64)
+    for k in range(T):
+        terms = [p[n - 1 - k] ** 2 for p, n in zip(alone, lengths) if n > k]
+        expect[T - 1 - k] = math.sqrt(B / len(terms) * sum(terms))
+    torch.testing.assert_close(flow.double(), expect, rtol=1e-4, atol=1e-9)

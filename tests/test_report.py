@@ -601,3 +601,51 @@ def test_cost_table_counts_a_seed_stack_once(store):
     (tab,) = [b for b in _cost_table("adding", "cpu", runs) if isinstance(b, Table)]
     row = dict(zip(tab.frame["model"], tab.frame.to_dict("records")))["rnn"]
     assert row["runs"] == "3" and row["samples/s [95% CI]"] == "1000 (one timing, no CI)"
+
+
+def test_a_chance_level_that_needs_the_data_is_the_one_its_runs_recorded(tmp_path):
+    """ListOps' chance level comes from its generated test classes (a property): the
+    runner records it, and the report, which reads only the store, shows it."""
+    import tasks
+
+    args = {"min_length": 4, "max_length": 20, "n_train": 40, "n_val": 20, "n_test": 30}
+    path = real_store(tmp_path / "l.sqlite", models=("rnn",), seeds="0", tasks=(("listops", args),),
+                      train={"max_steps": 2})
+    data = load(path)
+    (info,) = data.tasks.values()
+    assert info.chance == pytest.approx(tasks.create("listops", **args).chance)
+    from reports import dynamics  # and its gradient-flow profile says how padded sequences are aligned
+
+    assert info.padded and any("aligned at each sequence's last step" in getattr(b, "text", "")
+                               for b in dynamics._flow_blocks(data, info.label, info))
+    _edit_runs(path, "1", summary=lambda s: s.pop("chance"))  # a store from before: no level, no guess
+    (info,) = load(path).tasks.values()
+    assert info.chance is None
+
+
+def test_a_gradient_that_underflows_to_zero_is_said_not_dropped(store, monkeypatch, tmp_path):
+    """Seeds whose ‖∂L/∂h_t‖ reaches exactly 0 (float32 underflow) are the most vanished:
+    the ratio at t = 0 is 0, not the other seeds' ratio; the table counts them and the
+    sentence names both; the figure's axis spans the curves."""
+    from reports import dynamics
+
+    T = 6
+    late = np.array([[0.0, 0.0, 1e-8, 1e-4, 1e-2, 1.0],
+                     [0.0, 1e-12, 1e-9, 1e-6, 1e-3, 1.0],
+                     [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]])
+    early = np.full((3, T), 1.0)
+    assert dynamics._first_last_ratio(late) == 0.0
+    assert dynamics._first_last_ratio(late, positive=True) == pytest.approx(1e-5)
+    assert dynamics._zero_runs(late) == 2
+    data = load(store)
+    label = sorted(data.tasks)[0]
+    monkeypatch.setattr(dynamics, "_profiles", lambda d, lab: ({"rnn": early}, {"rnn": late}, {"rnn": [40]}))
+    blocks = dynamics._flow_blocks(data, label, data.tasks[label])
+    (tab,) = [b for b in blocks if isinstance(b, Table)]
+    row = dict(zip(tab.columns, tab.rows[0]))
+    assert row["‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ at end"] == fmt(0.0) and row["seeds reaching 0 at end"] == "2 of 3"
+    text = " ".join(b.text for b in blocks if isinstance(b, Text))
+    assert "is 0 (below float32's smallest value) in 2 of 3 seeds, and " + fmt(1e-5) + "× the gradient" in text
+    fig = figures.gradient_flow({"rnn": early}, {"rnn": late}, {"rnn": "C0"}, "end")
+    low, high = fig.axes[0].get_ylim()
+    assert low >= 1e-14 and high <= 100  # the curves' range (1e-13 .. 1), not a band of 3 seeds
