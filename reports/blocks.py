@@ -111,13 +111,27 @@ def fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_ci(s: Summary, one: str = "run") -> str:
-    """'mean [low, high]'; a single run (or ``one`` other thing, e.g. a timing) has no interval."""
+def fmt_ci(s: Summary, one: str = "run", within: tuple[float | None, float | None] = (None, None)) -> str:
+    """'mean [low, high]'; a single run (or ``one`` other thing, e.g. a timing) has no interval.
+    ``within``: the quantity's range (``bounds``), where the t interval is cut: a
+    symmetric interval of few seeds reaches past it (an accuracy's to 1.007)."""
     if s.n == 0:
         return "–"
     if s.n == 1 or math.isnan(s.ci_low):
         return f"{fmt(s.mean)} (one {one}, no CI)"
-    return f"{fmt(s.mean)} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
+    lo, hi = within
+    low = s.ci_low if lo is None else max(s.ci_low, lo)
+    high = s.ci_high if hi is None else min(s.ci_high, hi)
+    return f"{fmt(s.mean)} [{fmt(low)}, {fmt(high)}]"
+
+
+POSITIVE: tuple[float | None, float | None] = (0.0, None)
+
+
+def bounds(metric: str) -> tuple[float | None, float | None]:
+    """The range of a metric the tasks report: accuracies in [0, 1], losses, MSE and bits
+    per character (and their ratios to a baseline) at least 0."""
+    return (0.0, 1.0) if metric.split("_")[-1] == "acc" else POSITIVE
 
 
 ALPHA = 0.05  # the reports' significance level

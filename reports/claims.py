@@ -60,12 +60,12 @@ def literature_section(data: ReportData) -> Section:
                 paper, verdict = fmt(entry.value), "–"
             rows.append({"paper": f"{entry.paper_model}, {entry.paper_task}", "published": paper,
                          "source": entry.source, "ours": variant, "our task": label, "unit": entry.unit,
-                         "our value [95% CI]": fmt_ci(s), "agreement": verdict,
+                         "our value [95% CI]": fmt_ci(s, within=(0.0, 100.0 if entry.column.endswith("acc") else None)), "agreement": verdict,
                          "updates": "–" if steps is None else f"{steps:,.0f}",
                          "comparable": ("no: " + ", ".join(diff) if diff else "yes" if entry.recipe
                                         else "task setting: yes; the source's recipe is not encoded here")})
     if not rows:
-        return sec.add(note("No task in this store has a published number to compare with; published numbers "
+        return sec.add(note("No run in this store has the task setting of a published number; published numbers "
                             f"exist for: {', '.join(tasks_with_numbers())} (ANCHORS.md)."))
     sec.add(table(rows, "Published numbers next to ours. 'updates': the mean number of training updates of our "
                         "finished runs. 'comparable: no' names what differs from the paper's setting: the task's "
@@ -125,9 +125,11 @@ def _evidence(data: ReportData, label: str, bn: str, plain: str) -> dict[str, li
     da, db = int((fin_a["status"] == "diverged").sum()), int((fin_b["status"] == "diverged").sum())
     if len(fin_a) and len(fin_b):
         p = sps.fisher_exact([[da, len(fin_a) - da], [db, len(fin_b) - db]]).pvalue
-        out["stable"].append({**base, "measure": "diverged runs", "bn": f"{da}/{len(fin_a)}",
-                              "plain": f"{db}/{len(fin_b)}", "test": "Fisher exact", "p": float(p),
-                              "favours bn": _sign(db / len(fin_b) - da / len(fin_a))})
+        na, nb = len(fin_a), len(fin_b)  # its smallest p: all of one side diverged, none of the other
+        least = min(sps.fisher_exact([[na, 0], [0, nb]]).pvalue, sps.fisher_exact([[0, na], [nb, 0]]).pvalue)
+        out["stable"].append({**base, "measure": "diverged runs", "bn": f"{da}/{na}",
+                              "plain": f"{db}/{nb}", "test": "Fisher exact", "p": float(p), "min_p": float(least),
+                              "favours bn": _sign(db / nb - da / na)})
     xa = a[a["status"] == "done"]["primary"].dropna().to_numpy(float)
     xb = b[b["status"] == "done"]["primary"].dropna().to_numpy(float)
     # Brown–Forsythe compares the runs' distances from their group's median: with two runs
@@ -140,7 +142,7 @@ def _evidence(data: ReportData, label: str, bn: str, plain: str) -> dict[str, li
             p = float(sps.levene(xa, xb, center="median").pvalue) if (np.ptp(xa) or np.ptp(xb)) else 1.0
         out["stable"].append({**base, "measure": f"std of test {info.primary} over seeds", "bn": fmt(sa),
                               "plain": fmt(sb), "test": "Brown–Forsythe", "p": p if math.isfinite(p) else 1.0,
-                              "favours bn": _sign(sb - sa)})
+                              "min_p": 0.0, "favours bn": _sign(sb - sa)})
     if info.solved is not None:
         horizon = _horizon(pd.concat([a, b]))
         sa_, sb_ = _steps_to_solve(a, horizon), _steps_to_solve(b, horizon)
@@ -149,14 +151,16 @@ def _evidence(data: ReportData, label: str, bn: str, plain: str) -> dict[str, li
             out["faster"].append({**base, "measure": f"steps to solve within {horizon:,} (unsolved: {horizon + 1:,})",
                                   "bn": fmt(float(np.median(sa_))) + " (median)",
                                   "plain": fmt(float(np.median(sb_))) + " (median)", "test": "Mann–Whitney U",
-                                  "p": p, "favours bn": _sign(prob_improvement(sa_, sb_, higher_is_better=False) - 0.5)})
+                                  "p": p, "min_p": 2.0 / math.comb(sa_.size + sb_.size, sa_.size),  # exact, no ties
+                                  "favours bn": _sign(prob_improvement(sa_, sb_, higher_is_better=False) - 0.5)})
     _, late, _ = _profiles(data, label)
     if bn in late and plain in late:  # flatter: a smaller |slope|, whether gradients vanish or explode
         ka, kb = np.abs(slopes(late[bn])), np.abs(slopes(late[plain]))
         _, p = welch_t(ka, kb)
         out["gradients"].append({**base, "measure": "|gradient-flow slope| at end (decades/step back)",
                                  "bn": fmt_ci(summarize(ka)), "plain": fmt_ci(summarize(kb)), "test": "Welch t",
-                                 "p": p, "favours bn": _sign(float(np.nanmean(kb)) - float(np.nanmean(ka)))})
+                                 "p": p, "min_p": 0.0,
+                                 "favours bn": _sign(float(np.nanmean(kb)) - float(np.nanmean(ka)))})
     return out
 
 
@@ -221,18 +225,28 @@ def claims_section(data: ReportData) -> Section:
     for pair in pairs:
         for k, rows in _evidence(data, *pair).items():
             evidence[k].extend(rows)
-    summary = []
+    summary, underpowered = [], {}
     for key, claim in CLAIMS.items():
         rows = evidence[key]
-        adj = holm([r["p"] for r in rows]) if rows else []
-        for r, p in zip(rows, adj):
-            r["p_holm"] = float(p) if math.isfinite(p) else 1.0
-        v = verdict(rows)
+        tested = [r for r in rows if math.isfinite(r["p"])]  # a test without a p (one run a side) is none
+        for r in rows:
+            r["p_holm"] = float("nan")
+        for r, p in zip(tested, holm([r["p"] for r in tested]) if tested else []):
+            r["p_holm"] = float(p)
+        # Holm's smallest adjusted p is the smallest p times the number of tests: where even
+        # the most extreme runs could not get it below α, "no significant difference" would
+        # read as evidence of none.
+        least = min(1.0, min((r["min_p"] for r in tested), default=1.0) * max(len(tested), 1))
+        v = verdict(tested) if least < ALPHA else "not enough evidence"
+        if tested and least >= ALPHA:
+            underpowered[key] = least
         summary.append({"claim": claim, "verdict": v, "tests": len(rows),
                         "significant for / against bn": f"{sum(r['p_holm'] < ALPHA and r['favours bn'] > 0 for r in rows)}"
                                                         f" / {sum(r['p_holm'] < ALPHA and r['favours bn'] < 0 for r in rows)}"})
     sec.add(table(summary, "Verdict per claim: supported (a significant test in favour, none against), "
-                           "contradicted, mixed, not shown (no significant difference) or not enough evidence."))
+                           "contradicted, mixed, not shown (no significant difference where one could have been "
+                           "found) or not enough evidence (no pair, or too few runs for any of the claim's tests "
+                           "to reach α after Holm's correction)."))
     for key, claim in CLAIMS.items():
         rows = evidence[key]
         if not rows and not pairs:
@@ -243,7 +257,10 @@ def claims_section(data: ReportData) -> Section:
                    else "no run finished on both sides of a pair")
             sec.add(note(f"{claim} — not enough evidence: {why}."))
             continue
-        shown = [{**{k: v for k, v in r.items() if k not in ("p", "p_holm", "favours bn")},
+        if key in underpowered:
+            sec.add(note(f"{claim} — not enough evidence: with these runs the smallest Holm-adjusted p the tests "
+                         f"below could give is {fmt_p(underpowered[key])} ≥ α = {ALPHA}; more seeds are needed."))
+        shown = [{**{k: v for k, v in r.items() if k not in ("p", "p_holm", "favours bn", "min_p")},
                   "p": fmt_p(r["p"]), "p (Holm)": fmt_p(r["p_holm"]),
                   "direction": {1: "favours bn", -1: "favours plain", 0: "no difference"}[r["favours bn"]]}
                  for r in rows]

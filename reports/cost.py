@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from reports import figures
-from reports.blocks import ALPHA, Section, Text, figure, fmt, fmt_ci, fmt_peq, note, table
+from reports.blocks import ALPHA, POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, fmt_peq, note, table
 from reports.data import ReportData
 from reports.stats import Summary, summarize
 
@@ -90,8 +90,8 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
         ref = _reference(variants, v)
         ratio = s["step_ms"].mean / stats[ref]["step_ms"].mean if ref else float("nan")
         mem = s["peak_mem_mb"].mean / stats[ref]["peak_mem_mb"].mean if ref else float("nan")
-        rows.append({"model": v, "runs": counts[v], "samples/s [95% CI]": fmt_ci(s["samples_per_s"], "timing"),
-                     "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"], "timing"),
+        rows.append({"model": v, "runs": counts[v], "samples/s [95% CI]": fmt_ci(s["samples_per_s"], "timing", POSITIVE),
+                     "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"], "timing", POSITIVE),
                      "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm": fmt(ratio, 3), "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
                      "memory × lstm": fmt(mem, 3), "seeds per step": stacks[v], "path": paths[v] or "–"})
         if math.isfinite(ratio) and v != ref:
@@ -215,17 +215,17 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
             if verdict == "regressed":
                 out.regressions.append(f"runs finished {where}: {ok_now}/{len(g)} now vs {ok_base}/{len(b)}")
         checks = ((f"test {info.primary}", info.higher_is_better, _num(g[g["status"] == "done"], "primary"),
-                   _num(b[b["status"] == "done"], "primary"), None, "run"),
+                   _num(b[b["status"] == "done"], "primary"), None, "run", bounds(info.primary)),
                   ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_FACTOR,
-                   "timing"))
-        for name, hib, now_values, base_values, factor, unit in checks:
+                   "timing", POSITIVE))
+        for name, hib, now_values, base_values, factor, unit, within in checks:
             cur, old = summarize(now_values), summarize(base_values)
             if cur.n == 0 and old.n == 0:
                 continue
             verdict = compare(cur, old, hib, factor)
             change = (cur.mean - old.mean) / abs(old.mean) * 100 if old.mean else float("nan")
-            out.rows.append({**row, "metric": name, "now [95% CI]": fmt_ci(cur, unit),
-                             "baseline [95% CI]": fmt_ci(old, unit),
+            out.rows.append({**row, "metric": name, "now [95% CI]": fmt_ci(cur, unit, within),
+                             "baseline [95% CI]": fmt_ci(old, unit, within),
                              "change %": fmt(change, 3), "verdict": _verdict(verdict)})
             if verdict == "regressed":
                 out.regressions.append(f"{name} {where}: {fmt(cur.mean)} now vs {fmt(old.mean)}"

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from reports import figures
-from reports.blocks import Section, Text, figure, fmt, fmt_ci, note, table
+from reports.blocks import POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, note, table
 from reports.data import ReportData, TaskInfo
 from reports.stats import slope_loglinear, summarize
 
@@ -85,7 +85,7 @@ def learning_curves_section(data: ReportData) -> Section:
             rows.append({"model": variant, "runs": g["run_id"].nunique(),
                          "first eval": fmt(g[g["step"] == g["step"].min()]["value"].mean()),
                          f"at step {last_step}": fmt(g[g["step"] == last_step]["value"].mean()),
-                         f"best validation {info.primary} [95% CI]": fmt_ci(best)})
+                         f"best validation {info.primary} [95% CI]": fmt_ci(best, within=bounds(info.primary))})
         sec.add(table(rows, f"Validation {info.primary} on {label}: mean at the first and last evaluation, "
                             "and each run's best (the checkpoint whose test score is reported)."))
     if not data.tasks:
@@ -256,10 +256,10 @@ def _norm_blocks(data: ReportData, label: str) -> list[Any]:
         med = per_run.groupby("run_id")["grad_norm"].median()
         limit = per_run["run_id"].map(lambda r: clip_of.get(r) or np.inf).astype(float)  # each run's own clip
         post = per_run.assign(post=np.minimum(per_run["grad_norm"], limit)).groupby("run_id")["post"].median()
-        row = {"model": variant, "median norm before clip [95% CI]": fmt_ci(summarize(med)),
+        row = {"model": variant, "median norm before clip [95% CI]": fmt_ci(summarize(med), within=POSITIVE),
                "median after clip": fmt(post.mean())}
         if "clipped" in per_run:
-            row["fraction of steps clipped [95% CI]"] = fmt_ci(summarize(per_run.groupby("run_id")["clipped"].mean()))
+            row["fraction of steps clipped [95% CI]"] = fmt_ci(summarize(per_run.groupby("run_id")["clipped"].mean()), within=(0.0, 1.0))
         for grp in groups:
             col = f"grad_norm/{grp}"
             row[f"{grp} (median)"] = fmt(per_run.groupby("run_id")[col].median().mean()) if col in per_run else "–"

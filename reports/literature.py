@@ -130,4 +130,12 @@ def differences(entry: Published, settings: dict, steps: float | None = None) ->
 
 
 def tasks_with_numbers() -> list[str]:
-    return sorted({e.task for e in PUBLISHED})
+    """The tasks with published numbers, each with the settings they are for:
+    'adding (T=1000)', 'copy (T=100/200/300/500)', 'pixel-mnist'."""
+    out = []
+    for task in sorted({e.task for e in PUBLISHED}):
+        whens = [e.when for e in PUBLISHED if e.task == task]
+        keys = sorted({k for w in whens for k in w})
+        values = {k: "/".join(str(v) for v in dict.fromkeys(w[k] for w in whens if k in w)) for k in keys}
+        out.append(task + (f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if keys else ""))
+    return out

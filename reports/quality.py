@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from reports import figures
-from reports.blocks import ALPHA, Section, Text, figure, fmt, fmt_ci, fmt_p, fmt_peq, note, table
+from reports.blocks import ALPHA, POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, fmt_p, fmt_peq, note, table
 from reports.data import ReportData, TaskInfo, short_key
 from reports.stats import cd_groups, friedman, nemenyi_cd, pairwise_table, summarize
 
@@ -38,6 +38,15 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(frame[name], errors="coerce") if name in frame else pd.Series(np.nan, index=frame.index)
 
 
+def _time_to_solve(solved: pd.DataFrame) -> pd.Series:
+    """Training time to the evaluation that found a run solved, its start-up (``warmup_s``:
+    the first steps' compilation and warm-up, which Cost reports apart) left out where it
+    ended before then: a C++ extension built on a run's first step made it 20x longer."""
+    t, warm = _col(solved, "solved_time_s"), _col(solved, "warmup_s").fillna(0.0)
+    after = _col(solved, "solved_step") > _col(solved, "warmup_steps").fillna(0)
+    return t - warm.where(after, 0.0)
+
+
 def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Per variant: summary of the primary metric, solving and failure counts (raw, display)."""
     info = data.tasks[label]
@@ -46,15 +55,15 @@ def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[s
         done = runs[runs["status"] == "done"]
         s = summarize(done["primary"])
         solved = done[done["solved"].fillna(False).astype(bool)] if "solved" in done else done.iloc[:0]
-        steps, secs = summarize(_col(solved, "solved_step")), summarize(_col(solved, "solved_time_s"))
+        steps, secs = summarize(_col(solved, "solved_step")), summarize(_time_to_solve(solved))
         raw.append({"variant": variant, "mean": s.mean, "summary": s, "runs": len(runs),
                     "diverged": int((runs["status"] == "diverged").sum())})
         shown.append({
-            "model": variant, "seeds (done)": s.n, f"test {info.primary}: mean [95% CI]": fmt_ci(s),
+            "model": variant, "seeds (done)": s.n, f"test {info.primary}: mean [95% CI]": fmt_ci(s, within=bounds(info.primary)),
             "median": fmt(s.median), "std": fmt(s.std),
             "solved": _solved_counts(runs) if info.solved is not None else "–",
-            "steps to solve": fmt_ci(steps) if steps.n else "–",
-            "time to solve (s)": fmt_ci(secs) if secs.n else "–",
+            "steps to solve": fmt_ci(steps, within=POSITIVE) if steps.n else "–",
+            "time to solve (s)": fmt_ci(secs, within=POSITIVE) if secs.n else "–",
             "diverged": int((runs["status"] == "diverged").sum()),
             "failed": int((runs["status"] == "failed").sum()),
         })
@@ -71,8 +80,10 @@ def summary_section(data: ReportData) -> Section:
         if info.note:
             sec.add(note(info.note))
         sec.add(table(shown, f"Leaderboard of {info.describe()}. Mean over seeds with a 95% Student's t "
-                             "CI; solved: of the runs that finished or diverged (a diverged run counts as not solved); "
-                             "steps/time to solve over the runs that solved."))
+                             "CI (cut at the metric's range, e.g. an accuracy's [0, 1]); solved: of the runs that finished or diverged (a diverged run counts as not solved); "
+                             "steps/time to solve over the runs that solved, judged on validation at each "
+                             "evaluation (so to the evaluation interval); time to solve is training time with "
+                             "start-up (compilation, warm-up) left out, as in Cost."))
         sec.add(_leader_sentence(raw, info))
     return sec
 
@@ -82,7 +93,7 @@ def _leader_sentence(raw: pd.DataFrame, info: TaskInfo) -> Text:
     if scored.empty:
         return note(f"No run of {info.label} finished with a test {info.primary}.")
     best = scored.iloc[0]
-    text = f"Best on {info.label}: {best['variant']} with test {info.primary} {fmt_ci(best['summary'])}"
+    text = f"Best on {info.label}: {best['variant']} with test {info.primary} {fmt_ci(best['summary'], within=bounds(info.primary))}"
     if info.chance is not None:
         text += f" (chance {fmt(info.chance)})"
     if best["diverged"]:
@@ -219,7 +230,9 @@ def friedman_blocks(data: ReportData) -> list[Any]:
     stat = (f"Friedman χ² = {fmt(res.chi2, 3)} (df {k - 1}), "
             + (f"Iman–Davenport F = {fmt(res.f_stat, 3)}" if np.isfinite(res.f_stat)
                else "Iman–Davenport F infinite (every task ranks the models identically)")
-            + f"; permutation {fmt_peq(res.perm_pvalue)} ({how}; {k} models, {n} task settings).")
+            + f"; permutation {fmt_peq(res.perm_pvalue)} ({how}; {k} models, {n} task settings). The "
+            + f"decision is the permutation test's: the χ² and F approximations ({fmt_peq(res.pvalue)}, "
+            + f"{fmt_peq(res.f_pvalue)}) are asymptotic, and too small over few task settings.")
     if np.isnan(res.chi2):
         out.append(Text(f"Every task setting ties all {k} models, so the Friedman test has nothing to rank "
                         f"({n} task settings)."))
@@ -311,7 +324,7 @@ def _one_axis(data: ReportData, task_name: str, axis: str, sub: pd.DataFrame, in
             s = summarize(per_value[v])
             gv = g[g["value"] == v]
             rows.append({"model": line, name: v, "seeds (done)": s.n,
-                         f"test {info.primary}: mean [95% CI]": fmt_ci(s),
+                         f"test {info.primary}: mean [95% CI]": fmt_ci(s, within=bounds(info.primary)),
                          "solved": _solved_counts(gv) if info.solved is not None else "–",
                          "diverged": int((gv["status"] == "diverged").sum())})
         sentences.append(_axis_sentence(line, name, per_value, info))

@@ -36,7 +36,7 @@ class Adding(Task):
     Channel 0 holds values ~ U[0, 1]; channel 1 a mask with exactly two ones, one
     uniform in the first half [0, T//2) and one in the second half [T//2, T).
     Always predicting 1.0 gives MSE = Var(U1 + U2) = 1/6 ≈ 0.167 (chance). Solved:
-    test MSE below 0.01 (a common bar; 6% of chance). Training batches are fresh
+    MSE below 0.01 (a common bar; 6% of chance), judged on validation at each evaluation. Training batches are fresh
     samples every step (Li et al. 2018), or with ``n_train`` > 0 drawn uniformly, with
     replacement, from one fixed set of that many samples made from ``data_seed``
     (Arjovsky et al. 2016: 1e5 training, 1e4 test samples), the same for every seed

@@ -76,7 +76,7 @@ def test_leaderboard_numbers_are_the_store_numbers(store, report):
         for model in ("rnn", "lstm"):
             vals = summ[(summ.task == task) & (summ.model == model)][metric]
             assert len(vals) == 3
-            row = f"| {model} | 3 | {fmt_ci(summarize(vals))} |"
+            row = f"| {model} | 3 | {fmt_ci(summarize(vals), within=(0.0, 1.0 if metric == 'test_acc' else None))} |"
             assert row in md, row
 
 
@@ -132,6 +132,7 @@ def test_across_tasks_decides_on_the_permutation_p(rows, verdict, monkeypatch):
     res = friedman(scores.to_numpy())
     if not np.isnan(res.chi2):
         assert f"permutation {fmt_peq(res.perm_pvalue)} (exact over all" in text
+        assert f"the χ² and F approximations ({fmt_peq(res.pvalue)}, {fmt_peq(res.f_pvalue)})" in text
 
 
 def test_every_figure_has_a_table_or_sentence_beside_it(report):
@@ -649,3 +650,59 @@ def test_a_gradient_that_underflows_to_zero_is_said_not_dropped(store, monkeypat
     fig = figures.gradient_flow({"rnn": early}, {"rnn": late}, {"rnn": "C0"}, "end")
     low, high = fig.axes[0].get_ylim()
     assert low >= 1e-14 and high <= 100  # the curves' range (1e-13 .. 1), not a band of 3 seeds
+
+
+def test_time_to_solve_leaves_out_the_start_up():
+    """A run whose first steps built a C++ extension (warmup_s 51.75 s) solved 2.59 s of
+    training later; one that solved within its start-up keeps its whole time."""
+    from reports.quality import _time_to_solve
+
+    runs = pd.DataFrame({"solved_time_s": [54.34, 3.0], "warmup_s": [51.75, 10.0],
+                         "warmup_steps": [5, 5], "solved_step": [100, 3]})
+    assert _time_to_solve(runs).tolist() == pytest.approx([2.59, 3.0])
+
+
+def test_literature_section_names_the_settings_it_lacks(store):
+    """The store has adding and copy, at other T than the published numbers': the note says
+    which settings those are, not that the tasks have none."""
+    from reports.claims import literature_section
+
+    (block,) = literature_section(load(store)).blocks
+    assert "No run in this store has the task setting of a published number" in block.text
+    assert "adding (T=1000)" in block.text and "copy (T=100/200/300/500)" in block.text
+
+
+def test_a_claim_no_test_could_support_is_not_enough_evidence(bn_store, monkeypatch):
+    """Two runs a side: Fisher's test cannot go below p = 1/3 and Mann–Whitney's below 1/3,
+    so the stability claim has not enough evidence, not 'not shown'; a test without a p
+    (Welch with one run a side) is no test: it is not Holm-corrected as p = 1."""
+    from reports import claims
+
+    data = load(bn_store)
+    data.runs = data.runs[data.runs["seed"] < 2]
+    monkeypatch.setattr(claims, "_profiles", lambda data, label: ({}, {"bn-rnn": np.ones((1, 4)),
+                                                                      "rnn": np.ones((1, 4))}, {}))
+    sec = claims_section(data)
+    tables = [b for b in sec.blocks if isinstance(b, Table)]
+    verdicts = {r[0]: r[1] for r in tables[0].rows}
+    assert verdicts[claims.CLAIMS["stable"]] == "not enough evidence"
+    assert verdicts[claims.CLAIMS["gradients"]] == "not enough evidence"
+    notes = " ".join(b.text for b in sec.blocks if isinstance(b, Text))
+    assert "the smallest Holm-adjusted p the tests below could give is 0.333" in notes
+    grad = next(t for t in tables[1:] if "gradients" in t.caption)
+    assert [r[-2] for r in grad.rows] == ["–"]  # p (Holm) of a test with no p
+    assert claims.verdict([{"p_holm": 0.01, "favours bn": 1}]) == "supported"
+
+
+def test_intervals_are_cut_at_the_metric_range():
+    """Three accuracies near 1 have a t interval past 1; it is shown cut at [0, 1], as MSE's
+    at 0; slopes keep theirs."""
+    from reports.blocks import POSITIVE, bounds
+
+    s = summarize([0.99, 1.0, 0.93])
+    assert s.ci_high > 1.0
+    assert fmt_ci(s, within=bounds("acc")) == f"{fmt(s.mean)} [{fmt(s.ci_low)}, {fmt(1.0)}]"
+    m = summarize([0.001, 0.02, 0.0005])
+    assert m.ci_low < 0 and fmt_ci(m, within=bounds("mse")) == f"{fmt(m.mean)} [{fmt(0.0)}, {fmt(m.ci_high)}]"
+    assert bounds("test_acc") == (0.0, 1.0) and bounds("bpc") == bounds("loss_ratio") == POSITIVE
+    assert fmt_ci(m) == f"{fmt(m.mean)} [{fmt(m.ci_low)}, {fmt(m.ci_high)}]"
