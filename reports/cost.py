@@ -21,7 +21,7 @@ from scipy import stats
 from reports import figures
 from reports.blocks import ALPHA, POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, fmt_peq, note, table
 from reports.data import ReportData
-from reports.stats import Summary, summarize
+from reports.stats import Summary, geometric, ratio_interval, summarize
 
 REFERENCE = "lstm"
 
@@ -58,13 +58,13 @@ def cost_section(data: ReportData) -> Section:
                  "capture), whose time is the 'start-up (s)' column. Runs trained as one seed stack "
                  "(rnnbench run --stack-seeds) are charged their share: 1/S of the stack's time and memory; "
                  "they are one timing, so the intervals count each stack once. "
-                 "'step time × lstm' is the mean step time divided by that of lstm (cuDNN) on the same task "
-                 "setting and device: above 1 is slower."))
+                 "'step time × lstm' is a model's step time divided by lstm's on the same task setting and "
+                 "device (lstm: cuDNN on a GPU, PyTorch's own kernels on a CPU): above 1 is slower."))
     for device, dev_runs in runs.groupby("device", sort=True):
         sec.add(Text(f"device: {device}", "heading"))
         sec.add(figure(figures.cost_points(dev_runs.assign(samples_per_s=_num(dev_runs, "samples_per_s")), data.colors),
                        f"cost_{device}", f"Training samples per second on {device} per task setting and model "
-                                         "(mean over seeds, 95% t CI), log scale."))
+                                         "(geometric mean over timings, 95% t CI), log scale."))
         for label, g in dev_runs.groupby("task_label", sort=True):
             sec.add(*_cost_table(label, device, g))
         if _num(dev_runs, "peak_mem_mb").isna().all():
@@ -77,32 +77,54 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
     paths: dict[str, str] = {}
     stacks: dict[str, str] = {}  # seeds trained per step (rnnbench run --stack-seeds)
     counts: dict[str, int] = {}
+    timings: dict[str, pd.Series] = {}
     for variant, g in runs.groupby("variant", sort=True):
         counts[variant] = len(g)
-        stats[variant] = {c: summarize(_timings(g, c))  # a seed stack's runs: one timing
-                          for c in ("samples_per_s", "timesteps_per_s", "step_ms", "warmup_s", "peak_mem_mb")}
+        timings[variant] = _timings(g, "step_ms")  # a seed stack's runs: one timing
+        stats[variant] = {c: (geometric if c in RATES else summarize)(_timings(g, c))
+                          for c in (*RATES, "warmup_s", "peak_mem_mb")}
         paths[variant] = ", ".join(sorted(g["path"].dropna().astype(str).unique())) if "path" in g else "–"
         stacks[variant] = ", ".join(str(int(n)) for n in sorted(_num(g, "seed_stack").fillna(1).unique()))
     variants = list(stats)
-    rows, slow = [], []
+    rows, slow, noisy = [], [], []
     for v in variants:
         s = stats[v]
         ref = _reference(variants, v)
-        ratio = s["step_ms"].mean / stats[ref]["step_ms"].mean if ref else float("nan")
+        ratio = ratio_interval(timings[v], timings[ref]) if ref else (float("nan"),) * 3
         mem = s["peak_mem_mb"].mean / stats[ref]["peak_mem_mb"].mean if ref else float("nan")
-        rows.append({"model": v, "runs": counts[v], "samples/s [95% CI]": fmt_ci(s["samples_per_s"], "timing", POSITIVE),
-                     "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"], "timing", POSITIVE),
-                     "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm": fmt(ratio, 3), "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
+        rows.append({"model": v, "runs": counts[v], "samples/s [95% CI]": fmt_ci(s["samples_per_s"], "timing"),
+                     "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"], "timing"),
+                     "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm [95% CI]": _fmt_ratio(ratio),
+                     "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
                      "memory × lstm": fmt(mem, 3), "seeds per step": stacks[v], "path": paths[v] or "–"})
-        if math.isfinite(ratio) and v != ref:
+        if math.isfinite(ratio[0]) and v != ref:
             slow.append((ratio, v))
-    out: list[Any] = [table(rows, f"Cost on {label}, {device}.")]
+        if s["step_ms"].n > 1 and s["step_ms"].std > NOISY:
+            noisy.append(f"{v} (×{s['step_ms'].std:.2f})")
+    out: list[Any] = [table(rows, f"Cost on {label}, {device}: geometric means over timings (a seed stack is one), "
+                                  "with 95% t intervals on the log scale; the ratio to lstm is that of the geometric "
+                                  "means, with Welch's interval.")]
     if slow:
         out.append(Text(f"Step time on {label} ({device}) relative to lstm: "
-                        + ", ".join(f"{v} {r:.2f}×" for r, v in sorted(slow, reverse=True)) + "."))
+                        + ", ".join(f"{v} {_fmt_ratio(r)}×" for r, v in sorted(slow, reverse=True)) + "."))
     elif not any(_reference(variants, v) for v in variants):
         out.append(note(f"No {REFERENCE} runs on {label} ({device}), so no ratios."))
+    if noisy:
+        out.append(note(f"Step times on {label} vary from run to run by a geometric standard deviation above "
+                        f"×{NOISY}: {', '.join(noisy)}. The machine was likely shared (or the runs' paths "
+                        "differ): treat these timings and ratios as rough."))
     return out
+
+
+RATES = ("samples_per_s", "timesteps_per_s", "step_ms")  # timings: geometric means (reports.stats.geometric)
+NOISY = 1.5  # a geometric standard deviation of step times above this is flagged
+
+
+def _fmt_ratio(r: tuple[float, float, float]) -> str:
+    ratio, low, high = r
+    if not math.isfinite(ratio):
+        return "–"
+    return fmt(ratio, 3) if not math.isfinite(low) else f"{fmt(ratio, 3)} [{fmt(low, 3)}, {fmt(high, 3)}]"
 
 
 # -- environment -------------------------------------------------------------------

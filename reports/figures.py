@@ -74,6 +74,17 @@ def ci95(values: Any) -> tuple[float, float]:
     return float(low[0]), float(high[0])
 
 
+def _geo_mean(values: Any) -> float:
+    return float(band(np.asarray(values, dtype=float)[:, None], geometric=True)[0][0])
+
+
+def geo_ci95(values: Any) -> tuple[float, float]:
+    """95% t interval of the geometric mean (logarithms' mean), for seaborn's ``errorbar``:
+    the cost table's (``reports.stats.geometric``)."""
+    _, low, high = band(np.asarray(values, dtype=float)[:, None], geometric=True)
+    return float(low[0]), float(high[0])
+
+
 def _levels(ax: plt.Axes, values: np.ndarray, chance: float | None, solved: float | None, log: bool) -> None:
     """Chance and solved lines, each drawn only when it lies near the data: a solved
     threshold two decades below every curve would squash the curves into a line."""
@@ -215,13 +226,14 @@ def pointplot(frame: pd.DataFrame, x: str, y: str, hue: str, colors: Mapping[str
 
 
 def cost_points(frame: pd.DataFrame, colors: Mapping[str, Any]) -> plt.Figure:
-    """Training throughput (samples/s, log scale) per task setting and variant: mean and 95% CI.
+    """Training throughput (samples/s, log scale) per task setting and variant: geometric
+    mean and 95% CI, as the cost table's.
 
     Points rather than bars: on a log axis a bar's length is meaningless."""
     n = frame["variant"].nunique() * max(frame["task_label"].nunique(), 1)
     fig, ax = plt.subplots(figsize=(7, 1.4 + 0.25 * n))
     sns.pointplot(data=frame, y="task_label", x="samples_per_s", hue="variant", ax=ax,
                   palette={v: colors.get(v, "0.3") for v in frame["variant"].unique()},
-                  errorbar=ci95, orient="h", dodge=0.4 if frame["variant"].nunique() > 1 else False,
+                  estimator=_geo_mean, errorbar=geo_ci95, orient="h", dodge=0.4 if frame["variant"].nunique() > 1 else False,
                   linestyle="none", markersize=5)
     return _finish(ax, "training samples per second (log scale)", "", xscale="log")

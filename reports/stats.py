@@ -122,6 +122,42 @@ class Summary:
     ci_high: float
 
 
+def geometric(values: ArrayLike, confidence: float = 0.95) -> Summary:
+    """Geometric mean of positive values (timings, rates) with the t interval of their
+    logarithms' mean, back on the linear scale.
+
+    Why for timings: a run's step time and its throughput are reciprocals, and only
+    geometric means keep them so (the arithmetic means of 50 / 27.18 ms and of the
+    samples/s disagreed by 2x on a busy machine); a timing's noise is multiplicative, and
+    the interval stays positive. ``std`` is the geometric standard deviation (a factor).
+    Non-positive and NaN values are dropped.
+    """
+    x = _clean(values)
+    x = x[x > 0]
+    s = summarize(np.log(x), confidence)
+    if s.n == 0:
+        return s
+    exp = lambda v: float(np.exp(v)) if np.isfinite(v) else NAN  # noqa: E731
+    return Summary(s.n, exp(s.mean), exp(s.median), exp(s.std), exp(s.ci_low), exp(s.ci_high))
+
+
+def ratio_interval(a: ArrayLike, b: ArrayLike, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Ratio of the geometric means of positive samples ``a`` and ``b`` with Welch's t
+    interval of the difference of their logarithms' means (``scipy.stats.ttest_ind``),
+    back on the linear scale: ``(ratio, low, high)``; NaN ends with fewer than two values
+    a side (one timing says nothing of its spread)."""
+    la, lb = (np.log(v[v > 0]) for v in (_clean(a), _clean(b)))
+    if la.size == 0 or lb.size == 0:
+        return NAN, NAN, NAN
+    ratio = float(np.exp(la.mean() - lb.mean()))
+    if la.size < 2 or lb.size < 2:
+        return ratio, NAN, NAN
+    if np.ptp(la) == 0 and np.ptp(lb) == 0:
+        return ratio, ratio, ratio
+    ci = stats.ttest_ind(la, lb, equal_var=False).confidence_interval(confidence)
+    return ratio, float(np.exp(ci.low)), float(np.exp(ci.high))
+
+
 def t_interval(mean: ArrayLike, std: ArrayLike, n: ArrayLike, confidence: float = 0.95,
                ) -> tuple[np.ndarray, np.ndarray]:
     """Student's t interval of a mean: ``mean -+ t(n - 1) std / sqrt(n)``, elementwise.

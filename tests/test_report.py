@@ -706,3 +706,47 @@ def test_intervals_are_cut_at_the_metric_range():
     assert m.ci_low < 0 and fmt_ci(m, within=bounds("mse")) == f"{fmt(m.mean)} [{fmt(0.0)}, {fmt(m.ci_high)}]"
     assert bounds("test_acc") == (0.0, 1.0) and bounds("bpc") == bounds("loss_ratio") == POSITIVE
     assert fmt_ci(m) == f"{fmt(m.mean)} [{fmt(m.ci_low)}, {fmt(m.ci_high)}]"
+
+
+def test_each_task_says_how_its_models_were_trained(store):
+    """The summary shows each model's size, parameter count, optimizer, budget and early
+    stopping beside the leaderboard: the store's settings, not a description of them."""
+    from reports.quality import summary_section
+
+    data = load(store)
+    sec = summary_section(data)
+    setup = [b for b in sec.blocks if isinstance(b, Table) and b.caption.startswith("Training setup on adding")]
+    (tab,) = setup
+    rows = {r[0]: dict(zip(tab.columns, r)) for r in tab.rows}
+    runs = data.of_task("adding")
+    lstm = runs[runs["variant"] == "lstm"]
+    assert rows["lstm"]["parameters"] == fmt(lstm["n_params"].mean())
+    assert rows["lstm"]["hidden"] == "16" and rows["lstm"]["optimizer"] == "adam" and rows["lstm"]["lr"] == "0.01"
+    assert rows["lstm"]["max steps"] == "40" and rows["lstm"]["time budget (s)"] == "none"
+    assert rows["rnn"]["parameters"] != rows["lstm"]["parameters"]
+
+
+def test_cost_ratio_has_welch_interval_and_noisy_timings_are_flagged(store):
+    """The step-time ratio to lstm is that of geometric means with Welch's interval on the
+    logs; samples/s and ms/step agree (B / step time); timings spread by more than x1.5
+    are flagged."""
+    import scipy.stats as sps
+
+    from reports.cost import _cost_table
+
+    runs = load(store).runs
+    runs = runs[runs["task_label"] == "adding"].copy()
+    gru, lstm = [34.6, 21.4, 149.9], [3.5, 3.4, 3.9]
+    runs.loc[runs["variant"] == "rnn", "step_ms"] = gru
+    runs.loc[runs["variant"] == "lstm", "step_ms"] = lstm
+    runs["samples_per_s"] = 16_000.0 / runs["step_ms"]
+    blocks = _cost_table("adding", "cpu", runs)
+    (tab,) = [b for b in blocks if isinstance(b, Table)]
+    row = dict(zip(tab.frame["model"], tab.frame.to_dict("records")))["rnn"]
+    ci = sps.ttest_ind(np.log(gru), np.log(lstm), equal_var=False).confidence_interval()
+    ratio = sps.gmean(gru) / sps.gmean(lstm)
+    assert row["step time × lstm [95% CI]"] == f"{fmt(ratio, 3)} [{fmt(np.exp(ci.low), 3)}, {fmt(np.exp(ci.high), 3)}]"
+    assert row["samples/s [95% CI]"].split(" [")[0] == fmt(16_000.0 / sps.gmean(gru))
+    assert row["ms/step [95% CI]"].split(" [")[0] == fmt(sps.gmean(gru))
+    text = " ".join(b.text for b in blocks if isinstance(b, Text))
+    assert "treat these timings and ratios as rough" in text and "rnn (×" in text and "lstm (×" not in text

@@ -405,3 +405,23 @@ def test_slope_loglinear():
     assert st.slope_loglinear(steps, noisy) == pytest.approx(math.log10(0.5))
     assert math.isnan(st.slope_loglinear([0, 1], [1.0, 0.0]))
     assert math.isnan(st.slope_loglinear([2, 2], [1.0, 0.1]))
+
+
+def test_geometric_mean_and_ratio_interval_against_scipy():
+    """Timings are summarized by their geometric mean (the reciprocal of the rates'), with
+    the t interval of the logs; the ratio of two models' is Welch's on the logs."""
+    from reports.stats import geometric, ratio_interval
+
+    ms = np.array([27.0, 34.6, 21.4, 149.9])
+    g = geometric(ms)
+    assert g.mean == pytest.approx(sps.gmean(ms))
+    assert geometric(50_000 / ms).mean == pytest.approx(50_000 / g.mean)  # samples/s of batch 50
+    logs = np.log(ms)
+    lo, hi = sps.t.interval(0.95, logs.size - 1, loc=logs.mean(), scale=sps.sem(logs))
+    assert (g.ci_low, g.ci_high) == pytest.approx((np.exp(lo), np.exp(hi)))
+    ref = np.array([3.5, 3.4, 3.9])
+    r, low, high = ratio_interval(ms, ref)
+    assert r == pytest.approx(sps.gmean(ms) / sps.gmean(ref))
+    ci = sps.ttest_ind(np.log(ms), np.log(ref), equal_var=False).confidence_interval()
+    assert (low, high) == pytest.approx((np.exp(ci.low), np.exp(ci.high)))
+    assert np.isnan(ratio_interval([2.0], ref)[1]) and ratio_interval([2.0], ref)[0] == pytest.approx(2 / sps.gmean(ref))
