@@ -37,7 +37,14 @@ def _val_curves(data: ReportData, label: str, info: TaskInfo) -> tuple[pd.DataFr
     m = m[m["task_label"] == label]
     val = m[(m["split"] == "val") & (m["name"] == info.primary)][["run_id", "variant", "step", "value"]]
     wall = m[(m["split"] == "train") & (m["name"] == "wall_time")][["run_id", "step", "value"]]
-    status = data.runs.set_index("run_id")["status"]
+    runs = data.runs.set_index("run_id")
+    status = runs["status"]
+    # start-up (a run's first steps' compilation and warm-up, ``warmup_s``) left out, as in
+    # Cost and the time to solve: one run's 52 s C++ build put its whole curve 52 s late
+    warm = {c: pd.to_numeric(runs[c], errors="coerce").reindex(wall["run_id"]).fillna(0.0).to_numpy()
+            if c in runs else np.zeros(len(wall)) for c in ("warmup_s", "warmup_steps")}
+    wall = wall.assign(value=wall["value"].to_numpy() - np.where(wall["step"].to_numpy() > warm["warmup_steps"],
+                                                                  warm["warmup_s"], 0.0))
     steps_out, wall_out = [], []
     all_steps = np.sort(val["step"].unique())  # every evaluation step of the task, all models
     for variant, g in val.groupby("variant", sort=True):
@@ -75,15 +82,15 @@ def learning_curves_section(data: ReportData) -> Section:
         sec.add(figure(figures.learning_curves(steps, wall, data.colors, info.primary, log, info.chance, info.solved),
                        f"curves_{label}",
                        f"Validation {info.primary} on {label} against training steps (left) and training wall "
-                       f"time (right, evaluation excluded): mean over seeds with a 95% t band. A run that "
+                       f"time (right, evaluation and start-up excluded): mean over seeds with a 95% t band. A run that "
                        f"has finished (solved early, or simply faster) keeps its last value; dashed: chance, "
                        f"dotted: solved (drawn when near the curves)."))
-        rows, last_step = [], int(steps["step"].max())
+        rows, first_step, last_step = [], int(steps["step"].min()), int(steps["step"].max())
         runs = data.of_task(label)
         for variant, g in steps.groupby("variant", sort=True):
             best = summarize(runs[runs["variant"] == variant].get("best_val", pd.Series(dtype=float)))
             rows.append({"model": variant, "runs": g["run_id"].nunique(),
-                         "first eval": fmt(g[g["step"] == g["step"].min()]["value"].mean()),
+                         f"first eval (step {first_step})": fmt(g[g["step"] == first_step]["value"].mean()),
                          f"at step {last_step}": fmt(g[g["step"] == last_step]["value"].mean()),
                          f"best validation {info.primary} [95% CI]": fmt_ci(best, within=bounds(info.primary))})
         sec.add(table(rows, f"Validation {info.primary} on {label}: mean at the first and last evaluation, "

@@ -750,3 +750,21 @@ def test_cost_ratio_has_welch_interval_and_noisy_timings_are_flagged(store):
     assert row["ms/step [95% CI]"].split(" [")[0] == fmt(sps.gmean(gru))
     text = " ".join(b.text for b in blocks if isinstance(b, Text))
     assert "treat these timings and ratios as rough" in text and "rnn (×" in text and "lstm (×" not in text
+
+
+def test_wall_time_curves_leave_out_the_start_up(store):
+    """A run whose start-up took 50 s more has the same wall-time curve: its evaluations'
+    training times less its warmup_s (those after its start-up)."""
+    from reports import dynamics
+
+    data = load(store)
+    info = data.tasks["adding"]
+    _, before = dynamics._val_curves(data, "adding", info)
+    first = data.runs[data.runs["task_label"] == "adding"].index[0]
+    run_id, warm_steps = data.runs.at[first, "run_id"], int(data.runs.at[first, "warmup_steps"])
+    late = (data.metrics["run_id"] == run_id) & (data.metrics["name"] == "wall_time") & \
+        (data.metrics["step"] > warm_steps)
+    data.metrics.loc[late, "value"] += 50.0
+    data.runs.at[first, "warmup_s"] += 50.0
+    _, after = dynamics._val_curves(data, "adding", info)
+    pd.testing.assert_frame_equal(before, after)
