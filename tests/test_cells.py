@@ -71,6 +71,14 @@ def test_irnn_init_and_forget_bias():
     torch.testing.assert_close(w_hh, torch.eye(4))
     assert (m.core.rnn.bias_ih_l0 == 0).all() and (m.core.rnn.bias_hh_l0 == 0).all()
     assert m.core.rnn.weight_ih_l0.std() < 0.01  # N(0, 0.001)
+    torch.manual_seed(0)
+    wide = baselines.create("irnn", input_size=64, output_size=1, hidden_size=128).core.rnn.weight_ih_l0
+    assert wide.std().item() == pytest.approx(0.001, rel=0.05)  # 8192 draws: within 5%
+    for name in ("lstm", "gru-loop"):  # init=orthogonal: each gate's H x H block of W_hh on its own
+        w = baselines.create(name, input_size=2, output_size=1, hidden_size=6, init="orthogonal").core.rnn.weight_hh_l0
+        for k in range(w.shape[0] // 6):
+            block = w[k * 6:(k + 1) * 6]
+            torch.testing.assert_close(block.T @ block, torch.eye(6), atol=1e-5, rtol=0)
     assert m.core.rnn.nonlinearity == "relu"
     lstm = baselines.create("lstm", input_size=2, output_size=1, hidden_size=4)
     b = lstm.core.rnn.bias_ih_l0 + lstm.core.rnn.bias_hh_l0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import random
 import statistics
 import struct
 import sys
@@ -123,8 +124,21 @@ def test_pixel_mnist_shapes_order_and_splits(data_dir):
     # seeded: the same data_seed gives the same split, another seed another one
     assert torch.equal(tasks.create("pixel-mnist", n_val=10).splits()["val"][0], val)
     assert not torch.equal(tasks.create("pixel-mnist", n_val=10, data_seed=1).splits()["val"][0], val)
-    sub = tasks.create("pixel-mnist", n_val=10, n_train=5, n_test=4).splits()
+    sub_task = tasks.create("pixel-mnist", n_val=10, n_train=5, n_test=4)
+    sub = sub_task.splits()
     assert [len(sub[s][1]) for s in ("train", "val", "test")] == [5, 10, 4]
+    # n_test: the first N test images, as its help says
+    assert torch.equal(sub["test"][1], torch.from_numpy(arrays["t10k-labels-idx1-ubyte"][:4]).long())
+    assert torch.equal(sub["test"][0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"][:4].reshape(4, -1)))
+    # training batches come from the training split only, and reach every image of it
+    drawn = sub_task.train_batch(2000, torch.Generator().manual_seed(1), CPU)
+    pixels = (drawn.x[:, :, 0] * 255).round().to(torch.uint8)
+    index = {bytes(r.numpy()): i for i, r in enumerate(sub["train"][0])}
+    held = {bytes(r.numpy()) for s in ("val", "test") for r in sub[s][0]}
+    keys = [bytes(r.numpy()) for r in pixels]
+    assert all(k in index and k not in held for k in keys)
+    assert {index[k] for k in keys} == set(range(5))
+    assert all(int(drawn.y[j]) == int(sub["train"][1][index[k]]) for j, k in enumerate(keys))
 
 
 def test_row_by_row_reads_one_image_row_per_step(data_dir):
@@ -522,6 +536,40 @@ def test_listops_labels_match_an_independent_parser():
     assert max(depths) == 3 and len(set(labels.tolist())) == 10  # nested that deep, all classes occur
     b = task.train_batch(16, torch.Generator().manual_seed(0), CPU)
     assert b.lengths is not None and b.x.shape == (16, int(b.lengths.max()))
+
+
+def _operators(tokens):
+    """(depth, [is each argument an operator]) of every operator of an expression, in order."""
+    out, stack = [], []
+    for tok in tokens:
+        if tok in lo.OPS:
+            if stack:
+                stack[-1][1].append(True)
+            stack.append((len(stack) + 1, []))
+        elif tok == lo.END:
+            out.append(stack.pop())
+        else:
+            stack[-1][1].append(False)
+    return out
+
+
+def test_listops_trees_are_lras():
+    """Every operator takes 2..max_args arguments (both ends occur); an argument is itself
+    an operator with probability 0.25 where depth allows (LRA's generator); expressions
+    never pass max_length."""
+    rng = random.Random(0)
+    ops = []
+    for _ in range(3000):
+        out = []
+        lo._tree(rng, 1, 30, 5, out, 10 ** 9)
+        ops += _operators(out)
+    arity = [len(args) for _, args in ops]
+    assert min(arity) == 2 and max(arity) == 5
+    nested = [a for depth, args in ops if depth + 1 < 30 for a in args]
+    assert sum(nested) / len(nested) == pytest.approx(0.25, abs=0.01)  # ~30k arguments
+    for _ in range(2000):
+        n = len(lo.generate(rng, min_length=4, max_length=6, max_depth=4, max_args=5))
+        assert 4 <= n <= 6
 
 
 def test_listops_median_and_sum_mod_by_hand():

@@ -671,12 +671,16 @@ def test_momentum_under_adam_is_not_part_of_the_run():
     assert spec(optimizer="rmsprop", momentum=0.9).run_id != spec(optimizer="rmsprop").run_id
 
 
-def test_recalibration_averages_each_row_over_the_batches_that_reach_it():
+@pytest.mark.parametrize("fast", [True, False])
+def test_recalibration_averages_each_row_over_the_batches_that_reach_it(fast):
     """Rows a shorter or padded batch does not reach are averaged over the batches that
     do (with 1/count of all batches, a row first reached by the second batch was half
-    the stale running average); a row no batch reaches keeps its running average."""
+    the stale running average); a row no batch reaches keeps its running average. On
+    the fast path and on the reference loop (train.fast_path=false), whose norms update
+    their rows one step at a time."""
     torch.manual_seed(0)
     model = make("bn-lstm")
+    model.core.fast = fast
     model.train()
     model(rand_x(B=8, T=9, seed=5))  # running statistics for 9 steps
     before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
@@ -689,6 +693,9 @@ def test_recalibration_averages_each_row_over_the_batches_that_reach_it():
             n.momentum, n.running_mean, n.running_var = 1.0, n.running_mean[:0], n.running_var[:0]
         m.recalibrate([(x, lengths)])
         alone.append({k: v for k, v in m.state_dict().items() if k in before})
+    probe = copy.deepcopy(model)
+    probe.recalibrate(batches[:1])
+    assert probe.core.last_path.startswith("scan") == fast, probe.core.last_path
     assert model.recalibrate(batches) == 3
     after = model.state_dict()
     for key, old in before.items():

@@ -270,3 +270,28 @@ def test_rmsprop_takes_its_decay_and_epsilon():
     sgd = _spec(optimizer="sgd", eps=1e-3)
     assert sgd.train["eps"] == 1e-8 and sgd.run_id == _spec(optimizer="sgd").run_id
     assert _spec(optimizer="rmsprop", rmsprop_alpha=0.9).run_id != _spec(optimizer="rmsprop").run_id
+
+
+def test_test_metrics_are_the_best_validation_weights():
+    """The test score is that of the best-validation checkpoint: the same run stopped at
+    its best step scores the same (the later weights score otherwise)."""
+    full = train_one(_spec(early_stop=False))  # 30 steps, evaluated at 10, 20, 30
+    best = full.summary["best_step"]
+    assert best < 30, "the check needs a best step before the end"
+    stopped = train_one(_spec(early_stop=False, max_steps=best))
+    assert full.summary["test_mse"] == stopped.summary["test_mse"]
+    last = train_one(_spec(early_stop=False, eval_every=30))  # one evaluation: the last weights
+    assert last.summary["test_mse"] != full.summary["test_mse"]
+
+
+def test_best_follows_each_tasks_direction_and_any_non_finite_step_diverges():
+    from suite.runner import _better, _drain
+
+    copy, adding = tasks.create("copy"), tasks.create("adding")
+    assert _better(copy, 0.9, 0.5) and not _better(copy, 0.5, 0.9)  # accuracy: higher is better
+    assert _better(adding, 0.5, 0.9) and not _better(adding, 0.9, 0.5)  # MSE: lower
+    assert _better(copy, 0.1, None) and not _better(copy, float("nan"), None)
+    ok, inf = torch.tensor(1.0), torch.tensor(float("inf"))
+    pending = [(1, ok, ok, None), (2, ok, inf, None), (3, inf, ok, None)]
+    assert _drain(pending, 1.0) == ([], 2)  # a non-finite gradient norm alone diverges
+    assert _drain([(1, ok, ok, {})], 1.0)[1] is None

@@ -385,6 +385,11 @@ def test_pairwise_table_columns_rows_and_values():
     assert t.significant.iloc[1]  # gru vs gru + 3: a shift of 3 sd
     low = st.pairwise_table(groups, higher_is_better=False)
     np.testing.assert_allclose(low.prob_improvement, 1 - t.prob_improvement)
+    # significance is the Holm-adjusted p's: a raw p of 0.032 among three tests is not significant
+    a = np.arange(5.0)
+    close = st.pairwise_table({"a": a, "b": a + 2.6, "c": a + 1.3})
+    first = close.iloc[0]
+    assert first.welch_p < 0.05 < first.welch_p_holm and not first.significant
 
 
 def test_pairwise_table_small_inputs():

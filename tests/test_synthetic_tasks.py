@@ -25,6 +25,21 @@ def test_adding_shapes_mask_and_target(T, gen):
     torch.testing.assert_close(b.y, expected)
 
 
+@pytest.mark.parametrize("T", [9, 50])
+def test_adding_marks_are_uniform_over_each_half(T):
+    """Each mark takes every position of its half, [0, T//2) and [T//2, T), with equal
+    probability (chi-square over 8192 samples)."""
+    from scipy import stats as sps
+
+    b = tasks.create("adding", T=T).train_batch(8192, torch.Generator().manual_seed(1), torch.device("cpu"))
+    pos = b.x[..., 1].nonzero()[:, 1].view(-1, 2)
+    half = T // 2
+    for column, lo, hi in ((0, 0, half), (1, half, T)):
+        counts = torch.bincount(pos[:, column] - lo, minlength=hi - lo)
+        assert len(counts) == hi - lo and (counts > 0).all()  # the first and last position of each half too
+        assert sps.chisquare(counts.numpy()).pvalue > 1e-4
+
+
 def test_adding_declarations():
     task = tasks.create("adding", T=50)
     assert task.input_size == 2 and task.output_size == 1 and task.seq_len == 50
@@ -109,6 +124,7 @@ def test_copy_variable_delay(gen):
     delim = (b.x == DELIM).float().argmax(1)
     delays = delim - n + 1
     assert delays.min() >= 1 and delays.max() <= T and len(delays.unique()) > 10
+    assert delays.max() == T and delays.min() == 1  # the longest delay, the hardest case, too (500 draws)
     for i in range(20):
         d = int(delim[i])
         assert torch.equal(b.y[i, d + 1:d + 1 + n], b.x[i, :n])
