@@ -59,7 +59,9 @@ def cost_section(data: ReportData) -> Section:
                  "(rnnbench run --stack-seeds) are charged their share: 1/S of the stack's time and memory; "
                  "they are one timing, so the intervals count each stack once. "
                  "'step time × lstm' is a model's step time divided by lstm's on the same task setting and "
-                 "device (lstm: cuDNN on a GPU, PyTorch's own kernels on a CPU): above 1 is slower."))
+                 "device (lstm: cuDNN on a GPU, PyTorch's own kernels on a CPU): above 1 is slower. "
+                 "timesteps/s counts the steps the batches held, padding included: a padded batch is as "
+                 "long as its longest sequence, and that is the work done."))
     for device, dev_runs in runs.groupby("device", sort=True):
         sec.add(Text(f"device: {device}", "heading"))
         sec.add(figure(figures.cost_points(dev_runs.assign(samples_per_s=_num(dev_runs, "samples_per_s")), data.colors),

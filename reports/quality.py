@@ -166,7 +166,9 @@ def significance_section(data: ReportData) -> Section:
         pt = pairwise_table(groups, info.higher_is_better, ALPHA)
         sec.add(table([_pair_row(r) for r in pt.itertuples()],
                       f"Pairwise comparisons on {label} (test {info.primary}, "
-                      f"{'higher' if info.higher_is_better else 'lower'} is better)."))
+                      f"{'higher' if info.higher_is_better else 'lower'} is better). MWU U counts the pairs "
+                      f"of runs where a's {info.primary} is the larger (ties half), whichever direction is "
+                      f"better; P(a better) and Cliff's δ follow the task's direction."))
         sec.add(*_pair_sentences(pt, info))
         runs = data.of_task(label)
         lost = {v: (int((g["status"] == "diverged").sum()), len(g)) for v, g in runs.groupby("variant", sort=True)}
