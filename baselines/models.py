@@ -112,17 +112,21 @@ class RecurrentModel(nn.Module):
         weight matrix orthogonal (the recurrent one as a whole, its H rows orthonormal
         over the gates' kH columns, in their layout), every bias zero (the LSTM's forget
         bias is ``forget_bias``'s); ``cooijmans-id`` makes the candidate's block of W_hh
-        (the RNN's whole W_hh) the identity, as their sequential-MNIST code does. A token
+        (the RNN's whole W_hh) the identity and the other gates' blocks one orthogonal
+        matrix of their own, as their sequential-MNIST code does. A token
         model's embedding keeps PyTorch's N(0, 1): their one-hot inputs had none."""
         candidate = {"rnn": 0, "gru": 2, "lstm": 2}[cfg.cell]  # PyTorch's gate order: (r, z, n), (i, f, g, o)
         H = cfg.hidden_size
         for name, p in [*self.core.rnn.named_parameters(), *self.head.named_parameters()]:
             if "bias" in name:
                 p.zero_()
+            elif "weight_hh" in name and cfg.init == "cooijmans-id":
+                rest = torch.empty(p.shape[0] - H, H)
+                if len(rest):
+                    nn.init.orthogonal_(rest)
+                p.copy_(torch.cat([rest[:candidate * H], torch.eye(H), rest[candidate * H:]]))
             else:  # orthonormal along the shorter side; their matrices are ours transposed
                 nn.init.orthogonal_(p)
-                if "weight_hh" in name and cfg.init == "cooijmans-id":
-                    p[candidate * H:(candidate + 1) * H] = torch.eye(H)
 
     def initial_state(self, x: Tensor) -> State:
         """The state the core starts from when none is given (None: zeros)."""

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from reports.blocks import ALPHA, Section, Text, fmt, fmt_ci, fmt_p, note, table
-from reports.data import ReportData
+from reports.data import ReportData, full_settings
 from reports.dynamics import _profiles, slopes
 from reports.literature import PUBLISHED, differences, matches, tasks_with_numbers
 from reports.stats import holm, mann_whitney, prob_improvement, summarize, welch_t
@@ -52,7 +52,7 @@ def literature_section(data: ReportData) -> Section:
             s = summarize(vals)
             steps = pd.to_numeric(done["steps"], errors="coerce").mean() if "steps" in done and len(done) else None
             steps = None if steps is None or pd.isna(steps) else float(steps)
-            diff = differences(entry, first["settings"], steps)
+            diff = differences(entry, full_settings(first), steps)
             if entry.check is not None:
                 paper = entry.claim
                 verdict = "–" if s.n == 0 else ("agrees" if entry.check(s.mean) else "disagrees")
@@ -252,7 +252,9 @@ def claims_section(data: ReportData) -> Section:
         if not rows and not pairs:
             continue
         if not rows:
-            why = ("no task with a solved threshold was solved by either model" if key == "faster" and pairs
+            why = ("no pair has a task with a solved threshold on which a run solved within the steps every "
+                   "run of the pair had (the smallest step budget, or where an unsolved run's time budget "
+                   "stopped it: past it, steps to solve are unknown for that run)" if key == "faster" and pairs
                    else "no gradient-flow probes after training for both models" if key == "gradients"
                    else "no run finished on both sides of a pair")
             sec.add(note(f"{claim} — not enough evidence: {why}."))

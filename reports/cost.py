@@ -64,7 +64,11 @@ def cost_section(data: ReportData) -> Section:
                  "long as its longest sequence, and that is the work done."))
     for device, dev_runs in runs.groupby("device", sort=True):
         sec.add(Text(f"device: {device}", "heading"))
-        sec.add(figure(figures.cost_points(dev_runs.assign(samples_per_s=_num(dev_runs, "samples_per_s")), data.colors),
+        per_timing = pd.concat([_timings(g, "samples_per_s").rename("samples_per_s").reset_index(drop=True)
+                                .to_frame().assign(task_label=label, variant=variant)
+                                for (label, variant), g in dev_runs.groupby(["task_label", "variant"], sort=True)],
+                               ignore_index=True)  # a seed stack is one timing, as in the table
+        sec.add(figure(figures.cost_points(per_timing, data.colors),
                        f"cost_{device}", f"Training samples per second on {device} per task setting and model "
                                          "(geometric mean over timings, 95% t CI), log scale."))
         for label, g in dev_runs.groupby("task_label", sort=True):
@@ -92,11 +96,13 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
     for v in variants:
         s = stats[v]
         ref = _reference(variants, v)
-        ratio = ratio_interval(timings[v], timings[ref]) if ref else (float("nan"),) * 3
+        ratio = (ratio_interval(timings[v], timings[ref]) if ref and v != ref else
+                 (1.0, float("nan"), float("nan")) if ref else (float("nan"),) * 3)
         mem = s["peak_mem_mb"].mean / stats[ref]["peak_mem_mb"].mean if ref else float("nan")
         rows.append({"model": v, "runs": counts[v], "samples/s [95% CI]": fmt_ci(s["samples_per_s"], "timing"),
                      "timesteps/s": fmt(s["timesteps_per_s"].mean), "ms/step [95% CI]": fmt_ci(s["step_ms"], "timing"),
-                     "start-up (s)": fmt(s["warmup_s"].mean, 3), "step time × lstm [95% CI]": _fmt_ratio(ratio),
+                     "start-up (s)": fmt(s["warmup_s"].mean, 3),
+                     "step time × lstm [95% CI]": "1 (reference)" if v == ref else _fmt_ratio(ratio),
                      "peak memory (MB)": fmt(s["peak_mem_mb"].mean),
                      "memory × lstm": fmt(mem, 3), "seeds per step": stacks[v], "path": paths[v] or "–"})
         if math.isfinite(ratio[0]) and v != ref:
@@ -243,7 +249,8 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
                   ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_FACTOR,
                    "timing", POSITIVE))
         for name, hib, now_values, base_values, factor, unit, within in checks:
-            cur, old = summarize(now_values), summarize(base_values)
+            stat = geometric if unit == "timing" else summarize  # timings as in the Cost table
+            cur, old = stat(now_values), stat(base_values)
             if cur.n == 0 and old.n == 0:
                 continue
             verdict = compare(cur, old, hib, factor)

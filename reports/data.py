@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -113,6 +114,17 @@ def parse_since(text: str | None) -> float | None:
     return when.timestamp()
 
 
+def start_up(runs: pd.DataFrame, steps: pd.Series) -> pd.Series:
+    """The start-up time (``warmup_s``) in each run's training time at ``steps`` (a value
+    per row of ``runs``): all of it from the step its start-up ended (``warmup_end_step``,
+    counted from the run's start), none before. A resumed run recorded its last process's
+    start-up only, so an earlier process's stays in its times; a store from before
+    ``warmup_end_step`` counts the start-up from step 0."""
+    num = lambda c: pd.to_numeric(runs[c], errors="coerce") if c in runs else pd.Series(np.nan, index=runs.index)  # noqa: E731
+    end = num("warmup_end_step").fillna(num("warmup_steps")).fillna(0.0)
+    return num("warmup_s").fillna(0.0).where(pd.Series(np.asarray(steps), index=runs.index) > end, 0.0)
+
+
 def settings(row: pd.Series) -> dict[str, Any]:
     """A run's configuration as flat ``section.key`` entries (seed excluded)."""
     out: dict[str, Any] = {f"task.{k}": v for k, v in row["task_args"].items()}
@@ -120,6 +132,17 @@ def settings(row: pd.Series) -> dict[str, Any]:
     out.update({f"train.{k}": v for k, v in row["train"].items()})
     out["device"] = row["device"]
     out["version"] = json.loads(row["spec"]).get("version")
+    return out
+
+
+def full_settings(row: pd.Series) -> dict[str, Any]:
+    """``settings(row)`` with the settings its store did not know (written before a switch
+    existed) at this rnnbench's defaults, which is what those runs trained with."""
+    out = dict(row["settings"])
+    for prefix, section, name in (("task", "task_args", row["task"]), ("model", "model_args", row["model"]),
+                                  ("train", "train", "")):
+        for key, value in _defaults(section, str(name)).items():
+            out.setdefault(f"{prefix}.{key}", value)
     return out
 
 

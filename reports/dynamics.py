@@ -17,7 +17,7 @@ import pandas as pd
 
 from reports import figures
 from reports.blocks import POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, note, table
-from reports.data import ReportData, TaskInfo
+from reports.data import ReportData, TaskInfo, start_up
 from reports.stats import slope_loglinear, summarize
 
 GRID = 25  # wall-time grid points per variant
@@ -41,10 +41,8 @@ def _val_curves(data: ReportData, label: str, info: TaskInfo) -> tuple[pd.DataFr
     status = runs["status"]
     # start-up (a run's first steps' compilation and warm-up, ``warmup_s``) left out, as in
     # Cost and the time to solve: one run's 52 s C++ build put its whole curve 52 s late
-    warm = {c: pd.to_numeric(runs[c], errors="coerce").reindex(wall["run_id"]).fillna(0.0).to_numpy()
-            if c in runs else np.zeros(len(wall)) for c in ("warmup_s", "warmup_steps")}
-    wall = wall.assign(value=wall["value"].to_numpy() - np.where(wall["step"].to_numpy() > warm["warmup_steps"],
-                                                                  warm["warmup_s"], 0.0))
+    per_eval = runs.reindex(wall["run_id"]).reset_index(drop=True)
+    wall = wall.assign(value=wall["value"].to_numpy() - start_up(per_eval, wall["step"].to_numpy()).to_numpy())
     steps_out, wall_out = [], []
     all_steps = np.sort(val["step"].unique())  # every evaluation step of the task, all models
     for variant, g in val.groupby("variant", sort=True):
@@ -179,7 +177,8 @@ def _flow_blocks(data: ReportData, label: str, info: TaskInfo) -> list[Any]:
             row["seeds reaching 0 at end"] = f"{zeros.get(variant, 0)} of {late[variant].shape[0]}" \
                 if variant in late else "–"
         rows.append(row)
-        n_zero, n = zeros.get(variant, 0), late[variant].shape[0] if variant in late else 0
+        n_zero = int((late[variant][:, 0] == 0).sum()) if variant in late else 0  # 0 at t = 0
+        n = late[variant].shape[0] if variant in late else 0
         if n_zero and ratio == 0:
             rest = _first_last_ratio(late[variant], positive=True)
             others = (f", and {fmt(rest)}× the gradient at the last step in the other"

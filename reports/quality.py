@@ -16,7 +16,7 @@ import pandas as pd
 
 from reports import figures
 from reports.blocks import ALPHA, POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, fmt_p, fmt_peq, note, table
-from reports.data import ReportData, TaskInfo, short_key
+from reports.data import ReportData, TaskInfo, short_key, start_up
 from reports.stats import cd_groups, friedman, nemenyi_cd, pairwise_table, summarize
 
 
@@ -41,10 +41,9 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
 def _time_to_solve(solved: pd.DataFrame) -> pd.Series:
     """Training time to the evaluation that found a run solved, its start-up (``warmup_s``:
     the first steps' compilation and warm-up, which Cost reports apart) left out where it
-    ended before then: a C++ extension built on a run's first step made it 20x longer."""
-    t, warm = _col(solved, "solved_time_s"), _col(solved, "warmup_s").fillna(0.0)
-    after = _col(solved, "solved_step") > _col(solved, "warmup_steps").fillna(0)
-    return t - warm.where(after, 0.0)
+    ended before then (``start_up``): a C++ extension built on a run's first step made it
+    20x longer."""
+    return _col(solved, "solved_time_s") - start_up(solved, _col(solved, "solved_step"))
 
 
 def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:

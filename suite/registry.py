@@ -69,9 +69,9 @@ class Registry(Generic[T]):
 
 
 def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-          choices: Iterable[Any] | None = None, min_exclusive: bool = False) -> Any:
+          choices: Iterable[Any] | None = None, min_exclusive: bool = False, max_exclusive: bool = False) -> Any:
     """A dataclass field with help text and an allowed range, checked by ``build_config``."""
-    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive,
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "max_exclusive": max_exclusive,
             "choices": tuple(choices) if choices is not None else None}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -120,12 +120,11 @@ def _check_range(value: Any, meta: dict, where: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{where}={value!r} is not a finite number")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
-            op = ">" if meta.get("min_exclusive") else ">="
-            rng = f"{op} {lo}" + (f" and <= {hi}" if hi is not None else "")
-            raise UserError(f"{where}={value!r} is out of range; it must be {rng}")
-        if hi is not None and value > hi:
-            rng = f"<= {hi}" + (f" and >= {lo}" if lo is not None else "")
+        low = f"{'>' if meta.get('min_exclusive') else '>='} {lo}" if lo is not None else None
+        high = f"{'<' if meta.get('max_exclusive') else '<='} {hi}" if hi is not None else None
+        rng = " and ".join(b for b in (low, high) if b)
+        if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)) or \
+                hi is not None and (value > hi or (meta.get("max_exclusive") and value == hi)):
             raise UserError(f"{where}={value!r} is out of range; it must be {rng}")
 
 

@@ -486,6 +486,8 @@ def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end
     steps after start-up (``warmup_steps`` steps taking ``warmup_s``, reported apart).
     ``start`` and ``warm_end`` are (step, training time) where this process began and where
     its start-up ended; a run that ended within its start-up reports its whole time.
+    ``warmup_end_step``: the step (counted from the run's start, not this process's) where
+    that start-up ended, so that a resumed run's is taken from what came after it only.
     ``timesteps``: the sample-steps its batches held in start-up and after (a padded task's
     batches are as long as their longest sequence, not the task's longest)."""
     steady = not (warm_end is None or steps <= warm_end[0] or train_time <= warm_end[1])
@@ -498,7 +500,7 @@ def throughput(steps: int, train_time: float, start: tuple[int, float], warm_end
     return {"samples_per_s": n * batch_size / t if n > 0 and t > 0 else None,
             "timesteps_per_s": ran / t if n > 0 and t > 0 and ran else None,
             "step_ms": 1000.0 * t / n if n > 0 else None,
-            "warmup_steps": warm_steps, "warmup_s": warm_s}
+            "warmup_steps": warm_steps, "warmup_s": warm_s, "warmup_end_step": start[0] + warm_steps}
 
 
 def _drain(pending: list, clip: float) -> tuple[list[tuple], int | None]:

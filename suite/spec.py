@@ -33,7 +33,8 @@ class TrainConfig:
     lr: float = param(1e-3, "learning rate", min=0.0, min_exclusive=True)
     momentum: float = param(0.0, "momentum (sgd, rmsprop)", min=0.0, max=1.0)
     rmsprop_alpha: float = param(0.99, "rmsprop: decay of the squared-gradient average (PyTorch's alpha; "
-                                 "Cooijmans et al.'s decay rate 0.9)", min=0.0, max=1.0)
+                                 "Cooijmans et al.'s decay rate 0.9; 1 would never update it)", min=0.0, max=1.0,
+                                 max_exclusive=True)
     eps: float = param(1e-8, "adam, rmsprop: epsilon added to the gradient's root mean square",
                        min=0.0, min_exclusive=True)
     weight_decay: float = param(0.0, "L2 weight decay", min=0.0)
@@ -169,6 +170,11 @@ def make_spec(task: str, task_args: dict, model: str, model_args: dict, train: d
     """Validate and resolve one run (names, parameters, ranges) into a ``RunSpec``."""
     task_obj = tasks.create(task, **task_args)
     resolved_model = baselines.resolve(model, **model_args)
+    if (task_obj.params().get("test_streams") == 1 and resolved_model.get("norm") == "batch"
+            and resolved_model.get("norm_eval") == "batch"):
+        raise UserError(f"task.test_streams=1 scores the test split as a batch of one, whose batch statistics "
+                        f"are its own sample's, and {model} evaluates with the batch's statistics "
+                        f"(norm_eval=batch): use test_streams=0 or >= 2, or norm_eval=population")
     train_cfg = without_inert(build_config(TrainConfig, train, "train"))
     return RunSpec(task=task, task_args=task_obj.params(), model=model,
                    model_args=resolved_model, train=dataclasses.asdict(train_cfg),

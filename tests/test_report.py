@@ -636,6 +636,8 @@ def test_a_gradient_that_underflows_to_zero_is_said_not_dropped(store, monkeypat
                      [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]])
     early = np.full((3, T), 1.0)
     assert dynamics._first_last_ratio(late) == 0.0
+    elsewhere = late.copy()
+    elsewhere[2, 1] = 0.0  # a third seed reaches 0 at t = 1, not at t = 0: the sentence counts t = 0
     assert dynamics._first_last_ratio(late, positive=True) == pytest.approx(1e-5)
     assert dynamics._zero_runs(late) == 2
     data = load(store)
@@ -647,6 +649,10 @@ def test_a_gradient_that_underflows_to_zero_is_said_not_dropped(store, monkeypat
     assert row["‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ at end"] == fmt(0.0) and row["seeds reaching 0 at end"] == "2 of 3"
     text = " ".join(b.text for b in blocks if isinstance(b, Text))
     assert "is 0 (below float32's smallest value) in 2 of 3 seeds, and " + fmt(1e-5) + "× the gradient" in text
+    monkeypatch.setattr(dynamics, "_profiles", lambda d, lab: ({"rnn": early}, {"rnn": elsewhere}, {"rnn": [40]}))
+    blocks = dynamics._flow_blocks(data, label, data.tasks[label])
+    text = " ".join(b.text for b in blocks if isinstance(b, Text))
+    assert "in 2 of 3 seeds, and " + fmt(1e-5) + "× the gradient at the last step in the other." in text
     fig = figures.gradient_flow({"rnn": early}, {"rnn": late}, {"rnn": "C0"}, "end")
     low, high = fig.axes[0].get_ylim()
     assert low >= 1e-14 and high <= 100  # the curves' range (1e-13 .. 1), not a band of 3 seeds
@@ -659,7 +665,12 @@ def test_time_to_solve_leaves_out_the_start_up():
 
     runs = pd.DataFrame({"solved_time_s": [54.34, 3.0], "warmup_s": [51.75, 10.0],
                          "warmup_steps": [5, 5], "solved_step": [100, 3]})
-    assert _time_to_solve(runs).tolist() == pytest.approx([2.59, 3.0])
+    assert _time_to_solve(runs).tolist() == pytest.approx([2.59, 3.0])  # a store without warmup_end_step
+    # solved at step 500 in 3 s, then resumed at step 1000 with a 10 s start-up that ended at
+    # step 1001: that start-up came after, and is not taken from the time to solve
+    resumed = pd.DataFrame({"solved_time_s": [3.0], "warmup_s": [10.0], "warmup_steps": [1],
+                            "warmup_end_step": [1001], "solved_step": [500]})
+    assert _time_to_solve(resumed).tolist() == [3.0]
 
 
 def test_literature_section_names_the_settings_it_lacks(store):
@@ -750,6 +761,44 @@ def test_cost_ratio_has_welch_interval_and_noisy_timings_are_flagged(store):
     assert row["ms/step [95% CI]"].split(" [")[0] == fmt(sps.gmean(gru))
     text = " ".join(b.text for b in blocks if isinstance(b, Text))
     assert "treat these timings and ratios as rough" in text and "rnn (×" in text and "lstm (×" not in text
+    lstm_row = dict(zip(tab.frame["model"], tab.frame.to_dict("records")))["lstm"]
+    assert lstm_row["step time × lstm [95% CI]"] == "1 (reference)"
+
+
+def test_cost_figure_counts_a_seed_stack_once(store, monkeypatch):
+    """The figure's points are the table's: a stack's runs are one timing."""
+    from reports import cost
+
+    data = load(store)
+    rnn = (data.runs["variant"] == "rnn") & (data.runs["task_label"] == "adding")
+    data.runs.loc[rnn, "stack_id"] = "s0"
+    seen = {}
+
+    def points(frame, colors):
+        seen["f"] = frame
+        return figures.plt.figure()
+
+    monkeypatch.setattr(cost.figures, "cost_points", points)
+    cost.cost_section(data)
+    frame = seen["f"]
+    assert len(frame[(frame["variant"] == "rnn") & (frame["task_label"] == "adding")]) == 1
+    assert len(frame[(frame["variant"] == "lstm") & (frame["task_label"] == "adding")]) == 3
+
+
+def test_literature_reads_an_older_store_at_the_defaults_it_trained_with():
+    """A run stored before rmsprop_alpha, eps and perm_kind existed trained with their
+    defaults; it is not said to have 'None'."""
+    from reports.data import full_settings
+
+    row = pd.Series({"task": "permuted-mnist", "model": "lstm",
+                     "settings": {"train.optimizer": "rmsprop", "model.hidden_size": 100}})
+    full = full_settings(row)
+    assert full["train.rmsprop_alpha"] == 0.99 and full["train.eps"] == 1e-8
+    assert full["task.perm_kind"] == "randperm" and full["model.hidden_size"] == 100
+    entry = next(e for e in PUBLISHED if e.task == "permuted-mnist" and e.paper_model == "LSTM"
+                 and e.source.startswith("Cooijmans"))
+    assert "rmsprop_alpha=0.99 (paper: 0.9)" in differences(entry, full)
+    assert not any("None" in d for d in differences(entry, full))
 
 
 def test_wall_time_curves_leave_out_the_start_up(store):

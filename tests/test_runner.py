@@ -181,15 +181,17 @@ def test_throughput_leaves_start_up_out():
     # batches held 10 x 20 sample-steps in start-up, 96 x 10 x 30 after it
     t = throughput(100, 14.0, (0, 0.0), (4, 5.0), 10, (4 * 200, 96 * 300))
     assert t == {"samples_per_s": pytest.approx(96 * 10 / 9.0), "step_ms": pytest.approx(9000 / 96),
-                 "timesteps_per_s": pytest.approx(96 * 300 / 9.0), "warmup_steps": 4, "warmup_s": 5.0}
+                 "timesteps_per_s": pytest.approx(96 * 300 / 9.0), "warmup_steps": 4, "warmup_s": 5.0,
+                 "warmup_end_step": 4}
     # resumed at step 50 after 7 s; start-up again for 4 steps (1.5 s)
     t = throughput(100, 12.0, (50, 7.0), (54, 8.5), 10)
-    assert t["warmup_steps"] == 4 and t["warmup_s"] == pytest.approx(1.5)
+    assert t["warmup_steps"] == 4 and t["warmup_s"] == pytest.approx(1.5) and t["warmup_end_step"] == 54
     assert t["step_ms"] == pytest.approx(1000 * 3.5 / 46)
     # ended within its start-up: the whole time, all of it start-up
     t = throughput(3, 2.0, (0, 0.0), None, 10, (3 * 200, 0))
     assert t == {"samples_per_s": pytest.approx(15.0), "step_ms": pytest.approx(2000 / 3),
-                 "timesteps_per_s": pytest.approx(300.0), "warmup_steps": 3, "warmup_s": 2.0}
+                 "timesteps_per_s": pytest.approx(300.0), "warmup_steps": 3, "warmup_s": 2.0,
+                 "warmup_end_step": 3}
 
 
 def test_timesteps_per_s_counts_the_steps_batches_hold():
