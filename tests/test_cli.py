@@ -8,7 +8,7 @@ import pytest
 
 from suite_helpers import run_cli
 from suite.profiles import build_specs, parse_value
-from suite.spec import parse_seeds
+from suite.spec import make_spec, parse_seeds
 from suite.errors import UserError
 
 TINY = ["--task", "adding", "--task-arg", "T=6", "--task-arg", "n_val=50", "--task-arg", "n_test=50",
@@ -334,3 +334,56 @@ def test_preflight_is_per_task_configuration(tmp_path, monkeypatch):
     kept, skipped = with_data(specs)
     assert len(specs) == 2 and [s.task_args["path"] for s in kept] == [str(text)]
     assert set(skipped) == {"char-lm"} and "missing.txt" in skipped["char-lm"]
+
+
+def _train_spec(**train):
+    return make_spec("adding", {}, "lstm", {}, train, 0, "cpu")
+
+
+def test_sgd_eps_is_inert():
+    assert _train_spec(optimizer="sgd", eps=1e-3).run_id == _train_spec(optimizer="sgd").run_id
+
+
+@pytest.mark.parametrize("train,needle", [({"lr": 0.0}, "lr=0.0 is out of range; it must be > 0"),
+                                          ({"optimizer": "sgd", "momentum": 1.5}, "momentum=1.5 is out of range")])
+def test_range_edges_are_refused(train, needle):
+    with pytest.raises(UserError, match=needle):
+        _train_spec(**train)
+
+
+def test_range_maximum_is_allowed():
+    assert _train_spec(optimizer="sgd", momentum=1.0).train["momentum"] == 1.0
+
+
+def test_an_int_for_a_float_is_the_same_run():
+    one, other = _train_spec(lr=1), _train_spec(lr=1.0)
+    assert isinstance(one.train["lr"], float) and one.run_id == other.run_id
+
+
+PRECEDENCE_PROFILE = """
+seeds = "0-2"
+device = "cuda"
+[train]
+max_steps = 7
+[model]
+hidden_size = 16
+[[runs]]
+task = "adding"
+task_args = { T = 8 }
+models = ["rnn"]
+model_args = { hidden_size = 8 }
+train = { max_steps = 5 }
+"""
+
+
+def test_profile_precedence_profile_then_entry_then_command_line(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(PRECEDENCE_PROFILE)
+    specs = build_specs(profile=str(path), device="cpu")
+    assert {(s.model_args["hidden_size"], s.train["max_steps"], s.task_args["T"], s.device) for s in specs} == \
+        {(8, 5, 8, "cpu")}
+    assert len(specs) == 3
+    cli = build_specs(profile=str(path), device="cpu", seeds="1", task_args={"T": 6},
+                      model_args={"hidden_size": 4}, train={"max_steps": 3})
+    assert [(s.seed, s.task_args["T"], s.model_args["hidden_size"], s.train["max_steps"]) for s in cli] == \
+        [(1, 6, 4, 3)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import random
 import statistics
 import struct
@@ -27,6 +28,7 @@ import tasks.data as data
 from baselines.models import ModelOutput
 from suite.errors import UserError
 from tasks import listops as lo
+from tasks.sentiment import tokenize
 
 CPU = torch.device("cpu")
 
@@ -310,12 +312,20 @@ def test_char_lm_splits_vocab_and_training_windows(data_dir):
         assert decode(row_x) + decode(row_y[-1:]) in text[:1800]
 
 
-def test_bpc_matches_a_hand_computed_value(data_dir):
-    text = "abacabadabacabaeabacab" * 3 + "ad"
+ABACAB = "abacabadabacabaeabacab" * 3 + "ad"
+
+
+def _abacab(data_dir):
+    """char-lm on a folder whose three splits are ABACAB each, windows of 4."""
     (data_dir / "t").mkdir()
     for name in ("train.txt", "valid.txt", "test.txt"):
-        (data_dir / "t" / name).write_text(text)
-    task = tasks.create("char-lm", corpus="local", path="t", window=4)
+        (data_dir / "t" / name).write_text(ABACAB)
+    return tasks.create("char-lm", corpus="local", path="t", window=4)
+
+
+def test_bpc_matches_a_hand_computed_value(data_dir):
+    text = ABACAB
+    task = _abacab(data_dir)
     V = task.vocab_size
     table = torch.randn(V, V, generator=torch.Generator().manual_seed(0))
     # by hand: mean over consecutive pairs of -log2 softmax(table[current])[next]
@@ -621,3 +631,120 @@ def test_seq_digits_lstm_learns():
     spec = make_spec("seq-digits", {}, "lstm", {"hidden_size": 64},
                      {"lr": 1e-2, "max_steps": 600, "eval_every": 100}, 0, "cpu")
     assert train_one(spec).summary["test_acc"] > 0.6
+
+
+def _corpus(data_dir, n=2000, seed=0):
+    rng = random.Random(seed)
+    text = "".join(rng.choice("abcdefghij") for _ in range(n))
+    (data_dir / "corpus.txt").write_text(text)
+    return text
+
+
+def test_char_lm_chance_is_add_one_unigram_bpc(data_dir):
+    (data_dir / "u").mkdir()
+    for name, t in (("train.txt", "aab"), ("val.txt", "ab"), ("test.txt", "abba")):
+        (data_dir / "u" / name).write_text(t)
+    task = tasks.create("char-lm", corpus="local", path="u", window=1)
+    p_a, p_b = 3 / 5, 2 / 5  # train counts a=2, b=1, plus one each
+    assert task.chance == pytest.approx(-(2 * math.log2(p_a) + 2 * math.log2(p_b)) / 4)
+
+
+def test_char_lm_eval_streams_are_at_least_a_window_long(data_dir):
+    _corpus(data_dir)
+    task = tasks.create("char-lm", corpus="local", path="corpus.txt", window=16)
+    n = len(task.data()["val"]) - 1  # 99 targets: at most 99 // 16 = 6 streams
+    first = next(task.eval_batches("val", 500, CPU))
+    assert first.x.shape == (n // 16, 16)
+
+
+def test_char_lm_max_chars_cuts_every_split(data_dir):
+    _corpus(data_dir)
+    task = tasks.create("char-lm", corpus="local", path="corpus.txt", window=5, max_chars=30)
+    assert [len(task.data()[s]) for s in ("train", "val", "test")] == [30, 30, 30]
+
+
+def test_char_lm_window_as_long_as_train_is_a_user_error(data_dir):
+    _corpus(data_dir)
+    with pytest.raises(UserError, match="must be shorter"):
+        tasks.create("char-lm", corpus="local", path="corpus.txt", window=1800).data()
+
+
+def test_char_lm_accuracy_is_argmax_hits_over_targets(data_dir):
+    text = ABACAB
+    task = _abacab(data_dir)
+    table = torch.randn(task.vocab_size, task.vocab_size, generator=torch.Generator().manual_seed(0))
+    ids = [task.vocab.index(c) for c in text]
+    hits = sum(int(table[a].argmax()) == b for a, b in zip(ids, ids[1:]))
+    for bs in (1, 3, 500):
+        assert task.evaluate(Bigram(table), "val", CPU, bs)["acc"] == pytest.approx(hits / (len(ids) - 1))
+
+
+def test_char_lm_training_windows_start_anywhere_in_train(data_dir):
+    text = _corpus(data_dir)[:1800]
+    task = tasks.create("char-lm", corpus="local", path="corpus.txt", window=16)
+    b = task.train_batch(30000, torch.Generator().manual_seed(0), CPU)
+    decode = lambda ids: "".join(task.vocab[i] for i in ids.tolist())  # noqa: E731
+    starts = {text.index(decode(torch.cat([r[:1], y]))) for r, y in zip(b.x, b.y)}
+    assert min(starts) == 0 and max(starts) == 1800 - 16 - 1
+
+
+def _tables(folder, train, val, test):
+    folder.mkdir()
+    for name, texts in (("train", train), ("validation", val), ("test", test)):
+        pd.DataFrame({"text": texts, "label": [i % 2 for i in range(len(texts))]}).to_csv(
+            folder / f"{name}.csv", index=False)
+
+
+def test_sentiment_vocab_is_the_most_frequent_train_tokens(data_dir):
+    _tables(data_dir / "v", ["a a a b b c", "b c d"], ["e a"], ["d z"])
+    task = tasks.create("sentiment", dataset="local", path="v", max_vocab=4)
+    assert task.data()["vocab"] == ["<pad>", "<unk>", "a", "b"]
+
+
+def test_sentiment_tokens_lowercase_and_drop_html_breaks(data_dir):
+    assert tokenize("Great<br />movie!", "word", True) == ["great", "movie", "!"]
+    assert tokenize("Great<br>Movie", "word", False) == ["Great", "Movie"]
+
+
+def test_sentiment_keeps_the_first_max_len_tokens(data_dir):
+    words = [f"w{i}" for i in range(20)]
+    _tables(data_dir / "m", [" ".join(words)] * 2, ["w1"], [" ".join(words)])
+    task = tasks.create("sentiment", dataset="local", path="m", max_len=10)
+    vocab = task.data()["vocab"]
+    ids, lengths, _ = task.token_splits()["test"]
+    assert [vocab[i] for i in ids[0, :10].tolist()] == words[:10] and lengths[0] == 10
+
+
+def test_sentiment_n_train_is_a_seeded_random_subset(data_dir):
+    _tables(data_dir / "s", [f"t{i} x" for i in range(60)], ["x"], ["x"])
+    subs = [tasks.create("sentiment", dataset="local", path="s", n_train=10, data_seed=s).token_splits()["train"]
+            for s in (0, 1)]
+    full = tasks.create("sentiment", dataset="local", path="s").token_splits()["train"]
+    assert all(len(sub[2]) == 10 for sub in subs)
+    assert not torch.equal(subs[0][0], full[0][:10]) and not torch.equal(subs[0][0], subs[1][0])
+
+
+def test_cache_key_holds_the_processing_options(data_dir):
+    _tables(data_dir / "o", ["one two three four five six seven"] * 4, ["x"], ["one two three four five"])
+    short = tasks.create("sentiment", dataset="local", path="o", max_len=2).data()
+    long = tasks.create("sentiment", dataset="local", path="o", max_len=6).data()
+    assert short["test"][1].tolist() == [2] and long["test"][1].tolist() == [5]
+
+
+def test_cache_notices_an_edit_that_keeps_the_size(data_dir):
+    path = data_dir / "corpus.txt"
+    path.write_text("ab" * 1000)
+    first = tasks.create("char-lm", corpus="local", path="corpus.txt", window=5).data()
+    path.write_text("ba" * 1000)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    data._memo.clear()
+    second = tasks.create("char-lm", corpus="local", path="corpus.txt", window=5).data()
+    assert not torch.equal(first["train"], second["train"])
+
+
+def test_split_indices_chunks_are_sorted_and_partition():
+    chunks = data.split_indices(50, [10, 5], 3)
+    assert [len(c) for c in chunks] == [10, 5, 35]
+    assert torch.equal(torch.cat(chunks).sort().values, torch.arange(50))
+    assert all(torch.equal(c, c.sort().values) for c in chunks)

@@ -16,6 +16,7 @@ import suite.executors as executors
 from suite.checkpoint import OFF, CheckpointPolicy, Checkpointer, parse_policy
 from suite.errors import UserError
 from suite.executors import RunOptions, run_local
+from suite.profiles import build_specs
 from suite.runner import train_one
 from suite.store import Store
 from suite_helpers import TIMING, kill_loop, result_values, tiny_specs, wait_for
@@ -238,3 +239,19 @@ def test_one_line_names_the_type_and_one_line_of_the_message():
     assert one_line(e, last=True) == "RuntimeError: error: build failed"
     assert one_line(e, 9) == "RuntimeError: PTX error"
     assert one_line(ValueError()) == "ValueError: "
+
+
+def test_resume_restores_the_global_torch_generator(tmp_path):  #(h0 noise draws from it)
+    (s,) = build_specs(task=["adding"], model=["bn-rnn"], task_args={"T": 8, "n_val": 100, "n_test": 100},
+                       model_args={"hidden_size": 8, "h0_noise": 0.1},
+                       train=dict(max_steps=40, eval_every=10, batch_size=16, eval_batch_size=200, lr=1e-2,
+                                  early_stop=False, probe_every=20), seeds="0", device="cpu")
+    torch.manual_seed(123)
+    _, ref_m, _ = _collect(s)
+    path = tmp_path / "run.pt"
+    policy = CheckpointPolicy(every_steps=15, every_s=0.0)
+    torch.manual_seed(123)
+    with pytest.raises(Killed):
+        _collect(s, Checkpointer(path, s.to_json(), policy), die_at=30)
+    _, metrics, _ = _collect(s, Checkpointer(path, s.to_json(), policy))
+    assert _strip(metrics) == _strip(ref_m)

@@ -1,6 +1,7 @@
 """The nightly pipeline: one store per night, last night as the report's baseline,
 tasks without data left out with a note, asv regressions read, exit code."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,32 @@ def test_nightly_stacks_seeds_by_default_on_cuda_only(device, stack, tmp_path, o
                  "--device", device, "--no-asv", "-q"]) == 0
     assert seen["options"].stack_seeds == stack
     assert ("up to 8 seeds of a spec stacked" in capsys.readouterr().err) == (stack > 1)
+
+
+def test_asv_compares_with_the_latest_other_benchmarked_commit(monkeypatch, tmp_path):
+    machine = "m"
+    results = tmp_path / ".asv" / "results" / machine
+    results.mkdir(parents=True)
+    for name, date, commit in (("a", 300, "head"), ("b", 100, "old"), ("c", 200, "newer"), ("machine", 0, "x")):
+        (results / f"{name}.json").write_text(json.dumps({"date": date, "commit_hash": commit}))
+    calls = []
+
+    class Done:
+        stdout = ""
+
+    monkeypatch.setattr(nightly_mod, "REPO", tmp_path)
+    monkeypatch.setattr(nightly_mod, "asv_machine_name", lambda device: machine)
+    monkeypatch.setattr(nightly_mod, "_asv", lambda *a: calls.append(a) or Done())
+    monkeypatch.setattr(nightly_mod.subprocess, "run", lambda *a, **k: type("P", (), {"stdout": "head\n"})())
+    nightly_mod.run_asv("cpu")
+    (cmp,) = [c for c in calls if c[0] == "compare"]
+    assert cmp[1:3] == ("newer", "head") and "1.2" in cmp
+
+
+def test_benchmarked_commits_are_in_date_order(monkeypatch, tmp_path):
+    results = tmp_path / ".asv" / "results" / "m"
+    results.mkdir(parents=True)
+    for i in range(10):  # file names in the reverse order of their dates
+        (results / f"r{i}.json").write_text(json.dumps({"date": 1000 - i, "commit_hash": f"c{i}"}))
+    monkeypatch.setattr(nightly_mod, "REPO", tmp_path)
+    assert [c for _, c in nightly_mod._benchmarked_commits("m")] == [f"c{i}" for i in reversed(range(10))]

@@ -705,3 +705,16 @@ def test_recalibration_averages_each_row_over_the_batches_that_reach_it(fast):
             got = [r[row] for r in reached if len(r) > row]
             want = torch.stack(got).mean(0) if got else old[row]
             torch.testing.assert_close(after[key][row], want, msg=f"{key} row {row}")
+
+
+def test_h0_noise_has_its_std_on_h0_and_leaves_c0_zero():
+    torch.manual_seed(0)
+    m = baselines.create("bn-lstm", input_size=2, output_size=1, hidden_size=5, h0_noise=0.3).train()
+    h0, c0 = m.initial_state(torch.zeros(4096, 3, 2))
+    assert h0.shape == (1, 4096, 5) and float(h0.std()) == pytest.approx(0.3, rel=0.03)
+    assert torch.equal(c0, torch.zeros_like(c0))
+
+
+def test_cudnn_cannot_normalize_c_t():
+    with pytest.raises(UserError, match="impl=cudnn cannot normalize"):
+        baselines.resolve("bn-lstm", impl="cudnn", norm_at="output", norm_cell=True)

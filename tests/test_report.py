@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,12 @@ import pytest
 
 import baselines
 
-from reports import figures
+from reports import dynamics, figures
 from reports.blocks import Table, Text, fmt, fmt_ci, fmt_p, fmt_peq
 from reports.build import build_report
 from reports.claims import bn_pairs, claims_section, verdict
-from reports.cost import SPEED_FACTOR, baseline_section, compare, compare_to_baseline
-from reports.data import load
+from reports.cost import SPEED_FACTOR, _cost_table, _finished_share, _reference, baseline_section, compare, compare_to_baseline
+from reports.data import ReportData, TaskInfo, config_key, load
 from reports.literature import PUBLISHED, differences, matches
 from reports.quality import friedman_scores
 from reports.stats import Summary, friedman, pairwise_table, summarize
@@ -880,3 +881,88 @@ def test_claims_are_holm_corrected(monkeypatch, store):
     assert dict((r[0], r[1]) for r in tables[0].rows)[claims.CLAIMS["stable"]] == "not shown"
     stable = next(t for t in tables[1:] if "stable" in t.caption)
     assert [r[list(stable.columns).index("p (Holm)")] for r in stable.rows] == [fmt_p(p) for p in holm([0.033, 0.878])]
+
+
+def test_none_finishing_where_exactly_half_did_is_a_regression():
+    assert _finished_share(0, 4, 2, 4)[0] == "regressed"
+
+
+def test_ratio_reference_is_the_lstm_with_the_same_switches():
+    variants = ["lstm [hidden_size=16]", "lstm [hidden_size=8]", "rnn [hidden_size=16]", "rnn [hidden_size=8]"]
+    assert _reference(variants, "rnn [hidden_size=8]") == "lstm [hidden_size=8]"
+    assert _reference(variants, "rnn [hidden_size=16]") == "lstm [hidden_size=16]"
+
+
+def test_new_and_gone_configurations_are_counted_apart(store, tmp_path):
+    base = copy_store(store, tmp_path / "base.sqlite")
+    db = sqlite3.connect(base)
+    db.execute("DELETE FROM runs WHERE task='copy'")
+    db.commit()
+    db.close()
+    comparison = compare_to_baseline(load(store), load(base))
+    assert (comparison.new, comparison.gone) == (2, 0)
+
+
+def test_runs_that_finish_again_get_their_row(store, tmp_path):
+    base = copy_store(store, tmp_path / "base.sqlite")
+    _edit_runs(base, "task='adding' AND model='lstm' AND seed=0", status="diverged")
+    comparison = compare_to_baseline(load(store), load(base))
+    rows = [r for r in comparison.rows if r["metric"].startswith("runs finished")]
+    assert [(r["model"], r["now [95% CI]"], r["baseline [95% CI]"]) for r in rows] == [("lstm", "3/3", "2/3")]
+
+
+def test_memory_ratio_is_model_over_lstm(store):
+    runs = load(store).runs
+    runs = runs[runs["task_label"] == "adding"].copy()
+    runs["peak_mem_mb"] = np.where(runs["variant"] == "rnn", 200.0, 100.0)
+    (tab,) = [b for b in _cost_table("adding", "cpu", runs) if isinstance(b, Table)]
+    row = dict(zip(tab.frame["model"], tab.frame.to_dict("records")))["rnn"]
+    assert row["memory × lstm"] == fmt(2.0, 3)
+
+
+def test_config_key_leaves_out_the_code_version(store):
+    row = load(store).runs.iloc[0]
+    other = json.loads(row["spec"])
+    other["version"] = "some-other-version"
+    assert config_key(pd.Series({"spec": json.dumps(other)})) == config_key(row)
+
+
+def test_gradient_slope_is_negative_where_gradients_vanish_back_in_time():
+    profile = np.array([[1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]])  # ‖∂L/∂h_t‖, t = 0..5
+    assert dynamics.slopes(profile) == pytest.approx([-1.0])
+
+
+def test_done_runs_carry_their_last_value_and_diverged_ones_end():
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "status": ["done", "done", "diverged"]})
+    rows = [(r, s, "val", "loss", v) for r, steps in (("a", (10, 20, 30)), ("b", (10,)), ("c", (10, 20)))
+            for s, v in zip(steps, (3.0, 2.0, 1.0))]
+    rows += [(r, s, "train", "wall_time", s / 10) for r, s, *_ in rows]
+    metrics = pd.DataFrame(rows, columns=["run_id", "step", "split", "name", "value"])
+    metrics["task_label"], metrics["variant"] = "t", "m"
+    info = TaskInfo("t", "t", {}, "loss", False)
+    steps, _ = dynamics._val_curves(ReportData(runs, metrics, pd.DataFrame(), {"t": info}), "t", info)
+    got = {r: g.set_index("step")["value"].to_dict() for r, g in steps.groupby("run_id")}
+    assert got == {"a": {10: 3.0, 20: 2.0, 30: 1.0}, "b": {10: 3.0, 20: 3.0, 30: 3.0}, "c": {10: 3.0, 20: 2.0}}
+
+
+def test_runs_that_recorded_different_chance_levels_give_none(tmp_path):
+    from test_report_helpers import real_store
+
+    args = {"min_length": 4, "max_length": 20, "n_train": 40, "n_val": 20, "n_test": 30}
+    path = real_store(tmp_path / "l.sqlite", models=("rnn",), seeds="0-1", tasks=(("listops", args),),
+                      train={"max_steps": 2})
+    _edit_runs(path, "seed=1", summary=lambda s: s.update(chance=0.5))
+    (info,) = load(path).tasks.values()
+    assert info.chance is None
+
+
+def test_since_keeps_runs_created_at_that_instant(store, tmp_path):
+    import datetime as dt
+
+    path = copy_store(store, tmp_path / "s.sqlite")
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET created=?", (t,))
+    db.commit()
+    db.close()
+    assert load(path, since="2026-01-01").runs.shape[0] == 12

@@ -215,3 +215,18 @@ def test_a_gpu_index_is_where_a_run_trains_not_what_it_is(tmp_path):
     assert list(runs["device"]) == ["cuda", "cuda"]
     assert '"device":"cuda:1"' in runs.iloc[0]["spec"]  # where it ran is kept
     assert config_key(runs.iloc[0]) == config_key(runs.iloc[1])  # seeds 0 and 1, one configuration
+
+
+def test_release_removes_partial_rows(filled):
+    path, (a, _) = filled
+    store = Store(path)
+    store.release(a.run_id)
+    assert store.status_of(a.run_id) == "pending" and store.metrics([a.run_id]).empty
+
+
+def test_a_file_one_page_short_is_truncated(filled):
+    path, _ = filled
+    data = path.read_bytes()
+    path.write_bytes(data[:-4096])
+    with pytest.raises(UserError, match="truncated"):
+        Store(path)
