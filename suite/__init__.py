@@ -9,5 +9,7 @@ __version__ = "0.1.0"
 # batches that reach it, char-lm evaluation gives each window its steps' statistics,
 # the probe of a cuDNN model builds its twin without moving the random stream. 5: the
 # training settings gained rmsprop_alpha and eps, permuted-mnist perm_kind, char-lm
-# test_streams (every run id changes; the defaults train as before).
+# test_streams (every run id changes; the defaults train as before); the gradient-flow
+# probe aligns a padded batch at each sequence's end; summaries record the chance level
+# and the step where start-up ended.
 RESULTS_VERSION = "5"
