@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from reports.blocks import ALPHA, Section, Text, fmt, fmt_ci, fmt_p, note, table
-from reports.data import ReportData, full_settings
+from reports.data import ReportData, full_settings, numeric
 from reports.dynamics import _profiles, slopes
 from reports.literature import PUBLISHED, differences, matches, tasks_with_numbers
 from reports.stats import holm, mann_whitney, prob_improvement, summarize, welch_t
@@ -50,8 +50,8 @@ def literature_section(data: ReportData) -> Section:
             done = g[g["status"] == "done"]
             vals = pd.to_numeric(done[entry.column], errors="coerce") * entry.scale if entry.column in done else []
             s = summarize(vals)
-            steps = pd.to_numeric(done["steps"], errors="coerce").mean() if "steps" in done and len(done) else None
-            steps = None if steps is None or pd.isna(steps) else float(steps)
+            steps = float(numeric(done, "steps").mean())  # NaN: no finished run recorded its steps
+            steps = None if math.isnan(steps) else steps
             diff = differences(entry, full_settings(first), steps)
             if entry.check is not None:
                 paper = entry.claim

@@ -20,20 +20,16 @@ from scipy import stats
 
 from reports import figures
 from reports.blocks import ALPHA, POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, fmt_peq, note, table
-from reports.data import ReportData
+from reports.data import ReportData, numeric
 from reports.stats import Summary, geometric, ratio_interval, summarize
 
 REFERENCE = "lstm"
 
 
-def _num(frame: pd.DataFrame, col: str) -> pd.Series:
-    return pd.to_numeric(frame[col], errors="coerce") if col in frame else pd.Series(np.nan, index=frame.index)
-
-
 def _timings(runs: pd.DataFrame, col: str) -> pd.Series:
     """``col`` once per timing: the runs of one seed stack share theirs (one measurement,
     not S), so they count once, at their mean."""
-    values = _num(runs, col)
+    values = numeric(runs, col)
     stack = runs["stack_id"] if "stack_id" in runs else pd.Series(np.nan, index=runs.index)
     return values.groupby(stack.where(stack.notna(), runs["run_id"]), sort=True).mean()
 
@@ -50,7 +46,7 @@ def _reference(variants: list[str], variant: str) -> str | None:
 
 def cost_section(data: ReportData) -> Section:
     sec = Section("cost", "Cost")
-    runs = data.runs[_num(data.runs, "samples_per_s").notna()] if not data.empty else data.runs
+    runs = data.runs[numeric(data.runs, "samples_per_s").notna()] if not data.empty else data.runs
     if runs.empty:
         return sec.add(note("No run recorded its throughput."))
     sec.add(Text("Training throughput is the steady state: it excludes evaluation, gradient-flow probes and "
@@ -73,7 +69,7 @@ def cost_section(data: ReportData) -> Section:
                                          "(geometric mean over timings, 95% t CI), log scale."))
         for label, g in dev_runs.groupby("task_label", sort=True):
             sec.add(*_cost_table(label, device, g))
-        if _num(dev_runs, "peak_mem_mb").isna().all():
+        if numeric(dev_runs, "peak_mem_mb").isna().all():
             sec.add(note(f"Peak memory is recorded on CUDA devices only; none for {device}."))
     return sec
 
@@ -90,7 +86,7 @@ def _cost_table(label: str, device: str, runs: pd.DataFrame) -> list[Any]:
         stats[variant] = {c: (geometric if c in RATES else summarize)(_timings(g, c))
                           for c in (*RATES, "warmup_s", "peak_mem_mb")}
         paths[variant] = ", ".join(sorted(g["path"].dropna().astype(str).unique())) if "path" in g else "–"
-        stacks[variant] = ", ".join(str(int(n)) for n in sorted(_num(g, "seed_stack").fillna(1).unique()))
+        stacks[variant] = ", ".join(str(int(n)) for n in sorted(numeric(g, "seed_stack").fillna(1).unique()))
     variants = list(stats)
     rows, slow, noisy = [], [], []
     for v in variants:
@@ -165,7 +161,7 @@ def environment_section(data: ReportData) -> Section:
     if env["git_commit"].str.endswith("+dirty").any():
         sec.add(note("Some runs came from a checkout with uncommitted changes; their code is not reproducible "
                      "from the commit alone."))
-    started, ended = _num(data.runs, "started"), _num(data.runs, "ended")
+    started, ended = numeric(data.runs, "started"), numeric(data.runs, "ended")
     sec.add(Text(f"Runs started between {_utc(started.min())} and {_utc(started.max())}; the last ended "
                  f"{_utc(ended.max())}. {len(data.runs)} finished runs are in this report"
                  + (f"; {data.unfinished} pending or running runs are not." if data.unfinished else ".")))
@@ -244,8 +240,8 @@ def compare_to_baseline(data: ReportData, base: ReportData) -> Comparison:
                              "change %": f"Fisher one-sided {fmt_peq(p)}", "verdict": _verdict(verdict)})
             if verdict == "regressed":
                 out.regressions.append(f"runs finished {where}: {ok_now}/{len(g)} now vs {ok_base}/{len(b)}")
-        checks = ((f"test {info.primary}", info.higher_is_better, _num(g[g["status"] == "done"], "primary"),
-                   _num(b[b["status"] == "done"], "primary"), None, "run", bounds(info.primary)),
+        checks = ((f"test {info.primary}", info.higher_is_better, numeric(g[g["status"] == "done"], "primary"),
+                   numeric(b[b["status"] == "done"], "primary"), None, "run", bounds(info.primary)),
                   ("samples/s", True, _timings(g, "samples_per_s"), _timings(b, "samples_per_s"), SPEED_FACTOR,
                    "timing", POSITIVE))
         for name, hib, now_values, base_values, factor, unit, within in checks:

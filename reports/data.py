@@ -114,15 +114,20 @@ def parse_since(text: str | None) -> float | None:
     return when.timestamp()
 
 
+def numeric(frame: pd.DataFrame, col: str) -> pd.Series:
+    """Column ``col`` of ``frame`` as numbers (NaN where a value is not one, or the column
+    is missing: a summary key a store's runs did not record)."""
+    return pd.to_numeric(frame[col], errors="coerce") if col in frame else pd.Series(np.nan, index=frame.index)
+
+
 def start_up(runs: pd.DataFrame, steps: pd.Series) -> pd.Series:
     """The start-up time (``warmup_s``) in each run's training time at ``steps`` (a value
     per row of ``runs``): all of it from the step its start-up ended (``warmup_end_step``,
     counted from the run's start), none before. A resumed run recorded its last process's
     start-up only, so an earlier process's stays in its times; a store from before
     ``warmup_end_step`` counts the start-up from step 0."""
-    num = lambda c: pd.to_numeric(runs[c], errors="coerce") if c in runs else pd.Series(np.nan, index=runs.index)  # noqa: E731
-    end = num("warmup_end_step").fillna(num("warmup_steps")).fillna(0.0)
-    return num("warmup_s").fillna(0.0).where(pd.Series(np.asarray(steps), index=runs.index) > end, 0.0)
+    end = numeric(runs, "warmup_end_step").fillna(numeric(runs, "warmup_steps")).fillna(0.0)
+    return numeric(runs, "warmup_s").fillna(0.0).where(pd.Series(np.asarray(steps), index=runs.index) > end, 0.0)
 
 
 def settings(row: pd.Series) -> dict[str, Any]:

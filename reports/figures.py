@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from reports.stats import t_interval  # noqa: E402
+from reports.stats import geometric, t_interval  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
 
@@ -75,14 +75,14 @@ def ci95(values: Any) -> tuple[float, float]:
 
 
 def _geo_mean(values: Any) -> float:
-    return float(band(np.asarray(values, dtype=float)[:, None], geometric=True)[0][0])
+    """The cost table's geometric mean (``reports.stats.geometric``), for seaborn's ``estimator``."""
+    return geometric(values).mean
 
 
 def geo_ci95(values: Any) -> tuple[float, float]:
-    """95% t interval of the geometric mean (logarithms' mean), for seaborn's ``errorbar``:
-    the cost table's (``reports.stats.geometric``)."""
-    _, low, high = band(np.asarray(values, dtype=float)[:, None], geometric=True)
-    return float(low[0]), float(high[0])
+    """The cost table's 95% t interval of the geometric mean, for seaborn's ``errorbar``."""
+    g = geometric(values)
+    return g.ci_low, g.ci_high
 
 
 def _levels(ax: plt.Axes, values: np.ndarray, chance: float | None, solved: float | None, log: bool) -> None:

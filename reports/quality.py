@@ -16,7 +16,7 @@ import pandas as pd
 
 from reports import figures
 from reports.blocks import ALPHA, POSITIVE, Section, Text, bounds, figure, fmt, fmt_ci, fmt_p, fmt_peq, note, table
-from reports.data import ReportData, TaskInfo, short_key, start_up
+from reports.data import ReportData, TaskInfo, numeric, short_key, start_up
 from reports.stats import cd_groups, friedman, nemenyi_cd, pairwise_table, summarize
 
 
@@ -34,16 +34,12 @@ def _solved_counts(runs: pd.DataFrame) -> str:
     return f"{int(ended['solved'].fillna(False).astype(bool).sum())}/{len(ended)}"
 
 
-def _col(frame: pd.DataFrame, name: str) -> pd.Series:
-    return pd.to_numeric(frame[name], errors="coerce") if name in frame else pd.Series(np.nan, index=frame.index)
-
-
 def _time_to_solve(solved: pd.DataFrame) -> pd.Series:
     """Training time to the evaluation that found a run solved, its start-up (``warmup_s``:
     the first steps' compilation and warm-up, which Cost reports apart) left out where it
     ended before then (``start_up``): a C++ extension built on a run's first step made it
     20x longer."""
-    return _col(solved, "solved_time_s") - start_up(solved, _col(solved, "solved_step"))
+    return numeric(solved, "solved_time_s") - start_up(solved, numeric(solved, "solved_step"))
 
 
 def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -54,7 +50,7 @@ def leaderboard(data: ReportData, label: str) -> tuple[pd.DataFrame, list[dict[s
         done = runs[runs["status"] == "done"]
         s = summarize(done["primary"])
         solved = done[done["solved"].fillna(False).astype(bool)] if "solved" in done else done.iloc[:0]
-        steps, secs = summarize(_col(solved, "solved_step")), summarize(_time_to_solve(solved))
+        steps, secs = summarize(numeric(solved, "solved_step")), summarize(_time_to_solve(solved))
         raw.append({"variant": variant, "mean": s.mean, "summary": s, "runs": len(runs),
                     "diverged": int((runs["status"] == "diverged").sum())})
         shown.append({
@@ -108,9 +104,9 @@ def _setup_table(data: ReportData, label: str) -> Any:
             return " / ".join("none" if v == "null" else v.strip('"') for v in values)
 
         done = runs[runs["status"] == "done"]
-        rows.append({"model": variant, "parameters": fmt(_col(runs, "n_params").mean()),
+        rows.append({"model": variant, "parameters": fmt(numeric(runs, "n_params").mean()),
                      **{name: one(key) for key, name in SETUP},
-                     "updates run (mean)": fmt(_col(done, "steps").mean()) if len(done) else "–"})
+                     "updates run (mean)": fmt(numeric(done, "steps").mean()) if len(done) else "–"})
     return table(rows, f"Training setup on {label}: each model's settings and parameter count, and the "
                        "updates its finished runs made. With early stopping a run ends at the first evaluation "
                        "that finds it solved, and its test score is that checkpoint's; with a time budget a "
